@@ -1,0 +1,33 @@
+# Quick start: `make demo` runs the main job, `make test` runs the whole test suite.
+# Both create .venv when it is missing and install the project pinned by constraints.txt.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.torchscope-installed
+
+.PHONY: demo test lint bench dot clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+dot:
+	@./scripts/ensure-dot
+
+demo: $(STAMP) dot
+	$(VENV)/bin/torchscope demo
+
+test: $(STAMP) dot
+	$(VENV)/bin/ruff check torchscope tests benchmarks
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check torchscope tests benchmarks
+	$(VENV)/bin/ruff format --check torchscope tests benchmarks
+
+bench: $(STAMP)
+	$(PY) -m benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache *.egg-info

@@ -1,0 +1,52 @@
+"""torchscope: model introspection and debugging for PyTorch.
+
+Public names are loaded on first use, so ``import torchscope`` (and the pytest plugin that
+pytest loads at start-up) does not import torch until something needs it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS = {
+    "summary": "torchscope.summarize",
+    "ModelSummary": "torchscope.records",
+    "LayerRecord": "torchscope.records",
+    "TensorRecord": "torchscope.records",
+    "TorchscopeError": "torchscope.errors",
+    "SummaryError": "torchscope.errors",
+    "TorchscopeWarning": "torchscope.errors",
+}
+
+__all__ = [
+    "LayerRecord",
+    "ModelSummary",
+    "SummaryError",
+    "TensorRecord",
+    "TorchscopeError",
+    "TorchscopeWarning",
+    "__version__",
+    "summary",
+]
+
+if TYPE_CHECKING:
+    from torchscope.errors import SummaryError, TorchscopeError, TorchscopeWarning
+    from torchscope.records import LayerRecord, ModelSummary, TensorRecord
+    from torchscope.summarize import summary
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'torchscope' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

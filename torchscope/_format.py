@@ -1,0 +1,27 @@
+"""Small text formatters shared by renderers and error messages (no torch, no torchscope imports)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = ["format_bytes", "format_shapes"]
+
+MAX_SHAPES_SHOWN = 4
+
+
+def format_bytes(n: int) -> str:
+    """SI units: 1 kB = 10^3 bytes, 1 MB = 10^6 bytes, 1 GB = 10^9 bytes."""
+    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if n >= scale:
+            return f"{n / scale:,.2f} {unit}"
+    return f"{n} B"
+
+
+def format_shapes(shapes: Sequence[Sequence[int]]) -> str:
+    """``[1, 3, 224, 224]``; several shapes comma-separated, at most four shown; ``--`` for none."""
+    if not shapes:
+        return "--"
+    shown = ", ".join("[" + ", ".join(str(d) for d in s) + "]" for s in shapes[:MAX_SHAPES_SHOWN])
+    if len(shapes) > MAX_SHAPES_SHOWN:
+        shown += f", ... (+{len(shapes) - MAX_SHAPES_SHOWN})"
+    return shown

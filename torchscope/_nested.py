@@ -1,0 +1,94 @@
+"""Walk nested inputs and outputs (tuples, lists, dicts, namedtuples, dataclasses) to their tensors.
+
+Imports nothing else of torchscope, so every collector can use it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import torch
+
+__all__ = ["is_namedtuple", "map_tensors", "shapes", "tensor_bytes", "tensors"]
+
+Shape = tuple[int, ...]
+
+
+def is_namedtuple(obj: object) -> bool:
+    """True for instances of ``collections.namedtuple``/``typing.NamedTuple`` classes."""
+    return isinstance(obj, tuple) and hasattr(type(obj), "_fields")
+
+
+def _children(obj: object) -> list[Any] | None:
+    """The values directly inside a container, in order; None for a leaf."""
+    if isinstance(obj, (list, tuple)):
+        return list(obj)
+    if isinstance(obj, Mapping):
+        return list(obj.values())
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return [getattr(obj, f.name) for f in dataclasses.fields(obj)]
+    return None
+
+
+def tensors(obj: object) -> Iterator[torch.Tensor]:
+    """Yield every tensor inside ``obj`` in depth-first, left-to-right order.
+
+    Iterative (no recursion limit on deep nesting); a container reached twice (a cycle, or the
+    same list referenced twice) is walked once. Non-tensor leaves are skipped.
+    """
+    stack: list[Any] = [obj]
+    seen: set[int] = set()
+    while stack:
+        item = stack.pop()
+        if isinstance(item, torch.Tensor):
+            yield item
+            continue
+        children = _children(item)
+        if children is None or id(item) in seen:
+            continue
+        seen.add(id(item))
+        stack.extend(reversed(children))
+
+
+def shapes(obj: object) -> tuple[Shape, ...]:
+    """The shape of every tensor inside ``obj``, in the order of :func:`tensors`."""
+    return tuple(tuple(int(d) for d in t.shape) for t in tensors(obj))
+
+
+def tensor_bytes(obj: object) -> int:
+    """Bytes held by the distinct tensors inside ``obj`` (a tensor reached twice counts once)."""
+    total = 0
+    seen: set[int] = set()
+    for t in tensors(obj):
+        if id(t) not in seen:
+            seen.add(id(t))
+            total += t.numel() * t.element_size()
+    return total
+
+
+def map_tensors(obj: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """A copy of ``obj`` with every tensor replaced by ``fn(tensor)``; other leaves untouched.
+
+    Containers are rebuilt with their own type (namedtuples, dataclasses and dict subclasses
+    included); the original object is never modified.
+    """
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if is_namedtuple(obj):
+        return type(obj)(*(map_tensors(v, fn) for v in obj))
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(map_tensors(v, fn) for v in obj)
+    if isinstance(obj, Mapping):
+        items = {k: map_tensors(v, fn) for k, v in obj.items()}
+        try:
+            return type(obj)(items)
+        except TypeError:  # a Mapping whose constructor takes something else
+            return items
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        changes = {
+            f.name: map_tensors(getattr(obj, f.name), fn) for f in dataclasses.fields(obj) if f.init
+        }
+        return dataclasses.replace(obj, **changes)
+    return obj

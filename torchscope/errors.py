@@ -1,0 +1,68 @@
+"""The exception hierarchy of torchscope: every error we raise on purpose derives from one base."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from torchscope.records import ModelSummary
+
+__all__ = ["SummaryError", "TorchscopeError", "TorchscopeWarning"]
+
+
+class TorchscopeError(Exception):
+    """Base class of the errors torchscope raises on purpose."""
+
+
+class SummaryError(TorchscopeError):
+    """The model's forward pass failed while torchscope.summary ran it.
+
+    Attributes:
+        module_name: qualified name of the innermost module whose forward raised
+            (``""`` for the root module).
+        module_type: class name of that module.
+        input_shapes: shapes of the tensors that module received.
+        partial: the summary of the layers that ran before the failure.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        module_name: str = "",
+        module_type: str = "",
+        input_shapes: tuple[tuple[int, ...], ...] = (),
+        partial: ModelSummary | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.module_name = module_name
+        self.module_type = module_type
+        self.input_shapes = input_shapes
+        self.partial = partial
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # keep the error picklable (multiprocessing, pytest-xdist) with its keyword arguments
+        return (
+            _rebuild_summary_error,
+            (str(self), self.module_name, self.module_type, self.input_shapes, self.partial),
+        )
+
+
+def _rebuild_summary_error(
+    message: str,
+    module_name: str,
+    module_type: str,
+    input_shapes: tuple[tuple[int, ...], ...],
+    partial: ModelSummary | None,
+) -> SummaryError:
+    return SummaryError(
+        message,
+        module_name=module_name,
+        module_type=module_type,
+        input_shapes=input_shapes,
+        partial=partial,
+    )
+
+
+class TorchscopeWarning(UserWarning):
+    """Warnings torchscope emits about the model it inspects."""

@@ -1,0 +1,225 @@
+"""Plain-data records produced by torchscope's collectors.
+
+Frozen dataclasses that know nothing about terminals or Jupyter: they compare in tests,
+round-trip through JSON, and are turned into text by :mod:`torchscope.render`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from torchscope.render import html as render_html
+from torchscope.render import text as render_text
+
+__all__ = ["SCHEMA_VERSION", "SUMMARY_COLUMNS", "LayerRecord", "ModelSummary", "TensorRecord"]
+
+#: The columns a summary table can show, in their default order of appearance.
+SUMMARY_COLUMNS = ("input_shape", "output_shape", "params", "params_percent", "trainable")
+
+#: Version of the layout of :meth:`ModelSummary.to_dict`; bumped on incompatible changes.
+SCHEMA_VERSION = 1
+
+Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class TensorRecord:
+    """One parameter or buffer tensor of the model, counted once however many names it has.
+
+    Attributes:
+        name: the first qualified name under which the model holds it (``layer1.0.conv1.weight``).
+        aliases: further qualified names of the same tensor (tied or shared weights).
+        shape: its shape.
+        dtype: its dtype, as ``str(torch.dtype)`` (``"torch.float32"``).
+        numel: number of elements.
+        nbytes: bytes of storage (``numel * element_size``).
+        trainable: ``requires_grad`` (always False for buffers).
+    """
+
+    name: str
+    aliases: tuple[str, ...]
+    shape: Shape
+    dtype: str
+    numel: int
+    nbytes: int
+    trainable: bool
+
+
+@dataclass(frozen=True)
+class LayerRecord:
+    """One call of one module during the summarised forward pass.
+
+    Attributes:
+        index: position in call order (the root's call is 0).
+        name: qualified module name (``layer1.0.conv1``); ``""`` for the root module.
+        type: the module's class name.
+        depth: nesting depth of the call (root 0).
+        parent: index of the enclosing module call, None for the root.
+        input_shapes: shape of every tensor passed in (positional, then keyword arguments).
+        output_shapes: shape of every tensor in the output, however nested.
+        params: parameters in this module and its submodules, each tensor once.
+        trainable_params: the trainable part of ``params``.
+        own_parameters: indices into :attr:`ModelSummary.parameters` of the tensors this
+            module holds directly.
+        subtree_parameters: indices of the tensors held by this module or any submodule.
+        is_repeat: this module object was already called earlier in the pass.
+        failed: the forward of this module raised (only in a partial summary).
+    """
+
+    index: int
+    name: str
+    type: str
+    depth: int
+    parent: int | None
+    input_shapes: tuple[Shape, ...]
+    output_shapes: tuple[Shape, ...]
+    params: int
+    trainable_params: int
+    own_parameters: tuple[int, ...]
+    subtree_parameters: tuple[int, ...]
+    is_repeat: bool
+    failed: bool = False
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    """What :func:`torchscope.summary` learnt about a model. ``str()`` gives a table.
+
+    Attributes:
+        model_type: class name of the summarised (unwrapped) model.
+        layers: one record per module call, in call order.
+        parameters: every distinct parameter tensor, in registration order.
+        buffers: every distinct buffer tensor, in registration order.
+        input_shapes: shapes of the tensors passed to the model.
+        output_shapes: shapes of the tensors the model returned.
+        input_bytes: bytes of the distinct tensors passed to the model.
+        output_bytes: bytes of the distinct tensors the model returned.
+        uncalled: qualified names of modules that hold parameters but were never called.
+        depth: how deep the table is drawn (``layers`` always holds every call).
+        columns: the table's columns, in order.
+        mode: ``"eval"``, ``"train"`` or ``"same"``: the mode the forward pass ran in.
+        device: device of the inputs, as a string.
+    """
+
+    model_type: str
+    layers: tuple[LayerRecord, ...]
+    parameters: tuple[TensorRecord, ...]
+    buffers: tuple[TensorRecord, ...]
+    input_shapes: tuple[Shape, ...]
+    output_shapes: tuple[Shape, ...]
+    input_bytes: int
+    output_bytes: int
+    uncalled: tuple[str, ...]
+    depth: int
+    columns: tuple[str, ...]
+    mode: str
+    device: str
+
+    # -- totals (derived, never stored twice) -------------------------------------------
+    @property
+    def total_params(self) -> int:
+        """Elements of every distinct parameter tensor (tied weights and reused modules once)."""
+        return sum(p.numel for p in self.parameters)
+
+    @property
+    def trainable_params(self) -> int:
+        return sum(p.numel for p in self.parameters if p.trainable)
+
+    @property
+    def non_trainable_params(self) -> int:
+        return self.total_params - self.trainable_params
+
+    @property
+    def total_buffers(self) -> int:
+        """Elements of every distinct buffer tensor (BatchNorm statistics, etc.)."""
+        return sum(b.numel for b in self.buffers)
+
+    @property
+    def param_bytes(self) -> int:
+        """Bytes of parameter storage, per each tensor's own dtype."""
+        return sum(p.nbytes for p in self.parameters)
+
+    @property
+    def buffer_bytes(self) -> int:
+        return sum(b.nbytes for b in self.buffers)
+
+    def totals(self) -> dict[str, int]:
+        """The headline numbers as a dict (the same keys as in :meth:`to_dict`)."""
+        return {
+            "total_params": self.total_params,
+            "trainable_params": self.trainable_params,
+            "non_trainable_params": self.non_trainable_params,
+            "total_buffers": self.total_buffers,
+            "param_bytes": self.param_bytes,
+            "buffer_bytes": self.buffer_bytes,
+            "input_bytes": self.input_bytes,
+            "output_bytes": self.output_bytes,
+        }
+
+    # -- serialisation --------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict: every field, the totals, and a schema version."""
+        data = {"schema_version": SCHEMA_VERSION, **dataclasses.asdict(self)}
+        data["totals"] = self.totals()
+        return data
+
+    def to_json(self, *, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelSummary:
+        """Rebuild a summary from :meth:`to_dict` output (or parsed :meth:`to_json`)."""
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ValueError(
+                f"cannot read a summary with schema_version={version!r}; this torchscope reads "
+                f"version {SCHEMA_VERSION}"
+            )
+
+        def tensor(d: dict[str, Any]) -> TensorRecord:
+            return TensorRecord(**{**d, "aliases": tuple(d["aliases"]), "shape": tuple(d["shape"])})
+
+        def layer(d: dict[str, Any]) -> LayerRecord:
+            return LayerRecord(
+                **{
+                    **d,
+                    "input_shapes": _shapes(d["input_shapes"]),
+                    "output_shapes": _shapes(d["output_shapes"]),
+                    "own_parameters": tuple(d["own_parameters"]),
+                    "subtree_parameters": tuple(d["subtree_parameters"]),
+                }
+            )
+
+        return cls(
+            model_type=data["model_type"],
+            layers=tuple(layer(d) for d in data["layers"]),
+            parameters=tuple(tensor(d) for d in data["parameters"]),
+            buffers=tuple(tensor(d) for d in data["buffers"]),
+            input_shapes=_shapes(data["input_shapes"]),
+            output_shapes=_shapes(data["output_shapes"]),
+            input_bytes=data["input_bytes"],
+            output_bytes=data["output_bytes"],
+            uncalled=tuple(data["uncalled"]),
+            depth=data["depth"],
+            columns=tuple(data["columns"]),
+            mode=data["mode"],
+            device=data["device"],
+        )
+
+    # -- rendering (delegates to torchscope.render) ----------------------------------------
+    def __str__(self) -> str:
+        return render_text.render_summary(self)
+
+    def to_markdown(self) -> str:
+        """The table as GitHub-flavoured Markdown, totals as a list under it."""
+        return render_text.render_summary(self, markdown=True)
+
+    def _repr_html_(self) -> str:
+        return render_html.render_summary(self)
+
+
+def _shapes(items: Any) -> tuple[Shape, ...]:
+    return tuple(tuple(int(d) for d in s) for s in items)

@@ -1,0 +1,120 @@
+"""The rows of a summary table, shared by the text, Markdown and HTML renderers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from torchscope._format import format_bytes, format_shapes
+
+if TYPE_CHECKING:
+    from torchscope.records import LayerRecord, ModelSummary
+
+__all__ = ["HEADERS", "NUMERIC_COLUMNS", "Row", "footer_lines", "rows"]
+
+HEADERS = {
+    "layer": "Layer (type)",
+    "input_shape": "Input shape",
+    "output_shape": "Output shape",
+    "params": "Params",
+    "params_percent": "Params %",
+    "trainable": "Trainable",
+}
+NUMERIC_COLUMNS = frozenset({"params", "params_percent", "trainable"})
+
+REPEAT = "(repeat)"
+SHARED = "(shared)"
+
+
+@dataclass(frozen=True)
+class Row:
+    depth: int
+    tree_prefix: str  # box-drawing guides, e.g. "│  ├─ "
+    label: str  # "conv1 (Conv2d)"
+    cells: dict[str, str]  # column name -> text
+
+
+def _label(layer: LayerRecord) -> str:
+    if layer.parent is None:
+        return layer.type
+    return f"{layer.name.rsplit('.', 1)[-1]} ({layer.type})"
+
+
+def rows(summary: ModelSummary) -> list[Row]:
+    """The visible rows (calls at depth <= summary.depth) with their cells.
+
+    A row whose children are drawn shows the parameters its module holds directly; a row
+    drawn without its children (cut at ``depth``, or a leaf) shows its whole subtree. Every
+    parameter tensor is counted in the first row that shows it, so the Params column adds up
+    to the total (apart from modules the forward never called, listed under the table).
+    """
+    visible = [layer for layer in summary.layers if layer.depth <= summary.depth]
+    children: dict[int, list[int]] = {}
+    for layer in visible:
+        if layer.parent is not None:
+            children.setdefault(layer.parent, []).append(layer.index)
+    last_child = {kids[-1] for kids in children.values()}
+
+    guides: dict[int, str] = {}  # index -> guide prefix inherited by its children
+    counted: set[int] = set()
+    total = summary.total_params
+    out: list[Row] = []
+    for layer in visible:
+        if layer.parent is None:
+            prefix = ""
+            guides[layer.index] = ""
+        else:
+            inherited = guides.get(layer.parent, "")
+            is_last = layer.index in last_child
+            prefix = inherited + ("└─ " if is_last else "├─ ")
+            guides[layer.index] = inherited + ("   " if is_last else "│  ")
+
+        expanded = layer.index in children
+        indices = layer.own_parameters if expanded else layer.subtree_parameters
+        new = [i for i in indices if i not in counted]
+        counted.update(new)
+        count = sum(summary.parameters[i].numel for i in new)
+        trainable = sum(summary.parameters[i].numel for i in new if summary.parameters[i].trainable)
+        if indices and not new:
+            params_text = REPEAT if layer.is_repeat else SHARED
+        else:
+            params_text = f"{count:,}" if count else "--"
+
+        cells = {
+            "input_shape": format_shapes(layer.input_shapes),
+            "output_shape": "(failed)" if layer.failed else format_shapes(layer.output_shapes),
+            "params": params_text,
+            "params_percent": f"{100 * count / total:.2f}%" if count and total else "--",
+            "trainable": f"{trainable:,}" if count else params_text,
+        }
+        out.append(Row(layer.depth, prefix, _label(layer), cells))
+    return out
+
+
+def footer_lines(summary: ModelSummary, table_rows: list[Row]) -> list[str]:
+    """Totals with explicit units, then notes that explain the markers used in the table."""
+    lines = [
+        f"Total params: {summary.total_params:,}",
+        f"Trainable params: {summary.trainable_params:,}",
+        f"Non-trainable params: {summary.non_trainable_params:,}",
+        f"Buffers: {summary.total_buffers:,} ({format_bytes(summary.buffer_bytes)})",
+        f"Parameter size: {format_bytes(summary.param_bytes)}",
+        f"Input size: {format_bytes(summary.input_bytes)}",
+        f"Output size: {format_bytes(summary.output_bytes)}",
+        "Units: 1 kB = 10^3 bytes, 1 MB = 10^6 bytes, 1 GB = 10^9 bytes.",
+    ]
+    markers = {row.cells["params"] for row in table_rows}
+    if REPEAT in markers:
+        lines.append(
+            f"{REPEAT}: a module called again; its parameters are counted at its first call."
+        )
+    if SHARED in markers:
+        lines.append(
+            f"{SHARED}: parameters already counted in an earlier row (tied or shared weights)."
+        )
+    if summary.uncalled:
+        lines.append(
+            "Never called by forward (parameters in the totals, not in the table): "
+            + ", ".join(summary.uncalled)
+        )
+    return lines

@@ -1,0 +1,549 @@
+"""Collector behind ``torchscope.summary``: exact parameters and shapes, no side effects on the model."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Union
+
+import torch
+from torch import nn
+
+from torchscope import _nested
+from torchscope._format import format_shapes
+from torchscope.errors import SummaryError
+from torchscope.hooks import instrumented, iter_modules
+from torchscope.records import SUMMARY_COLUMNS, LayerRecord, ModelSummary, TensorRecord
+
+__all__ = ["DEFAULT_COLUMNS", "summary"]
+
+Mode = Literal["eval", "train", "same"]
+MODES: tuple[str, ...] = ("eval", "train", "same")
+DEFAULT_COLUMNS: tuple[str, ...] = ("input_shape", "output_shape", "params")
+ShapeLike = Sequence[int]
+DeviceLike = Union[str, torch.device]
+
+_INPUT_SEED = 0  # inputs made from input_size are the same on every call
+
+
+def summary(
+    model: nn.Module,
+    input: Any = None,
+    *,
+    input_size: ShapeLike | Sequence[ShapeLike] | None = None,
+    dtypes: torch.dtype | Sequence[torch.dtype] | None = None,
+    device: DeviceLike | None = None,
+    depth: int = 3,
+    columns: Iterable[str] | str | None = None,
+    mode: Mode = "eval",
+    forward_kwargs: Mapping[str, Any] | None = None,
+) -> ModelSummary:
+    """Return a :class:`~torchscope.records.ModelSummary` of one forward pass of ``model``.
+
+    The model is left exactly as found, whether this returns or raises: ``state_dict``
+    (BatchNorm statistics included), every module's ``training`` flag, ``requires_grad``,
+    ``.grad``, its device, its hooks and the global RNG streams.
+
+    Args:
+        model: the module to summarise. DataParallel, DistributedDataParallel and
+            ``torch.compile`` wrappers are unwrapped and the inner module summarised.
+        input: what to call the model with: a tensor; a tuple or list of positional
+            arguments; a dict of keyword arguments; any nesting of these. Non-tensor values
+            pass through untouched. To pass one list as the only argument, wrap it:
+            ``input=(my_list,)``. A namedtuple is one argument.
+        input_size: instead of ``input``, a shape or a list of shapes; random tensors are
+            made with a private generator (the global RNG is not consumed).
+        dtypes: dtype(s) for the ``input_size`` tensors; default: the model's parameter dtype.
+        device: where ``input_size`` tensors are made and ``input`` tensors are moved;
+            default: the model's device. torchscope never moves the model: if it is elsewhere,
+            this raises ``ValueError``.
+        depth: how many levels of nesting the table shows (``layers`` always has every call).
+        columns: table columns, from ``torchscope.records.SUMMARY_COLUMNS``;
+            default ``("input_shape", "output_shape", "params")``.
+        mode: ``"eval"`` (``model.eval()``, no autograd), ``"train"`` (``model.train()``,
+            autograd on) or ``"same"`` (flags as they are). Flags are restored afterwards.
+        forward_kwargs: extra keyword arguments for ``forward``.
+
+    Raises:
+        SummaryError: the forward pass failed; the message names the failing module, its
+            input shapes, and shows the layers that ran.
+        TypeError, ValueError: the arguments are wrong; the message says how to fix them.
+    """
+    model = _unwrap(model)
+    depth = _check_depth(depth)
+    columns = _check_columns(columns)
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}; got {mode!r}")
+    _reject_lazy_modules(model)
+    input_device = _resolve_device(model, device)
+    args, kwargs = _call_arguments(
+        model, input, input_size, dtypes, device, input_device, forward_kwargs
+    )
+
+    parameters, buffers, param_index = _tensor_records(model)
+    modules = _module_infos(model, param_index, parameters)
+    recorder = _CallRecorder(modules)
+
+    def build(
+        output_shapes: tuple[_nested.Shape, ...],
+        output_bytes: int,
+        table_depth: int,
+        *,
+        complete: bool,
+    ) -> ModelSummary:
+        return ModelSummary(
+            model_type=type(model).__name__,
+            layers=tuple(call.freeze(modules[call.module_id]) for call in recorder.calls),
+            parameters=parameters,
+            buffers=buffers,
+            input_shapes=_nested.shapes((args, kwargs)),
+            output_shapes=output_shapes,
+            input_bytes=_nested.tensor_bytes((args, kwargs)),
+            output_bytes=output_bytes,
+            uncalled=_uncalled(modules, recorder.calls) if complete else (),
+            depth=table_depth,
+            columns=columns,
+            mode=mode,
+            device=str(input_device),
+        )
+
+    grad = model.training if mode == "same" else mode == "train"
+    with instrumented(model, grad=grad) as hooks:
+        if mode != "same":
+            model.train(mode == "train")
+        for _, module in iter_modules(model):
+            hooks.add(module.register_forward_pre_hook(recorder.enter, with_kwargs=True))
+            hooks.add(module.register_forward_hook(recorder.leave, always_call=True))
+        try:
+            output = model(*args, **kwargs)
+        except Exception as error:
+            origin = recorder.origin_of(error)
+            failed_depth = max([depth, *(c.depth for c in recorder.calls if c.failed)])
+            partial = build((), 0, failed_depth, complete=False)
+            raise SummaryError(
+                _failure_message(
+                    error, origin, partial, no_input=input is None and input_size is None
+                ),
+                module_name=origin.name if origin else "",
+                module_type=origin.type if origin else type(model).__name__,
+                input_shapes=origin.input_shapes if origin else (),
+                partial=partial,
+            ) from error
+        result = build(_nested.shapes(output), _nested.tensor_bytes(output), depth, complete=True)
+        del output
+    return result
+
+
+# -- arguments ---------------------------------------------------------------------------------
+
+
+def _unwrap(model: Any) -> nn.Module:
+    """The module that does the work inside DataParallel/DDP/torch.compile wrappers."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"summary() needs an nn.Module as its first argument, got {type(model).__name__}; "
+            "pass the model itself, e.g. summary(model, input)"
+        )
+    while True:
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's wrapper
+            model = model._orig_mod
+        else:
+            return model
+
+
+def _check_depth(depth: Any) -> int:
+    if isinstance(depth, bool) or not isinstance(depth, int):
+        raise TypeError(
+            f"depth must be an int (levels of nesting to show), got {type(depth).__name__}"
+        )
+    if depth < 0:
+        raise ValueError(f"depth must be >= 0, got {depth}")
+    return depth
+
+
+def _check_columns(columns: Iterable[str] | str | None) -> tuple[str, ...]:
+    if columns is None:
+        return DEFAULT_COLUMNS
+    names = (columns,) if isinstance(columns, str) else tuple(columns)
+    unknown = [c for c in names if c not in SUMMARY_COLUMNS]
+    if unknown:
+        raise ValueError(
+            f"unknown column(s) {', '.join(map(repr, unknown))}; choose from "
+            f"{', '.join(map(repr, SUMMARY_COLUMNS))}"
+        )
+    if len(set(names)) != len(names):
+        raise ValueError(f"columns must not repeat a name, got {names}")
+    return names
+
+
+def _reject_lazy_modules(model: nn.Module) -> None:
+    lazy = [
+        name
+        for name, tensor in (*model.named_parameters(), *model.named_buffers())
+        if isinstance(tensor, nn.parameter.UninitializedTensorMixin)
+    ]
+    if lazy:
+        raise ValueError(
+            f"the model has uninitialised lazy parameters ({', '.join(lazy[:3])}); summary never "
+            "initialises them, since that would change the model: run one forward pass first"
+        )
+
+
+def _model_devices(model: nn.Module) -> list[torch.device]:
+    devices: list[torch.device] = []
+    for tensor in (*model.parameters(), *model.buffers()):
+        if tensor.device not in devices:
+            devices.append(tensor.device)
+    return devices
+
+
+def _normalise_device(device: DeviceLike) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(
+            f"device={device!r} is not a device torch knows, e.g. 'cpu', 'cuda:0', 'meta'"
+        ) from e
+    if dev.type == "cuda" and dev.index is None and torch.cuda.is_available():
+        dev = torch.device("cuda", torch.cuda.current_device())
+    return dev
+
+
+def _resolve_device(model: nn.Module, device: DeviceLike | None) -> torch.device:
+    model_devices = _model_devices(model)
+    if device is None:
+        return model_devices[0] if model_devices else torch.device("cpu")
+    dev = _normalise_device(device)
+    if model_devices and dev not in model_devices:
+        where = ", ".join(str(d) for d in model_devices)
+        raise ValueError(
+            f"the model is on {where} but device={str(dev)!r} was given; torchscope never moves "
+            f"your model: call model.to({str(dev)!r}) first, or leave device out"
+        )
+    return dev
+
+
+def _is_shape(value: Any) -> bool:
+    return (
+        isinstance(value, (Sequence, torch.Size))
+        and not isinstance(value, str)
+        and all(isinstance(d, int) and not isinstance(d, bool) for d in value)
+    )
+
+
+def _input_shapes(input_size: Any) -> list[tuple[int, ...]]:
+    if _is_shape(input_size):
+        shapes = [tuple(input_size)]
+    elif (
+        isinstance(input_size, Sequence)
+        and not isinstance(input_size, str)
+        and input_size
+        and all(_is_shape(s) for s in input_size)
+    ):
+        shapes = [tuple(s) for s in input_size]
+    else:
+        raise TypeError(
+            f"input_size must be a shape like (1, 3, 224, 224) or a list of shapes, got {input_size!r}"
+        )
+    for shape in shapes:
+        if any(d < 0 for d in shape):
+            raise ValueError(f"input_size dimensions must be >= 0, got {shape}")
+    return shapes
+
+
+def _input_dtypes(dtypes: Any, count: int, default: torch.dtype) -> list[torch.dtype]:
+    if dtypes is None:
+        return [default] * count
+    listed = [dtypes] if isinstance(dtypes, torch.dtype) else list(dtypes)
+    if not all(isinstance(d, torch.dtype) for d in listed):
+        raise TypeError(f"dtypes must be a torch.dtype or a list of them, got {dtypes!r}")
+    if len(listed) == 1:
+        return listed * count
+    if len(listed) != count:
+        raise ValueError(
+            f"got {len(listed)} dtypes for {count} input shapes; give one dtype per shape"
+        )
+    return listed
+
+
+def _make_input(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    if device.type == "meta":
+        return torch.empty(shape, dtype=dtype, device=device)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(_INPUT_SEED)
+    if dtype.is_floating_point or dtype.is_complex:
+        return torch.randn(shape, dtype=dtype, device=device, generator=generator)
+    if dtype == torch.bool:
+        return torch.zeros(shape, dtype=dtype, device=device)
+    # small non-negative integers are valid indices for any embedding table
+    return torch.randint(0, 2, shape, dtype=dtype, device=device, generator=generator)
+
+
+def _default_dtype(model: nn.Module) -> torch.dtype:
+    for param in model.parameters():
+        if param.is_floating_point():
+            return param.dtype
+    return torch.get_default_dtype()
+
+
+def _call_arguments(
+    model: nn.Module,
+    input: Any,
+    input_size: Any,
+    dtypes: Any,
+    device: DeviceLike | None,
+    input_device: torch.device,
+    forward_kwargs: Mapping[str, Any] | None,
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    if input is not None and input_size is not None:
+        raise ValueError("pass either input= (real values) or input_size= (shapes), not both")
+    if dtypes is not None and input_size is None:
+        raise ValueError(
+            "dtypes= applies to input_size= tensors; give input tensors the dtype you want"
+        )
+    if forward_kwargs is not None and not isinstance(forward_kwargs, Mapping):
+        raise TypeError(
+            f"forward_kwargs must be a dict of keyword arguments, got {type(forward_kwargs).__name__}"
+        )
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any] = {}
+    if input_size is not None:
+        shapes = _input_shapes(input_size)
+        kinds = _input_dtypes(dtypes, len(shapes), _default_dtype(model))
+        args = tuple(_make_input(s, d, input_device) for s, d in zip(shapes, kinds))
+    elif input is None:
+        args = ()
+    elif isinstance(input, Mapping):
+        args, kwargs = (), dict(input)
+    elif isinstance(input, (tuple, list)) and not _nested.is_namedtuple(input):
+        args = tuple(input)
+    else:
+        args = (input,)
+        if not isinstance(input, torch.Tensor) and not _nested.is_namedtuple(input):
+            if not list(_nested.tensors(input)):
+                raise TypeError(
+                    f"input must be a tensor, a tuple/list of arguments or a dict of keyword "
+                    f"arguments, got {type(input).__name__}; for shapes use input_size="
+                )
+
+    for key, value in (forward_kwargs or {}).items():
+        if key in kwargs:
+            raise ValueError(
+                f"keyword {key!r} is given both in input and in forward_kwargs; give it once"
+            )
+        kwargs[key] = value
+
+    if device is not None and input is not None:
+        # copies: the caller's tensors are never modified
+        args = _nested.map_tensors(args, lambda t: t.to(input_device))
+        kwargs = _nested.map_tensors(kwargs, lambda t: t.to(input_device))
+    return args, kwargs
+
+
+# -- the model's tensors and modules -----------------------------------------------------------
+
+
+def _records_of(
+    named: Iterable[tuple[str, torch.Tensor]],
+) -> tuple[list[TensorRecord], dict[int, int]]:
+    """One record per distinct tensor, with every name it is reachable under."""
+    names: dict[int, list[str]] = {}
+    tensors: dict[int, torch.Tensor] = {}
+    for name, tensor in named:
+        names.setdefault(id(tensor), []).append(name)
+        tensors[id(tensor)] = tensor
+    records = []
+    index: dict[int, int] = {}
+    for key, tensor_names in names.items():
+        tensor = tensors[key]
+        index[key] = len(records)
+        records.append(
+            TensorRecord(
+                name=tensor_names[0],
+                aliases=tuple(tensor_names[1:]),
+                shape=tuple(int(d) for d in tensor.shape),
+                dtype=str(tensor.dtype),
+                numel=tensor.numel(),
+                nbytes=tensor.numel() * tensor.element_size(),
+                trainable=bool(tensor.requires_grad) and isinstance(tensor, nn.Parameter),
+            )
+        )
+    return records, index
+
+
+def _tensor_records(
+    model: nn.Module,
+) -> tuple[tuple[TensorRecord, ...], tuple[TensorRecord, ...], dict[int, int]]:
+    parameters, param_index = _records_of(model.named_parameters(remove_duplicate=False))
+    buffers, _ = _records_of(model.named_buffers(remove_duplicate=False))
+    return tuple(parameters), tuple(buffers), param_index
+
+
+@dataclass
+class _ModuleInfo:
+    name: str
+    type: str
+    own: tuple[int, ...]
+    subtree: tuple[int, ...] = ()
+    params: int = 0
+    trainable: int = 0
+
+
+def _module_infos(
+    model: nn.Module, param_index: dict[int, int], parameters: tuple[TensorRecord, ...]
+) -> dict[int, _ModuleInfo]:
+    """Per module (by id): name, parameters held directly and in the whole subtree."""
+    order = list(iter_modules(model))
+    infos = {
+        id(module): _ModuleInfo(
+            name=name,
+            type=type(module).__name__,
+            own=tuple(param_index[id(p)] for p in module._parameters.values() if p is not None),
+        )
+        for name, module in order
+    }
+    for _, module in reversed(order):  # children before parents
+        info = infos[id(module)]
+        subtree = dict.fromkeys(info.own)
+        for child in module._modules.values():
+            if child is not None:
+                subtree.update(dict.fromkeys(infos[id(child)].subtree))
+        info.subtree = tuple(subtree)
+        info.params = sum(parameters[i].numel for i in info.subtree)
+        info.trainable = sum(parameters[i].numel for i in info.subtree if parameters[i].trainable)
+    return infos
+
+
+def _uncalled(modules: dict[int, _ModuleInfo], calls: list[_Call]) -> tuple[str, ...]:
+    """Outermost modules whose parameters no call of the forward pass accounts for.
+
+    A call accounts for the parameters its module holds directly and, when none of its
+    submodules was called (a leaf call, or a fused fast path), for its whole subtree.
+    """
+    parents = {call.parent for call in calls}
+    covered: set[int] = set()
+    for call in calls:
+        info = modules[call.module_id]
+        covered.update(info.own if call.index in parents else info.subtree)
+    names: list[str] = []
+    for info in modules.values():  # parents before children
+        if not info.subtree or any(info.name.startswith(outer + ".") for outer in names):
+            continue
+        if covered.isdisjoint(info.subtree):
+            names.append(info.name)  # never the root: its call covers what it holds
+    return tuple(names)
+
+
+# -- recording calls ----------------------------------------------------------------------------
+
+
+@dataclass
+class _Call:
+    index: int
+    module_id: int
+    depth: int
+    parent: int | None
+    input_shapes: tuple[_nested.Shape, ...]
+    is_repeat: bool
+    output_shapes: tuple[_nested.Shape, ...] = ()
+    failed: bool = False
+
+    def freeze(self, info: _ModuleInfo) -> LayerRecord:
+        return LayerRecord(
+            index=self.index,
+            name=info.name,
+            type=info.type,
+            depth=self.depth,
+            parent=self.parent,
+            input_shapes=self.input_shapes,
+            output_shapes=self.output_shapes,
+            params=info.params,
+            trainable_params=info.trainable,
+            own_parameters=info.own,
+            subtree_parameters=info.subtree,
+            is_repeat=self.is_repeat,
+            failed=self.failed,
+        )
+
+
+@dataclass
+class _CallRecorder:
+    """Forward pre/post hooks that turn module calls into :class:`_Call` entries."""
+
+    modules: dict[int, _ModuleInfo]
+    calls: list[_Call] = field(default_factory=list)
+    stack: list[_Call] = field(default_factory=list)
+    seen: set[int] = field(default_factory=set)
+    failures: list[tuple[BaseException, _Call]] = field(default_factory=list)
+
+    def enter(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        key = id(module)
+        call = _Call(
+            index=len(self.calls),
+            module_id=key,
+            depth=len(self.stack),
+            parent=self.stack[-1].index if self.stack else None,
+            input_shapes=_nested.shapes((args, kwargs)),
+            is_repeat=key in self.seen,
+        )
+        self.seen.add(key)
+        self.calls.append(call)
+        self.stack.append(call)
+
+    def leave(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        # registered with always_call=True: also runs, inside torch's `except`, when forward raised
+        key = id(module)
+        while self.stack:
+            call = self.stack.pop()
+            if call.module_id == key:
+                break
+        else:
+            return
+        error = sys.exc_info()[1]
+        if error is not None and output is None:
+            call.failed = True
+            if not any(seen is error for seen, _ in self.failures):
+                self.failures.append((error, call))  # the first to see an error is the innermost
+        else:
+            call.output_shapes = _nested.shapes(output)
+
+    def origin_of(self, error: BaseException) -> _Origin | None:
+        """The innermost module call whose forward raised ``error`` (or what caused it)."""
+        chain: list[BaseException] = []
+        cursor: BaseException | None = error
+        while cursor is not None and cursor not in chain:
+            chain.append(cursor)
+            cursor = cursor.__cause__ or cursor.__context__
+        for candidate in chain:
+            for seen, call in self.failures:
+                if seen is candidate:
+                    info = self.modules[call.module_id]
+                    return _Origin(info.name, info.type, call.input_shapes)
+        return None
+
+
+@dataclass(frozen=True)
+class _Origin:
+    name: str
+    type: str
+    input_shapes: tuple[_nested.Shape, ...]
+
+
+def _failure_message(
+    error: BaseException, origin: _Origin | None, partial: ModelSummary, *, no_input: bool
+) -> str:
+    where = (
+        f"module {origin.name or '(root)'!r} ({origin.type})" if origin else "the model's forward"
+    )
+    shapes = f" with input shapes {format_shapes(origin.input_shapes)}" if origin else ""
+    hint = ""
+    if no_input and isinstance(error, TypeError) and "argument" in str(error):
+        hint = "\nHint: no input was given; pass input=... or input_size=(...) to summary()."
+    return (
+        f"forward pass failed in {where}{shapes}: {type(error).__name__}: {error}{hint}\n\n"
+        f"Layers that ran before the failure:\n{partial}"
+    )
