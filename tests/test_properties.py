@@ -56,7 +56,7 @@ def random_stacks(draw: st.DrawFn) -> tuple[RandomStack, int]:
         widths, plan, activations, norm=draw(st.booleans()), tie=draw(st.booleans())
     )
     frozen = draw(st.lists(st.booleans(), min_size=count, max_size=count))
-    for layer, freeze in zip(model.layers, frozen):
+    for layer, freeze in zip(model.layers, frozen, strict=True):
         if freeze:
             layer.bias.requires_grad_(False)
     if draw(st.booleans()):

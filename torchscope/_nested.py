@@ -21,10 +21,15 @@ def is_namedtuple(obj: object) -> bool:
     return isinstance(obj, tuple) and hasattr(type(obj), "_fields")
 
 
-def _children(obj: object) -> list[Any] | None:
+def _children(obj: object) -> list[Any] | tuple[Any, ...] | None:
     """The values directly inside a container, in order; None for a leaf."""
-    if isinstance(obj, (list, tuple)):
-        return list(obj)
+    # concrete types first: the abstract Mapping check is slow, and this runs once per module call
+    if isinstance(obj, (tuple, list)):
+        return obj
+    if isinstance(obj, dict):
+        return list(obj.values())
+    if isinstance(obj, (str, bytes, int, float, bool)) or obj is None:
+        return None
     if isinstance(obj, Mapping):
         return list(obj.values())
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
@@ -54,7 +59,9 @@ def tensors(obj: object) -> Iterator[torch.Tensor]:
 
 def shapes(obj: object) -> tuple[Shape, ...]:
     """The shape of every tensor inside ``obj``, in the order of :func:`tensors`."""
-    return tuple(tuple(int(d) for d in t.shape) for t in tensors(obj))
+    if isinstance(obj, torch.Tensor):  # the common case, kept cheap: it runs on every module call
+        return (tuple(obj.shape),)
+    return tuple(tuple(t.shape) for t in tensors(obj))
 
 
 def tensor_bytes(obj: object) -> int:

@@ -21,7 +21,14 @@ from torch.utils.hooks import RemovableHandle
 
 from torchscope.errors import TorchscopeWarning
 
-__all__ = ["HookSet", "instrumented", "iter_modules", "preserved_rng", "preserved_state"]
+__all__ = [
+    "HookSet",
+    "instrumented",
+    "iter_modules",
+    "preserved_rng",
+    "preserved_state",
+    "recursion_headroom",
+]
 
 
 def iter_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
@@ -98,7 +105,9 @@ def _version(tensor: torch.Tensor) -> int | None:
 
 
 @contextlib.contextmanager
-def preserved_state(model: nn.Module) -> Iterator[None]:
+def preserved_state(
+    model: nn.Module, *, modules: list[tuple[str, nn.Module]] | None = None
+) -> Iterator[None]:
     """Put every module's ``training`` flag and every buffer back as they were on exit.
 
     Buffers are snapshotted by value and copied back into the same tensors, so their identity
@@ -107,20 +116,28 @@ def preserved_state(model: nn.Module) -> Iterator[None]:
     version counter. Parameters are not
     copied (that would double the model's memory); one that the forward pass modified in
     place is reported with a :class:`~torchscope.errors.TorchscopeWarning`.
+
+    ``modules`` may pass ``list(iter_modules(model))`` when the caller already has it.
     """
-    modules = [module for _, module in iter_modules(model)]
-    training = [module.training for module in modules]
+    named = modules if modules is not None else list(iter_modules(model))
+    modules_in_order: list[nn.Module] = []
     buffers: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     params: dict[int, tuple[str, torch.Tensor, int | None]] = {}
     with torch.no_grad():
-        for buf in model.buffers():
-            buffers[id(buf)] = (buf, buf.clone())
-    for name, param in model.named_parameters(remove_duplicate=True):
-        params[id(param)] = (name, param, _version(param))
+        for name, module in named:
+            modules_in_order.append(module)
+            prefix = f"{name}." if name else ""
+            for buf in module._buffers.values():
+                if buf is not None and id(buf) not in buffers:
+                    buffers[id(buf)] = (buf, buf.clone())
+            for param_name, param in module._parameters.items():
+                if param is not None and id(param) not in params:
+                    params[id(param)] = (prefix + param_name, param, _version(param))
+    training = [module.training for module in modules_in_order]
     try:
         yield
     finally:
-        for module, flag in zip(modules, training):
+        for module, flag in zip(modules_in_order, training, strict=True):
             # set the attribute, not .train(): a user override of train() must not run here
             module.training = flag
         with torch.no_grad():
@@ -142,6 +159,26 @@ def preserved_state(model: nn.Module) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def recursion_headroom(
+    model: nn.Module, *, modules: list[tuple[str, nn.Module]] | None = None
+) -> Iterator[None]:
+    """Raise Python's recursion limit by what module hooks add to a forward pass, then restore it.
+
+    A hooked module call runs one more Python frame than a plain one (``_call_impl``'s
+    ``inner``), so a model that nests modules a few hundred deep (200 nested ``Sequential``s)
+    runs plainly yet would overflow the stack under instrumentation.
+    """
+    named = modules if modules is not None else list(iter_modules(model))
+    nesting = max((name.count(".") + 1 for name, _ in named if name), default=0)
+    previous = sys.getrecursionlimit()
+    sys.setrecursionlimit(previous + 2 * nesting + 100)
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(previous)
+
+
+@contextlib.contextmanager
 def instrumented(model: nn.Module, *, grad: bool) -> Iterator[HookSet]:
     """Run a block with hooks on ``model``; on exit remove them and restore every state we touch.
 
@@ -150,7 +187,12 @@ def instrumented(model: nn.Module, *, grad: bool) -> Iterator[HookSet]:
         grad: whether autograd is enabled inside the block (restored on exit).
     """
     hooks = HookSet()
-    with preserved_rng(), preserved_state(model), torch.set_grad_enabled(grad):
+    with (
+        preserved_rng(),
+        preserved_state(model),
+        recursion_headroom(model),
+        torch.set_grad_enabled(grad),
+    ):
         try:
             yield hooks
         finally:

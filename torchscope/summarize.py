@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -13,7 +13,7 @@ from torch import nn
 from torchscope import _nested
 from torchscope._format import format_shapes
 from torchscope.errors import SummaryError
-from torchscope.hooks import instrumented, iter_modules
+from torchscope.hooks import instrumented
 from torchscope.records import SUMMARY_COLUMNS, LayerRecord, ModelSummary, TensorRecord
 
 __all__ = ["DEFAULT_COLUMNS", "summary"]
@@ -22,7 +22,7 @@ Mode = Literal["eval", "train", "same"]
 MODES: tuple[str, ...] = ("eval", "train", "same")
 DEFAULT_COLUMNS: tuple[str, ...] = ("input_shape", "output_shape", "params")
 ShapeLike = Sequence[int]
-DeviceLike = Union[str, torch.device]
+DeviceLike = str | torch.device
 
 _INPUT_SEED = 0  # inputs made from input_size are the same on every call
 
@@ -75,14 +75,13 @@ def summary(
     columns = _check_columns(columns)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}; got {mode!r}")
-    _reject_lazy_modules(model)
-    input_device = _resolve_device(model, device)
+    index = _index_model(model)
+    input_device = _resolve_device(index.devices, device)
     args, kwargs = _call_arguments(
         model, input, input_size, dtypes, device, input_device, forward_kwargs
     )
 
-    parameters, buffers, param_index = _tensor_records(model)
-    modules = _module_infos(model, param_index, parameters)
+    modules = index.modules
     recorder = _CallRecorder(modules)
 
     def build(
@@ -95,8 +94,8 @@ def summary(
         return ModelSummary(
             model_type=type(model).__name__,
             layers=tuple(call.freeze(modules[call.module_id]) for call in recorder.calls),
-            parameters=parameters,
-            buffers=buffers,
+            parameters=index.parameters,
+            buffers=index.buffers,
             input_shapes=_nested.shapes((args, kwargs)),
             output_shapes=output_shapes,
             input_bytes=_nested.tensor_bytes((args, kwargs)),
@@ -112,7 +111,7 @@ def summary(
     with instrumented(model, grad=grad) as hooks:
         if mode != "same":
             model.train(mode == "train")
-        for _, module in iter_modules(model):
+        for module in index.module_objects:
             hooks.add(module.register_forward_pre_hook(recorder.enter, with_kwargs=True))
             hooks.add(module.register_forward_hook(recorder.leave, always_call=True))
         try:
@@ -179,27 +178,6 @@ def _check_columns(columns: Iterable[str] | str | None) -> tuple[str, ...]:
     return names
 
 
-def _reject_lazy_modules(model: nn.Module) -> None:
-    lazy = [
-        name
-        for name, tensor in (*model.named_parameters(), *model.named_buffers())
-        if isinstance(tensor, nn.parameter.UninitializedTensorMixin)
-    ]
-    if lazy:
-        raise ValueError(
-            f"the model has uninitialised lazy parameters ({', '.join(lazy[:3])}); summary never "
-            "initialises them, since that would change the model: run one forward pass first"
-        )
-
-
-def _model_devices(model: nn.Module) -> list[torch.device]:
-    devices: list[torch.device] = []
-    for tensor in (*model.parameters(), *model.buffers()):
-        if tensor.device not in devices:
-            devices.append(tensor.device)
-    return devices
-
-
 def _normalise_device(device: DeviceLike) -> torch.device:
     try:
         dev = torch.device(device)
@@ -212,8 +190,7 @@ def _normalise_device(device: DeviceLike) -> torch.device:
     return dev
 
 
-def _resolve_device(model: nn.Module, device: DeviceLike | None) -> torch.device:
-    model_devices = _model_devices(model)
+def _resolve_device(model_devices: list[torch.device], device: DeviceLike | None) -> torch.device:
     if device is None:
         return model_devices[0] if model_devices else torch.device("cpu")
     dev = _normalise_device(device)
@@ -314,7 +291,7 @@ def _call_arguments(
     if input_size is not None:
         shapes = _input_shapes(input_size)
         kinds = _input_dtypes(dtypes, len(shapes), _default_dtype(model))
-        args = tuple(_make_input(s, d, input_device) for s, d in zip(shapes, kinds))
+        args = tuple(_make_input(s, d, input_device) for s, d in zip(shapes, kinds, strict=True))
     elif input is None:
         args = ()
     elif isinstance(input, Mapping):
@@ -347,65 +324,94 @@ def _call_arguments(
 # -- the model's tensors and modules -----------------------------------------------------------
 
 
-def _records_of(
-    named: Iterable[tuple[str, torch.Tensor]],
-) -> tuple[list[TensorRecord], dict[int, int]]:
-    """One record per distinct tensor, with every name it is reachable under."""
-    names: dict[int, list[str]] = {}
-    tensors: dict[int, torch.Tensor] = {}
-    for name, tensor in named:
-        names.setdefault(id(tensor), []).append(name)
-        tensors[id(tensor)] = tensor
-    records = []
-    index: dict[int, int] = {}
-    for key, tensor_names in names.items():
-        tensor = tensors[key]
-        index[key] = len(records)
-        records.append(
-            TensorRecord(
-                name=tensor_names[0],
-                aliases=tuple(tensor_names[1:]),
-                shape=tuple(int(d) for d in tensor.shape),
-                dtype=str(tensor.dtype),
-                numel=tensor.numel(),
-                nbytes=tensor.numel() * tensor.element_size(),
-                trainable=bool(tensor.requires_grad) and isinstance(tensor, nn.Parameter),
-            )
-        )
-    return records, index
-
-
-def _tensor_records(
-    model: nn.Module,
-) -> tuple[tuple[TensorRecord, ...], tuple[TensorRecord, ...], dict[int, int]]:
-    parameters, param_index = _records_of(model.named_parameters(remove_duplicate=False))
-    buffers, _ = _records_of(model.named_buffers(remove_duplicate=False))
-    return tuple(parameters), tuple(buffers), param_index
-
-
 @dataclass
 class _ModuleInfo:
     name: str
     type: str
-    own: tuple[int, ...]
+    own: tuple[int, ...] = ()
     subtree: tuple[int, ...] = ()
     params: int = 0
     trainable: int = 0
 
 
-def _module_infos(
-    model: nn.Module, param_index: dict[int, int], parameters: tuple[TensorRecord, ...]
-) -> dict[int, _ModuleInfo]:
-    """Per module (by id): name, parameters held directly and in the whole subtree."""
-    order = list(iter_modules(model))
-    infos = {
-        id(module): _ModuleInfo(
-            name=name,
-            type=type(module).__name__,
-            own=tuple(param_index[id(p)] for p in module._parameters.values() if p is not None),
+@dataclass
+class _ModelIndex:
+    """What one walk over the module tree learns: tensors (with all their names) and modules."""
+
+    parameters: tuple[TensorRecord, ...]
+    buffers: tuple[TensorRecord, ...]
+    modules: dict[int, _ModuleInfo]  # by id(module), parents before children
+    module_objects: list[nn.Module]  # the same order
+    devices: list[torch.device]  # where parameters and buffers live, in order of appearance
+
+
+def _tensor_records(
+    names: dict[int, list[str]], tensors: dict[int, torch.Tensor]
+) -> list[TensorRecord]:
+    return [
+        TensorRecord(
+            name=tensor_names[0],
+            aliases=tuple(tensor_names[1:]),
+            shape=tuple(tensors[key].shape),
+            dtype=str(tensors[key].dtype),
+            numel=tensors[key].numel(),
+            nbytes=tensors[key].numel() * tensors[key].element_size(),
+            trainable=isinstance(tensors[key], nn.Parameter) and tensors[key].requires_grad,
         )
-        for name, module in order
-    }
+        for key, tensor_names in names.items()
+    ]
+
+
+def _index_model(model: nn.Module) -> _ModelIndex:
+    """Walk the module tree once, iteratively, visiting shared modules under each of their names.
+
+    Every name under which a parameter or buffer is reachable is kept (the first is its
+    name, the others its aliases), in ``named_parameters(remove_duplicate=False)`` order.
+    """
+    param_names: dict[int, list[str]] = {}
+    buffer_names: dict[int, list[str]] = {}
+    tensors: dict[int, torch.Tensor] = {}
+    order: list[tuple[str, nn.Module]] = []
+    first_seen: set[int] = set()
+    stack: list[tuple[str, nn.Module]] = [("", model)]
+    while stack:
+        name, module = stack.pop()
+        if id(module) not in first_seen:
+            first_seen.add(id(module))
+            order.append((name, module))
+        prefix = f"{name}." if name else ""
+        for table, names in ((module._parameters, param_names), (module._buffers, buffer_names)):
+            for local, tensor in table.items():
+                if tensor is not None:
+                    names.setdefault(id(tensor), []).append(prefix + local)
+                    tensors[id(tensor)] = tensor
+        stack.extend(
+            reversed(
+                [
+                    (prefix + local, child)
+                    for local, child in module._modules.items()
+                    if child is not None
+                ]
+            )
+        )
+
+    lazy = [
+        names[key][0]
+        for names in (param_names, buffer_names)
+        for key in names
+        if isinstance(tensors[key], nn.parameter.UninitializedTensorMixin)
+    ]
+    if lazy:  # their shapes cannot even be read
+        raise ValueError(
+            f"the model has uninitialised lazy parameters ({', '.join(lazy[:3])}); summary "
+            "never initialises them, since that would change the model: run one forward pass first"
+        )
+    parameters = tuple(_tensor_records(param_names, tensors))
+    position = {key: i for i, key in enumerate(param_names)}
+    infos: dict[int, _ModuleInfo] = {}
+    for name, module in order:
+        own = dict.fromkeys(position[id(p)] for p in module._parameters.values() if p is not None)
+        infos[id(module)] = _ModuleInfo(name=name, type=type(module).__name__, own=tuple(own))
     for _, module in reversed(order):  # children before parents
         info = infos[id(module)]
         subtree = dict.fromkeys(info.own)
@@ -415,7 +421,14 @@ def _module_infos(
         info.subtree = tuple(subtree)
         info.params = sum(parameters[i].numel for i in info.subtree)
         info.trainable = sum(parameters[i].numel for i in info.subtree if parameters[i].trainable)
-    return infos
+    devices = list(dict.fromkeys(t.device for t in tensors.values()))
+    return _ModelIndex(
+        parameters=parameters,
+        buffers=tuple(_tensor_records(buffer_names, tensors)),
+        modules=infos,
+        module_objects=[module for _, module in order],
+        devices=devices,
+    )
 
 
 def _uncalled(modules: dict[int, _ModuleInfo], calls: list[_Call]) -> tuple[str, ...]:
@@ -487,7 +500,7 @@ class _CallRecorder:
             module_id=key,
             depth=len(self.stack),
             parent=self.stack[-1].index if self.stack else None,
-            input_shapes=_nested.shapes((args, kwargs)),
+            input_shapes=_nested.shapes((args, kwargs) if kwargs else args),
             is_repeat=key in self.seen,
         )
         self.seen.add(key)

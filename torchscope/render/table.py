@@ -114,7 +114,7 @@ def footer_lines(summary: ModelSummary, table_rows: list[Row]) -> list[str]:
         )
     if summary.uncalled:
         lines.append(
-            "Never called by forward (parameters in the totals, not in the table): "
+            "Never called by forward (their parameters count in the totals): "
             + ", ".join(summary.uncalled)
         )
     return lines
