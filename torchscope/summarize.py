@@ -346,20 +346,24 @@ class _ModelIndex:
 
 
 def _tensor_records(
-    names: dict[int, list[str]], tensors: dict[int, torch.Tensor]
+    names: dict[int, list[str]], tensors: dict[int, torch.Tensor], *, parameters: bool
 ) -> list[TensorRecord]:
-    return [
-        TensorRecord(
-            name=tensor_names[0],
-            aliases=tuple(tensor_names[1:]),
-            shape=tuple(tensors[key].shape),
-            dtype=str(tensors[key].dtype),
-            numel=tensors[key].numel(),
-            nbytes=tensors[key].numel() * tensors[key].element_size(),
-            trainable=isinstance(tensors[key], nn.Parameter) and tensors[key].requires_grad,
+    records = []
+    for key, tensor_names in names.items():
+        tensor = tensors[key]
+        numel = tensor.numel()
+        records.append(
+            TensorRecord(
+                name=tensor_names[0],
+                aliases=tuple(tensor_names[1:]),
+                shape=tuple(tensor.shape),
+                dtype=str(tensor.dtype),
+                numel=numel,
+                nbytes=numel * tensor.element_size(),
+                trainable=parameters and tensor.requires_grad,
+            )
         )
-        for key, tensor_names in names.items()
-    ]
+    return records
 
 
 def _index_model(model: nn.Module) -> _ModelIndex:
@@ -406,7 +410,9 @@ def _index_model(model: nn.Module) -> _ModelIndex:
             f"the model has uninitialised lazy parameters ({', '.join(lazy[:3])}); summary "
             "never initialises them, since that would change the model: run one forward pass first"
         )
-    parameters = tuple(_tensor_records(param_names, tensors))
+    parameters = tuple(_tensor_records(param_names, tensors, parameters=True))
+    numels = [p.numel for p in parameters]
+    trainable = [p.trainable for p in parameters]
     position = {key: i for i, key in enumerate(param_names)}
     infos: dict[int, _ModuleInfo] = {}
     for name, module in order:
@@ -419,12 +425,12 @@ def _index_model(model: nn.Module) -> _ModelIndex:
             if child is not None:
                 subtree.update(dict.fromkeys(infos[id(child)].subtree))
         info.subtree = tuple(subtree)
-        info.params = sum(parameters[i].numel for i in info.subtree)
-        info.trainable = sum(parameters[i].numel for i in info.subtree if parameters[i].trainable)
+        info.params = sum(numels[i] for i in info.subtree)
+        info.trainable = sum(numels[i] for i in info.subtree if trainable[i])
     devices = list(dict.fromkeys(t.device for t in tensors.values()))
     return _ModelIndex(
         parameters=parameters,
-        buffers=tuple(_tensor_records(buffer_names, tensors)),
+        buffers=tuple(_tensor_records(buffer_names, tensors, parameters=False)),
         modules=infos,
         module_objects=[module for _, module in order],
         devices=devices,

@@ -1,0 +1,1 @@
+"""Runnable benchmarks that compare torchscope with its peers in one run (``python -m benchmarks``)."""

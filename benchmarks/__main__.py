@@ -1,0 +1,25 @@
+"""``python -m benchmarks``: run every benchmark of the project and print one table of ratios."""
+
+from __future__ import annotations
+
+import sys
+
+from benchmarks import bench_summary
+from benchmarks._common import table
+
+BENCHMARKS = {"summary": bench_summary.main}
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    headline: list[list[str]] = []
+    for name, run in BENCHMARKS.items():
+        print(f"\n{'=' * 20} {name} {'=' * 20}\n")
+        for metric, value in run(argv).items():
+            headline.append([name, metric, f"{value:.2f}x"])
+    print("\n# Summary of ratios\n")
+    print(table(["benchmark", "metric", "value"], headline))
+
+
+if __name__ == "__main__":
+    main()
