@@ -20,6 +20,12 @@ _EXPORTS = {
     "TorchscopeError": "torchscope.errors",
     "SummaryError": "torchscope.errors",
     "TorchscopeWarning": "torchscope.errors",
+    "TrainableReport": "torchscope.records",
+    "freeze": "torchscope.freezing",
+    "unfreeze": "torchscope.freezing",
+    "frozen": "torchscope.freezing",
+    "freeze_until": "torchscope.freezing",
+    "trainable_report": "torchscope.freezing",
 }
 
 __all__ = [
@@ -29,13 +35,20 @@ __all__ = [
     "TensorRecord",
     "TorchscopeError",
     "TorchscopeWarning",
+    "TrainableReport",
     "__version__",
+    "freeze",
+    "freeze_until",
+    "frozen",
     "summary",
+    "trainable_report",
+    "unfreeze",
 ]
 
 if TYPE_CHECKING:
     from torchscope.errors import SummaryError, TorchscopeError, TorchscopeWarning
-    from torchscope.records import LayerRecord, ModelSummary, TensorRecord
+    from torchscope.freezing import freeze, freeze_until, frozen, trainable_report, unfreeze
+    from torchscope.records import LayerRecord, ModelSummary, TensorRecord, TrainableReport
     from torchscope.summarize import summary
 
 

@@ -14,7 +14,15 @@ from typing import Any
 from torchscope.render import html as render_html
 from torchscope.render import text as render_text
 
-__all__ = ["SCHEMA_VERSION", "SUMMARY_COLUMNS", "LayerRecord", "ModelSummary", "TensorRecord"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "SUMMARY_COLUMNS",
+    "LayerRecord",
+    "ModelSummary",
+    "TensorRecord",
+    "TrainableReport",
+    "TrainableRow",
+]
 
 #: The columns a summary table can show, in their default order of appearance.
 SUMMARY_COLUMNS = ("input_shape", "output_shape", "params", "params_percent", "trainable")
@@ -219,6 +227,42 @@ class ModelSummary:
 
     def _repr_html_(self) -> str:
         return render_html.render_summary(self)
+
+
+@dataclass(frozen=True)
+class TrainableRow:
+    """One module (with its subtree) in a :class:`TrainableReport`."""
+
+    name: str  # qualified name, "" for the root
+    type: str
+    depth: int
+    trainable_params: int
+    frozen_params: int
+    modules: int  # modules in the subtree, itself included
+    modules_in_eval: int  # of those, how many have training=False
+    pinned_eval: int  # of those, how many torchscope.freeze keeps in eval mode
+
+
+@dataclass(frozen=True)
+class TrainableReport:
+    """What is frozen, trainable and in eval mode; ``str()`` gives a table. The first row is the model."""
+
+    rows: tuple[TrainableRow, ...]
+    depth: int
+
+    @property
+    def trainable_params(self) -> int:
+        return self.rows[0].trainable_params
+
+    @property
+    def frozen_params(self) -> int:
+        return self.rows[0].frozen_params
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def __str__(self) -> str:
+        return render_text.render_trainable_report(self)
 
 
 def _shapes(items: Any) -> tuple[Shape, ...]:

@@ -9,9 +9,9 @@ from tabulate import tabulate
 from torchscope.render.table import HEADERS, NUMERIC_COLUMNS, footer_lines, rows
 
 if TYPE_CHECKING:
-    from torchscope.records import ModelSummary
+    from torchscope.records import ModelSummary, TrainableReport, TrainableRow
 
-__all__ = ["render_summary"]
+__all__ = ["render_summary", "render_trainable_report"]
 
 
 def render_summary(summary: ModelSummary, *, markdown: bool = False) -> str:
@@ -37,3 +37,54 @@ def render_summary(summary: ModelSummary, *, markdown: bool = False) -> str:
         return "\n".join([f"**{title}**", "", table, "", *(f"- {line}" for line in footer)]) + "\n"
     rule = "=" * max(len(line) for line in table.splitlines())
     return "\n".join([title, rule, table, rule, *footer])
+
+
+def render_trainable_report(report: TrainableReport) -> str:
+    """The table of :func:`torchscope.trainable_report`: counts per module, totals under it."""
+
+    def mode(row: TrainableRow) -> str:
+        in_eval, total, pinned = row.modules_in_eval, row.modules, row.pinned_eval
+        text = (
+            "eval"
+            if in_eval == total
+            else "train"
+            if in_eval == 0
+            else f"mixed ({in_eval}/{total} eval)"
+        )
+        return f"{text}, {pinned} pinned" if pinned else text
+
+    body = [
+        [
+            "  " * row.depth
+            + (row.name.rsplit(".", 1)[-1] if row.name else row.type)
+            + (f" ({row.type})" if row.name else ""),
+            f"{row.trainable_params:,}",
+            f"{row.frozen_params:,}",
+            mode(row),
+        ]
+        for row in report.rows
+    ]
+    table = tabulate(
+        body,
+        headers=["Module", "Trainable", "Frozen", "Mode"],
+        tablefmt="simple",
+        colalign=["left", "right", "right", "left"],
+        disable_numparse=True,
+        preserve_whitespace=True,
+    )
+    root = report.rows[0]
+    total = root.trainable_params + root.frozen_params
+    share = f" ({100 * root.frozen_params / total:.1f}% frozen)" if total else ""
+    return "\n".join(
+        [
+            table,
+            f"Trainable params: {root.trainable_params:,}",
+            f"Frozen params: {root.frozen_params:,}{share}",
+            f"Modules in eval mode: {root.modules_in_eval} of {root.modules}"
+            + (
+                f", {root.pinned_eval} pinned in eval by torchscope.freeze"
+                if root.pinned_eval
+                else ""
+            ),
+        ]
+    )
