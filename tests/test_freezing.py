@@ -48,6 +48,7 @@ OPTIMIZERS = {
         params, lr=0.1, momentum=0.9, weight_decay=1e-2
     ),
     "adamw": lambda params: torch.optim.AdamW(params, lr=1e-2, weight_decay=1e-1),
+    "rmsprop": lambda params: torch.optim.RMSprop(params, lr=1e-3, momentum=0.9, weight_decay=1e-2),
 }
 FROZEN = ("conv1.", "bn1.", "layer1.", "layer2.")
 
