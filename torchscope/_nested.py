@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["is_namedtuple", "map_tensors", "shapes", "tensor_bytes", "tensors"]
+__all__ = ["is_namedtuple", "map_tensors", "shape_of", "shapes", "tensor_bytes", "tensors"]
 
 Shape = tuple[int, ...]
 
@@ -40,28 +40,55 @@ def _children(obj: object) -> list[Any] | tuple[Any, ...] | None:
 def tensors(obj: object) -> Iterator[torch.Tensor]:
     """Yield every tensor inside ``obj`` in depth-first, left-to-right order.
 
-    Iterative (no recursion limit on deep nesting); a container reached twice (a cycle, or the
-    same list referenced twice) is walked once. Non-tensor leaves are skipped.
+    Iterative (no recursion limit on deep nesting). A container that contains itself is
+    walked once; the same container reached twice side by side (``return feats, feats``)
+    is walked twice, like any other value. Non-tensor leaves are skipped.
     """
     stack: list[Any] = [obj]
-    seen: set[int] = set()
+    on_path: set[int] = set()  # containers being walked: reaching one again is a cycle
     while stack:
         item = stack.pop()
         if isinstance(item, torch.Tensor):
             yield item
             continue
-        children = _children(item)
-        if children is None or id(item) in seen:
+        if isinstance(item, _Exit):
+            on_path.discard(item.key)
             continue
-        seen.add(id(item))
+        children = _children(item)
+        if children is None or id(item) in on_path:
+            continue
+        on_path.add(id(item))
+        stack.append(_Exit(id(item)))
         stack.extend(reversed(children))
+
+
+class _Exit:
+    """Marks, on the walk's stack, the point where a container's children are done."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: int) -> None:
+        self.key = key
+
+
+def shape_of(tensor: torch.Tensor) -> Shape:
+    """The tensor's shape as ints; ragged dimensions of nested tensors are ``-1``."""
+    if not tensor.is_nested:
+        return tuple(tensor.shape)
+    dims = []
+    for dim in range(tensor.dim()):
+        try:
+            dims.append(int(tensor.size(dim)))
+        except (RuntimeError, TypeError, ValueError):  # ragged: no single size
+            dims.append(-1)
+    return tuple(dims)
 
 
 def shapes(obj: object) -> tuple[Shape, ...]:
     """The shape of every tensor inside ``obj``, in the order of :func:`tensors`."""
     if isinstance(obj, torch.Tensor):  # the common case, kept cheap: it runs on every module call
-        return (tuple(obj.shape),)
-    return tuple(tuple(t.shape) for t in tensors(obj))
+        return (shape_of(obj),)
+    return tuple(shape_of(t) for t in tensors(obj))
 
 
 def tensor_bytes(obj: object) -> int:
@@ -71,7 +98,10 @@ def tensor_bytes(obj: object) -> int:
     for t in tensors(obj):
         if id(t) not in seen:
             seen.add(id(t))
-            total += t.numel() * t.element_size()
+            try:
+                total += t.numel() * t.element_size()
+            except RuntimeError:  # some nested tensor layouts cannot report numel
+                continue
     return total
 
 

@@ -12,8 +12,10 @@ from __future__ import annotations
 import contextlib
 import random
 import sys
+import threading
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -29,6 +31,12 @@ __all__ = [
     "preserved_state",
     "recursion_headroom",
 ]
+
+
+# The recursion limit and the RNG streams are process-wide: two threads saving and restoring
+# them at once would leave each other's values behind, so instrumented runs take turns.
+# Re-entrant, so a summary inside a model's forward still works.
+_INSTRUMENTATION_LOCK = threading.RLock()
 
 
 def iter_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
@@ -104,50 +112,117 @@ def _version(tensor: torch.Tensor) -> int | None:
         return None
 
 
+@dataclass
+class _ModuleSnapshot:
+    module: nn.Module
+    training: bool
+    parameters: dict[str, nn.Parameter | None]
+    buffers: dict[str, torch.Tensor | None]
+    submodules: dict[str, nn.Module | None]
+    non_persistent: set[str]
+
+    @classmethod
+    def take(cls, module: nn.Module) -> _ModuleSnapshot:
+        return cls(
+            module,
+            module.training,
+            dict(module._parameters),
+            dict(module._buffers),
+            dict(module._modules),
+            set(module._non_persistent_buffers_set),
+        )
+
+    def restore(self) -> None:
+        module = self.module
+        # set the attribute, not .train(): a user override of train() must not run here
+        module.training = self.training
+        if isinstance(module, torch.jit.ScriptModule):
+            return  # its attribute tables are views of the compiled object: values are restored
+        # the same dict objects, refilled: a forward that rebinds `self.steps = self.steps + 1`
+        # or fills a `register_buffer("cache", None)` slot is undone too
+        for live, saved in (
+            (module._parameters, self.parameters),
+            (module._buffers, self.buffers),
+            (module._modules, self.submodules),
+        ):
+            if live != saved or list(live) != list(saved):
+                live.clear()
+                live.update(saved)
+        if module._non_persistent_buffers_set != self.non_persistent:
+            module._non_persistent_buffers_set.clear()
+            module._non_persistent_buffers_set.update(self.non_persistent)
+
+
+def _restore_values(buffer: torch.Tensor, saved: torch.Tensor) -> None:
+    """Copy ``saved`` back into ``buffer`` in place (keeping its identity and aliases)."""
+    try:
+        buffer.copy_(saved)
+    except RuntimeError:
+        if buffer.is_inference():
+            with torch.inference_mode():
+                buffer.copy_(saved)
+        # else: an expanded or otherwise overlapping buffer, which no in-place op can have written
+
+
 @contextlib.contextmanager
 def preserved_state(
     model: nn.Module, *, modules: list[tuple[str, nn.Module]] | None = None
 ) -> Iterator[None]:
-    """Put every module's ``training`` flag and every buffer back as they were on exit.
+    """Put the model's state back as it was on exit.
 
-    Buffers are snapshotted by value and copied back into the same tensors, so their identity
-    (and any aliasing between modules) is kept. They are copied back unconditionally: some
-    kernels (BatchNorm's running statistics on the CPU) update buffers without bumping their
-    version counter. Parameters are not
-    copied (that would double the model's memory); one that the forward pass modified in
-    place is reported with a :class:`~torchscope.errors.TorchscopeWarning`.
+    Restored: every module's ``training`` flag; its parameter, buffer and submodule
+    mappings (a forward that rebinds or adds a buffer is undone); every buffer's values,
+    copied back into the same tensors so their identity and aliasing are kept (always: some
+    kernels, BatchNorm's running statistics on the CPU among them, update buffers without
+    bumping their version counter); every parameter's ``requires_grad`` and ``.grad``.
+    Parameter values are not copied (that would double the model's memory); one that the
+    forward pass modified in place is reported with a
+    :class:`~torchscope.errors.TorchscopeWarning`.
 
     ``modules`` may pass ``list(iter_modules(model))`` when the caller already has it.
     """
     named = modules if modules is not None else list(iter_modules(model))
-    modules_in_order: list[nn.Module] = []
+    snapshots = [_ModuleSnapshot.take(module) for _, module in named]
     buffers: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-    params: dict[int, tuple[str, torch.Tensor, int | None]] = {}
+    params: dict[int, tuple[str, nn.Parameter, int | None, bool, torch.Tensor | None]] = {}
     with torch.no_grad():
-        for name, module in named:
-            modules_in_order.append(module)
+        for (name, _), snapshot in zip(named, snapshots, strict=True):
             prefix = f"{name}." if name else ""
-            for buf in module._buffers.values():
+            for buf in snapshot.buffers.values():
                 if buf is not None and id(buf) not in buffers:
                     buffers[id(buf)] = (buf, buf.clone())
-            for param_name, param in module._parameters.items():
+            for param_name, param in snapshot.parameters.items():
                 if param is not None and id(param) not in params:
-                    params[id(param)] = (prefix + param_name, param, _version(param))
-    training = [module.training for module in modules_in_order]
+                    params[id(param)] = (
+                        prefix + param_name,
+                        param,
+                        _version(param),
+                        param.requires_grad,
+                        param.grad,
+                    )
     try:
         yield
     finally:
-        for module, flag in zip(modules_in_order, training, strict=True):
-            # set the attribute, not .train(): a user override of train() must not run here
-            module.training = flag
+        errors: list[Exception] = []
+        for snapshot in snapshots:
+            try:
+                snapshot.restore()
+            except Exception as e:  # keep restoring the rest
+                errors.append(e)
         with torch.no_grad():
             for buf, saved in buffers.values():
-                buf.copy_(saved)
-        changed = [
-            name
-            for name, param, version in params.values()
-            if version is not None and _version(param) != version
-        ]
+                try:
+                    _restore_values(buf, saved)
+                except Exception as e:
+                    errors.append(e)
+        changed = []
+        for name, param, version, requires_grad, grad in params.values():
+            if param.requires_grad != requires_grad:
+                param.requires_grad_(requires_grad)
+            if param.grad is not grad:
+                param.grad = grad
+            if version is not None and _version(param) != version:
+                changed.append(name)
         if changed:
             warnings.warn(
                 f"the model's forward pass modified parameter(s) in place: {', '.join(changed[:5])}"
@@ -156,6 +231,8 @@ def preserved_state(
                 TorchscopeWarning,
                 stacklevel=3,
             )
+        if errors:
+            raise errors[0]
 
 
 @contextlib.contextmanager
@@ -182,18 +259,23 @@ def recursion_headroom(
 def instrumented(model: nn.Module, *, grad: bool) -> Iterator[HookSet]:
     """Run a block with hooks on ``model``; on exit remove them and restore every state we touch.
 
+    Instrumented blocks of different threads run one at a time (they save and restore
+    process-wide state).
+
     Args:
         model: the module to instrument.
         grad: whether autograd is enabled inside the block (restored on exit).
     """
     hooks = HookSet()
-    with (
-        preserved_rng(),
-        preserved_state(model),
-        recursion_headroom(model),
-        torch.set_grad_enabled(grad),
-    ):
-        try:
-            yield hooks
-        finally:
-            hooks.remove_all()
+    with _INSTRUMENTATION_LOCK:
+        named = list(iter_modules(model))
+        with (
+            preserved_rng(),
+            preserved_state(model, modules=named),
+            recursion_headroom(model, modules=named),
+            torch.set_grad_enabled(grad),
+        ):
+            try:
+                yield hooks
+            finally:
+                hooks.remove_all()

@@ -110,6 +110,8 @@ class ModelSummary:
         columns: the table's columns, in order.
         mode: ``"eval"``, ``"train"`` or ``"same"``: the mode the forward pass ran in.
         device: device of the inputs, as a string.
+        scripted: TorchScript submodules, which cannot be hooked: their calls are not
+            layers, and their parameters are shown in the enclosing module's row.
     """
 
     model_type: str
@@ -125,6 +127,7 @@ class ModelSummary:
     columns: tuple[str, ...]
     mode: str
     device: str
+    scripted: tuple[str, ...] = ()
 
     # -- totals (derived, never stored twice) -------------------------------------------
     @property
@@ -215,6 +218,7 @@ class ModelSummary:
             columns=tuple(data["columns"]),
             mode=data["mode"],
             device=data["device"],
+            scripted=tuple(data.get("scripted", ())),
         )
 
     # -- rendering (delegates to torchscope.render) ----------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -12,7 +13,7 @@ from torch import nn
 
 from torchscope import _nested
 from torchscope._format import format_shapes
-from torchscope.errors import SummaryError
+from torchscope.errors import SummaryError, TorchscopeWarning
 from torchscope.hooks import instrumented
 from torchscope.records import SUMMARY_COLUMNS, LayerRecord, ModelSummary, TensorRecord
 
@@ -24,6 +25,9 @@ DEFAULT_COLUMNS: tuple[str, ...] = ("input_shape", "output_shape", "params")
 ShapeLike = Sequence[int]
 DeviceLike = str | torch.device
 
+_QUANTIZED_DTYPES = frozenset(
+    {torch.quint8, torch.qint8, torch.qint32, torch.quint4x2, torch.quint2x4}
+)
 _INPUT_SEED = 0  # inputs made from input_size are the same on every call
 
 
@@ -101,6 +105,7 @@ def summary(
             input_bytes=_nested.tensor_bytes((args, kwargs)),
             output_bytes=output_bytes,
             uncalled=_uncalled(modules, recorder.calls) if complete else (),
+            scripted=index.scripted,
             depth=table_depth,
             columns=columns,
             mode=mode,
@@ -112,8 +117,12 @@ def summary(
         if mode != "same":
             model.train(mode == "train")
         for module in index.module_objects:
-            hooks.add(module.register_forward_pre_hook(recorder.enter, with_kwargs=True))
-            hooks.add(module.register_forward_hook(recorder.leave, always_call=True))
+            hooks.add(
+                module.register_forward_pre_hook(recorder.enter, with_kwargs=True, prepend=True)
+            )
+            hooks.add(
+                module.register_forward_hook(recorder.leave, with_kwargs=True, always_call=True)
+            )
         try:
             output = model(*args, **kwargs)
         except Exception as error:
@@ -131,6 +140,14 @@ def summary(
             ) from error
         result = build(_nested.shapes(output), _nested.tensor_bytes(output), depth, complete=True)
         del output
+    if recorder.internal_errors:
+        first = recorder.internal_errors[0]
+        warnings.warn(
+            f"torchscope could not record {len(recorder.internal_errors)} module call(s) "
+            f"({type(first).__name__}: {first}); the summary may miss layers. Please report this.",
+            TorchscopeWarning,
+            stacklevel=2,
+        )
     return result
 
 
@@ -143,6 +160,11 @@ def _unwrap(model: Any) -> nn.Module:
         raise TypeError(
             f"summary() needs an nn.Module as its first argument, got {type(model).__name__}; "
             "pass the model itself, e.g. summary(model, input)"
+        )
+    if isinstance(model, torch.jit.ScriptModule):
+        raise TypeError(
+            "summary() cannot hook a TorchScript module; summarise the original nn.Module "
+            "(before torch.jit.script/trace)"
         )
     while True:
         if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
@@ -237,6 +259,11 @@ def _input_dtypes(dtypes: Any, count: int, default: torch.dtype) -> list[torch.d
     listed = [dtypes] if isinstance(dtypes, torch.dtype) else list(dtypes)
     if not all(isinstance(d, torch.dtype) for d in listed):
         raise TypeError(f"dtypes must be a torch.dtype or a list of them, got {dtypes!r}")
+    quantized = [d for d in listed if d in _QUANTIZED_DTYPES]
+    if quantized:
+        raise TypeError(
+            f"input_size cannot make {quantized[0]} tensors; quantize an input yourself and pass it as input="
+        )
     if len(listed) == 1:
         return listed * count
     if len(listed) != count:
@@ -261,7 +288,7 @@ def _make_input(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
 
 def _default_dtype(model: nn.Module) -> torch.dtype:
     for param in model.parameters():
-        if param.is_floating_point():
+        if param.is_floating_point() or param.is_complex():
             return param.dtype
     return torch.get_default_dtype()
 
@@ -314,10 +341,17 @@ def _call_arguments(
             )
         kwargs[key] = value
 
-    if device is not None and input is not None:
-        # copies: the caller's tensors are never modified
-        args = _nested.map_tensors(args, lambda t: t.to(input_device))
-        kwargs = _nested.map_tensors(kwargs, lambda t: t.to(input_device))
+    # the model gets copies (on `device`, if given): an in-place op in its forward must not
+    # reach the caller's tensors
+    target = input_device if device is not None else None
+
+    def copy(tensor: torch.Tensor) -> torch.Tensor:
+        moved = tensor.detach().to(target if target is not None else tensor.device, copy=True)
+        return moved.requires_grad_(tensor.requires_grad) if moved.is_leaf else moved
+
+    if input is not None:
+        args = _nested.map_tensors(args, copy)
+    kwargs = _nested.map_tensors(kwargs, copy)
     return args, kwargs
 
 
@@ -343,6 +377,7 @@ class _ModelIndex:
     modules: dict[int, _ModuleInfo]  # by id(module), parents before children
     module_objects: list[nn.Module]  # the same order
     devices: list[torch.device]  # where parameters and buffers live, in order of appearance
+    scripted: tuple[str, ...]  # TorchScript submodules, which cannot be hooked
 
 
 def _tensor_records(
@@ -377,6 +412,7 @@ def _index_model(model: nn.Module) -> _ModelIndex:
     tensors: dict[int, torch.Tensor] = {}
     order: list[tuple[str, nn.Module]] = []
     first_seen: set[int] = set()
+    opaque: dict[int, str] = {}  # TorchScript submodules: no hooks, counted in their parent's row
     stack: list[tuple[str, nn.Module]] = [("", model)]
     while stack:
         name, module = stack.pop()
@@ -384,6 +420,16 @@ def _index_model(model: nn.Module) -> _ModelIndex:
             first_seen.add(id(module))
             order.append((name, module))
         prefix = f"{name}." if name else ""
+        if isinstance(module, torch.jit.ScriptModule):
+            opaque.setdefault(id(module), name)
+            for named, names in (
+                (module.named_parameters(prefix=name), param_names),
+                (module.named_buffers(prefix=name), buffer_names),
+            ):
+                for full_name, tensor in named:
+                    names.setdefault(id(tensor), []).append(full_name)
+                    tensors[id(tensor)] = tensor
+            continue  # its submodules cannot be hooked either
         for table, names in ((module._parameters, param_names), (module._buffers, buffer_names)):
             for local, tensor in table.items():
                 if tensor is not None:
@@ -416,14 +462,23 @@ def _index_model(model: nn.Module) -> _ModelIndex:
     position = {key: i for i, key in enumerate(param_names)}
     infos: dict[int, _ModuleInfo] = {}
     for name, module in order:
-        own = dict.fromkeys(position[id(p)] for p in module._parameters.values() if p is not None)
+        if id(module) in opaque:
+            own = dict.fromkeys(position[id(p)] for p in module.parameters())
+        else:
+            own = dict.fromkeys(
+                position[id(p)] for p in module._parameters.values() if p is not None
+            )
+            for child in module._modules.values():  # what unhookable children hold shows here
+                if child is not None and id(child) in opaque:
+                    own.update(dict.fromkeys(position[id(p)] for p in child.parameters()))
         infos[id(module)] = _ModuleInfo(name=name, type=type(module).__name__, own=tuple(own))
     for _, module in reversed(order):  # children before parents
         info = infos[id(module)]
         subtree = dict.fromkeys(info.own)
-        for child in module._modules.values():
-            if child is not None:
-                subtree.update(dict.fromkeys(infos[id(child)].subtree))
+        if id(module) not in opaque:
+            for child in module._modules.values():
+                if child is not None:
+                    subtree.update(dict.fromkeys(infos[id(child)].subtree))
         info.subtree = tuple(subtree)
         info.params = sum(numels[i] for i in info.subtree)
         info.trainable = sum(numels[i] for i in info.subtree if trainable[i])
@@ -432,8 +487,9 @@ def _index_model(model: nn.Module) -> _ModelIndex:
         parameters=parameters,
         buffers=tuple(_tensor_records(buffer_names, tensors, parameters=False)),
         modules=infos,
-        module_objects=[module for _, module in order],
+        module_objects=[module for _, module in order if id(module) not in opaque],
         devices=devices,
+        scripted=tuple(opaque.values()),
     )
 
 
@@ -466,8 +522,8 @@ class _Call:
     module_id: int
     depth: int
     parent: int | None
-    input_shapes: tuple[_nested.Shape, ...]
     is_repeat: bool
+    input_shapes: tuple[_nested.Shape, ...] = ()
     output_shapes: tuple[_nested.Shape, ...] = ()
     failed: bool = False
 
@@ -491,41 +547,73 @@ class _Call:
 
 @dataclass
 class _CallRecorder:
-    """Forward pre/post hooks that turn module calls into :class:`_Call` entries."""
+    """Forward hooks that turn module calls into :class:`_Call` entries.
+
+    ``enter`` is a pre-hook registered first (``prepend=True``), so a call is on the stack
+    before any user pre-hook runs; ``leave`` is a forward hook registered last with
+    ``always_call=True``, so it sees the arguments ``forward`` received and the output the
+    caller receives, and runs also when the forward or a hook raised. Neither lets an error
+    of its own reach the model: those are kept in ``internal_errors``.
+    """
 
     modules: dict[int, _ModuleInfo]
     calls: list[_Call] = field(default_factory=list)
     stack: list[_Call] = field(default_factory=list)
     seen: set[int] = field(default_factory=set)
     failures: list[tuple[BaseException, _Call]] = field(default_factory=list)
+    internal_errors: list[Exception] = field(default_factory=list)
 
-    def enter(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def _push(self, module: nn.Module) -> _Call:
         key = id(module)
         call = _Call(
             index=len(self.calls),
             module_id=key,
             depth=len(self.stack),
             parent=self.stack[-1].index if self.stack else None,
-            input_shapes=_nested.shapes((args, kwargs) if kwargs else args),
             is_repeat=key in self.seen,
         )
         self.seen.add(key)
         self.calls.append(call)
         self.stack.append(call)
+        return call
 
-    def leave(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        # registered with always_call=True: also runs, inside torch's `except`, when forward raised
+    def enter(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        try:
+            self._push(module)
+        except Exception as e:  # never break the user's forward
+            self.internal_errors.append(e)
+
+    def leave(
+        self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
+    ) -> None:
+        raising = _in_exception_path(output)
+        try:
+            self._pop(module, args, kwargs, output, raising)
+        except Exception as e:  # never break the user's forward
+            self.internal_errors.append(e)
+
+    def _pop(
+        self,
+        module: nn.Module,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        output: Any,
+        raising: bool,
+    ) -> None:
         key = id(module)
-        while self.stack:
-            call = self.stack.pop()
-            if call.module_id == key:
-                break
-        else:
-            return
-        error = sys.exc_info()[1]
-        if error is not None and output is None:
+        depth = next(
+            (i for i in range(len(self.stack) - 1, -1, -1) if self.stack[i].module_id == key), None
+        )
+        if depth is None:  # a global pre-hook raised before our enter ran
+            self._push(module)
+            depth = len(self.stack) - 1
+        call = self.stack[depth]
+        del self.stack[depth:]
+        call.input_shapes = _nested.shapes((args, kwargs) if kwargs else args)
+        if raising:
             call.failed = True
-            if not any(seen is error for seen, _ in self.failures):
+            error = sys.exc_info()[1]
+            if error is not None and not any(seen is error for seen, _ in self.failures):
                 self.failures.append((error, call))  # the first to see an error is the innermost
         else:
             call.output_shapes = _nested.shapes(output)
@@ -543,6 +631,23 @@ class _CallRecorder:
                     info = self.modules[call.module_id]
                     return _Origin(info.name, info.type, call.input_shapes)
         return None
+
+
+def _in_exception_path(output: Any) -> bool:
+    """Whether torch is calling our ``always_call`` forward hook because the call raised.
+
+    torch runs forward hooks from the ``inner`` closure of ``Module._call_impl`` normally,
+    and from ``_call_impl``'s own ``except`` block after an exception. The frame tells the
+    two apart even when a user hook raised after ``forward`` returned an output; should a
+    future torch call hooks from elsewhere, fall back to "an exception is being handled and
+    there is no output".
+    """
+    caller = sys._getframe(2).f_code.co_name  # 0: here, 1: leave, 2: torch
+    if caller == "_call_impl":
+        return True
+    if caller == "inner":
+        return False
+    return sys.exc_info()[1] is not None and output is None
 
 
 @dataclass(frozen=True)

@@ -44,10 +44,12 @@ def rows(summary: ModelSummary) -> list[Row]:
     """The visible rows (calls at depth <= summary.depth) with their cells.
 
     A row whose children are drawn shows the parameters its module holds directly; a row
-    drawn without its children (cut at ``depth``, or a leaf) shows its whole subtree. Every
+    drawn without its children (cut at ``depth``, or a leaf) shows its whole subtree and
+    whatever the calls beneath it used (a block may call a module held elsewhere). Every
     parameter tensor is counted in the first row that shows it, so the Params column adds up
     to the total (apart from modules the forward never called, listed under the table).
     """
+    reached = _reached_parameters(summary)
     visible = [layer for layer in summary.layers if layer.depth <= summary.depth]
     children: dict[int, list[int]] = {}
     for layer in visible:
@@ -70,7 +72,7 @@ def rows(summary: ModelSummary) -> list[Row]:
             guides[layer.index] = inherited + ("   " if is_last else "│  ")
 
         expanded = layer.index in children
-        indices = layer.own_parameters if expanded else layer.subtree_parameters
+        indices = layer.own_parameters if expanded else reached[layer.index]
         new = [i for i in indices if i not in counted]
         counted.update(new)
         count = sum(summary.parameters[i].numel for i in new)
@@ -89,6 +91,24 @@ def rows(summary: ModelSummary) -> list[Row]:
         }
         out.append(Row(layer.depth, prefix, _label(layer), cells))
     return out
+
+
+def _reached_parameters(summary: ModelSummary) -> dict[int, tuple[int, ...]]:
+    """Per call: its module's subtree, then every other parameter the calls beneath it used."""
+    has_children = {layer.parent for layer in summary.layers if layer.parent is not None}
+    accounted: dict[int, set[int]] = {}  # call index -> parameters its call subtree accounts for
+    reached: dict[int, tuple[int, ...]] = {}
+    for layer in reversed(summary.layers):  # children come after their parent in call order
+        mine = accounted.pop(layer.index, set())
+        mine.update(
+            layer.own_parameters if layer.index in has_children else layer.subtree_parameters
+        )
+        reached[layer.index] = layer.subtree_parameters + tuple(
+            sorted(mine.difference(layer.subtree_parameters))
+        )
+        if layer.parent is not None:
+            accounted.setdefault(layer.parent, set()).update(mine)
+    return reached
 
 
 def footer_lines(summary: ModelSummary, table_rows: list[Row]) -> list[str]:
@@ -111,6 +131,11 @@ def footer_lines(summary: ModelSummary, table_rows: list[Row]) -> list[str]:
     if SHARED in markers:
         lines.append(
             f"{SHARED}: parameters already counted in an earlier row (tied or shared weights)."
+        )
+    if summary.scripted:
+        lines.append(
+            "TorchScript submodules (no hooks; parameters shown in the enclosing row): "
+            + ", ".join(summary.scripted)
         )
     if summary.uncalled:
         lines.append(
