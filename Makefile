@@ -27,6 +27,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check torchscope tests benchmarks
 
 bench: $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,bench]'
 	$(PY) -m benchmarks
 
 clean:

@@ -201,7 +201,7 @@ def side_effects() -> list[list[str]]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> dict[str, float]:
+def main(argv: list[str] | None = None) -> dict[str, str]:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer models and repetitions")
     args = parser.parse_args(argv)
@@ -240,7 +240,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     with contextlib.redirect_stdout(io.StringIO()):
         effects = side_effects()
     print(table(["check", "torchscope", "torchinfo"], effects))
-    return {"summary/forward (worst)": max(ratios), "summary/forward (best)": min(ratios)}
+    return {
+        "summary time / forward time (worst model)": f"{max(ratios):.2f}x",
+        "summary time / forward time (best model)": f"{min(ratios):.2f}x",
+    }
 
 
 if __name__ == "__main__":
