@@ -20,10 +20,12 @@ demo: $(STAMP) dot
 
 test: $(STAMP) dot
 	$(VENV)/bin/ruff check torchscope tests benchmarks
+	$(VENV)/bin/mypy torchscope
 	$(PY) -m pytest
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check torchscope tests benchmarks
+	$(VENV)/bin/mypy torchscope
 	$(VENV)/bin/ruff format --check torchscope tests benchmarks
 
 bench: $(STAMP)

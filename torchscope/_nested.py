@@ -119,8 +119,9 @@ def map_tensors(obj: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
         return type(obj)(map_tensors(v, fn) for v in obj)
     if isinstance(obj, Mapping):
         items = {k: map_tensors(v, fn) for k, v in obj.items()}
+        rebuild: Any = type(obj)
         try:
-            return type(obj)(items)
+            return rebuild(items)
         except TypeError:  # a Mapping whose constructor takes something else
             return items
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):

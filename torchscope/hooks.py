@@ -16,6 +16,7 @@ import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -140,17 +141,19 @@ class _ModuleSnapshot:
             return  # its attribute tables are views of the compiled object: values are restored
         # the same dict objects, refilled: a forward that rebinds `self.steps = self.steps + 1`
         # or fills a `register_buffer("cache", None)` slot is undone too
-        for live, saved in (
-            (module._parameters, self.parameters),
-            (module._buffers, self.buffers),
-            (module._modules, self.submodules),
-        ):
-            if live != saved or list(live) != list(saved):
-                live.clear()
-                live.update(saved)
+        _refill(module._parameters, self.parameters)
+        _refill(module._buffers, self.buffers)
+        _refill(module._modules, self.submodules)
         if module._non_persistent_buffers_set != self.non_persistent:
             module._non_persistent_buffers_set.clear()
             module._non_persistent_buffers_set.update(self.non_persistent)
+
+
+def _refill(live: dict[str, Any], saved: dict[str, Any]) -> None:
+    """Make ``live`` equal to ``saved`` (same keys in the same order), keeping the dict object."""
+    if live != saved or list(live) != list(saved):
+        live.clear()
+        live.update(saved)
 
 
 def _restore_values(buffer: torch.Tensor, saved: torch.Tensor) -> None:

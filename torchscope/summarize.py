@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
+from torch.nn.parameter import is_lazy
 
 from torchscope import _nested
 from torchscope._format import format_shapes
@@ -430,7 +431,11 @@ def _index_model(model: nn.Module) -> _ModelIndex:
                     names.setdefault(id(tensor), []).append(full_name)
                     tensors[id(tensor)] = tensor
             continue  # its submodules cannot be hooked either
-        for table, names in ((module._parameters, param_names), (module._buffers, buffer_names)):
+        tables: tuple[tuple[dict[str, Any], dict[int, list[str]]], ...] = (
+            (module._parameters, param_names),
+            (module._buffers, buffer_names),
+        )
+        for table, names in tables:
             for local, tensor in table.items():
                 if tensor is not None:
                     names.setdefault(id(tensor), []).append(prefix + local)
@@ -449,7 +454,7 @@ def _index_model(model: nn.Module) -> _ModelIndex:
         names[key][0]
         for names in (param_names, buffer_names)
         for key in names
-        if isinstance(tensors[key], nn.parameter.UninitializedTensorMixin)
+        if is_lazy(tensors[key])
     ]
     if lazy:  # their shapes cannot even be read
         raise ValueError(
