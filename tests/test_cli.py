@@ -84,7 +84,7 @@ def test_summary_of_an_importable_factory(capsys):
                 "--input-size",
                 "1,1,28,28",
                 "--columns",
-                "flops",
+                "gflops",
             ],
             "unknown column",
         ),

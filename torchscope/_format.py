@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["format_bytes", "format_shapes"]
+__all__ = ["format_bytes", "format_count", "format_shapes"]
 
 MAX_SHAPES_SHOWN = 4
 
@@ -15,6 +15,14 @@ def format_bytes(n: int) -> str:
         if n >= scale:
             return f"{n / scale:,.2f} {unit}"
     return f"{n} B"
+
+
+def format_count(n: int) -> str:
+    """Operation counts in SI units: ``9,408``, ``118.01 M``, ``1.81 G`` (10^6, 10^9, 10^12)."""
+    for unit, scale in (("T", 10**12), ("G", 10**9), ("M", 10**6)):
+        if n >= scale:
+            return f"{n / scale:,.2f} {unit}"
+    return f"{n:,}"
 
 
 def format_shapes(shapes: Sequence[Sequence[int]]) -> str:

@@ -25,7 +25,15 @@ __all__ = [
 ]
 
 #: The columns a summary table can show, in their default order of appearance.
-SUMMARY_COLUMNS = ("input_shape", "output_shape", "params", "params_percent", "trainable")
+SUMMARY_COLUMNS = (
+    "input_shape",
+    "output_shape",
+    "params",
+    "params_percent",
+    "trainable",
+    "macs",
+    "flops",
+)
 
 #: Version of the layout of :meth:`ModelSummary.to_dict`; bumped on incompatible changes.
 SCHEMA_VERSION = 1
@@ -75,6 +83,10 @@ class LayerRecord:
         subtree_parameters: indices of the tensors held by this module or any submodule.
         is_repeat: this module object was already called earlier in the pass.
         failed: the forward of this module raised (only in a partial summary).
+        macs: multiply-accumulates of the forward ops run inside this call, children included.
+        flops: floating-point operations of the same ops (2 per MAC, plus non-MAC ops when
+            the summary was made with ``all_ops=True``).
+        self_macs, self_flops: the part run directly by this module, not by its children.
     """
 
     index: int
@@ -90,6 +102,10 @@ class LayerRecord:
     subtree_parameters: tuple[int, ...]
     is_repeat: bool
     failed: bool = False
+    macs: int = 0
+    flops: int = 0
+    self_macs: int = 0
+    self_flops: int = 0
 
 
 @dataclass(frozen=True)
@@ -112,6 +128,12 @@ class ModelSummary:
         device: device of the inputs, as a string.
         scripted: TorchScript submodules, which cannot be hooked: their calls are not
             layers, and their parameters are shown in the enclosing module's row.
+        total_macs, total_flops: multiply-accumulates and FLOPs of the forward pass.
+        backward_macs, backward_flops: the same for the backward pass of one training step
+            (counted from the real backward ops with ``mode="train"``), else None.
+        uncounted_ops: aten ops that ran but have no formula, with their call counts; when
+            not empty, the totals are lower bounds.
+        all_ops: whether ops without multiply-accumulates were priced in FLOPs.
     """
 
     model_type: str
@@ -128,6 +150,12 @@ class ModelSummary:
     mode: str
     device: str
     scripted: tuple[str, ...] = ()
+    total_macs: int = 0
+    total_flops: int = 0
+    backward_macs: int | None = None
+    backward_flops: int | None = None
+    uncounted_ops: dict[str, int] = dataclasses.field(default_factory=dict)
+    all_ops: bool = False
 
     # -- totals (derived, never stored twice) -------------------------------------------
     @property
@@ -168,6 +196,8 @@ class ModelSummary:
             "buffer_bytes": self.buffer_bytes,
             "input_bytes": self.input_bytes,
             "output_bytes": self.output_bytes,
+            "total_macs": self.total_macs,
+            "total_flops": self.total_flops,
         }
 
     # -- serialisation --------------------------------------------------------------------
@@ -219,6 +249,12 @@ class ModelSummary:
             mode=data["mode"],
             device=data["device"],
             scripted=tuple(data.get("scripted", ())),
+            total_macs=data.get("total_macs", 0),
+            total_flops=data.get("total_flops", 0),
+            backward_macs=data.get("backward_macs"),
+            backward_flops=data.get("backward_flops"),
+            uncounted_ops=dict(data.get("uncounted_ops", {})),
+            all_ops=data.get("all_ops", False),
         )
 
     # -- rendering (delegates to torchscope.render) ----------------------------------------

@@ -14,6 +14,7 @@ from torch.nn.parameter import is_lazy
 
 from torchscope import _nested
 from torchscope._format import format_shapes
+from torchscope.costs import CostCounter
 from torchscope.errors import SummaryError, TorchscopeWarning
 from torchscope.hooks import instrumented
 from torchscope.records import SUMMARY_COLUMNS, LayerRecord, ModelSummary, TensorRecord
@@ -22,7 +23,7 @@ __all__ = ["DEFAULT_COLUMNS", "summary"]
 
 Mode = Literal["eval", "train", "same"]
 MODES: tuple[str, ...] = ("eval", "train", "same")
-DEFAULT_COLUMNS: tuple[str, ...] = ("input_shape", "output_shape", "params")
+DEFAULT_COLUMNS: tuple[str, ...] = ("input_shape", "output_shape", "params", "macs")
 ShapeLike = Sequence[int]
 DeviceLike = str | torch.device
 
@@ -43,6 +44,7 @@ def summary(
     columns: Iterable[str] | str | None = None,
     mode: Mode = "eval",
     forward_kwargs: Mapping[str, Any] | None = None,
+    all_ops: bool = False,
 ) -> ModelSummary:
     """Return a :class:`~torchscope.records.ModelSummary` of one forward pass of ``model``.
 
@@ -69,6 +71,8 @@ def summary(
         mode: ``"eval"`` (``model.eval()``, no autograd), ``"train"`` (``model.train()``,
             autograd on) or ``"same"`` (flags as they are). Flags are restored afterwards.
         forward_kwargs: extra keyword arguments for ``forward``.
+        all_ops: also count FLOPs of ops without multiply-accumulates (elementwise,
+            reductions, normalisation, softmax, pooling); MACs are unaffected.
 
     Raises:
         SummaryError: the forward pass failed; the message names the failing module, its
@@ -88,6 +92,7 @@ def summary(
 
     modules = index.modules
     recorder = _CallRecorder(modules)
+    counter = CostCounter(recorder.current_call, all_ops=bool(all_ops))
 
     def build(
         output_shapes: tuple[_nested.Shape, ...],
@@ -95,10 +100,14 @@ def summary(
         table_depth: int,
         *,
         complete: bool,
+        backward: tuple[int, int] | None = None,
     ) -> ModelSummary:
+        inclusive = _inclusive_costs(recorder.calls, counter)
         return ModelSummary(
             model_type=type(model).__name__,
-            layers=tuple(call.freeze(modules[call.module_id]) for call in recorder.calls),
+            layers=tuple(
+                call.freeze(modules[call.module_id], counter, inclusive) for call in recorder.calls
+            ),
             parameters=index.parameters,
             buffers=index.buffers,
             input_shapes=_nested.shapes((args, kwargs)),
@@ -111,6 +120,12 @@ def summary(
             columns=columns,
             mode=mode,
             device=str(input_device),
+            total_macs=sum(counter.macs.values()),
+            total_flops=sum(counter.flops.values()),
+            backward_macs=None if backward is None else backward[0],
+            backward_flops=None if backward is None else backward[1],
+            uncounted_ops=dict(sorted(counter.uncounted.items())),
+            all_ops=bool(all_ops),
         )
 
     grad = model.training if mode == "same" else mode == "train"
@@ -125,7 +140,8 @@ def summary(
                 module.register_forward_hook(recorder.leave, with_kwargs=True, always_call=True)
             )
         try:
-            output = model(*args, **kwargs)
+            with counter:
+                output = model(*args, **kwargs)
         except Exception as error:
             origin = recorder.origin_of(error)
             failed_depth = max([depth, *(c.depth for c in recorder.calls if c.failed)])
@@ -139,7 +155,14 @@ def summary(
                 input_shapes=origin.input_shapes if origin else (),
                 partial=partial,
             ) from error
-        result = build(_nested.shapes(output), _nested.tensor_bytes(output), depth, complete=True)
+        backward = _count_backward(model, output, counter) if mode == "train" else None
+        result = build(
+            _nested.shapes(output),
+            _nested.tensor_bytes(output),
+            depth,
+            complete=True,
+            backward=backward,
+        )
         del output
     if recorder.internal_errors:
         first = recorder.internal_errors[0]
@@ -150,6 +173,40 @@ def summary(
             stacklevel=2,
         )
     return result
+
+
+def _count_backward(model: nn.Module, output: Any, counter: CostCounter) -> tuple[int, int]:
+    """MACs and FLOPs of the backward pass a training step would run from ``output``.
+
+    Uses ``torch.autograd.grad`` with the trainable parameters as inputs, so the real backward
+    ops run but no ``.grad`` is written. The seed gradients are made before counting starts.
+    """
+    roots = [t for t in _nested.tensors(output) if t.requires_grad and t.grad_fn is not None]
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not roots or not params:
+        return 0, 0
+    seeds = [torch.ones_like(t) for t in roots]
+    counter.backward = True
+    try:
+        with counter:
+            torch.autograd.grad(roots, params, grad_outputs=seeds, allow_unused=True)
+    except Exception as e:
+        raise SummaryError(
+            f"the backward pass of mode='train' failed: {type(e).__name__}: {e}"
+        ) from e
+    finally:
+        counter.backward = False
+    return counter.backward_macs, counter.backward_flops
+
+
+def _inclusive_costs(calls: list[_Call], counter: CostCounter) -> dict[int, tuple[int, int]]:
+    """Per call index: MACs and FLOPs of the call and everything it called."""
+    totals = {call.index: [counter.macs[call.index], counter.flops[call.index]] for call in calls}
+    for call in reversed(calls):  # children come after their parent
+        if call.parent is not None:
+            totals[call.parent][0] += totals[call.index][0]
+            totals[call.parent][1] += totals[call.index][1]
+    return {index: (macs, flops) for index, (macs, flops) in totals.items()}
 
 
 # -- arguments ---------------------------------------------------------------------------------
@@ -532,7 +589,9 @@ class _Call:
     output_shapes: tuple[_nested.Shape, ...] = ()
     failed: bool = False
 
-    def freeze(self, info: _ModuleInfo) -> LayerRecord:
+    def freeze(
+        self, info: _ModuleInfo, counter: CostCounter, inclusive: dict[int, tuple[int, int]]
+    ) -> LayerRecord:
         return LayerRecord(
             index=self.index,
             name=info.name,
@@ -547,6 +606,10 @@ class _Call:
             subtree_parameters=info.subtree,
             is_repeat=self.is_repeat,
             failed=self.failed,
+            macs=inclusive[self.index][0],
+            flops=inclusive[self.index][1],
+            self_macs=counter.macs[self.index],
+            self_flops=counter.flops[self.index],
         )
 
 
@@ -581,6 +644,10 @@ class _CallRecorder:
         self.calls.append(call)
         self.stack.append(call)
         return call
+
+    def current_call(self) -> int | None:
+        """Index of the innermost module call running now (what the cost counter charges)."""
+        return self.stack[-1].index if self.stack else None
 
     def enter(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         try:

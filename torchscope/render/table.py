@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from torchscope._format import format_bytes, format_shapes
+from torchscope._format import format_bytes, format_count, format_shapes
 
 if TYPE_CHECKING:
     from torchscope.records import LayerRecord, ModelSummary
@@ -19,8 +19,10 @@ HEADERS = {
     "params": "Params",
     "params_percent": "Params %",
     "trainable": "Trainable",
+    "macs": "MACs",
+    "flops": "FLOPs",
 }
-NUMERIC_COLUMNS = frozenset({"params", "params_percent", "trainable"})
+NUMERIC_COLUMNS = frozenset({"params", "params_percent", "trainable", "macs", "flops"})
 
 REPEAT = "(repeat)"
 SHARED = "(shared)"
@@ -88,9 +90,20 @@ def rows(summary: ModelSummary) -> list[Row]:
             "params": params_text,
             "params_percent": f"{100 * count / total:.2f}%" if count and total else "--",
             "trainable": f"{trainable:,}" if count else params_text,
+            "macs": _count_cell(layer.self_macs if expanded else layer.macs),
+            "flops": _count_cell(layer.self_flops if expanded else layer.flops),
         }
         out.append(Row(layer.depth, prefix, _label(layer), cells))
     return out
+
+
+def _exact_count(n: int) -> str:
+    short = format_count(n)
+    return short if short == f"{n:,}" else f"{short} ({n:,})"
+
+
+def _count_cell(n: int) -> str:
+    return format_count(n) if n else "--"
 
 
 def _reached_parameters(summary: ModelSummary) -> dict[int, tuple[int, ...]]:
@@ -121,8 +134,19 @@ def footer_lines(summary: ModelSummary, table_rows: list[Row]) -> list[str]:
         f"Parameter size: {format_bytes(summary.param_bytes)}",
         f"Input size: {format_bytes(summary.input_bytes)}",
         f"Output size: {format_bytes(summary.output_bytes)}",
-        "Units: 1 kB = 10^3 bytes, 1 MB = 10^6 bytes, 1 GB = 10^9 bytes.",
+        f"Forward MACs: {_exact_count(summary.total_macs)}; "
+        f"FLOPs: {format_count(summary.total_flops)}"
+        + (" (all ops)" if summary.all_ops else " (2 per MAC)"),
     ]
+    if summary.backward_macs is not None and summary.backward_flops is not None:
+        lines.append(
+            f"Backward MACs: {_exact_count(summary.backward_macs)}; "
+            f"FLOPs: {format_count(summary.backward_flops)}"
+        )
+    lines.append(
+        "Units: 1 kB = 10^3 bytes, 1 MB = 10^6 bytes, 1 GB = 10^9 bytes; "
+        "1 M = 10^6, 1 G = 10^9 operations."
+    )
     markers = {row.cells["params"] for row in table_rows}
     if REPEAT in markers:
         lines.append(
@@ -132,6 +156,9 @@ def footer_lines(summary: ModelSummary, table_rows: list[Row]) -> list[str]:
         lines.append(
             f"{SHARED}: parameters already counted in an earlier row (tied or shared weights)."
         )
+    if summary.uncounted_ops:
+        ops = ", ".join(f"{name} x{count}" for name, count in summary.uncounted_ops.items())
+        lines.append(f"Ops without a FLOP formula (the totals are lower bounds): {ops}")
     if summary.scripted:
         lines.append(
             "TorchScript submodules (no hooks; parameters shown in the enclosing row): "

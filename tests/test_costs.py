@@ -1,0 +1,180 @@
+"""FLOP/MAC counting: analytic oracles, the same totals on every execution path, no silent zeros."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import torchscope
+from torchscope.costs import op_cost
+from torchscope.render.table import rows
+
+from .zoo import BY_NAME
+
+
+def meta(build):
+    with torch.device("meta"):
+        return build()
+
+
+@pytest.mark.parametrize(
+    ("build", "expected"),
+    [
+        (torchvision.models.resnet18, 1_814_073_344),
+        (torchvision.models.resnet50, 4_089_184_256),
+    ],
+    ids=["resnet18", "resnet50"],
+)
+def test_torchvision_cnns_match_the_published_figures(build, expected):
+    result = torchscope.summary(meta(build), input_size=(1, 3, 224, 224))
+    assert result.total_macs == expected  # 1.814 G and 4.089 G
+    assert result.total_flops == 2 * expected
+    assert result.uncounted_ops == {}
+
+
+def vit_b_16_analytic_macs(
+    image: int = 224, patch: int = 16, dim: int = 768, mlp: int = 3072, layers: int = 12
+) -> int:
+    tokens = (image // patch) ** 2 + 1
+    patch_embedding = (image // patch) ** 2 * dim * 3 * patch * patch
+    attention = 4 * tokens * dim * dim + 2 * tokens * tokens * dim
+    return patch_embedding + layers * (attention + 2 * tokens * dim * mlp) + dim * 1000
+
+
+def test_vit_b_16_within_one_percent_of_the_analytic_count():
+    result = torchscope.summary(meta(torchvision.models.vit_b_16), input_size=(1, 3, 224, 224))
+    expected = vit_b_16_analytic_macs()
+    assert abs(result.total_macs - expected) / expected < 0.01
+    assert 17.5e9 < result.total_macs < 17.6e9  # 17.56 G
+
+
+def rnn_analytic_macs(
+    gates: int, input_size: int, hidden: int, layers: int, steps: int, batch: int
+) -> int:
+    return sum(
+        steps * batch * gates * hidden * ((input_size if layer == 0 else hidden) + hidden)
+        for layer in range(layers)
+    )
+
+
+@pytest.mark.parametrize(("cell", "gates"), [(nn.LSTM, 4), (nn.GRU, 3), (nn.RNN, 1)])
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_recurrent_layers_match_the_analytic_formula(cell, gates, mode):
+    model = cell(input_size=12, hidden_size=20, num_layers=2, batch_first=True)
+    result = torchscope.summary(model, input_size=(3, 7, 12), mode=mode)
+    expected = rnn_analytic_macs(gates, 12, 20, 2, 7, 3)
+    assert abs(result.total_macs - expected) / expected < 0.01
+    assert result.uncounted_ops == {}
+
+
+def test_depthwise_convolution_backward_is_about_twice_the_forward():
+    model = nn.Sequential(nn.Conv2d(32, 32, 1), nn.Conv2d(32, 32, 3, padding=1, groups=32))
+    result = torchscope.summary(model, input_size=(2, 32, 28, 28), mode="train")
+    forward = {layer.name: layer.macs for layer in result.layers}
+    assert forward["1"] == 2 * 28 * 28 * 32 * 9  # depthwise: one 3x3 filter per channel
+    # backward: weight gradients of both convs, input gradient of the depthwise one only
+    assert result.backward_macs == 2 * forward["1"] + forward["0"]
+
+
+def test_convolution_variants():
+    def macs(layer: nn.Module, shape: tuple[int, ...]) -> int:
+        return torchscope.summary(layer, input_size=shape).total_macs
+
+    assert macs(nn.Conv1d(4, 6, 3), (2, 4, 10)) == 2 * 6 * 8 * 4 * 3
+    assert macs(nn.Conv2d(4, 8, 3, groups=2), (1, 4, 6, 6)) == 8 * 4 * 4 * 2 * 9
+    assert macs(nn.Conv3d(2, 3, 2), (1, 2, 3, 3, 3)) == 3 * 8 * 2 * 8
+    # transposed: every input element scatters to C_out/groups * k outputs
+    assert macs(nn.ConvTranspose2d(4, 6, 3), (1, 4, 5, 5)) == 4 * 25 * 6 * 9
+
+
+@pytest.mark.parametrize(
+    "name", ["resnet18", "mobilenet_v3_small", "small_vit", "lstm", "gru", "transformer", "tied_lm"]
+)
+def test_totals_agree_across_eval_train_and_meta_and_any_depth(name):
+    entry = BY_NAME[name]
+    model = entry.build()
+    inputs = entry.make_input()
+    eval_macs = torchscope.summary(model, inputs, mode="eval").total_macs
+    train_macs = torchscope.summary(model, inputs, mode="train").total_macs
+    assert eval_macs == train_macs > 0
+    on_meta = meta(entry.build)
+    meta_inputs = torch.utils._pytree.tree_map(
+        lambda t: t.to("meta") if isinstance(t, torch.Tensor) else t, entry.make_input()
+    )
+    assert torchscope.summary(on_meta, meta_inputs).total_macs == eval_macs
+    for depth in (0, 1, 5):
+        result = torchscope.summary(model, inputs, depth=depth)
+        column = [r.cells["macs"] for r in rows(result)]
+        assert result.total_macs == eval_macs
+        assert sum(layer.self_macs for layer in result.layers) == eval_macs
+        assert column[0] == "--" or depth == 0
+
+
+def test_layer_macs_are_inclusive_and_self_macs_add_up():
+    result = torchscope.summary(torchvision.models.resnet18(), input_size=(1, 3, 64, 64))
+    by_index = {layer.index: layer for layer in result.layers}
+    for layer in result.layers:
+        children = [c for c in result.layers if c.parent == layer.index]
+        assert layer.macs == layer.self_macs + sum(c.macs for c in children)
+    assert by_index[0].macs == result.total_macs
+
+
+class Sorts(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.fft.rfft(x).abs() + torch.linalg.inv(x[..., :4, :4]).sum()
+
+
+def test_ops_without_a_formula_are_listed_never_silent():
+    result = torchscope.summary(Sorts(), input_size=(4, 4, 8))
+    assert result.uncounted_ops  # FFT and matrix inverse: no formula
+    assert any("fft" in name for name in result.uncounted_ops)
+    text = str(result)
+    assert "totals are lower bounds" in text and "fft" in text
+
+
+def test_all_ops_adds_non_mac_flops_but_not_macs():
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.LayerNorm(8), nn.Softmax(dim=-1))
+    plain = torchscope.summary(model, input_size=(4, 8))
+    everything = torchscope.summary(model, input_size=(4, 8), all_ops=True)
+    assert plain.total_macs == everything.total_macs == 4 * 8 * 8
+    assert plain.total_flops == 2 * plain.total_macs
+    assert everything.total_flops > plain.total_flops
+    relu = next(layer for layer in everything.layers if layer.type == "ReLU")
+    assert relu.flops == 32 and relu.macs == 0
+    assert "(all ops)" in str(everything)
+
+
+def test_embedding_is_counted_as_zero_macs():
+    result = torchscope.summary(
+        nn.Embedding(100, 16), torch.zeros(2, 5, dtype=torch.long), mode="train"
+    )
+    assert result.total_macs == 0 and result.uncounted_ops == {}
+
+
+def test_backward_is_reported_only_in_train_mode_and_leaves_grads_alone():
+    model = BY_NAME["resnet18"].build()
+    result = torchscope.summary(model, input_size=(2, 3, 32, 32), mode="train")
+    assert result.backward_macs is not None and result.backward_macs > result.total_macs
+    assert all(p.grad is None for p in model.parameters())
+    assert torchscope.summary(model, input_size=(1, 3, 32, 32)).backward_macs is None
+    assert "Backward MACs" in str(result)
+
+
+def test_fused_attention_formulas():
+    q = torch.empty(2, 3, 5, 8, device="meta")
+    k = torch.empty(2, 3, 7, 8, device="meta")
+    v = torch.empty(2, 3, 7, 4, device="meta")
+    func = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
+    macs, flops, counted = op_cost(func, (q, k, v), {}, None, all_ops=False)
+    assert counted and macs == 2 * 3 * 5 * 7 * (8 + 4) and flops == 2 * macs
+
+
+def test_transformer_fast_path_matches_the_decomposed_path():
+    layer = nn.TransformerEncoderLayer(32, 4, 64, batch_first=True)
+    model = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+    fast = torchscope.summary(model, input_size=(2, 6, 32))  # eval + no_grad: fused kernel
+    slow = torchscope.summary(model, input_size=(2, 6, 32), mode="train")
+    expected = 2 * (2 * 6 * (4 * 32 * 32 + 2 * 6 * 32 + 2 * 32 * 64))
+    assert fast.total_macs == slow.total_macs == expected
