@@ -21,6 +21,8 @@ _EXPORTS = {
     "SummaryError": "torchscope.errors",
     "TorchscopeWarning": "torchscope.errors",
     "TrainableReport": "torchscope.records",
+    "MemoryEstimate": "torchscope.records",
+    "estimate_memory": "torchscope.memory",
     "freeze": "torchscope.freezing",
     "unfreeze": "torchscope.freezing",
     "frozen": "torchscope.freezing",
@@ -30,6 +32,7 @@ _EXPORTS = {
 
 __all__ = [
     "LayerRecord",
+    "MemoryEstimate",
     "ModelSummary",
     "SummaryError",
     "TensorRecord",
@@ -37,6 +40,7 @@ __all__ = [
     "TorchscopeWarning",
     "TrainableReport",
     "__version__",
+    "estimate_memory",
     "freeze",
     "freeze_until",
     "frozen",
@@ -48,7 +52,14 @@ __all__ = [
 if TYPE_CHECKING:
     from torchscope.errors import SummaryError, TorchscopeError, TorchscopeWarning
     from torchscope.freezing import freeze, freeze_until, frozen, trainable_report, unfreeze
-    from torchscope.records import LayerRecord, ModelSummary, TensorRecord, TrainableReport
+    from torchscope.memory import estimate_memory
+    from torchscope.records import (
+        LayerRecord,
+        MemoryEstimate,
+        ModelSummary,
+        TensorRecord,
+        TrainableReport,
+    )
     from torchscope.summarize import summary
 
 

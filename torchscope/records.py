@@ -18,6 +18,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "SUMMARY_COLUMNS",
     "LayerRecord",
+    "MemoryEstimate",
     "ModelSummary",
     "TensorRecord",
     "TrainableReport",
@@ -134,6 +135,8 @@ class ModelSummary:
         uncounted_ops: aten ops that ran but have no formula, with their call counts; when
             not empty, the totals are lower bounds.
         all_ops: whether ops without multiply-accumulates were priced in FLOPs.
+        memory: peak memory estimate (``summary(..., memory=True)``), else None.
+        memory_error: why the memory estimate could not be made, if it was asked for.
     """
 
     model_type: str
@@ -156,6 +159,8 @@ class ModelSummary:
     backward_flops: int | None = None
     uncounted_ops: dict[str, int] = dataclasses.field(default_factory=dict)
     all_ops: bool = False
+    memory: MemoryEstimate | None = None
+    memory_error: str | None = None
 
     # -- totals (derived, never stored twice) -------------------------------------------
     @property
@@ -205,6 +210,7 @@ class ModelSummary:
         """A JSON-ready dict: every field, the totals, and a schema version."""
         data = {"schema_version": SCHEMA_VERSION, **dataclasses.asdict(self)}
         data["totals"] = self.totals()
+        data["memory"] = None if self.memory is None else self.memory.to_dict()
         return data
 
     def to_json(self, *, indent: int | None = 2) -> str:
@@ -255,6 +261,8 @@ class ModelSummary:
             backward_flops=data.get("backward_flops"),
             uncounted_ops=dict(data.get("uncounted_ops", {})),
             all_ops=data.get("all_ops", False),
+            memory=_memory(data.get("memory")),
+            memory_error=data.get("memory_error"),
         )
 
     # -- rendering (delegates to torchscope.render) ----------------------------------------
@@ -267,6 +275,43 @@ class ModelSummary:
 
     def _repr_html_(self) -> str:
         return render_html.render_summary(self)
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Estimated peak bytes of live tensors, found by running the model on fake tensors.
+
+    Attributes:
+        inference_peak: peak of an inference forward (``eval()``, no autograd).
+        training_peak: peak of one training step: forward and backward with autograd, plus
+            ``optimizer_state``.
+        parameters, buffers, inputs: bytes of the model's parameters and buffers and of the
+            inputs, live throughout.
+        activations: bytes alive at the end of the training forward beyond those (tensors
+            saved for backward, and the output).
+        gradients: bytes of the gradients of the trainable parameters.
+        optimizer_state: bytes of the optimizer's per-parameter state (0 without optimizer).
+        device: the device the estimate models.
+
+    The categories are totals, not a split of the peak: during backward, activations are
+    freed while gradients are allocated, so at the peak only part of each is alive.
+    """
+
+    inference_peak: int
+    training_peak: int
+    parameters: int
+    buffers: int
+    inputs: int
+    activations: int
+    gradients: int
+    optimizer_state: int
+    device: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def __str__(self) -> str:
+        return render_text.render_memory(self)
 
 
 @dataclass(frozen=True)
@@ -303,6 +348,13 @@ class TrainableReport:
 
     def __str__(self) -> str:
         return render_text.render_trainable_report(self)
+
+
+def _memory(data: dict[str, Any] | None) -> MemoryEstimate | None:
+    if data is None:
+        return None
+    fields = {f.name for f in dataclasses.fields(MemoryEstimate)}
+    return MemoryEstimate(**{k: v for k, v in data.items() if k in fields})
 
 
 def _shapes(items: Any) -> tuple[Shape, ...]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -14,9 +15,11 @@ from torch.nn.parameter import is_lazy
 
 from torchscope import _nested
 from torchscope._format import format_shapes
+from torchscope._inputs import DeviceLike, ShapeLike, call_arguments, resolve_device, unwrap
 from torchscope.costs import CostCounter
 from torchscope.errors import SummaryError, TorchscopeWarning
 from torchscope.hooks import instrumented
+from torchscope.memory import estimate_from_arguments
 from torchscope.records import SUMMARY_COLUMNS, LayerRecord, ModelSummary, TensorRecord
 
 __all__ = ["DEFAULT_COLUMNS", "summary"]
@@ -24,13 +27,6 @@ __all__ = ["DEFAULT_COLUMNS", "summary"]
 Mode = Literal["eval", "train", "same"]
 MODES: tuple[str, ...] = ("eval", "train", "same")
 DEFAULT_COLUMNS: tuple[str, ...] = ("input_shape", "output_shape", "params", "macs")
-ShapeLike = Sequence[int]
-DeviceLike = str | torch.device
-
-_QUANTIZED_DTYPES = frozenset(
-    {torch.quint8, torch.qint8, torch.qint32, torch.quint4x2, torch.quint2x4}
-)
-_INPUT_SEED = 0  # inputs made from input_size are the same on every call
 
 
 def summary(
@@ -45,6 +41,8 @@ def summary(
     mode: Mode = "eval",
     forward_kwargs: Mapping[str, Any] | None = None,
     all_ops: bool = False,
+    memory: bool = False,
+    optimizer: torch.optim.Optimizer | str | None = None,
 ) -> ModelSummary:
     """Return a :class:`~torchscope.records.ModelSummary` of one forward pass of ``model``.
 
@@ -73,20 +71,25 @@ def summary(
         forward_kwargs: extra keyword arguments for ``forward``.
         all_ops: also count FLOPs of ops without multiply-accumulates (elementwise,
             reductions, normalisation, softmax, pooling); MACs are unaffected.
+        memory: also estimate the peak memory of an inference forward and of a training
+            step (``summary.memory``), on fake tensors: nothing is allocated, but it runs the
+            model twice more, so it is off by default.
+        optimizer: with ``memory=True``, add this optimizer's state to the training peak (an
+            optimizer object or a name such as ``"adam"``; see ``torchscope.estimate_memory``).
 
     Raises:
         SummaryError: the forward pass failed; the message names the failing module, its
             input shapes, and shows the layers that ran.
         TypeError, ValueError: the arguments are wrong; the message says how to fix them.
     """
-    model = _unwrap(model)
+    model = unwrap(model)
     depth = _check_depth(depth)
     columns = _check_columns(columns)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}; got {mode!r}")
     index = _index_model(model)
-    input_device = _resolve_device(index.devices, device)
-    args, kwargs = _call_arguments(
+    input_device = resolve_device(index.devices, device)
+    args, kwargs = call_arguments(
         model, input, input_size, dtypes, device, input_device, forward_kwargs
     )
 
@@ -164,6 +167,10 @@ def summary(
             backward=backward,
         )
         del output
+    if memory:
+        result = _with_memory(result, model, args, kwargs, optimizer)
+    elif optimizer is not None:
+        raise ValueError("optimizer= only adds to the memory estimate: pass memory=True too")
     if recorder.internal_errors:
         first = recorder.internal_errors[0]
         warnings.warn(
@@ -173,6 +180,29 @@ def summary(
             stacklevel=2,
         )
     return result
+
+
+def _with_memory(
+    result: ModelSummary,
+    model: nn.Module,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    optimizer: Any,
+) -> ModelSummary:
+    """The summary with its memory estimate, or the reason there is none."""
+    if optimizer is not None and not isinstance(optimizer, (str, torch.optim.Optimizer)):
+        raise TypeError(
+            f"optimizer must be a torch.optim.Optimizer or a name, got {type(optimizer).__name__}"
+        )
+    try:
+        estimate = estimate_from_arguments(model, args, kwargs, optimizer=optimizer)
+    except (ValueError, TypeError) as e:
+        if isinstance(optimizer, str) or "optimizer" in str(e):
+            raise  # the user's argument, not the model
+        return dataclasses.replace(result, memory_error=f"{type(e).__name__}: {e}")
+    except Exception as e:  # an op fake tensors cannot run (data-dependent shapes, custom kernels)
+        return dataclasses.replace(result, memory_error=f"{type(e).__name__}: {e}")
+    return dataclasses.replace(result, memory=estimate)
 
 
 def _count_backward(model: nn.Module, output: Any, counter: CostCounter) -> tuple[int, int]:
@@ -212,27 +242,6 @@ def _inclusive_costs(calls: list[_Call], counter: CostCounter) -> dict[int, tupl
 # -- arguments ---------------------------------------------------------------------------------
 
 
-def _unwrap(model: Any) -> nn.Module:
-    """The module that does the work inside DataParallel/DDP/torch.compile wrappers."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(
-            f"summary() needs an nn.Module as its first argument, got {type(model).__name__}; "
-            "pass the model itself, e.g. summary(model, input)"
-        )
-    if isinstance(model, torch.jit.ScriptModule):
-        raise TypeError(
-            "summary() cannot hook a TorchScript module; summarise the original nn.Module "
-            "(before torch.jit.script/trace)"
-        )
-    while True:
-        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-            model = model.module
-        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's wrapper
-            model = model._orig_mod
-        else:
-            return model
-
-
 def _check_depth(depth: Any) -> int:
     if isinstance(depth, bool) or not isinstance(depth, int):
         raise TypeError(
@@ -256,161 +265,6 @@ def _check_columns(columns: Iterable[str] | str | None) -> tuple[str, ...]:
     if len(set(names)) != len(names):
         raise ValueError(f"columns must not repeat a name, got {names}")
     return names
-
-
-def _normalise_device(device: DeviceLike) -> torch.device:
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(
-            f"device={device!r} is not a device torch knows, e.g. 'cpu', 'cuda:0', 'meta'"
-        ) from e
-    if dev.type == "cuda" and dev.index is None and torch.cuda.is_available():
-        dev = torch.device("cuda", torch.cuda.current_device())
-    return dev
-
-
-def _resolve_device(model_devices: list[torch.device], device: DeviceLike | None) -> torch.device:
-    if device is None:
-        return model_devices[0] if model_devices else torch.device("cpu")
-    dev = _normalise_device(device)
-    if model_devices and dev not in model_devices:
-        where = ", ".join(str(d) for d in model_devices)
-        raise ValueError(
-            f"the model is on {where} but device={str(dev)!r} was given; torchscope never moves "
-            f"your model: call model.to({str(dev)!r}) first, or leave device out"
-        )
-    return dev
-
-
-def _is_shape(value: Any) -> bool:
-    return (
-        isinstance(value, (Sequence, torch.Size))
-        and not isinstance(value, str)
-        and all(isinstance(d, int) and not isinstance(d, bool) for d in value)
-    )
-
-
-def _input_shapes(input_size: Any) -> list[tuple[int, ...]]:
-    if _is_shape(input_size):
-        shapes = [tuple(input_size)]
-    elif (
-        isinstance(input_size, Sequence)
-        and not isinstance(input_size, str)
-        and input_size
-        and all(_is_shape(s) for s in input_size)
-    ):
-        shapes = [tuple(s) for s in input_size]
-    else:
-        raise TypeError(
-            f"input_size must be a shape like (1, 3, 224, 224) or a list of shapes, got {input_size!r}"
-        )
-    for shape in shapes:
-        if any(d < 0 for d in shape):
-            raise ValueError(f"input_size dimensions must be >= 0, got {shape}")
-    return shapes
-
-
-def _input_dtypes(dtypes: Any, count: int, default: torch.dtype) -> list[torch.dtype]:
-    if dtypes is None:
-        return [default] * count
-    listed = [dtypes] if isinstance(dtypes, torch.dtype) else list(dtypes)
-    if not all(isinstance(d, torch.dtype) for d in listed):
-        raise TypeError(f"dtypes must be a torch.dtype or a list of them, got {dtypes!r}")
-    quantized = [d for d in listed if d in _QUANTIZED_DTYPES]
-    if quantized:
-        raise TypeError(
-            f"input_size cannot make {quantized[0]} tensors; quantize an input yourself and pass it as input="
-        )
-    if len(listed) == 1:
-        return listed * count
-    if len(listed) != count:
-        raise ValueError(
-            f"got {len(listed)} dtypes for {count} input shapes; give one dtype per shape"
-        )
-    return listed
-
-
-def _make_input(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    if device.type == "meta":
-        return torch.empty(shape, dtype=dtype, device=device)
-    generator = torch.Generator(device=device)
-    generator.manual_seed(_INPUT_SEED)
-    if dtype.is_floating_point or dtype.is_complex:
-        return torch.randn(shape, dtype=dtype, device=device, generator=generator)
-    if dtype == torch.bool:
-        return torch.zeros(shape, dtype=dtype, device=device)
-    # small non-negative integers are valid indices for any embedding table
-    return torch.randint(0, 2, shape, dtype=dtype, device=device, generator=generator)
-
-
-def _default_dtype(model: nn.Module) -> torch.dtype:
-    for param in model.parameters():
-        if param.is_floating_point() or param.is_complex():
-            return param.dtype
-    return torch.get_default_dtype()
-
-
-def _call_arguments(
-    model: nn.Module,
-    input: Any,
-    input_size: Any,
-    dtypes: Any,
-    device: DeviceLike | None,
-    input_device: torch.device,
-    forward_kwargs: Mapping[str, Any] | None,
-) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    if input is not None and input_size is not None:
-        raise ValueError("pass either input= (real values) or input_size= (shapes), not both")
-    if dtypes is not None and input_size is None:
-        raise ValueError(
-            "dtypes= applies to input_size= tensors; give input tensors the dtype you want"
-        )
-    if forward_kwargs is not None and not isinstance(forward_kwargs, Mapping):
-        raise TypeError(
-            f"forward_kwargs must be a dict of keyword arguments, got {type(forward_kwargs).__name__}"
-        )
-
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any] = {}
-    if input_size is not None:
-        shapes = _input_shapes(input_size)
-        kinds = _input_dtypes(dtypes, len(shapes), _default_dtype(model))
-        args = tuple(_make_input(s, d, input_device) for s, d in zip(shapes, kinds, strict=True))
-    elif input is None:
-        args = ()
-    elif isinstance(input, Mapping):
-        args, kwargs = (), dict(input)
-    elif isinstance(input, (tuple, list)) and not _nested.is_namedtuple(input):
-        args = tuple(input)
-    else:
-        args = (input,)
-        if not isinstance(input, torch.Tensor) and not _nested.is_namedtuple(input):
-            if not list(_nested.tensors(input)):
-                raise TypeError(
-                    f"input must be a tensor, a tuple/list of arguments or a dict of keyword "
-                    f"arguments, got {type(input).__name__}; for shapes use input_size="
-                )
-
-    for key, value in (forward_kwargs or {}).items():
-        if key in kwargs:
-            raise ValueError(
-                f"keyword {key!r} is given both in input and in forward_kwargs; give it once"
-            )
-        kwargs[key] = value
-
-    # the model gets copies (on `device`, if given): an in-place op in its forward must not
-    # reach the caller's tensors
-    target = input_device if device is not None else None
-
-    def copy(tensor: torch.Tensor) -> torch.Tensor:
-        moved = tensor.detach().to(target if target is not None else tensor.device, copy=True)
-        return moved.requires_grad_(tensor.requires_grad) if moved.is_leaf else moved
-
-    if input is not None:
-        args = _nested.map_tensors(args, copy)
-    kwargs = _nested.map_tensors(kwargs, copy)
-    return args, kwargs
 
 
 # -- the model's tensors and modules -----------------------------------------------------------

@@ -156,6 +156,21 @@ def footer_lines(summary: ModelSummary, table_rows: list[Row]) -> list[str]:
         lines.append(
             f"{SHARED}: parameters already counted in an earlier row (tied or shared weights)."
         )
+    if summary.memory is not None:
+        memory = summary.memory
+        lines.append(
+            f"Estimated peak memory: inference {format_bytes(memory.inference_peak)}, training step "
+            f"{format_bytes(memory.training_peak)} (parameters {format_bytes(memory.parameters)}, "
+            f"activations {format_bytes(memory.activations)}, gradients {format_bytes(memory.gradients)}"
+            + (
+                f", optimizer {format_bytes(memory.optimizer_state)}"
+                if memory.optimizer_state
+                else ""
+            )
+            + ")"
+        )
+    elif summary.memory_error is not None:
+        lines.append(f"Memory estimate unavailable: {summary.memory_error}")
     if summary.uncounted_ops:
         ops = ", ".join(f"{name} x{count}" for name, count in summary.uncounted_ops.items())
         lines.append(f"Ops without a FLOP formula (the totals are lower bounds): {ops}")

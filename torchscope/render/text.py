@@ -6,12 +6,13 @@ from typing import TYPE_CHECKING
 
 from tabulate import tabulate
 
+from torchscope._format import format_bytes
 from torchscope.render.table import HEADERS, NUMERIC_COLUMNS, footer_lines, rows
 
 if TYPE_CHECKING:
-    from torchscope.records import ModelSummary, TrainableReport, TrainableRow
+    from torchscope.records import MemoryEstimate, ModelSummary, TrainableReport, TrainableRow
 
-__all__ = ["render_summary", "render_trainable_report"]
+__all__ = ["render_memory", "render_summary", "render_trainable_report"]
 
 
 def render_summary(summary: ModelSummary, *, markdown: bool = False) -> str:
@@ -88,3 +89,21 @@ def render_trainable_report(report: TrainableReport) -> str:
             ),
         ]
     )
+
+
+def render_memory(memory: MemoryEstimate) -> str:
+    """The memory estimate as a small table of categories (SI units)."""
+    rows = [
+        ["Parameters", format_bytes(memory.parameters)],
+        ["Buffers", format_bytes(memory.buffers)],
+        ["Inputs", format_bytes(memory.inputs)],
+        ["Activations (saved for backward, output)", format_bytes(memory.activations)],
+        ["Gradients", format_bytes(memory.gradients)],
+        ["Optimizer state", format_bytes(memory.optimizer_state)],
+        ["Training step peak", format_bytes(memory.training_peak)],
+        ["Inference forward peak", format_bytes(memory.inference_peak)],
+    ]
+    table = tabulate(
+        rows, headers=[f"Memory estimate ({memory.device})", "Bytes"], colalign=["left", "right"]
+    )
+    return table

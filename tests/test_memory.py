@@ -1,0 +1,130 @@
+"""Peak-memory estimates on fake tensors against the real peak measured by the profiler."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+from torch.profiler import ProfilerActivity, profile
+
+import torchscope
+from torchscope import MemoryEstimate
+
+from .state import assert_unchanged, snapshot
+from .zoo import small_vit
+
+
+def measured_peak(model: nn.Module, x: torch.Tensor, *, train: bool) -> int:
+    """Peak of live tensor bytes of a real CPU run, from the profiler's allocation records.
+
+    The profiler records every allocation and free of the CPU allocator (kernel-internal
+    tensors included); what existed before the run (parameters, buffers, the input) is added.
+    """
+    model.train(train)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        if train:
+            model(x).sum().backward()
+        else:
+            with torch.no_grad():
+                model(x)
+    events = sorted(
+        (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+        key=lambda e: e.start_ns(),
+    )
+    live = peak = 0
+    for event in events:
+        live += event.nbytes()
+        peak = max(peak, live)
+    existing = [*{id(p): p for p in model.parameters()}.values(), *model.buffers(), x]
+    for param in model.parameters():
+        param.grad = None
+    return peak + sum(t.numel() * t.element_size() for t in existing)
+
+
+CASES = {
+    "resnet18": (torchvision.models.resnet18, (3, 224, 224)),
+    "resnet50": (torchvision.models.resnet50, (3, 224, 224)),
+    "small_vit": (small_vit, (3, 32, 32)),
+}
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # the profiler's notes about its own setup
+@pytest.mark.parametrize("batch", [1, 8])
+@pytest.mark.parametrize("name", list(CASES))
+def test_estimate_within_five_percent_of_the_measured_peak(name, batch):
+    build, shape = CASES[name]
+    torch.manual_seed(0)
+    model = build()
+    x = torch.randn(batch, *shape)
+    estimate = torchscope.estimate_memory(model, x)
+    for train, predicted in ((False, estimate.inference_peak), (True, estimate.training_peak)):
+        real = measured_peak(model, x, train=train)
+        assert abs(predicted - real) / real < 0.05, (name, batch, train, predicted, real)
+
+
+def test_categories():
+    model = nn.Sequential(nn.Linear(100, 200), nn.ReLU(), nn.Linear(200, 10))
+    model[2].weight.requires_grad_(False)
+    estimate = torchscope.estimate_memory(model, input_size=(32, 100), optimizer="adam")
+    params = (100 * 200 + 200 + 200 * 10 + 10) * 4
+    trainable = params - 200 * 10 * 4
+    assert estimate.parameters == params and estimate.gradients == trainable
+    assert estimate.optimizer_state == 2 * trainable
+    assert estimate.inputs == 32 * 100 * 4
+    assert estimate.activations >= 32 * 200 * 4  # the hidden activation is saved for backward
+    assert estimate.training_peak > estimate.inference_peak >= params + estimate.inputs
+    assert "Optimizer state" in str(estimate)
+
+
+def test_optimizer_objects_before_and_after_their_first_step():
+    model = nn.Linear(64, 64)
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    param_bytes = (64 * 64 + 64) * 4
+    assert (
+        torchscope.estimate_memory(model, input_size=(4, 64), optimizer=sgd).optimizer_state
+        == param_bytes
+    )
+    adam = torch.optim.Adam(model.parameters())
+    model(torch.ones(4, 64)).sum().backward()
+    adam.step()
+    stepped = torchscope.estimate_memory(model, input_size=(4, 64), optimizer=adam).optimizer_state
+    assert stepped >= 2 * param_bytes  # the real exp_avg and exp_avg_sq (and step counters)
+    with pytest.raises(ValueError, match="unknown optimizer 'lion'"):
+        torchscope.estimate_memory(model, input_size=(4, 64), optimizer="lion")
+
+
+def test_nothing_is_allocated_for_a_meta_model_and_nothing_changes():
+    with torch.device("meta"):
+        model = torchvision.models.resnet50()
+    estimate = torchscope.estimate_memory(model, input_size=(8, 3, 224, 224))
+    assert estimate.device == "meta" and estimate.training_peak > 800e6
+    cpu_model = torchvision.models.resnet18()
+    before = snapshot(cpu_model)
+    torchscope.estimate_memory(cpu_model, input_size=(2, 3, 64, 64))
+    assert_unchanged(before, cpu_model)
+
+
+def test_summary_memory_option():
+    model = torchvision.models.resnet18()
+    plain = torchscope.summary(model, input_size=(1, 3, 64, 64))
+    assert plain.memory is None and "Estimated peak memory" not in str(plain)
+    result = torchscope.summary(
+        model, input_size=(1, 3, 64, 64), memory=True, optimizer="sgd_momentum"
+    )
+    assert isinstance(result.memory, MemoryEstimate)
+    assert result.memory.optimizer_state == result.memory.gradients
+    assert "Estimated peak memory: inference" in str(result)
+    assert torchscope.ModelSummary.from_dict(result.to_dict()) == result
+    with pytest.raises(ValueError, match="pass memory=True"):
+        torchscope.summary(model, input_size=(1, 3, 64, 64), optimizer="adam")
+
+
+def test_a_model_fake_tensors_cannot_run_gets_a_reason_not_a_crash():
+    class DataDependent(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x[x > 0]  # the output shape depends on the values
+
+    result = torchscope.summary(DataDependent(), input_size=(4, 4), memory=True)
+    assert result.memory is None and result.memory_error
+    assert "Memory estimate unavailable" in str(result)

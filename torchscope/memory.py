@@ -1,0 +1,247 @@
+"""Peak memory of an inference forward and of a training step, estimated on fake tensors.
+
+The model runs with its parameters, buffers and inputs swapped for fake tensors
+(``FakeTensorMode``: shapes, dtypes and devices, no storage), so nothing is allocated and a
+model too big for the machine can still be sized. A dispatch mode follows every storage the
+ops create and free (weak references fire when PyTorch releases a storage) and keeps the
+peak of the bytes alive. What it cannot see is documented in ``docs/costs.md``: allocator
+rounding and caching, and workspaces that kernels allocate internally (one is modelled: a
+CPU oneDNN convolution, forward or backward, reorders its weight into a transient copy).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from torchscope import _nested
+from torchscope._inputs import (
+    DeviceLike,
+    ShapeLike,
+    call_arguments,
+    model_devices,
+    resolve_device,
+    unwrap,
+)
+from torchscope.hooks import instrumented
+from torchscope.records import MemoryEstimate
+
+__all__ = ["OPTIMIZER_STATE_FACTORS", "estimate_memory"]
+
+# Per-parameter state of common optimizers, as a multiple of the parameter's bytes, for an
+# optimizer that has not stepped yet (a stepped optimizer's real state is counted instead).
+OPTIMIZER_STATE_FACTORS = {
+    "sgd": 0,
+    "sgd_momentum": 1,
+    "adam": 2,
+    "adamw": 2,
+    "adam_amsgrad": 3,
+    "rmsprop": 1,
+    "adagrad": 1,
+    "adadelta": 2,
+    "adamax": 2,
+    "nadam": 2,
+    "radam": 2,
+}
+# convolution ops and the position of their weight argument
+_CONVOLUTIONS = {
+    torch.ops.aten.convolution.default: 1,
+    torch.ops.aten._convolution.default: 1,
+    torch.ops.aten.convolution_backward.default: 2,
+}
+
+
+class _LiveBytes(TorchDispatchMode):
+    """Follows the storages that ops create and records the peak of the bytes alive."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self._refs: dict[int, weakref.ref[Any]] = {}
+
+    def track(self, tensor: torch.Tensor) -> None:
+        storage = tensor.untyped_storage()
+        key = id(storage)
+        if key in self._refs:
+            return
+        size = storage.nbytes()
+
+        def released(_: object, key: int = key, size: int = size) -> None:
+            self.live -= size
+            self._refs.pop(key, None)
+
+        self._refs[key] = weakref.ref(storage, released)
+        self.live += size
+        self.peak = max(self.peak, self.live)
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **kwargs) if kwargs else func(*args)
+        for tensor in _nested.tensors(out):
+            if not tensor.is_nested:
+                self.track(tensor)
+        weight_at = _CONVOLUTIONS.get(func)
+        if weight_at is not None and _reorders_weight(args[weight_at]):
+            self.peak = max(self.peak, self.live + _bytes(args[weight_at]))
+        return out
+
+
+def _bytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
+
+
+def _reorders_weight(weight: torch.Tensor) -> bool:
+    """A CPU convolution run by oneDNN copies its weight into a blocked layout for the call
+    (forward and backward alike): a transient allocation the size of the weight."""
+    return bool(
+        weight.device.type == "cpu"
+        and torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled
+        and weight.dtype in (torch.float32, torch.bfloat16)
+    )
+
+
+def _optimizer_state(optimizer: Any, trainable: list[nn.Parameter]) -> int:
+    if optimizer is None:
+        return 0
+    if isinstance(optimizer, str):
+        factor = OPTIMIZER_STATE_FACTORS.get(optimizer.lower())
+        if factor is None:
+            raise ValueError(
+                f"unknown optimizer {optimizer!r}; use one of {', '.join(sorted(OPTIMIZER_STATE_FACTORS))} "
+                "or pass the optimizer object"
+            )
+        return factor * sum(_bytes(p) for p in trainable)
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(
+            f"optimizer must be a torch.optim.Optimizer or a name, got {type(optimizer).__name__}"
+        )
+    total = 0
+    for group in optimizer.param_groups:
+        factor = _factor_of(optimizer, group)
+        for param in group["params"]:
+            state = optimizer.state.get(param)
+            if state:  # stepped already: count what is there
+                total += sum(_bytes(v) for v in state.values() if isinstance(v, torch.Tensor))
+            elif param.requires_grad:
+                total += factor * _bytes(param)
+    return total
+
+
+def _factor_of(optimizer: torch.optim.Optimizer, group: Mapping[str, Any]) -> int:
+    name = type(optimizer).__name__.lower()
+    if name == "sgd":
+        return 1 if group.get("momentum", 0) else 0
+    if name in ("adam", "adamw") and group.get("amsgrad", False):
+        return 3
+    if name == "rmsprop":
+        return 1 + int(bool(group.get("momentum", 0))) + int(bool(group.get("centered", False)))
+    factor = OPTIMIZER_STATE_FACTORS.get(name)
+    if factor is None:
+        raise ValueError(
+            f"cannot predict the state of {type(optimizer).__name__} before its first step; "
+            "step it once (its real state is then counted) or pass a name such as 'adam'"
+        )
+    return factor
+
+
+def _fake_state(
+    model: nn.Module, fake: FakeTensorMode
+) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+    """Fake twins of every parameter and buffer, by name; tied tensors stay one tensor."""
+    twins: dict[int, torch.Tensor] = {}
+    state: dict[str, torch.Tensor] = {}
+    named = [
+        *model.named_parameters(remove_duplicate=False),
+        *model.named_buffers(remove_duplicate=False),
+    ]
+    for name, tensor in named:
+        twin = twins.get(id(tensor))
+        if twin is None:
+            twin = fake.from_tensor(tensor.detach())
+            if isinstance(tensor, nn.Parameter) and tensor.requires_grad:
+                twin.requires_grad_(True)
+            twins[id(tensor)] = twin
+        state[name] = twin
+    return state, list(twins.values())
+
+
+def _run(
+    model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], *, train: bool
+) -> tuple[int, int, int]:
+    """(peak, bytes live after the forward, bytes live before it) of one fake pass."""
+    fake = FakeTensorMode(allow_non_fake_inputs=True)
+    with fake:
+        state, persistent = _fake_state(model, fake)
+        fake_args = _nested.map_tensors((args, kwargs), fake.from_tensor)
+    live = _LiveBytes()
+    for tensor in [*persistent, *_nested.tensors(fake_args)]:
+        live.track(tensor)
+    before = live.live
+    with instrumented(model, grad=train), fake, live:
+        model.train(train)
+        output = torch.func.functional_call(model, state, fake_args[0], fake_args[1], strict=False)
+        after_forward = live.live
+        if train:
+            roots = [
+                t for t in _nested.tensors(output) if t.requires_grad and t.grad_fn is not None
+            ]
+            if roots:
+                torch.autograd.backward(roots, [torch.ones_like(t) for t in roots])
+        del output
+    return live.peak, after_forward, before
+
+
+def estimate_from_arguments(
+    model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], *, optimizer: Any = None
+) -> MemoryEstimate:
+    """The estimate for prepared call arguments (what :func:`torchscope.summary` uses)."""
+    unique_params = list({id(p): p for p in model.parameters()}.values())
+    trainable = [p for p in unique_params if p.requires_grad]
+    state = _optimizer_state(optimizer, trainable)
+    inference_peak, _, _ = _run(model, args, kwargs, train=False)
+    training_peak, after_forward, before = _run(model, args, kwargs, train=True)
+    devices = model_devices(model)
+    return MemoryEstimate(
+        inference_peak=inference_peak,
+        training_peak=training_peak + state,
+        parameters=sum(_bytes(p) for p in unique_params),
+        buffers=sum(_bytes(b) for b in {id(b): b for b in model.buffers()}.values()),
+        inputs=_nested.tensor_bytes((args, kwargs)),
+        activations=max(0, after_forward - before),
+        gradients=sum(_bytes(p) for p in trainable),
+        optimizer_state=state,
+        device=str(devices[0]) if devices else "cpu",
+    )
+
+
+def estimate_memory(
+    model: nn.Module,
+    input: Any = None,
+    *,
+    input_size: ShapeLike | list[ShapeLike] | None = None,
+    dtypes: torch.dtype | list[torch.dtype] | None = None,
+    device: DeviceLike | None = None,
+    forward_kwargs: Mapping[str, Any] | None = None,
+    optimizer: torch.optim.Optimizer | str | None = None,
+) -> MemoryEstimate:
+    """Return the estimated peak memory of an inference forward and of one training step.
+
+    ``input``, ``input_size``, ``dtypes``, ``device`` and ``forward_kwargs`` are as for
+    :func:`torchscope.summary`. ``optimizer`` adds its per-parameter state to the training
+    peak: an optimizer object (its real state once it has stepped, else predicted from its
+    type and settings) or a name from ``OPTIMIZER_STATE_FACTORS`` (``"adam"``, ``"sgd_momentum"``).
+    Nothing is allocated and the model is left exactly as it was.
+    """
+    model = unwrap(model)
+    input_device = resolve_device(model_devices(model), device)
+    args, kwargs = call_arguments(
+        model, input, input_size, dtypes, device, input_device, forward_kwargs
+    )
+    return estimate_from_arguments(model, args, kwargs, optimizer=optimizer)
