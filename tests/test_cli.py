@@ -73,7 +73,7 @@ def test_summary_of_an_importable_factory(capsys):
         (["summary", "torchscope.models"], "cannot tell which model"),
         (
             ["summary", "torchscope.models:Nope", "--input-size", "1,2"],
-            "has no attribute 'Nope'; models found: LeNet",
+            "has no attribute 'Nope'; models found: DecoderBlock, DecoderOnly, LeNet, RMSNorm",
         ),
         (["summary", "torchscope.models:LeNet"], "give the input shape with --input-size"),
         (["summary", "no_such_package_xyz:Model"], "cannot import module"),

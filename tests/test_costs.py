@@ -178,3 +178,20 @@ def test_transformer_fast_path_matches_the_decomposed_path():
     slow = torchscope.summary(model, input_size=(2, 6, 32), mode="train")
     expected = 2 * (2 * 6 * (4 * 32 * 32 + 2 * 6 * 32 + 2 * 32 * 64))
     assert fast.total_macs == slow.total_macs == expected
+
+
+def test_a_7b_decoder_on_meta_is_sized_exactly():
+    from torchscope.models import DecoderConfig, DecoderOnly
+
+    config = DecoderConfig()
+    with torch.device("meta"):
+        model = DecoderOnly(config)
+    result = torchscope.summary(
+        model, input_size=(1, 512), dtypes=torch.long, depth=1, memory=True, optimizer="adamw"
+    )
+    assert result.total_params == config.parameter_count() == 6_738_415_616
+    assert result.total_macs == config.forward_macs(512)
+    assert result.uncounted_ops == {}
+    assert result.memory is not None
+    assert result.memory.optimizer_state == 2 * result.memory.gradients == 2 * result.param_bytes
+    assert result.memory.training_peak > result.memory.parameters + result.memory.gradients

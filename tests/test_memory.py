@@ -6,40 +6,30 @@ import pytest
 import torch
 import torchvision
 from torch import nn
-from torch.profiler import ProfilerActivity, profile
 
 import torchscope
 from torchscope import MemoryEstimate
+from torchscope.memory import measure_peak_bytes
 
 from .state import assert_unchanged, snapshot
 from .zoo import small_vit
 
 
 def measured_peak(model: nn.Module, x: torch.Tensor, *, train: bool) -> int:
-    """Peak of live tensor bytes of a real CPU run, from the profiler's allocation records.
-
-    The profiler records every allocation and free of the CPU allocator (kernel-internal
-    tensors included); what existed before the run (parameters, buffers, the input) is added.
-    """
+    """Peak of live tensor bytes of a real CPU run (the profiler's allocation records)."""
     model.train(train)
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+
+    def step() -> None:
         if train:
             model(x).sum().backward()
         else:
             with torch.no_grad():
                 model(x)
-    events = sorted(
-        (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
-        key=lambda e: e.start_ns(),
-    )
-    live = peak = 0
-    for event in events:
-        live += event.nbytes()
-        peak = max(peak, live)
-    existing = [*{id(p): p for p in model.parameters()}.values(), *model.buffers(), x]
+
+    peak = measure_peak_bytes(step, existing=[*model.parameters(), *model.buffers(), x])
     for param in model.parameters():
         param.grad = None
-    return peak + sum(t.numel() * t.element_size() for t in existing)
+    return peak
 
 
 CASES = {

@@ -12,7 +12,7 @@ CPU oneDNN convolution, forward or backward, reorders its weight into a transien
 from __future__ import annotations
 
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -32,7 +32,7 @@ from torchscope._inputs import (
 from torchscope.hooks import instrumented
 from torchscope.records import MemoryEstimate
 
-__all__ = ["OPTIMIZER_STATE_FACTORS", "estimate_memory"]
+__all__ = ["OPTIMIZER_STATE_FACTORS", "estimate_memory", "measure_peak_bytes"]
 
 # Per-parameter state of common optimizers, as a multiple of the parameter's bytes, for an
 # optimizer that has not stepped yet (a stepped optimizer's real state is counted instead).
@@ -245,3 +245,30 @@ def estimate_memory(
         model, input, input_size, dtypes, device, input_device, forward_kwargs
     )
     return estimate_from_arguments(model, args, kwargs, optimizer=optimizer)
+
+
+def measure_peak_bytes(fn: Callable[[], object], *, existing: Iterable[torch.Tensor] = ()) -> int:
+    """The real peak of live tensor bytes while ``fn()`` runs on the CPU, plus ``existing``.
+
+    Uses PyTorch's profiler (``profile_memory=True``), which records every allocation and
+    free of the CPU allocator, kernel-internal tensors included; the running sum of those
+    records peaks at the answer. ``existing``: tensors alive before and throughout (the
+    parameters, buffers and inputs), counted once each. For checking an estimate on your own
+    model; CUDA users can read ``torch.cuda.max_memory_allocated`` instead.
+    """
+    from torch.profiler import ProfilerActivity, profile  # the profiler is only needed here
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    kineto = getattr(prof.profiler, "kineto_results", None)
+    if kineto is None:
+        raise RuntimeError("the profiler recorded no events; is another profiler running?")
+    records = sorted(
+        (e for e in kineto.events() if e.name() == "[memory]"), key=lambda e: e.start_ns()
+    )
+    live = peak = 0
+    for record in records:
+        live += record.nbytes()
+        peak = max(peak, live)
+    distinct = {id(t): t for t in existing}.values()
+    return peak + sum(_bytes(t) for t in distinct)

@@ -145,7 +145,7 @@ def footer_lines(summary: ModelSummary, table_rows: list[Row]) -> list[str]:
         )
     lines.append(
         "Units: 1 kB = 10^3 bytes, 1 MB = 10^6 bytes, 1 GB = 10^9 bytes; "
-        "1 M = 10^6, 1 G = 10^9 operations."
+        "1 M = 10^6, 1 G = 10^9, 1 T = 10^12 operations."
     )
     markers = {row.cells["params"] for row in table_rows}
     if REPEAT in markers:
