@@ -58,6 +58,33 @@ def test_summary_formats_and_options(model_file, capsys):
     assert "| Layer (type)" in capsys.readouterr().out
 
 
+def test_summary_costs_and_memory_flags(model_file, capsys):
+    argv = [
+        "summary",
+        str(model_file),
+        "--mode",
+        "train",
+        "--memory",
+        "--optimizer",
+        "adam",
+        "--all-ops",
+    ]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "Backward MACs" in out and "Estimated peak memory" in out and "(all ops)" in out
+    assert main(["summary", str(model_file), "--optimizer", "adam"]) == 2
+    assert "pass memory=True" in capsys.readouterr().err
+
+
+def test_integer_inputs_with_dtype(tmp_path, capsys):
+    path = tmp_path / "tokens.py"
+    path.write_text(
+        "from torch import nn\nmodel = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 2))\n"
+    )
+    assert main(["summary", str(path), "--input-size", "2,5", "--dtype", "int64"]) == 0
+    assert "Total params: 50" in capsys.readouterr().out
+
+
 def test_summary_of_an_importable_factory(capsys):
     assert (
         main(["summary", "torchscope.models:LeNet", "--input-size", "1x1x28x28", "--depth", "1"])

@@ -195,3 +195,82 @@ def test_a_7b_decoder_on_meta_is_sized_exactly():
     assert result.memory is not None
     assert result.memory.optimizer_state == 2 * result.memory.gradients == 2 * result.param_bytes
     assert result.memory.training_peak > result.memory.parameters + result.memory.gradients
+
+
+def test_cudnn_rnn_formulas_without_a_gpu():
+    """cuDNN kernels cannot run here; their formulas are checked on meta tensors of their arguments."""
+    steps, batch, inp, hidden = 7, 3, 12, 20
+    x = torch.empty(steps, batch, inp, device="meta")
+    weights = [
+        torch.empty(4 * hidden, inp, device="meta"),
+        torch.empty(4 * hidden, hidden, device="meta"),
+        torch.empty(4 * hidden, device="meta"),
+        torch.empty(4 * hidden, device="meta"),
+        torch.empty(4 * hidden, hidden, device="meta"),
+        torch.empty(4 * hidden, hidden, device="meta"),
+        torch.empty(4 * hidden, device="meta"),
+        torch.empty(4 * hidden, device="meta"),
+    ]
+    forward_args = (
+        x,
+        weights,
+        4,
+        None,
+        None,
+        None,
+        2,
+        hidden,
+        0,
+        2,
+        False,
+        0.0,
+        True,
+        False,
+        [],
+        None,
+    )
+    macs, _, counted = op_cost(
+        torch.ops.aten._cudnn_rnn.default, forward_args, {}, None, all_ops=False
+    )
+    assert counted and macs == rnn_analytic_macs(4, inp, hidden, 2, steps, batch)
+    backward_args = (
+        x,
+        weights,
+        4,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        2,
+        hidden,
+        0,
+        2,
+        False,
+        0.0,
+        True,
+        False,
+        [],
+        None,
+        None,
+        [True] * 4,
+    )
+    backward, _, _ = op_cost(
+        torch.ops.aten._cudnn_rnn_backward.default, backward_args, {}, None, all_ops=False
+    )
+    assert backward == 2 * macs
+
+
+def test_cuda_attention_kernels_share_the_formula():
+    q = torch.empty(2, 4, 16, 32, device="meta")
+    expected = 2 * 4 * 16 * 16 * (32 + 32)
+    for name in ("_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention"):
+        func = getattr(torch.ops.aten, name).default
+        macs, _, counted = op_cost(func, (q, q, q), {}, None, all_ops=False)
+        assert counted and macs == expected, name
+    backward = torch.ops.aten._scaled_dot_product_flash_attention_backward.default
+    grad = torch.empty_like(q)
+    macs, _, _ = op_cost(backward, (grad, q, q, q), {}, None, all_ops=False)
+    assert macs == 2 * 4 * 16 * 16 * (3 * 32 + 2 * 32)

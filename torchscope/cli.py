@@ -14,6 +14,7 @@ from torchscope import __version__
 __all__ = ["main"]
 
 SUMMARY_FORMATS = ("text", "json", "markdown")
+DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32", "bool")
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -56,17 +57,36 @@ def _parser() -> argparse.ArgumentParser:
         "(default: the target file's EXAMPLE_INPUT_SIZE)",
     )
     summary.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        help="dtype of the --input-size tensors (default: the model's; int64 for token ids)",
+    )
+    summary.add_argument(
         "--depth", type=int, default=3, help="levels of nesting to show (default 3)"
     )
     summary.add_argument(
         "--columns", help="comma-separated columns, e.g. input_shape,output_shape,params"
     )
     summary.add_argument("--mode", choices=("eval", "train", "same"), default="eval")
+    summary.add_argument(
+        "--all-ops", action="store_true", help="also count FLOPs of ops without MACs"
+    )
+    summary.add_argument(
+        "--memory",
+        action="store_true",
+        help="estimate the peak memory of inference and of a training step",
+    )
+    summary.add_argument(
+        "--optimizer",
+        help="with --memory, add this optimizer's state (adam, adamw, sgd_momentum, ...)",
+    )
     summary.add_argument("--format", choices=SUMMARY_FORMATS, default="text")
     return parser
 
 
 def _summary_command(args: argparse.Namespace) -> int:
+    import torch
+
     from torchscope.loading import load_model
     from torchscope.summarize import summary
 
@@ -79,7 +99,15 @@ def _summary_command(args: argparse.Namespace) -> int:
         )
     columns = args.columns.split(",") if args.columns else None
     result = summary(
-        model, input_size=input_size, depth=args.depth, columns=columns, mode=args.mode
+        model,
+        input_size=input_size,
+        dtypes=getattr(torch, args.dtype) if args.dtype else None,
+        depth=args.depth,
+        columns=columns,
+        mode=args.mode,
+        all_ops=args.all_ops,
+        memory=args.memory,
+        optimizer=args.optimizer,
     )
     if args.format == "json":
         print(result.to_json())
