@@ -196,61 +196,61 @@ def _packets(*names: str) -> list[Any]:
     return [getattr(aten, name) for name in names if hasattr(aten, name)]
 
 
-MAC_FORMULAS: dict[Any, MacFormula] = {}
-for _packet in _packets("mm"):
-    MAC_FORMULAS[_packet] = _mm
-for _packet in _packets("addmm", "_addmm_activation"):
-    MAC_FORMULAS[_packet] = lambda args, kwargs, out: _mm(args, kwargs, out, offset=1)
-for _packet in _packets("bmm"):
-    MAC_FORMULAS[_packet] = _bmm
-for _packet in _packets("baddbmm"):
-    MAC_FORMULAS[_packet] = lambda args, kwargs, out: _bmm(args, kwargs, out, offset=1)
-for _packet in _packets("matmul", "dot", "mv", "vdot"):
-    MAC_FORMULAS[_packet] = _matmul
-for _packet in _packets("linear"):
-    MAC_FORMULAS[_packet] = _linear
-for _packet in _packets("convolution", "_convolution"):
-    MAC_FORMULAS[_packet] = _convolution
-for _packet in _packets(
-    "cudnn_convolution", "mkldnn_convolution", "_slow_conv2d_forward", "miopen_convolution"
-):
-    MAC_FORMULAS[_packet] = _conv_plain
-for _packet in _packets("cudnn_convolution_transpose", "miopen_convolution_transpose"):
-    MAC_FORMULAS[_packet] = _conv_transposed
-for _packet in _packets("convolution_backward"):
-    MAC_FORMULAS[_packet] = _convolution_backward
-for _packet in _packets(
-    "_scaled_dot_product_flash_attention",
-    "_scaled_dot_product_efficient_attention",
-    "_scaled_dot_product_cudnn_attention",
-    "_scaled_dot_product_flash_attention_for_cpu",
-    "_scaled_dot_product_fused_attention_overrideable",
-):
-    MAC_FORMULAS[_packet] = _sdpa
-for _packet in _packets(
-    "_scaled_dot_product_flash_attention_backward",
-    "_scaled_dot_product_efficient_attention_backward",
-    "_scaled_dot_product_cudnn_attention_backward",
-    "_scaled_dot_product_flash_attention_for_cpu_backward",
-    "_scaled_dot_product_fused_attention_overrideable_backward",
-):
-    MAC_FORMULAS[_packet] = _sdpa_backward
-for _packet in _packets("_native_multi_head_attention"):
-    MAC_FORMULAS[_packet] = _native_mha
-for _packet in _packets("_transformer_encoder_layer_fwd"):
-    MAC_FORMULAS[_packet] = _encoder_layer_fwd
-for _packet in _packets("mkldnn_rnn_layer"):
-    MAC_FORMULAS[_packet] = _mkldnn_rnn_layer
-for _packet in _packets("mkldnn_rnn_layer_backward"):
-    MAC_FORMULAS[_packet] = _mkldnn_rnn_layer_backward
-for _packet in _packets("_cudnn_rnn"):
-    MAC_FORMULAS[_packet] = _cudnn_rnn
-for _packet in _packets("_cudnn_rnn_backward"):
-    MAC_FORMULAS[_packet] = _cudnn_rnn_backward
-for _packet in _packets(
-    "embedding", "embedding_dense_backward", "_embedding_bag", "embedding_backward"
-):
-    MAC_FORMULAS[_packet] = _zero  # lookups and scatter-adds: no multiply-accumulate
+def _addmm(args: Sequence[Any], kwargs: dict[str, Any], out: Any) -> int:
+    return _mm(args, kwargs, out, offset=1)  # (bias, a, b)
+
+
+def _baddbmm(args: Sequence[Any], kwargs: dict[str, Any], out: Any) -> int:
+    return _bmm(args, kwargs, out, offset=1)
+
+
+# formula -> the aten ops it prices (names missing from this torch build are skipped)
+_REGISTRY: tuple[tuple[MacFormula, tuple[str, ...]], ...] = (
+    (_mm, ("mm",)),
+    (_addmm, ("addmm", "_addmm_activation")),
+    (_bmm, ("bmm",)),
+    (_baddbmm, ("baddbmm",)),
+    (_matmul, ("matmul", "dot", "mv", "vdot")),
+    (_linear, ("linear",)),
+    (_convolution, ("convolution", "_convolution")),
+    (
+        _conv_plain,
+        ("cudnn_convolution", "mkldnn_convolution", "_slow_conv2d_forward", "miopen_convolution"),
+    ),
+    (_conv_transposed, ("cudnn_convolution_transpose", "miopen_convolution_transpose")),
+    (_convolution_backward, ("convolution_backward",)),
+    (
+        _sdpa,
+        (
+            "_scaled_dot_product_flash_attention",
+            "_scaled_dot_product_efficient_attention",
+            "_scaled_dot_product_cudnn_attention",
+            "_scaled_dot_product_flash_attention_for_cpu",
+            "_scaled_dot_product_fused_attention_overrideable",
+        ),
+    ),
+    (
+        _sdpa_backward,
+        (
+            "_scaled_dot_product_flash_attention_backward",
+            "_scaled_dot_product_efficient_attention_backward",
+            "_scaled_dot_product_cudnn_attention_backward",
+            "_scaled_dot_product_flash_attention_for_cpu_backward",
+            "_scaled_dot_product_fused_attention_overrideable_backward",
+        ),
+    ),
+    (_native_mha, ("_native_multi_head_attention",)),
+    (_encoder_layer_fwd, ("_transformer_encoder_layer_fwd",)),
+    (_mkldnn_rnn_layer, ("mkldnn_rnn_layer",)),
+    (_mkldnn_rnn_layer_backward, ("mkldnn_rnn_layer_backward",)),
+    (_cudnn_rnn, ("_cudnn_rnn",)),
+    (_cudnn_rnn_backward, ("_cudnn_rnn_backward",)),
+    # lookups and scatter-adds: no multiply-accumulate, but counted (not "uncounted")
+    (_zero, ("embedding", "embedding_dense_backward", "_embedding_bag", "embedding_backward")),
+)
+MAC_FORMULAS: dict[Any, MacFormula] = {
+    packet: formula for formula, names in _REGISTRY for packet in _packets(*names)
+}
 
 
 # -- ops without multiply-accumulates -------------------------------------------------------------
