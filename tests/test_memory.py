@@ -108,6 +108,11 @@ def test_summary_memory_option():
     assert torchscope.ModelSummary.from_dict(result.to_dict()) == result
     with pytest.raises(ValueError, match="pass memory=True"):
         torchscope.summary(model, input_size=(1, 3, 64, 64), optimizer="adam")
+    calls = []
+    model.register_forward_pre_hook(lambda *args: calls.append(1))
+    with pytest.raises(ValueError, match="unknown optimizer"):  # refused before any forward
+        torchscope.summary(model, input_size=(1, 3, 64, 64), memory=True, optimizer="lion")
+    assert calls == []
 
 
 def test_a_model_fake_tensors_cannot_run_gets_a_reason_not_a_crash():

@@ -32,7 +32,12 @@ from torchscope._inputs import (
 from torchscope.hooks import instrumented
 from torchscope.records import MemoryEstimate
 
-__all__ = ["OPTIMIZER_STATE_FACTORS", "estimate_memory", "measure_peak_bytes"]
+__all__ = [
+    "OPTIMIZER_STATE_FACTORS",
+    "estimate_memory",
+    "measure_peak_bytes",
+    "optimizer_state_bytes",
+]
 
 # Per-parameter state of common optimizers, as a multiple of the parameter's bytes, for an
 # optimizer that has not stepped yet (a stepped optimizer's real state is counted instead).
@@ -198,13 +203,22 @@ def _run(
     return live.peak, after_forward, before
 
 
+def optimizer_state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer | str | None) -> int:
+    """Bytes of ``optimizer``'s per-parameter state for ``model`` (0 for None).
+
+    Raises ``ValueError``/``TypeError`` for an optimizer whose state cannot be known.
+    """
+    trainable = [p for p in {id(p): p for p in model.parameters()}.values() if p.requires_grad]
+    return _optimizer_state(optimizer, trainable)
+
+
 def estimate_from_arguments(
-    model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], *, optimizer: Any = None
+    model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], *, optimizer_state: int = 0
 ) -> MemoryEstimate:
     """The estimate for prepared call arguments (what :func:`torchscope.summary` uses)."""
     unique_params = list({id(p): p for p in model.parameters()}.values())
     trainable = [p for p in unique_params if p.requires_grad]
-    state = _optimizer_state(optimizer, trainable)
+    state = optimizer_state
     inference_peak, _, _ = _run(model, args, kwargs, train=False)
     training_peak, after_forward, before = _run(model, args, kwargs, train=True)
     devices = model_devices(model)
@@ -240,11 +254,12 @@ def estimate_memory(
     Nothing is allocated and the model is left exactly as it was.
     """
     model = unwrap(model)
+    state = optimizer_state_bytes(model, optimizer)  # a bad optimizer argument fails first
     input_device = resolve_device(model_devices(model), device)
     args, kwargs = call_arguments(
         model, input, input_size, dtypes, device, input_device, forward_kwargs
     )
-    return estimate_from_arguments(model, args, kwargs, optimizer=optimizer)
+    return estimate_from_arguments(model, args, kwargs, optimizer_state=state)
 
 
 def measure_peak_bytes(fn: Callable[[], object], *, existing: Iterable[torch.Tensor] = ()) -> int:

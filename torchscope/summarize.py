@@ -1,4 +1,4 @@
-"""Collector behind ``torchscope.summary``: exact parameters and shapes, no side effects on the model."""
+"""Collector behind ``torchscope.summary``: exact parameters, shapes and costs, no side effects."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from torchscope._inputs import DeviceLike, ShapeLike, call_arguments, resolve_de
 from torchscope.costs import CostCounter
 from torchscope.errors import SummaryError, TorchscopeWarning
 from torchscope.hooks import instrumented
-from torchscope.memory import estimate_from_arguments
+from torchscope.memory import estimate_from_arguments, optimizer_state_bytes
 from torchscope.records import SUMMARY_COLUMNS, LayerRecord, ModelSummary, TensorRecord
 
 __all__ = ["DEFAULT_COLUMNS", "summary"]
@@ -65,9 +65,10 @@ def summary(
             this raises ``ValueError``.
         depth: how many levels of nesting the table shows (``layers`` always has every call).
         columns: table columns, from ``torchscope.records.SUMMARY_COLUMNS``;
-            default ``("input_shape", "output_shape", "params")``.
+            default ``("input_shape", "output_shape", "params", "macs")``.
         mode: ``"eval"`` (``model.eval()``, no autograd), ``"train"`` (``model.train()``,
-            autograd on) or ``"same"`` (flags as they are). Flags are restored afterwards.
+            autograd on, backward MACs counted too) or ``"same"`` (flags as they are).
+            Flags are restored afterwards.
         forward_kwargs: extra keyword arguments for ``forward``.
         all_ops: also count FLOPs of ops without multiply-accumulates (elementwise,
             reductions, normalisation, softmax, pooling); MACs are unaffected.
@@ -87,6 +88,9 @@ def summary(
     columns = _check_columns(columns)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}; got {mode!r}")
+    if optimizer is not None and not memory:
+        raise ValueError("optimizer= only adds to the memory estimate: pass memory=True too")
+    optimizer_state = optimizer_state_bytes(model, optimizer) if memory else 0
     index = _index_model(model)
     input_device = resolve_device(index.devices, device)
     args, kwargs = call_arguments(
@@ -168,9 +172,7 @@ def summary(
         )
         del output
     if memory:
-        result = _with_memory(result, model, args, kwargs, optimizer)
-    elif optimizer is not None:
-        raise ValueError("optimizer= only adds to the memory estimate: pass memory=True too")
+        result = _with_memory(result, model, args, kwargs, optimizer_state)
     if recorder.internal_errors:
         first = recorder.internal_errors[0]
         warnings.warn(
@@ -187,19 +189,11 @@ def _with_memory(
     model: nn.Module,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
-    optimizer: Any,
+    optimizer_state: int,
 ) -> ModelSummary:
     """The summary with its memory estimate, or the reason there is none."""
-    if optimizer is not None and not isinstance(optimizer, (str, torch.optim.Optimizer)):
-        raise TypeError(
-            f"optimizer must be a torch.optim.Optimizer or a name, got {type(optimizer).__name__}"
-        )
     try:
-        estimate = estimate_from_arguments(model, args, kwargs, optimizer=optimizer)
-    except (ValueError, TypeError) as e:
-        if isinstance(optimizer, str) or "optimizer" in str(e):
-            raise  # the user's argument, not the model
-        return dataclasses.replace(result, memory_error=f"{type(e).__name__}: {e}")
+        estimate = estimate_from_arguments(model, args, kwargs, optimizer_state=optimizer_state)
     except Exception as e:  # an op fake tensors cannot run (data-dependent shapes, custom kernels)
         return dataclasses.replace(result, memory_error=f"{type(e).__name__}: {e}")
     return dataclasses.replace(result, memory=estimate)
