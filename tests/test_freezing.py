@@ -375,3 +375,84 @@ def test_freeze_then_unfreeze_everything_leaves_all_trainable(model, data):
     model.train()
     assert all(p.requires_grad for p in model.parameters())
     assert all(m.training for m in model.modules())
+
+
+# -- review findings, each kept fixed ------------------------------------------------------------
+
+
+def test_a_norm_layer_rebuilt_after_freezing_is_reported():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 2, 1))
+    torchscope.freeze(model, "0", "1")
+    assert torchscope.trainable_report(model).unpinned_frozen_norms == ()
+    model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # new module objects, no pin
+    model.train()
+    report = torchscope.trainable_report(model)
+    assert report.unpinned_frozen_norms == ("1",)
+    assert "Freeze them again after the conversion: 1" in str(report)
+    torchscope.freeze(model, "1")
+    model.train()
+    assert torchscope.trainable_report(model).unpinned_frozen_norms == () and not model[1].training
+
+
+def test_other_buffer_updating_layers_are_pinned_too():
+    from torch.nn.utils.parametrizations import spectral_norm
+
+    model = nn.Sequential(spectral_norm(nn.Linear(4, 4)), nn.Linear(4, 2))
+    torchscope.freeze(model, "0")
+    model.train()
+    state = {k: v.clone() for k, v in model[0].state_dict().items()}
+    model(torch.randn(3, 4))
+    assert all(torch.equal(state[k], v) for k, v in model[0].state_dict().items())
+    torchscope.unfreeze(model, "0")
+    model.train()
+    model(torch.randn(3, 4))
+    assert not all(torch.equal(state[k], v) for k, v in model[0].state_dict().items())
+
+
+def test_lazy_modules_are_refused_before_anything_changes():
+    model = nn.Sequential(nn.Linear(3, 4), nn.LazyBatchNorm1d(), nn.LazyLinear(2))
+    with pytest.raises(ValueError, match="run one forward pass first"):
+        torchscope.freeze(model)
+    assert model[0].weight.requires_grad and "train" not in model[1].__dict__
+    report = torchscope.trainable_report(nn.Sequential(nn.Linear(2, 3), nn.LazyLinear(3)))
+    assert report.trainable_params == 9
+
+
+def test_unfreeze_with_lr_but_no_optimizer_changes_nothing():
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
+    torchscope.freeze(model)
+    with pytest.raises(ValueError, match="pass optimizer= too"):
+        torchscope.unfreeze(model, lr=0.1)
+    assert not any(p.requires_grad for p in model.parameters()) and "train" in model[1].__dict__
+
+
+def test_frozen_parameters_survive_copies(tmp_path):
+    from torchscope.freezing import frozen_parameters
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    torchscope.freeze(model, "0")
+    assert set(frozen_parameters(model)) == {"0.weight", "0.bias"}
+    clone = copy.deepcopy(model)
+    assert set(frozen_parameters(clone)) == {"0.weight", "0.bias"}
+    model.load_state_dict(model.state_dict(), assign=True)
+    assert set(frozen_parameters(model)) == {"0.weight", "0.bias"}
+    torchscope.unfreeze(model, "0")
+    assert frozen_parameters(model) == {}
+    with torchscope.frozen(model, "1"):
+        assert set(frozen_parameters(model)) == {"1.weight", "1.bias"}
+    assert frozen_parameters(model) == {}
+
+
+def test_pinned_layers_are_freed_by_reference_counting():
+    import gc
+    import weakref
+
+    model = resnet()
+    torchscope.freeze(model)
+    refs = [weakref.ref(b) for b in model.buffers()]
+    gc.disable()
+    try:
+        del model
+        assert all(r() is None for r in refs)
+    finally:
+        gc.enable()

@@ -26,6 +26,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
+from torch.nn.parameter import is_lazy
 from torch.utils.weak import WeakIdKeyDictionary
 
 from torchscope.records import TrainableReport, TrainableRow
@@ -34,6 +35,7 @@ __all__ = [
     "freeze",
     "freeze_until",
     "frozen",
+    "frozen_parameters",
     "is_frozen",
     "trainable_report",
     "unfreeze",
@@ -61,9 +63,17 @@ def is_frozen(param: torch.Tensor) -> bool:
 
 
 @dataclass(frozen=True)
+class _Param:
+    name: str  # qualified name
+    param: nn.Parameter
+    owner: nn.Module  # the module whose _parameters holds it
+    local: str  # its name there
+
+
+@dataclass(frozen=True)
 class _Selection:
     modules: list[tuple[str, nn.Module]]  # matched modules, each with its whole subtree
-    parameters: list[tuple[str, nn.Parameter]]  # every parameter to change, once
+    parameters: list[_Param]  # every parameter to change, once
 
 
 def _close_names(target: str, names: Sequence[str]) -> str:
@@ -122,38 +132,68 @@ def _select(model: nn.Module, targets: Sequence[Target]) -> _Selection:
         [("", model)] if not targets else [m for t in targets for m in _match(model, t, named)]
     )
     modules: dict[int, tuple[str, nn.Module]] = {}
-    parameters: dict[int, tuple[str, nn.Parameter]] = {}
     for name, module in matched:
         for sub_name, sub in module.named_modules(prefix=name):
             modules.setdefault(id(sub), (sub_name, sub))
-        for param_name, param in module.named_parameters(prefix=name):
-            parameters.setdefault(id(param), (param_name, param))
-    return _Selection(list(modules.values()), list(parameters.values()))
+    return _Selection(list(modules.values()), _parameters_of(list(modules.values())))
+
+
+def _parameters_of(modules: list[tuple[str, nn.Module]]) -> list[_Param]:
+    """The parameters held directly by ``modules``, each once, in registration order.
+
+    Refuses uninitialised lazy parameters before anything is changed: their
+    ``requires_grad`` cannot be set and their size is unknown.
+    """
+    found: dict[int, _Param] = {}
+    lazy = []
+    for name, module in modules:
+        for local, param in module._parameters.items():
+            if param is None or id(param) in found:
+                continue
+            qualified = f"{name}.{local}" if name else local
+            if is_lazy(param):
+                lazy.append(qualified)
+            found[id(param)] = _Param(qualified, param, module, local)
+        lazy += [
+            f"{name}.{local}" if name else local
+            for local, b in module._buffers.items()
+            if b is not None and is_lazy(b)
+        ]
+    if lazy:
+        raise ValueError(
+            f"cannot freeze uninitialised lazy parameters ({', '.join(lazy[:3])}); run one forward "
+            "pass first so that their shapes exist"
+        )
+    return list(found.values())
 
 
 # -- normalisation layers pinned in eval mode ----------------------------------------------------
 
 
 class _EvalPin:
-    """Stands in for a frozen norm layer's ``train`` method: any mode request means eval.
+    """Stands in for a frozen module's ``train`` method: any mode request means eval.
 
     An instance attribute (not a patched class), so only that module is affected; a plain
     object (not a bound function) so the model still deep-copies and pickles with the pin.
+    It refers to its module weakly, so the module is freed by reference counting as usual.
     """
 
     __slots__ = ("module",)
 
     def __init__(self, module: nn.Module) -> None:
-        self.module = module
+        self.module = weakref.ref(module)
 
     def __call__(self, mode: bool = True) -> nn.Module:
-        return type(self.module).train(self.module, False)
+        module = self.module()
+        if module is None:  # pragma: no cover - the module holds the pin, so it is alive
+            raise ReferenceError("the pinned module no longer exists")
+        return type(module).train(module, False)
 
-    def __getstate__(self) -> nn.Module:
-        return self.module
+    def __getstate__(self) -> nn.Module | None:
+        return self.module()  # copies and pickles carry the module itself...
 
     def __setstate__(self, module: nn.Module) -> None:
-        self.module = module
+        self.module = weakref.ref(module)  # ...and point weakly at their own copy again
 
 
 def _is_pinned(module: nn.Module) -> bool:
@@ -173,6 +213,30 @@ def _unpin(module: nn.Module, training: bool) -> None:
 
 def _has_running_stats(module: nn.Module) -> bool:
     return isinstance(module, _NormBase) and module.track_running_stats
+
+
+def _updates_buffers_in_training(module: nn.Module) -> bool:
+    """A leaf that holds floating-point buffers: in training mode it may update them
+    (spectral norm's power iteration, timm's EvoNorm running variance, an EMA)."""
+    return not module._modules and any(
+        b is not None and b.is_floating_point() for b in module._buffers.values()
+    )
+
+
+# Names of the parameters each module holds that torchscope froze. Kept on the module
+# (``module.__dict__``), so deep copies, pickles and ``load_state_dict(assign=True)`` keep it.
+_MARK = "_torchscope_frozen"
+
+
+def frozen_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The parameters of ``model`` frozen through these helpers and still frozen, by name."""
+    found: dict[str, nn.Parameter] = {}
+    for name, module in model.named_modules():
+        for local in sorted(module.__dict__.get(_MARK, ())):
+            param = module._parameters.get(local)
+            if param is not None and not param.requires_grad:
+                found[f"{name}.{local}" if name else local] = param
+    return found
 
 
 # -- optimizers ----------------------------------------------------------------------------------
@@ -239,20 +303,23 @@ def _freeze(
 ) -> tuple[str, ...]:
     kept_trainable: set[int] = set()
     for _, module in selection.modules:
-        if not _has_running_stats(module):
-            continue
-        if bn == "eval":
+        if _has_running_stats(module):
+            if bn == "eval":
+                _pin_eval(module)
+            else:
+                kept_trainable.update(id(p) for p in module.parameters())
+        elif _updates_buffers_in_training(module):
             _pin_eval(module)
-        else:
-            kept_trainable.update(id(p) for p in module.parameters())
     names = []
-    for name, param in selection.parameters:
+    for entry in selection.parameters:
+        param = entry.param
         if id(param) in kept_trainable:
             continue
         param.requires_grad_(False)
         param.grad = None  # a zeroed gradient still feeds momentum and weight decay
         _FROZEN[param] = True
-        names.append(name)
+        entry.owner.__dict__.setdefault(_MARK, set()).add(entry.local)
+        names.append(entry.name)
         if optimizer is not None:
             optimizer.state.pop(param, None)
     if optimizer is not None:
@@ -273,25 +340,26 @@ def unfreeze(
     new param group, with learning rate ``lr`` (default: the optimizer's default ``lr``).
     """
     _check_optimizer(optimizer)
+    if lr is not None and optimizer is None:
+        raise ValueError("lr= sets the learning rate of a new param group: pass optimizer= too")
     selection = _select(model, targets)
     for _, module in selection.modules:
         if _is_pinned(module):
             _unpin(module, model.training)
     names = []
-    for name, param in selection.parameters:
-        param.requires_grad_(True)
-        _FROZEN.pop(param, None)
-        names.append(name)
+    for entry in selection.parameters:
+        entry.param.requires_grad_(True)
+        _FROZEN.pop(entry.param, None)
+        entry.owner.__dict__.get(_MARK, set()).discard(entry.local)
+        names.append(entry.name)
     if optimizer is not None:
         held = _held_by(optimizer)
-        new = [param for _, param in selection.parameters if id(param) not in held]
+        new = [entry.param for entry in selection.parameters if id(entry.param) not in held]
         if new:
             group: dict[str, Any] = {"params": new}
             if lr is not None:
                 group["lr"] = lr
             optimizer.add_param_group(group)
-    elif lr is not None:
-        raise ValueError("lr= sets the learning rate of a new param group: pass optimizer= too")
     return tuple(names)
 
 
@@ -319,14 +387,8 @@ def freeze_until(
         )
     boundary = {id(p) for p in named[position][1].parameters()}
     modules = named[:position]
-    parameters: dict[int, tuple[str, nn.Parameter]] = {}
-    for module_name, module in modules:
-        for local, param in module.named_parameters(recurse=False):
-            if id(param) not in boundary:
-                parameters.setdefault(
-                    id(param), (f"{module_name}.{local}" if module_name else local, param)
-                )
-    return _freeze(_Selection(modules, list(parameters.values())), bn, optimizer)
+    parameters = [entry for entry in _parameters_of(modules) if id(entry.param) not in boundary]
+    return _freeze(_Selection(modules, parameters), bn, optimizer)
 
 
 @contextlib.contextmanager
@@ -344,7 +406,9 @@ def frozen(
     """
     modules = list(model.modules())
     params = list(model.parameters())
-    saved_modules = [(m, m.training, m.__dict__.get("train")) for m in modules]
+    saved_modules = [
+        (m, m.training, m.__dict__.get("train"), set(m.__dict__.get(_MARK, ()))) for m in modules
+    ]
     saved_params = [(p, p.requires_grad, p.grad, p in _FROZEN) for p in params]
     saved_state = (
         {} if optimizer is None else {p: optimizer.state[p] for p in params if p in optimizer.state}
@@ -354,12 +418,16 @@ def frozen(
     try:
         yield _freeze(selection, bn, optimizer)
     finally:
-        for module, training, override in saved_modules:
+        for module, training, override, marks in saved_modules:
             if override is None:
                 module.__dict__.pop("train", None)
             else:
                 module.__dict__["train"] = override
             module.training = training
+            if marks:
+                module.__dict__[_MARK] = marks
+            else:
+                module.__dict__.pop(_MARK, None)
         for param, requires_grad, grad, was_frozen in saved_params:
             param.requires_grad_(requires_grad)
             param.grad = grad
@@ -381,7 +449,7 @@ def trainable_report(model: nn.Module, *, depth: int = 1) -> TrainableReport:
         level = 0 if not name else name.count(".") + 1
         if level > depth:
             continue
-        params = {id(p): p for p in module.parameters()}.values()
+        params = [p for p in {id(p): p for p in module.parameters()}.values() if not is_lazy(p)]
         submodules = list(module.modules())
         rows.append(
             TrainableRow(
@@ -395,4 +463,16 @@ def trainable_report(model: nn.Module, *, depth: int = 1) -> TrainableReport:
                 pinned_eval=sum(_is_pinned(m) for m in submodules),
             )
         )
-    return TrainableReport(rows=tuple(rows), depth=depth)
+    unpinned = tuple(
+        name
+        for name, module in model.named_modules()
+        if _has_running_stats(module)
+        and module.training
+        and not _is_pinned(module)
+        # frozen by us: marked, or (a rebuilt layer that reuses the parameters) registered
+        and (
+            module.__dict__.get(_MARK)
+            or any(is_frozen(p) for p in module.parameters(recurse=False))
+        )
+    )
+    return TrainableReport(rows=tuple(rows), depth=depth, unpinned_frozen_norms=unpinned)

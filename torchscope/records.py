@@ -334,6 +334,9 @@ class TrainableReport:
 
     rows: tuple[TrainableRow, ...]
     depth: int
+    # norm layers whose parameters torchscope froze but that are back in training mode
+    # without their eval pin: rebuilt after freezing (convert_sync_batchnorm, fusion)
+    unpinned_frozen_norms: tuple[str, ...] = ()
 
     @property
     def trainable_params(self) -> int:

@@ -87,6 +87,16 @@ def render_trainable_report(report: TrainableReport) -> str:
                 if root.pinned_eval
                 else ""
             ),
+            *(
+                [
+                    "Warning: frozen norm layers are in training mode without their eval pin "
+                    "(rebuilt after freezing, e.g. by convert_sync_batchnorm?); their running "
+                    "statistics will drift. Freeze them again after the conversion: "
+                    + ", ".join(report.unpinned_frozen_norms)
+                ]
+                if report.unpinned_frozen_norms
+                else []
+            ),
         ]
     )
 
