@@ -274,3 +274,97 @@ def test_cuda_attention_kernels_share_the_formula():
     grad = torch.empty_like(q)
     macs, _, _ = op_cost(backward, (grad, q, q, q), {}, None, all_ops=False)
     assert macs == 2 * 4 * 16 * 16 * (3 * 32 + 2 * 32)
+
+
+# -- review findings, each kept fixed ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "mobilenet_v3_small",
+        "mobilenet_v2",
+        "efficientnet_b0",
+        "resnet18",
+        "densenet121",
+        "shufflenet_v2_x0_5",
+    ],
+)
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_no_false_alarms_on_torchvision_models(name, mode):
+    model = getattr(torchvision.models, name)(num_classes=10)
+    assert torchscope.summary(model, input_size=(2, 3, 64, 64), mode=mode).uncounted_ops == {}
+
+
+def test_packed_sequences_and_embedding_bags_are_not_uncounted():
+    packed = nn.utils.rnn.pack_padded_sequence(
+        torch.ones(2, 4, 3), torch.tensor([4, 2]), batch_first=True
+    )
+    assert torchscope.summary(nn.LSTM(3, 5), packed, mode="train").uncounted_ops == {}
+    bag = nn.EmbeddingBag(10, 4)
+    assert torchscope.summary(bag, torch.zeros(2, 3, dtype=torch.long)).uncounted_ops == {}
+
+
+def test_distance_and_less_common_products_have_formulas():
+    class Ops(nn.Module):
+        def forward(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            m, v = torch.ones(4, 5), torch.ones(5)
+            return (
+                torch.cdist(a, b),
+                torch.addmv(torch.zeros(4), m, v),
+                torch.addbmm(torch.zeros(4, 6), torch.ones(3, 4, 5), torch.ones(3, 5, 6)),
+                torch.addr(torch.zeros(4, 5), torch.ones(4), torch.ones(5)),
+            )
+
+    result = torchscope.summary(Ops(), (torch.randn(2, 10, 8), torch.randn(2, 12, 8)))
+    assert result.uncounted_ops == {}
+    assert result.total_macs == 2 * 10 * 12 * 8 + 4 * 5 + 3 * 4 * 5 * 6 + 4 * 5
+    bilinear = torchscope.summary(nn.Bilinear(3, 4, 5), (torch.randn(2, 3), torch.randn(2, 4)))
+    assert bilinear.uncounted_ops == {} and bilinear.total_macs == 2 * 5 * 3 * 4
+
+
+def test_cudnn_lstm_with_projection():
+    with torch.device("meta"):
+        lstm = nn.LSTM(12, 20, proj_size=8)
+    x = torch.empty(7, 3, 12, device="meta")
+    args = (
+        x,
+        list(lstm._flat_weights),
+        5,
+        None,
+        None,
+        None,
+        2,
+        20,
+        8,
+        1,
+        False,
+        0.0,
+        True,
+        False,
+        [],
+        None,
+    )
+    macs, _, _ = op_cost(torch.ops.aten._cudnn_rnn.default, args, {}, None, all_ops=False)
+    assert macs == 7 * 3 * (4 * 20 * 12 + 4 * 20 * 8 + 8 * 20)
+    assert macs == torchscope.summary(lstm, x).total_macs  # the decomposed path agrees
+
+
+def test_activation_checkpointing_adds_no_layers_in_train_mode():
+    from torch.utils.checkpoint import checkpoint
+
+    class Checkpointed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.blocks = nn.ModuleList(
+                nn.Sequential(nn.Linear(16, 16), nn.ReLU()) for _ in range(2)
+            )
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            for block in self.blocks:
+                x = checkpoint(block, x, use_reentrant=False)
+            return x
+
+    result = torchscope.summary(Checkpointed(), input_size=(4, 16), mode="train")
+    assert len(result.layers) == 7 and not any(layer.failed for layer in result.layers)
+    assert result.backward_macs > 0

@@ -123,3 +123,49 @@ def test_a_model_fake_tensors_cannot_run_gets_a_reason_not_a_crash():
     result = torchscope.summary(DataDependent(), input_size=(4, 4), memory=True)
     assert result.memory is None and result.memory_error
     assert "Memory estimate unavailable" in str(result)
+
+
+def test_plain_attributes_set_during_the_fake_runs_are_removed():
+    class Rotary(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = nn.Linear(8, 8)
+            self.cache = None
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if self.cache is None:
+                self.cache = torch.cos(torch.arange(x.shape[1], dtype=x.dtype))[:, None]
+            return self.proj(x) * self.cache
+
+    model = Rotary()
+    torchscope.estimate_memory(model, input_size=(2, 16, 8))
+    assert model.cache is None
+    torchscope.summary(model, input_size=(2, 16, 8), memory=True)
+    assert model.cache is None
+    assert type(model(torch.randn(2, 16, 8))) is torch.Tensor
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_fused_attention_and_lstm_training_within_reach():
+    encoder = nn.TransformerEncoder(
+        nn.TransformerEncoderLayer(64, 4, 256, batch_first=True), 2, enable_nested_tensor=False
+    )
+    x = torch.randn(8, 32, 64)
+    estimate = torchscope.estimate_memory(encoder, x)
+    for train, predicted in ((False, estimate.inference_peak), (True, estimate.training_peak)):
+        real = measured_peak(encoder, x, train=train)
+        assert abs(predicted - real) / real < 0.05, (train, predicted, real)
+
+    class LastStates(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.LSTM(64, 128, num_layers=2, batch_first=True)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.rnn(x)[0]
+
+    model = LastStates()
+    x = torch.randn(8, 50, 64)
+    real = measured_peak(model, x, train=True)
+    predicted = torchscope.estimate_memory(model, x).training_peak
+    assert abs(predicted - real) / real < 0.15  # oneDNN's workspace is an empirical fit

@@ -174,9 +174,14 @@ def _cudnn_rnn(args: Sequence[Any], kwargs: dict[str, Any], out: Any) -> int:
         steps_times_batch = int(sum(int(b) for b in batch_sizes))
     else:
         steps_times_batch = int(inp.shape[0]) * int(inp.shape[1])
+    projected = (
+        args[8] is not None and int(args[8]) > 0
+    )  # LSTM proj_size: w_hr is the last of each run
     total = 0
     for start in range(0, len(weights), stride):
         total += _numel(_shape(weights[start])) + _numel(_shape(weights[start + 1]))
+        if projected:
+            total += _numel(_shape(weights[start + stride - 1]))
     return steps_times_batch * total
 
 
@@ -184,8 +189,47 @@ def _cudnn_rnn_backward(args: Sequence[Any], kwargs: dict[str, Any], out: Any) -
     # (input, weight, weight_stride0, weight_buf, hx, cx, output, grad_output, grad_hy,
     #  grad_cy, mode, hidden_size, proj_size, num_layers, batch_first, dropout, train,
     #  bidirectional, batch_sizes, dropout_state, reserve, output_mask)
-    forward_args = list(args[:6]) + [None] * 8 + [args[18]]
+    forward_args = list(args[:6]) + [None, None, args[12]] + [None] * 5 + [args[18]]
     return 2 * _cudnn_rnn(forward_args, kwargs, out)
+
+
+def _addmv(args: Sequence[Any], kwargs: dict[str, Any], out: Any) -> int:
+    matrix = _shape(args[1])  # (self, mat [n, m], vec [m])
+    return matrix[0] * matrix[1]
+
+
+def _addbmm(args: Sequence[Any], kwargs: dict[str, Any], out: Any) -> int:
+    return _bmm(args, kwargs, out, offset=1)  # (self, batch1 [b, n, m], batch2 [b, m, p])
+
+
+def _addr(args: Sequence[Any], kwargs: dict[str, Any], out: Any) -> int:
+    return int(args[1].numel()) * int(args[2].numel())  # outer product: n * m products
+
+
+def _trilinear(args: Sequence[Any], kwargs: dict[str, Any], out: Any) -> int:
+    # (i1, i2, i3, expand1, expand2, expand3, sumdim, unroll_dim): each input is unsqueezed
+    # at its expand dims, and every element of their broadcast product is one
+    # multiply-accumulate (nn.Bilinear: batch x out x in1 x in2)
+    shapes = [_unsqueezed(_shape(args[i]), list(args[3 + i])) for i in range(3)]
+    return _numel([max(dims) for dims in zip(*shapes, strict=True)])
+
+
+def _unsqueezed(shape: tuple[int, ...], expand: list[int]) -> list[int]:
+    dims = list(shape)
+    for position in sorted(int(d) for d in expand):
+        dims.insert(position, 1)
+    return dims
+
+
+def _cdist(args: Sequence[Any], kwargs: dict[str, Any], out: Any) -> int:
+    # (x1 [.., P, M], x2 [.., R, M], p, compute_mode): one difference-and-accumulate per
+    # coordinate of every pair
+    return int(out.numel()) * int(args[0].shape[-1])
+
+
+def _cdist_backward(args: Sequence[Any], kwargs: dict[str, Any], out: Any) -> int:
+    # (grad, x1, x2, p, cdist): gradients for x1 from every pair's coordinates
+    return int(args[4].numel()) * int(args[1].shape[-1])
 
 
 def _zero(args: Sequence[Any], kwargs: dict[str, Any], out: Any) -> int:
@@ -245,8 +289,25 @@ _REGISTRY: tuple[tuple[MacFormula, tuple[str, ...]], ...] = (
     (_mkldnn_rnn_layer_backward, ("mkldnn_rnn_layer_backward",)),
     (_cudnn_rnn, ("_cudnn_rnn",)),
     (_cudnn_rnn_backward, ("_cudnn_rnn_backward",)),
+    (_addmv, ("addmv",)),
+    (_addbmm, ("addbmm",)),
+    (_addr, ("addr",)),
+    (_trilinear, ("_trilinear",)),
+    (_cdist, ("_cdist_forward", "_euclidean_dist")),
+    (_cdist_backward, ("_cdist_backward",)),
     # lookups and scatter-adds: no multiply-accumulate, but counted (not "uncounted")
-    (_zero, ("embedding", "embedding_dense_backward", "_embedding_bag", "embedding_backward")),
+    (
+        _zero,
+        (
+            "embedding",
+            "embedding_dense_backward",
+            "_embedding_bag",
+            "_embedding_bag_forward_only",
+            "_embedding_bag_backward",
+            "_embedding_bag_dense_backward",
+            "embedding_backward",
+        ),
+    ),
 )
 MAC_FORMULAS: dict[Any, MacFormula] = {
     packet: formula for formula, names in _REGISTRY for packet in _packets(*names)
@@ -360,7 +421,6 @@ _DATA_MOVEMENT = frozenset(
         "kthvalue",
         "cumsum",
         "cumprod",
-        "_cdist_forward",
         "searchsorted",
         "bucketize",
         "one_hot",
@@ -368,6 +428,49 @@ _DATA_MOVEMENT = frozenset(
         "native_dropout",
         "native_dropout_backward",
         "_masked_scale",
+        "reflection_pad1d",
+        "reflection_pad3d",
+        "replication_pad1d",
+        "replication_pad3d",
+        "reflection_pad1d_backward",
+        "reflection_pad2d_backward",
+        "replication_pad2d_backward",
+        "pixel_shuffle",
+        "pixel_unshuffle",
+        "channel_shuffle",
+        "native_channel_shuffle",
+        "randn_like",
+        "rand_like",
+        "randint_like",
+        "normal",
+        "empty_permuted",
+        "repeat_interleave",
+        "masked_select",
+        "take",
+        "index_copy",
+        "index_copy_",
+        "index_fill",
+        "index_fill_",
+        "diag_embed",
+        "diagonal_scatter",
+        "eye",
+        "linspace",
+        "logspace",
+        "tril_indices",
+        "triu_indices",
+        "rot90",
+        "max_unpool2d",
+        "max_unpool3d",
+        "upsample_nearest1d",
+        "upsample_nearest3d",
+        "_upsample_nearest_exact1d",
+        "_upsample_nearest_exact2d",
+        "_upsample_nearest_exact3d",
+        "_pack_padded_sequence",
+        "_pad_packed_sequence",
+        "_pack_padded_sequence_backward",
+        "embedding_dense_backward_",
+        "new_empty_permuted",
         "transpose_",
         "t_",
         "squeeze_",
@@ -464,6 +567,34 @@ _NORMALISATION = frozenset(
 )
 
 
+# elementwise ops that carry no `pointwise` tag in aten
+_ELEMENTWISE = frozenset(
+    str(p)
+    for p in _packets(
+        "hardswish",
+        "hardswish_",
+        "hardswish_backward",
+        "hardsigmoid_backward",
+        "hardtanh_backward",
+        "glu",
+        "glu_backward",
+        "_prelu_kernel",
+        "_prelu_kernel_backward",
+        "log_sigmoid_forward",
+        "log_sigmoid_backward",
+        "leaky_relu_backward",
+        "elu_backward",
+        "softplus_backward",
+        "mish_backward",
+        "rrelu_with_noise",
+        "rrelu_with_noise_backward",
+        "softshrink_backward",
+        "hardshrink_backward",
+        "logit_backward",
+    )
+)
+
+
 def _category(func: Any) -> str:
     """How an op without a MAC formula is priced: 'move', 'reduce', 'norm', 'pointwise' or '?'."""
     name = str(func.overloadpacket)
@@ -473,7 +604,7 @@ def _category(func: Any) -> str:
         return "reduce"
     if name in _NORMALISATION:
         return "norm"
-    if torch.Tag.pointwise in func.tags:
+    if name in _ELEMENTWISE or torch.Tag.pointwise in func.tags:
         return "pointwise"
     return "?"
 

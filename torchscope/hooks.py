@@ -113,6 +113,12 @@ def _version(tensor: torch.Tensor) -> int | None:
         return None
 
 
+_TABLES = frozenset(
+    {"_parameters", "_buffers", "_modules", "_non_persistent_buffers_set", "training"}
+)
+_MISSING = object()
+
+
 @dataclass
 class _ModuleSnapshot:
     module: nn.Module
@@ -121,6 +127,8 @@ class _ModuleSnapshot:
     buffers: dict[str, torch.Tensor | None]
     submodules: dict[str, nn.Module | None]
     non_persistent: set[str]
+
+    attributes: dict[str, Any]  # the rest of the instance __dict__ (caches, counters, ...)
 
     @classmethod
     def take(cls, module: nn.Module) -> _ModuleSnapshot:
@@ -131,6 +139,7 @@ class _ModuleSnapshot:
             dict(module._buffers),
             dict(module._modules),
             set(module._non_persistent_buffers_set),
+            {k: v for k, v in module.__dict__.items() if k not in _TABLES},
         )
 
     def restore(self) -> None:
@@ -144,6 +153,14 @@ class _ModuleSnapshot:
         _refill(module._parameters, self.parameters)
         _refill(module._buffers, self.buffers)
         _refill(module._modules, self.submodules)
+        # plain attributes a forward set or rebound (a cache, a step counter, a stored
+        # attention map) go back too; objects changed in place (a list appended to) do not
+        attributes = module.__dict__
+        for key in [k for k in attributes if k not in _TABLES and k not in self.attributes]:
+            del attributes[key]
+        for key, value in self.attributes.items():
+            if attributes.get(key, _MISSING) is not value:
+                attributes[key] = value
         if module._non_persistent_buffers_set != self.non_persistent:
             module._non_persistent_buffers_set.clear()
             module._non_persistent_buffers_set.update(self.non_persistent)

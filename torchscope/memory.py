@@ -71,30 +71,81 @@ class _LiveBytes(TorchDispatchMode):
         self.peak = 0
         self._refs: dict[int, weakref.ref[Any]] = {}
 
-    def track(self, tensor: torch.Tensor) -> None:
+    def track(self, tensor: torch.Tensor, size: int | None = None) -> None:
         storage = tensor.untyped_storage()
         key = id(storage)
         if key in self._refs:
             return
-        size = storage.nbytes()
+        nbytes = storage.nbytes() if size is None else size
 
-        def released(_: object, key: int = key, size: int = size) -> None:
-            self.live -= size
+        def released(_: object, key: int = key, nbytes: int = nbytes) -> None:
+            self.live -= nbytes
             self._refs.pop(key, None)
 
         self._refs[key] = weakref.ref(storage, released)
-        self.live += size
+        self.live += nbytes
         self.peak = max(self.peak, self.live)
+
+    def _rnn_workspace(self, args: Any, out: Any) -> None:
+        workspace = out[3]
+        if workspace.numel():  # a real workspace: tracked like any output
+            return
+        if bool(args[15]):  # train: the workspace is kept for backward
+            self.track(workspace, _mkldnn_lstm_workspace(args))
+        # inference scratch inside the kernel is not modelled (no stable fit): see docs/costs.md
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         out = func(*args, **kwargs) if kwargs else func(*args)
+        if func is torch.ops.aten.mkldnn_rnn_layer.default:
+            self._rnn_workspace(args, out)
         for tensor in _nested.tensors(out):
             if not tensor.is_nested:
                 self.track(tensor)
         weight_at = _CONVOLUTIONS.get(func)
         if weight_at is not None and _reorders_weight(args[weight_at]):
             self.peak = max(self.peak, self.live + _bytes(args[weight_at]))
+        elif func in _FUSED_ATTENTION:
+            self.peak = max(self.peak, self.live + _fused_attention_workspace(func, args))
         return out
+
+
+_FUSED_ATTENTION = frozenset(
+    {
+        torch.ops.aten._native_multi_head_attention.default,
+        torch.ops.aten._transformer_encoder_layer_fwd.default,
+    }
+)
+
+
+def _fused_attention_workspace(func: Any, args: Any) -> int:
+    """What the fused attention kernels allocate inside: the packed q/k/v projections and
+    the per-head score matrix (ragged nested inputs: not modelled)."""
+    query = args[0]
+    if query.is_nested or query.dim() != 3:
+        return 0
+    batch, length, embed = (int(d) for d in query.shape)
+    heads = int(
+        args[2] if func is torch.ops.aten._transformer_encoder_layer_fwd.default else args[4]
+    )
+    source = (
+        length
+        if func is torch.ops.aten._transformer_encoder_layer_fwd.default
+        else int(args[1].shape[1])
+    )
+    elements = 3 * batch * length * embed + batch * heads * length * source
+    return elements * query.element_size()
+
+
+def _mkldnn_lstm_workspace(args: Any) -> int:
+    """oneDNN's LSTM workspace, which fake kernels return empty: an empirical fit on the CPU
+    (torch 2.14) of about 15 floats per hidden unit, per step (plus one), per batch element."""
+    inp, hidden = args[0], int(args[10])
+    batch_first = bool(args[14])
+    steps = (
+        int(inp.shape[1] if batch_first else inp.shape[0]) if inp.dim() == 3 else int(inp.shape[0])
+    )
+    batch = int(inp.shape[0] if batch_first else inp.shape[1]) if inp.dim() == 3 else 1
+    return (steps + 1) * batch * hidden * 60
 
 
 def _bytes(tensor: torch.Tensor) -> int:
@@ -193,13 +244,14 @@ def _run(
         model.train(train)
         output = torch.func.functional_call(model, state, fake_args[0], fake_args[1], strict=False)
         after_forward = live.live
-        if train:
-            roots = [
-                t for t in _nested.tensors(output) if t.requires_grad and t.grad_fn is not None
-            ]
-            if roots:
-                torch.autograd.backward(roots, [torch.ones_like(t) for t in roots])
-        del output
+        roots = [t for t in _nested.tensors(output) if t.requires_grad and t.grad_fn is not None]
+        del output  # a training loop keeps the loss, not the output
+        if train and roots:
+            loss = roots[0].sum()  # a scalar loss: its gradient seeds the outputs without a copy
+            for root in roots[1:]:
+                loss = loss + root.sum()
+            del roots
+            loss.backward()
     return live.peak, after_forward, before
 
 

@@ -162,6 +162,9 @@ def summary(
                 input_shapes=origin.input_shapes if origin else (),
                 partial=partial,
             ) from error
+        # backward may re-run module forwards (activation checkpointing): those are not calls
+        # of the summarised pass, so the hooks come off first
+        hooks.remove_all()
         backward = _count_backward(model, output, counter) if mode == "train" else None
         result = build(
             _nested.shapes(output),
