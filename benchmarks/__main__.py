@@ -7,7 +7,11 @@ import sys
 from benchmarks import bench_costs, bench_freezing, bench_summary
 from benchmarks._common import table
 
-BENCHMARKS = {"summary": bench_summary.main, "costs": bench_costs.main, "freezing": bench_freezing.main}
+BENCHMARKS = {
+    "summary": bench_summary.main,
+    "costs": bench_costs.main,
+    "freezing": bench_freezing.main,
+}
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torchscope
 from benchmarks._common import ms, table
-from torchscope.memory import measure_peak_bytes
+from torchscope.memory import measure_step_peak
 
 VISION = {
     "resnet18": torchvision.models.ResNet18_Weights.IMAGENET1K_V1,
@@ -228,18 +228,7 @@ def memory_table(quick: bool) -> list[list[str]]:
         info = _quiet(lambda m=model, x=x: torchinfo.summary(m, input_data=x, verbose=0))
         info_total = info.total_input + info.total_output_bytes + info.total_param_bytes
         for train in (False, True):
-            model.train(train)
-
-            def step(m: nn.Module = model, x: torch.Tensor = x, train: bool = train) -> None:
-                if train:
-                    m(x).sum().backward()
-                else:
-                    with torch.no_grad():
-                        m(x)
-
-            real = measure_peak_bytes(step, existing=[*model.parameters(), *model.buffers(), x])
-            for p in model.parameters():
-                p.grad = None
+            real = measure_step_peak(model, x, train=train)
             ours = estimate.training_peak if train else estimate.inference_peak
             rows.append(
                 [

@@ -9,7 +9,7 @@ from torch import nn
 
 import torchscope
 from torchscope import MemoryEstimate
-from torchscope.memory import measure_peak_bytes
+from torchscope.memory import measure_step_peak
 
 from .state import assert_unchanged, snapshot
 from .zoo import small_vit
@@ -17,19 +17,7 @@ from .zoo import small_vit
 
 def measured_peak(model: nn.Module, x: torch.Tensor, *, train: bool) -> int:
     """Peak of live tensor bytes of a real CPU run (the profiler's allocation records)."""
-    model.train(train)
-
-    def step() -> None:
-        if train:
-            model(x).sum().backward()
-        else:
-            with torch.no_grad():
-                model(x)
-
-    peak = measure_peak_bytes(step, existing=[*model.parameters(), *model.buffers(), x])
-    for param in model.parameters():
-        param.grad = None
-    return peak
+    return measure_step_peak(model, x, train=train)
 
 
 CASES = {

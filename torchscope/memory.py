@@ -339,3 +339,27 @@ def measure_peak_bytes(fn: Callable[[], object], *, existing: Iterable[torch.Ten
         peak = max(peak, live)
     distinct = {id(t): t for t in existing}.values()
     return peak + sum(_bytes(t) for t in distinct)
+
+
+def measure_step_peak(model: nn.Module, x: torch.Tensor, *, train: bool) -> int:
+    """The real CPU peak of what :func:`estimate_memory` models, for checking it.
+
+    ``train=False``: ``model.eval()`` and a forward under ``torch.no_grad()``;
+    ``train=True``: ``model.train()``, forward and ``output.sum().backward()``. Parameters,
+    buffers and ``x`` count as existing. Changes the model's mode, and sets then clears
+    the parameters' ``.grad``: a measuring tool for tests and benchmarks, not for models
+    in use.
+    """
+    model.train(train)
+
+    def step() -> None:
+        if train:
+            model(x).sum().backward()
+        else:
+            with torch.no_grad():
+                model(x)
+
+    peak = measure_peak_bytes(step, existing=[*model.parameters(), *model.buffers(), x])
+    for param in model.parameters():
+        param.grad = None
+    return peak
