@@ -151,6 +151,71 @@ def macs_table(names: tuple[str, ...]) -> list[list[str]]:
     return rows
 
 
+def torchvision_sweep() -> tuple[list[list[str]], str]:
+    """Every torchvision classification model at its native resolution, on meta where it builds."""
+    rows: list[list[str]] = []
+    within = total = 0
+    for name in torchvision.models.list_models(module=torchvision.models):
+        weights = next(iter(torchvision.models.get_model_weights(name)))
+        size = weights.transforms().crop_size[0]
+        options: dict[str, Any] = (
+            {"init_weights": False} if name in ("googlenet", "inception_v3") else {}
+        )
+        if name.startswith("vit_"):
+            options["image_size"] = size  # the published count is for the weights' resolution
+        try:
+            with torch.device("meta"):
+                model = torchvision.models.get_model(name, **options)
+            where = "meta"
+        except Exception:  # a few constructors compute with tensor values (regnet)
+            if weights.meta["_ops"] > 5:
+                rows.append(
+                    [
+                        name,
+                        f"{weights.meta['_ops']:.3f} G",
+                        "not run (no meta build, too big for CPU here)",
+                        "",
+                    ]
+                )
+                continue
+            model = torchvision.models.get_model(name, **options)
+            where = "cpu"
+        try:
+            result = _quiet(
+                lambda m=model, s=size: torchscope.summary(m, input_size=(1, 3, s, s), depth=0)
+            )
+        except Exception as e:
+            rows.append(
+                [
+                    name,
+                    f"{weights.meta['_ops']:.3f} G",
+                    f"fails on {where} ({type(e).__name__})",
+                    "",
+                ]
+            )
+            continue
+        published = weights.meta["_ops"] * 1e9
+        error = (result.total_macs - published) / published
+        total += 1
+        # the published figures are rounded to 0.001 G: that, or 0.5%, whichever is larger
+        close = abs(result.total_macs - published) <= max(0.005 * published, 0.5e6)
+        within += close
+        if not close or result.uncounted_ops:
+            rows.append(
+                [
+                    name,
+                    f"{published / 1e9:.3f} G",
+                    f"{result.total_macs / 1e9:.3f} G ({error * 100:+.2f}%)",
+                    str(result.uncounted_ops),
+                ]
+            )
+    skipped = sum(1 for row in rows if row[2].startswith("not run"))
+    return rows, (
+        f"{within} of {total} models run match torchvision's published count (within 0.5%, or the "
+        f"0.001 G rounding of the published figure); {skipped} not run"
+    )
+
+
 def consistency_table() -> list[list[str]]:
     """The same model counted on three execution paths: fused eval kernels, autograd, meta."""
     rows = []
@@ -300,6 +365,12 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
             macs_table(QUICK if args.quick else tuple(VISION)),
         )
     )
+    if not args.quick:
+        sweep_rows, sweep_line = torchvision_sweep()
+        print("\n## Every torchvision classification model at its native resolution\n")
+        print(sweep_line)
+        if sweep_rows:
+            print(table(["model", "published", "torchscope", "uncounted ops"], sweep_rows))
     print("\n## The same model on three paths: CPU eval (fused kernels), CPU with autograd, meta\n")
     print(table(["model", "tool", "CPU eval", "CPU train (grad)", "meta"], consistency_table()))
     print("\n## Backward MACs of pointwise + depthwise 3x3 convolution (8 x 256 x 56 x 56)\n")

@@ -368,3 +368,33 @@ def test_activation_checkpointing_adds_no_layers_in_train_mode():
     result = torchscope.summary(Checkpointed(), input_size=(4, 16), mode="train")
     assert len(result.layers) == 7 and not any(layer.failed for layer in result.layers)
     assert result.backward_macs > 0
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "alexnet",
+        "googlenet",
+        "inception_v3",
+        "squeezenet1_1",
+        "mnasnet1_0",
+        "shufflenet_v2_x1_0",
+        "efficientnet_b1",
+        "efficientnet_v2_s",
+        "convnext_tiny",
+        "swin_v2_t",
+        "maxvit_t",
+        "wide_resnet50_2",
+    ],
+)
+def test_torchvision_models_at_native_resolution_match_published_counts(name):
+    weights = next(iter(torchvision.models.get_model_weights(name)))
+    size = weights.transforms().crop_size[0]
+    # googlenet/inception warn about their default initialisation unless it is chosen
+    options = {"init_weights": False} if name in ("googlenet", "inception_v3") else {}
+    with torch.device("meta"):
+        model = torchvision.models.get_model(name, **options)
+    result = torchscope.summary(model, input_size=(1, 3, size, size), depth=0)
+    published = weights.meta["_ops"] * 1e9  # GMACs, rounded to 3 decimals
+    assert abs(result.total_macs - published) / published < 0.005
+    assert result.uncounted_ops == {}
