@@ -197,6 +197,34 @@ def test_a_7b_decoder_on_meta_is_sized_exactly():
     assert result.memory.training_peak > result.memory.parameters + result.memory.gradients
 
 
+def schema_args(op, **named):
+    """Positional arguments for ``op`` laid out by its schema; unnamed ones are None."""
+    names = [argument.name for argument in op._schema.arguments if not argument.kwarg_only]
+    unknown = set(named) - set(names)
+    assert not unknown, f"{op} has no argument(s) {unknown}"
+    return tuple(named.get(name) for name in names)
+
+
+def cudnn_lstm_args(op, x, weights, *, stride, hidden, proj, layers, **extra):
+    """Arguments of a cuDNN LSTM op (forward or backward) for a unidirectional, time-major LSTM."""
+    return schema_args(
+        op,
+        input=x,
+        weight=weights,
+        weight_stride0=stride,
+        mode=2,
+        hidden_size=hidden,
+        proj_size=proj,
+        num_layers=layers,
+        batch_first=False,
+        dropout=0.0,
+        train=True,
+        bidirectional=False,
+        batch_sizes=[],
+        **extra,
+    )
+
+
 def test_cudnn_rnn_formulas_without_a_gpu():
     """cuDNN kernels cannot run here; their formulas are checked on meta tensors of their arguments."""
     steps, batch, inp, hidden = 7, 3, 12, 20
@@ -211,55 +239,17 @@ def test_cudnn_rnn_formulas_without_a_gpu():
         torch.empty(4 * hidden, device="meta"),
         torch.empty(4 * hidden, device="meta"),
     ]
-    forward_args = (
-        x,
-        weights,
-        4,
-        None,
-        None,
-        None,
-        2,
-        hidden,
-        0,
-        2,
-        False,
-        0.0,
-        True,
-        False,
-        [],
-        None,
+    forward, backward_op = (
+        torch.ops.aten._cudnn_rnn.default,
+        torch.ops.aten._cudnn_rnn_backward.default,
     )
+    shape = {"stride": 4, "hidden": hidden, "proj": 0, "layers": 2}
     macs, _, counted = op_cost(
-        torch.ops.aten._cudnn_rnn.default, forward_args, {}, None, all_ops=False
+        forward, cudnn_lstm_args(forward, x, weights, **shape), {}, None, all_ops=False
     )
     assert counted and macs == rnn_analytic_macs(4, inp, hidden, 2, steps, batch)
-    backward_args = (
-        x,
-        weights,
-        4,
-        None,
-        None,
-        None,
-        None,
-        None,
-        None,
-        None,
-        2,
-        hidden,
-        0,
-        2,
-        False,
-        0.0,
-        True,
-        False,
-        [],
-        None,
-        None,
-        [True] * 4,
-    )
-    backward, _, _ = op_cost(
-        torch.ops.aten._cudnn_rnn_backward.default, backward_args, {}, None, all_ops=False
-    )
+    args = cudnn_lstm_args(backward_op, x, weights, **shape, output_mask=[True] * 4)
+    backward, _, _ = op_cost(backward_op, args, {}, None, all_ops=False)
     assert backward == 2 * macs
 
 
@@ -327,25 +317,11 @@ def test_cudnn_lstm_with_projection():
     with torch.device("meta"):
         lstm = nn.LSTM(12, 20, proj_size=8)
     x = torch.empty(7, 3, 12, device="meta")
-    args = (
-        x,
-        list(lstm._flat_weights),
-        5,
-        None,
-        None,
-        None,
-        2,
-        20,
-        8,
-        1,
-        False,
-        0.0,
-        True,
-        False,
-        [],
-        None,
+    forward = torch.ops.aten._cudnn_rnn.default
+    args = cudnn_lstm_args(
+        forward, x, list(lstm._flat_weights), stride=5, hidden=20, proj=8, layers=1
     )
-    macs, _, _ = op_cost(torch.ops.aten._cudnn_rnn.default, args, {}, None, all_ops=False)
+    macs, _, _ = op_cost(forward, args, {}, None, all_ops=False)
     assert macs == 7 * 3 * (4 * 20 * 12 + 4 * 20 * 8 + 8 * 20)
     assert macs == torchscope.summary(lstm, x).total_macs  # the decomposed path agrees
 
