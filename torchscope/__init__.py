@@ -28,18 +28,32 @@ _EXPORTS = {
     "frozen": "torchscope.freezing",
     "freeze_until": "torchscope.freezing",
     "trainable_report": "torchscope.freezing",
+    "GradientMonitor": "torchscope.gradients",
+    "GradientThresholds": "torchscope.gradients",
+    "check_gradients": "torchscope.gradients",
+    "GradientReport": "torchscope.records",
+    "Finding": "torchscope.records",
+    "ParameterHistory": "torchscope.records",
+    "GradientHealthError": "torchscope.errors",
 }
 
 __all__ = [
+    "Finding",
+    "GradientHealthError",
+    "GradientMonitor",
+    "GradientReport",
+    "GradientThresholds",
     "LayerRecord",
     "MemoryEstimate",
     "ModelSummary",
+    "ParameterHistory",
     "SummaryError",
     "TensorRecord",
     "TorchscopeError",
     "TorchscopeWarning",
     "TrainableReport",
     "__version__",
+    "check_gradients",
     "estimate_memory",
     "freeze",
     "freeze_until",
@@ -50,13 +64,22 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from torchscope.errors import SummaryError, TorchscopeError, TorchscopeWarning
+    from torchscope.errors import (
+        GradientHealthError,
+        SummaryError,
+        TorchscopeError,
+        TorchscopeWarning,
+    )
     from torchscope.freezing import freeze, freeze_until, frozen, trainable_report, unfreeze
+    from torchscope.gradients import GradientMonitor, GradientThresholds, check_gradients
     from torchscope.memory import estimate_memory
     from torchscope.records import (
+        Finding,
+        GradientReport,
         LayerRecord,
         MemoryEstimate,
         ModelSummary,
+        ParameterHistory,
         TensorRecord,
         TrainableReport,
     )

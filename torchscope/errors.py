@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from torchscope.records import ModelSummary
+    from torchscope.records import GradientReport, ModelSummary
 
-__all__ = ["SummaryError", "TorchscopeError", "TorchscopeWarning"]
+__all__ = ["GradientHealthError", "SummaryError", "TorchscopeError", "TorchscopeWarning"]
 
 
 class TorchscopeError(Exception):
@@ -62,6 +62,23 @@ def _rebuild_summary_error(
         input_shapes=input_shapes,
         partial=partial,
     )
+
+
+class GradientHealthError(TorchscopeError, AssertionError):
+    """Gradient health checks found errors or warnings; the message is the findings table.
+
+    Also an ``AssertionError``, so pytest reports it as a failed assertion.
+
+    Attributes:
+        report: the :class:`~torchscope.records.GradientReport` that failed.
+    """
+
+    def __init__(self, message: str, report: GradientReport | None = None) -> None:
+        super().__init__(message)
+        self.report = report
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.report))
 
 
 class TorchscopeWarning(UserWarning):

@@ -37,6 +37,7 @@ __all__ = [
     "frozen",
     "frozen_parameters",
     "is_frozen",
+    "is_pinned",
     "trainable_report",
     "unfreeze",
 ]
@@ -196,7 +197,8 @@ class _EvalPin:
         self.module = weakref.ref(module)  # ...and point weakly at their own copy again
 
 
-def _is_pinned(module: nn.Module) -> bool:
+def is_pinned(module: nn.Module) -> bool:
+    """True if :func:`freeze` keeps ``module`` in eval mode (a frozen normalisation layer)."""
     return isinstance(module.__dict__.get("train"), _EvalPin)
 
 
@@ -206,7 +208,7 @@ def _pin_eval(module: nn.Module) -> None:
 
 
 def _unpin(module: nn.Module, training: bool) -> None:
-    if _is_pinned(module):
+    if is_pinned(module):
         del module.__dict__["train"]
     module.training = training
 
@@ -344,7 +346,7 @@ def unfreeze(
         raise ValueError("lr= sets the learning rate of a new param group: pass optimizer= too")
     selection = _select(model, targets)
     for _, module in selection.modules:
-        if _is_pinned(module):
+        if is_pinned(module):
             _unpin(module, model.training)
     names = []
     for entry in selection.parameters:
@@ -460,7 +462,7 @@ def trainable_report(model: nn.Module, *, depth: int = 1) -> TrainableReport:
                 frozen_params=sum(p.numel() for p in params if not p.requires_grad),
                 modules=len(submodules),
                 modules_in_eval=sum(not m.training for m in submodules),
-                pinned_eval=sum(_is_pinned(m) for m in submodules),
+                pinned_eval=sum(is_pinned(m) for m in submodules),
             )
         )
     unpinned = tuple(
@@ -468,7 +470,7 @@ def trainable_report(model: nn.Module, *, depth: int = 1) -> TrainableReport:
         for name, module in model.named_modules()
         if _has_running_stats(module)
         and module.training
-        and not _is_pinned(module)
+        and not is_pinned(module)
         # frozen by us: marked, or (a rebuilt layer that reuses the parameters) registered
         and (
             module.__dict__.get(_MARK)

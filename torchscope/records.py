@@ -8,18 +8,26 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from torchscope.errors import GradientHealthError
 from torchscope.render import html as render_html
 from torchscope.render import text as render_text
 
 __all__ = [
+    "FINDING_KINDS",
     "SCHEMA_VERSION",
+    "SEVERITIES",
     "SUMMARY_COLUMNS",
+    "Finding",
+    "GradientReport",
     "LayerRecord",
     "MemoryEstimate",
     "ModelSummary",
+    "ParameterHistory",
     "TensorRecord",
     "TrainableReport",
     "TrainableRow",
@@ -351,6 +359,168 @@ class TrainableReport:
 
     def __str__(self) -> str:
         return render_text.render_trainable_report(self)
+
+
+#: The kinds of gradient-health finding, as stable strings (see docs/gradients.md).
+FINDING_KINDS = (
+    "nan_grad",
+    "inf_grad",
+    "nonfinite_loss",
+    "nonfinite_activation",
+    "no_grad",
+    "zero_grad",
+    "vanishing",
+    "exploding",
+    "dead_activation",
+    "not_updated",
+    "frozen_but_updated",
+    "grad_accumulation",
+    "eval_mode",
+    "softmax_into_cross_entropy",
+    "batchnorm_batch_of_one",
+)
+#: Finding severities, most severe first; ``error`` and ``warning`` make a report unhealthy.
+SEVERITIES = ("error", "warning", "info")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing the gradient monitor found.
+
+    Attributes:
+        kind: one of :data:`FINDING_KINDS`.
+        severity: ``"error"``, ``"warning"`` or ``"info"``.
+        where: the parameter or module path it concerns (``"loss"``, ``"optimizer"`` or
+            ``"<model>"`` when it concerns no single one).
+        step: the step it was first seen in (0-based), None when it concerns the whole run.
+        value: the measured value that crossed the threshold, if there is one.
+        threshold: the threshold it crossed, if there is one.
+        message: what was seen and its likely cause.
+    """
+
+    kind: str
+    severity: str
+    where: str
+    step: int | None
+    value: float | None
+    threshold: float | None
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class ParameterHistory:
+    """Per-step gradient statistics of one parameter (for plots and TensorBoard).
+
+    ``steps[k]`` is the step of the k-th entry of every series; steps where the parameter had
+    no gradient are absent. ``update_ratio`` is ``||change|| / ||weight||`` of the optimizer
+    step (None when no optimizer step was observed for it).
+    """
+
+    name: str
+    shape: Shape
+    numel: int
+    trainable: bool
+    steps: tuple[int, ...]
+    grad_norm: tuple[float, ...]
+    grad_mean_abs: tuple[float, ...]
+    grad_max_abs: tuple[float, ...]
+    update_ratio: tuple[float | None, ...]
+
+
+@dataclass(frozen=True)
+class GradientReport:
+    """What a :class:`~torchscope.gradients.GradientMonitor` saw; ``str()`` gives a table.
+
+    Attributes:
+        findings: most severe first, then by step.
+        parameters: the history of every parameter, in the model's order.
+        steps: optimizer steps observed (backward passes, when no optimizer stepped).
+        backward_passes: backward passes observed.
+        losses: the loss of every backward pass, in order.
+        step_unit: what a step is: ``"optimizer step"`` or ``"backward pass"``.
+    """
+
+    findings: tuple[Finding, ...]
+    parameters: tuple[ParameterHistory, ...]
+    steps: int
+    backward_passes: int
+    losses: tuple[float, ...] = ()
+    step_unit: str = "optimizer step"
+
+    @property
+    def ok(self) -> bool:
+        """True when there is no error and no warning (``info`` findings do not count)."""
+        return not any(f.severity in ("error", "warning") for f in self.findings)
+
+    @property
+    def kinds(self) -> set[str]:
+        """The kinds of the errors and warnings found."""
+        return {f.kind for f in self.findings if f.severity in ("error", "warning")}
+
+    @property
+    def history(self) -> dict[str, ParameterHistory]:
+        """Per-parameter history by qualified name."""
+        return {p.name: p for p in self.parameters}
+
+    def filtered(self, allow: Sequence[str] = ()) -> GradientReport:
+        """The same report without findings of the kinds in ``allow``."""
+        unknown = sorted(set(allow) - set(FINDING_KINDS))
+        if unknown:
+            raise ValueError(f"unknown finding kinds {unknown}; known kinds: {list(FINDING_KINDS)}")
+        kept = tuple(f for f in self.findings if f.kind not in set(allow))
+        return dataclasses.replace(self, findings=kept)
+
+    def raise_if_unhealthy(self) -> None:
+        """Raise :class:`~torchscope.errors.GradientHealthError` (the findings table) unless ok."""
+        if not self.ok:
+            raise GradientHealthError(render_text.render_gradient_report(self), self)
+
+    def assert_healthy(self, allow: Sequence[str] = ()) -> None:
+        """Like :meth:`raise_if_unhealthy`, ignoring the finding kinds in ``allow``."""
+        self.filtered(allow).raise_if_unhealthy()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema_version": SCHEMA_VERSION, **dataclasses.asdict(self)}
+
+    def to_json(self, *, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GradientReport:
+        def history(d: dict[str, Any]) -> ParameterHistory:
+            values: dict[str, Any] = {
+                k: tuple(v) if isinstance(v, list) else v for k, v in d.items()
+            }
+            return ParameterHistory(**values)
+
+        return cls(
+            findings=tuple(Finding(**f) for f in data["findings"]),
+            parameters=tuple(history(p) for p in data["parameters"]),
+            steps=data["steps"],
+            backward_passes=data["backward_passes"],
+            losses=tuple(data.get("losses", ())),
+            step_unit=data.get("step_unit", "optimizer step"),
+        )
+
+    def __str__(self) -> str:
+        return render_text.render_gradient_report(self)
+
+    def plot(self, path: str | os.PathLike[str]) -> str:
+        """Draw the gradient-flow chart (per-layer mean and max |grad|) to ``path``; needs
+        matplotlib. The format follows the suffix (png, svg, pdf). Returns the path."""
+        from torchscope.render import plots  # matplotlib is optional: load it only when asked
+
+        return plots.plot_gradient_flow(self, path)
+
+    def log_to(self, writer: Any) -> None:
+        """Write per-parameter scalars, histograms and the findings to a TensorBoard
+        ``SummaryWriter`` (or anything with ``add_scalar``/``add_histogram``/``add_text``)."""
+        from torchscope.render import tensorboard  # tensorboard is optional
+
+        tensorboard.log_gradient_report(self, writer)
 
 
 def _memory(data: dict[str, Any] | None) -> MemoryEstimate | None:

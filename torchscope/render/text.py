@@ -10,9 +10,20 @@ from torchscope._format import format_bytes
 from torchscope.render.table import HEADERS, NUMERIC_COLUMNS, footer_lines, rows
 
 if TYPE_CHECKING:
-    from torchscope.records import MemoryEstimate, ModelSummary, TrainableReport, TrainableRow
+    from torchscope.records import (
+        GradientReport,
+        MemoryEstimate,
+        ModelSummary,
+        TrainableReport,
+        TrainableRow,
+    )
 
-__all__ = ["render_memory", "render_summary", "render_trainable_report"]
+__all__ = [
+    "render_gradient_report",
+    "render_memory",
+    "render_summary",
+    "render_trainable_report",
+]
 
 
 def render_summary(summary: ModelSummary, *, markdown: bool = False) -> str:
@@ -117,3 +128,62 @@ def render_memory(memory: MemoryEstimate) -> str:
         rows, headers=[f"Memory estimate ({memory.device})", "Bytes"], colalign=["left", "right"]
     )
     return table
+
+
+#: Findings shown per kind in the text table; the rest are counted in one line.
+FINDINGS_PER_KIND = 10
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:.3g}"
+
+
+def render_gradient_report(report: GradientReport, *, markdown: bool = False) -> str:
+    """The findings as a table (most severe first), with one line of totals above it."""
+    counts = {
+        s: sum(f.severity == s for f in report.findings) for s in ("error", "warning", "info")
+    }
+    trainable = sum(p.trainable for p in report.parameters)
+    head = (
+        f"Gradient health: {report.steps} {report.step_unit}(s), "
+        f"{report.backward_passes} backward pass(es), {trainable} trainable parameter tensors: "
+        + (
+            "healthy"
+            if report.ok
+            else f"{counts['error']} error(s), {counts['warning']} warning(s)"
+        )
+        + (f", {counts['info']} note(s)" if counts["info"] else "")
+    )
+    if not report.findings:
+        return head
+    table = []
+    shown: dict[str, int] = {}
+    hidden: dict[str, int] = {}
+    for finding in report.findings:
+        shown[finding.kind] = shown.get(finding.kind, 0) + 1
+        if shown[finding.kind] > FINDINGS_PER_KIND:
+            hidden[finding.kind] = hidden.get(finding.kind, 0) + 1
+            continue
+        table.append(
+            [
+                finding.severity,
+                finding.kind,
+                finding.where,
+                "" if finding.step is None else finding.step,
+                _number(finding.value),
+                _number(finding.threshold),
+                finding.message,
+            ]
+        )
+    for kind, count in hidden.items():
+        table.append(["", kind, f"... and {count} more", "", "", "", ""])
+    headers = ["severity", "kind", "where", "step", "value", "threshold", "message"]
+    if markdown:
+        return head + "\n\n" + tabulate(table, headers=headers, tablefmt="github")
+    body = tabulate(
+        table,
+        headers=headers,
+        tablefmt="simple",
+        maxcolwidths=[None, None, 40, None, None, None, 60],
+    )
+    return head + "\n" + body
