@@ -60,8 +60,9 @@ class GradientThresholds:
         dead_fraction: a ReLU site where at least this fraction of units never fired.
         dead_min_observations: observations per unit (samples x positions) needed before a
             unit that never fired counts as dead.
-        not_updated_grad_ratio: a step counts against ``not_updated`` only when the gradient
-            norm is at least this fraction of the weight norm (smaller updates can round away).
+        not_updated_min_change: a step counts against ``not_updated`` only when the expected
+            change (lr x the smaller of ||grad|| and sqrt(numel)) is at least this fraction of
+            the weight norm: smaller updates can round away in floating point.
         softmax_tolerance: how close to 1 the rows of a ``cross_entropy`` input must sum to be
             taken for probabilities.
     """
@@ -70,7 +71,7 @@ class GradientThresholds:
     vanishing_ratio: float = 1e-6
     dead_fraction: float = 0.5
     dead_min_observations: int = 8
-    not_updated_grad_ratio: float = 1e-3
+    not_updated_min_change: float = 1e-5
     softmax_tolerance: float = 1e-3
 
 
@@ -158,21 +159,22 @@ class _Module:
 class _Call:
     """One running forward call of a module (an entry of the monitor's call stack)."""
 
-    __slots__ = ("info", "relu_calls")
+    __slots__ = ("after", "info", "occurrence", "relu_calls")
 
-    def __init__(self, info: _Module) -> None:
+    def __init__(self, info: _Module, occurrence: int, after: str | None) -> None:
         self.info = info
+        self.occurrence = occurrence  # calls of this module before it in the same forward
+        self.after = after  # the module that finished just before this call began
         self.relu_calls = 0
 
 
 class _ReluSite:
-    __slots__ = ("fired", "name", "observations", "order")
+    __slots__ = ("fired", "name", "observations")
 
-    def __init__(self, name: str, fired: torch.Tensor, order: int) -> None:
+    def __init__(self, name: str, fired: torch.Tensor) -> None:
         self.name = name
         self.fired = fired  # bool per unit, on the device
         self.observations = 0  # per unit
-        self.order = order  # position in the forward, for upstream parameters
 
 
 @dataclass(frozen=True)
@@ -203,6 +205,8 @@ def _norm_rows(
 
     ``torch._foreach_norm`` runs one kernel per group of dtype and device instead of one per
     tensor; the columns come back grouped, so the matching parameter indices come back too.
+    The max-abs norm (``math.inf``) uses ``aminmax`` per tensor, several times faster than
+    ``_foreach_norm(inf)`` on the CPU; NaN propagates through both.
     """
     groups: dict[tuple[torch.device, torch.dtype], tuple[list[int], list[torch.Tensor]]] = {}
     for i, tensor in zip(index, tensors, strict=True):
@@ -218,8 +222,18 @@ def _norm_rows(
     device = None
     for (dev, dtype), (ids, values) in groups.items():
         kind = torch.float32 if dtype in (torch.float16, torch.bfloat16) else None
-        rows = [torch.stack(torch._foreach_norm(values, o, dtype=kind)) for o in orders]
-        block = torch.stack(rows).float()
+        rows = []
+        for o in orders:
+            if o == math.inf:
+                extremes = [
+                    torch.aminmax(v) if v.numel() else (v.new_zeros(()),) * 2 for v in values
+                ]
+                low = torch.stack([lo for lo, _ in extremes]).float()
+                high = torch.stack([hi for _, hi in extremes]).float()
+                rows.append(torch.maximum(high, low.neg()))
+            else:
+                rows.append(torch.stack(torch._foreach_norm(values, o, dtype=kind)).float())
+        block = torch.stack(rows)
         device = device or dev
         blocks.append(block if dev == device else block.to(device))  # multi-device models only
         order_out.extend(ids)
@@ -364,8 +378,9 @@ class GradientMonitor:
         self._by_id: dict[int, _Param] = {}
         self._modules: list[_Module] = []
         self._called: set[str] = set()
-        self._call_order: dict[str, int] = {}
         self._stack: list[_Call] = []
+        self._occurrences: dict[str, int] = {}  # module calls so far in the current forward
+        self._last_finished: str | None = None
         self._steps = 0
         self._backwards = 0
         self._backward_calls = 0
@@ -389,9 +404,11 @@ class GradientMonitor:
         self._softmax_outputs: WeakIdKeyDictionary = WeakIdKeyDictionary()
         self._probability_inputs: list[tuple[_Clock, str, torch.Tensor | None]] = []
         self._batch_of_one: list[tuple[_Clock, str, tuple[int, ...]]] = []
-        self._stale: list[tuple[_Clock, int]] = []
+        self._stale: list[tuple[_Clock, int, torch.Tensor]] = []
         self._cleared_in_window: list[tuple[_Clock, int]] = []
         self._zero_lr: dict[int, _Clock] = {}
+        self._group_of: dict[int, int] = {}  # parameter index -> id of its param group
+        self._lr_of: dict[int, float | None] = {}  # parameter index -> its group's lr
 
     def __enter__(self) -> GradientMonitor:
         if self._active:
@@ -494,13 +511,16 @@ class GradientMonitor:
         return _Clock(self._steps, self._backwards)
 
     def _on_forward_pre(self, info: _Module, args: tuple[Any, ...]) -> None:
-        self._stack.append(_Call(info))
+        if info.module is self._model:
+            self._occurrences = {}
+            self._last_finished = None
+        occurrence = self._occurrences.get(info.path, 0)
+        self._occurrences[info.path] = occurrence + 1
+        self._stack.append(_Call(info, occurrence, self._last_finished))
         if not torch.is_grad_enabled():
             return
         module = info.module
-        if info.path not in self._called:
-            self._called.add(info.path)
-            self._call_order[info.path] = len(self._call_order)
+        self._called.add(info.path)
         if module is self._model:
             self._forward_root_eval = not module.training
             self._forward_eval = set()
@@ -535,6 +555,7 @@ class GradientMonitor:
     def _on_forward(self, info: _Module, output: Any) -> None:
         if self._stack and self._stack[-1].info is info:
             self._stack.pop()
+        self._last_finished = info.path
         if not torch.is_grad_enabled():
             return
         if info.checks_output:
@@ -576,20 +597,22 @@ class GradientMonitor:
         if dims is None:
             return
         call = self._stack[-1] if self._stack else None
-        if call is not None and call.info.relu:
-            name = call.info.path
-        else:
+        if call is not None and call.info.relu:  # an nn.ReLU module, maybe called repeatedly
+            key_name = call.info.path + (f"#{call.occurrence}" if call.occurrence else "")
+            after = call.after
+        else:  # F.relu & co. inside some module's forward
             owner = call.info.path if call is not None else ""
-            index = call.relu_calls if call is not None else 0
+            index = 0
             if call is not None:
-                call.relu_calls += 1
-            name = f"{owner or '<model>'}:{getattr(func, '__name__', 'relu')}#{index}"
-        fired = out.detach().amax(dim=dims) > 0
-        key = (name, fired.numel())
+                index, call.relu_calls = call.relu_calls, call.relu_calls + 1
+            key_name = f"{owner or '<model>'}:{getattr(func, '__name__', 'relu')}#{index}"
+            after = self._last_finished
+        fired = ~(out.detach().amax(dim=dims) <= 0)  # NaN: not known to be dead
+        key = (key_name, fired.numel())
         site = self._relu_sites.get(key)
         if site is None:
-            order = self._call_order.get(call.info.path, 0) if call is not None else 0
-            self._relu_sites[key] = site = _ReluSite(name, fired, order)
+            name = f"{key_name} (after {after})" if after else key_name
+            self._relu_sites[key] = site = _ReluSite(name, fired)
         else:
             site.fired = site.fired | fired
         site.observations += out.numel() // max(fired.numel(), 1)
@@ -624,8 +647,11 @@ class GradientMonitor:
         entry.received += 1
         key = _grad_key(entry.tensor)
         if entry.key_after_step is not None:  # first backward pass since an optimizer step
-            if key == entry.key_after_step:
-                self._stale.append((self._clock(), entry.index))
+            grad = entry.tensor.grad
+            if key == entry.key_after_step and grad is not None:
+                # untouched since the step; stale unless it was zeroed before the step
+                leftover = torch.linalg.vector_norm(grad.detach(), ord=math.inf)
+                self._stale.append((self._clock(), entry.index, leftover))
             entry.key_after_step = None
         elif (
             self._accumulation_steps > 1
@@ -688,7 +714,9 @@ class GradientMonitor:
         params = [entry.tensor for entry, _ in held]
         snapshots = []
         for entry, group in held:
+            self._group_of[entry.index] = id(group)
             lr = group.get("lr")
+            self._lr_of[entry.index] = float(lr) if isinstance(lr, (int, float)) else None
             if isinstance(lr, (int, float)) and lr == 0 and entry.index not in self._zero_lr:
                 self._zero_lr[entry.index] = self._clock()
             snap = self._snapshots.get(entry.index)
@@ -789,6 +817,7 @@ class _Judge:
         self.m = monitor
         self.t = monitor.thresholds
         self.findings: list[Finding] = []
+        self.folded_zero = 0  # zero-gradient parameters explained by a dead layer
         self.stepped = bool(monitor._optimizers)
         rows = [r for r in monitor._rows if r.from_step == self.stepped]
         self.rows = rows
@@ -817,8 +846,8 @@ class _Judge:
     def report(self) -> GradientReport:
         m = self.m
         history = self.history()
-        root_cause_clock = self.nonfinite()
-        self.gradients(history, root_cause_clock)
+        self.nonfinite()
+        self.gradients(history)
         self.updates(history)
         self.dead_units()
         self.loop_habits()
@@ -879,140 +908,182 @@ class _Judge:
 
     # non-finite values: report the root cause, fold its consequences ----------------------------
 
-    def nonfinite(self) -> _Clock | None:
-        first_activation = None
+    def nonfinite(self) -> None:
+        """Name the first non-finite value of the run, in the order it was computed (forward,
+        loss, gradients of one pass); whatever turns non-finite after it is its consequence."""
+        events: list[tuple[tuple[int, int], str, Any]] = []
         for clock, paths, values in self.forwards:
-            bad = torch.isnan(values) | (values == math.inf)
+            bad = torch.isnan(values) | (values == math.inf)  # -inf is a legitimate mask value
             if bool(bad.any()):
                 k = int(bad.nonzero()[0, 0])
-                first_activation = (clock, paths[k], float(values[k]))
+                before = paths[k - 1] if k > 0 else None
+                events.append(
+                    ((clock.backward, 0), "activation", (clock, paths[k], values[k].item(), before))
+                )
                 break
-        first_loss = next(((c, v) for c, v in self.losses if not math.isfinite(v)), None)
-        first_grad = None
+        for clock, value in self.losses:
+            if not math.isfinite(value):
+                events.append(((clock.backward, 1), "loss", (clock, value)))
+                break
         for row, grad in zip(self.rows, self.grad, strict=True):
-            bad = ~torch.isfinite(grad[1])
+            bad = ~torch.isfinite(grad[2])  # max |grad|: exact, unlike L2 which can overflow
             if bool(bad.any()):
-                first_grad = row.clock
+                backward_pass = row.clock.backward - 1 if row.from_step else row.clock.backward
+                events.append(((backward_pass, 2), "gradient", (row, grad[2])))
                 break
-        consequences = []
-        if first_loss is not None:
-            consequences.append("the loss")
-        if first_grad is not None:
-            consequences.append("gradients")
-        then = f"; {' and '.join(consequences)} went non-finite after it" if consequences else ""
-        if first_activation is not None:
-            clock, path, value = first_activation
+        if not events:
+            return
+        _, what, detail = min(events, key=lambda event: event[0])
+        later = [w for _, w, _ in events if w != what]
+        then = f"; the {' and '.join(later)} went non-finite after it" if later else ""
+        if what == "activation":
+            clock, path, value, before = detail
+            where = (
+                f"; the module that finished just before it ({before}) was finite, so the "
+                f"values arose inside {path or 'the model'} or in code between the two"
+                if before is not None
+                else ""
+            )
             self.add(
                 "nonfinite_activation", "error", path or "<model>", clock, value, None,
-                f"the output of {path or 'the model'} contains {_kind_of(value)} "
-                f"(the first module to produce one in the forward){then}. Look for log/sqrt/"
-                "division of values that can reach 0 or below, exp overflow, or a too-high "
-                "learning rate that blew up the weights.",
+                f"the output of {path or 'the model'} contains {_kind_of(value)}, the first "
+                f"non-finite value of the run{where}{then}. Look for log/sqrt/division of "
+                "values that can reach 0 or below, exp overflow, or weights blown up by a "
+                "too-high learning rate",
             )  # fmt: skip
-            return clock
-        if first_loss is not None:
-            clock, value = first_loss
+        elif what == "loss":
+            clock, value = detail
             self.add(
                 "nonfinite_loss", "error", "loss", clock, value, None,
-                f"the loss is {_kind_of(value)} while every module output was finite: the "
-                "loss computation itself overflows or divides by zero (log(0), 0/0, "
+                f"the loss is {_kind_of(value)} while every module output was finite{then}: "
+                "the loss computation itself overflows or divides by zero (log(0), 0/0, the "
                 "mean of an empty batch); clamp its inputs or use the fused, stable form "
                 "(cross_entropy on logits, BCEWithLogitsLoss)",
             )  # fmt: skip
-            return clock
-        return None
+        else:
+            row, norms = detail
+            for i, norm in zip(row.grad_index, norms.tolist(), strict=True):
+                if math.isfinite(norm):
+                    continue
+                name = self.m._params[i].name
+                kind = "nan_grad" if math.isnan(norm) else "inf_grad"
+                self.add(
+                    kind, "error", name, row.clock, norm, None,
+                    f"the gradient of {name} contains {'NaN' if kind == 'nan_grad' else 'Inf'} "
+                    f"while the forward and the loss were finite{then}: an op with an "
+                    "unbounded derivative at the value it saw (sqrt or norm at 0, pow with a "
+                    "fractional exponent at 0, acos/asin at +-1, a division by a value near 0)",
+                )  # fmt: skip
 
     # gradients ---------------------------------------------------------------------------------
 
-    def gradients(
-        self, history: dict[int, ParameterHistory], nonfinite_from: _Clock | None
-    ) -> None:
+    def gradients(self, history: dict[int, ParameterHistory]) -> None:
         m = self.m
         t = self.t
         saw_backward = max(m._backwards, m._backward_calls) > 0
-        # the largest gradient RMS of any parameter in each step, for the vanishing test
-        largest: dict[int, float] = {}
-        for e in m._params:
-            h = history[e.index]
-            for step, norm in zip(h.steps, h.grad_norm, strict=True):
-                rms = norm / math.sqrt(max(h.numel, 1))
-                if math.isfinite(rms) and rms > largest.get(step, 0.0):
-                    largest[step] = rms
-        upstream_of_dead = self._upstream_of_dead_sites()
+        fully_dead = self._fully_dead_sites()
+        zero: list[tuple[_Param, ParameterHistory, int]] = []
+        exploding: set[int] = set()
+        judged: list[tuple[_Param, ParameterHistory]] = []
         for e in m._params:
             h = history[e.index]
             trainable = e.tensor.requires_grad and not e.intended_frozen
-            received = e.received > 0 or bool(h.steps)
-            # non-finite gradients (unless an activation or the loss went first)
-            for kind, test in (("nan_grad", math.isnan), ("inf_grad", math.isinf)):
-                bad = [(s, v) for s, v in zip(h.steps, h.grad_norm, strict=True) if test(v)]
-                if bad and (nonfinite_from is None or bad[0][0] < self.when(nonfinite_from)):
-                    what = "NaN" if kind == "nan_grad" else "Inf"
-                    self.add(
-                        kind, "error", e.name, bad[0][0], bad[0][1], None,
-                        f"the gradient of {e.name} contains {what} while the forward and the "
-                        "loss were finite: an op with an unbounded derivative at the value it "
-                        "saw (sqrt or norm at 0, pow with a fractional exponent at 0, "
-                        "acos/asin at +-1)",
-                    )  # fmt: skip
             if not trainable:
                 continue
-            if not received:
+            if not (e.received > 0 or h.steps):
                 if saw_backward:
                     self._no_grad(e)
                 continue
-            finite_norms = [v for v in h.grad_norm if math.isfinite(v)]
-            if (
-                finite_norms
-                and all(v == 0 for v in finite_norms)
-                and e.cancelled_by is None
-                and e.index not in upstream_of_dead
-            ):
-                enough = self.stepped and len(finite_norms) >= 2
-                self.add(
-                    "zero_grad", "warning" if enough else "info", e.name,
-                    h.steps[0], 0.0, 0.0,
-                    f"the gradient of {e.name} was exactly zero in all {len(finite_norms)} "
-                    "observed steps: something with a zero derivative sits between it and the "
-                    "loss (round, argmax, sign, a comparison, a hard threshold) or every unit "
-                    "after it is dead"
-                    + ("" if enough else "; seen in fewer than 2 optimizer steps, so a "
-                       "zero-initialised branch is also possible"),
-                )  # fmt: skip
+            # max |grad| is exact (the L2 norm of fp32 values under ~1e-19 underflows to 0)
+            finite = [v for v in h.grad_max_abs if math.isfinite(v)]
+            if finite and all(v == 0 for v in finite):
+                if e.cancelled_by is None:
+                    zero.append((e, h, len(finite)))
                 continue
             big = [
-                (s, v)
-                for s, v in zip(h.steps, h.grad_norm, strict=True)
-                if v > t.exploding_norm and math.isfinite(v)
+                (step, norm)
+                for step, norm, top in zip(h.steps, h.grad_norm, h.grad_max_abs, strict=True)
+                if norm > t.exploding_norm and math.isfinite(top)  # L2 may overflow to inf
             ]
             if big:
+                exploding.add(e.index)
                 value = max(v for _, v in big)
                 self.add(
-                    "exploding", "warning", e.name, big[0][0], value,
-                    t.exploding_norm,
+                    "exploding", "warning", e.name, big[0][0], value, t.exploding_norm,
                     f"the gradient norm of {e.name} reached {value:.3g} (threshold "
                     f"{t.exploding_norm:g}) in {len(big)} of {len(h.steps)} steps: lower the "
                     "learning rate, clip gradients (clip_grad_norm_), normalise inputs, or check "
                     "the initialisation and the loss reduction (sum vs mean)",
                 )  # fmt: skip
-            if e.cancelled_by is None and e.index not in upstream_of_dead:
-                ratios = [
-                    norm / math.sqrt(max(h.numel, 1)) / largest[step]
-                    for step, norm in zip(h.steps, h.grad_norm, strict=True)
-                    if largest.get(step, 0.0) > 0 and math.isfinite(norm) and norm > 0
-                ]
-                if ratios:
-                    median = sorted(ratios)[len(ratios) // 2]
-                    if median < t.vanishing_ratio:
-                        self.add(
-                            "vanishing", "warning", e.name, h.steps[0], median,
-                            t.vanishing_ratio,
-                            f"the gradient of {e.name} is {median:.2g} times the largest "
-                            f"gradient in the model (RMS, median step; threshold "
-                            f"{t.vanishing_ratio:g}): it barely trains. Typical causes: deep "
-                            "stacks of saturating activations (sigmoid/tanh), no normalisation "
-                            "or residual connections, or a too-small initialisation",
-                        )  # fmt: skip
+            judged.append((e, h))
+        if not fully_dead:
+            self._vanishing(judged, exploding)
+        self._zero_gradients(zero, history, fully_dead)
+
+    def _vanishing(
+        self, judged: list[tuple[_Param, ParameterHistory]], exploding: set[int]
+    ) -> None:
+        """Mean |grad| against the largest mean |grad| of a parameter in the same step (one
+        that is not itself exploding: next to an exploding layer everything looks small)."""
+        largest: dict[int, float] = {}
+        for e, h in judged:
+            if e.index in exploding:
+                continue
+            for step, mean in zip(h.steps, h.grad_mean_abs, strict=True):
+                if math.isfinite(mean) and mean > largest.get(step, 0.0):
+                    largest[step] = mean
+        threshold = self.t.vanishing_ratio
+        for e, h in judged:
+            if e.cancelled_by is not None or e.index in exploding:
+                continue
+            ratios = sorted(
+                mean / largest[step]
+                for step, mean in zip(h.steps, h.grad_mean_abs, strict=True)
+                if largest.get(step, 0.0) > 0 and math.isfinite(mean)
+            )
+            if not ratios:
+                continue
+            median = ratios[len(ratios) // 2]
+            if median < threshold:
+                self.add(
+                    "vanishing", "warning", e.name, h.steps[0], median, threshold,
+                    f"the mean |gradient| of {e.name} is {median:.2g} times the largest in "
+                    f"the model (median step; threshold {threshold:g}): it barely trains. "
+                    "Typical causes: deep stacks of saturating activations (sigmoid/tanh), no "
+                    "normalisation or residual connections, or a too-small initialisation",
+                )  # fmt: skip
+
+    def _zero_gradients(
+        self,
+        zero: list[tuple[_Param, ParameterHistory, int]],
+        history: dict[int, ParameterHistory],
+        fully_dead: list[_ReluSite],
+    ) -> None:
+        if fully_dead:  # every unit of a layer is dead: zero gradients around it follow
+            self.folded_zero = len(zero)
+            return
+        with_gradient = [
+            e
+            for e in self.m._params
+            if e.tensor.requires_grad and not e.intended_frozen and history[e.index].steps
+        ]
+        everything = self.stepped and len(zero) == len(with_gradient) > 0
+        for e, h, observed in zero:
+            enough = self.stepped and observed >= 2
+            cause = (
+                "every trainable parameter had a zero gradient when step() ran, which is what "
+                "zero_grad() between backward() and step() does"
+                if everything
+                else "something with a zero derivative sits between it and the loss (round, "
+                "argmax, sign, a comparison, a hard threshold) or every unit after it is dead"
+            )
+            self.add(
+                "zero_grad", "warning" if enough else "info", e.name, h.steps[0], 0.0, 0.0,
+                f"the gradient of {e.name} was exactly zero in all {observed} observed "
+                f"steps: {cause}"
+                + ("" if enough else "; seen in fewer than 2 optimizer steps, so a "
+                   "zero-initialised branch is also possible"),
+            )  # fmt: skip
 
     def _no_grad(self, e: _Param) -> None:
         module = e.module
@@ -1032,35 +1103,29 @@ class _Judge:
             "to stay fixed, freeze it (torchscope.freeze) or pass it in frozen=",
         )  # fmt: skip
 
-    def _upstream_of_dead_sites(self) -> set[int]:
-        """Parameters upstream of a ReLU site where every unit is dead get zero gradients by
-        consequence; the dead site is the finding, not each of them."""
-        fully_dead = [
+    def _fully_dead_sites(self) -> list[_ReluSite]:
+        return [
             s
             for s in self.m._relu_sites.values()
             if s.observations >= self.t.dead_min_observations and not bool(s.fired.any())
         ]
-        if not fully_dead:
-            return set()
-        last = max(s.order for s in fully_dead)
-        order = self.m._call_order
-        return {
-            e.index
-            for e in self.m._params
-            if e.module in order and order[e.module] <= last and e.module != ""
-        }
 
     # optimizer updates -------------------------------------------------------------------------
+
+    def held(self) -> set[int]:
+        """Indices of the parameters some observed optimizer holds."""
+        held: set[int] = set()
+        for ref in self.m._optimizers.values():
+            optimizer = ref()
+            if optimizer is not None:
+                held.update(e.index for e, _ in self.m._held(optimizer))
+        return held
 
     def updates(self, history: dict[int, ParameterHistory]) -> None:
         m = self.m
         if not self.stepped:
             return
-        held: set[int] = set()
-        for ref in m._optimizers.values():
-            optimizer = ref()
-            if optimizer is not None:
-                held.update(e.index for e, _ in m._held(optimizer))
+        held = self.held()
         changed: dict[int, list[tuple[int, float, float]]] = {}  # index -> (step, change, w)
         for row, weights in zip(self.rows, self.weights, strict=True):
             if weights is None:
@@ -1069,6 +1134,11 @@ class _Judge:
                 changed.setdefault(i, []).append(
                     (self.when(row.clock), float(weights[1, k]), float(weights[0, k]))
                 )
+        moved_groups: dict[int, set[int]] = {}
+        for i, moves_of_param in changed.items():
+            for step, change, _ in moves_of_param:
+                if change > 0 and i in m._group_of:
+                    moved_groups.setdefault(step, set()).add(m._group_of[i])
         for e in m._params:
             trainable = e.tensor.requires_grad and not e.intended_frozen
             moves = changed.get(e.index, [])
@@ -1087,7 +1157,7 @@ class _Judge:
                     )  # fmt: skip
                 continue
             h = history[e.index]
-            got_gradient = any(v > 0 and math.isfinite(v) for v in h.grad_norm)
+            got_gradient = any(v > 0 and math.isfinite(v) for v in h.grad_max_abs)
             if not got_gradient:
                 continue
             if e.index not in held:
@@ -1109,11 +1179,19 @@ class _Judge:
                 )  # fmt: skip
                 continue
             norms = dict(zip(h.steps, h.grad_norm, strict=True))
+            group = m._group_of.get(e.index)
+            # a step counts when the gradient is large enough for its update not to round away
+            # and the rest of its parameter group moved (else the lr is just tiny)
+            lr = m._lr_of.get(e.index)
+            rate = lr if lr is not None else 1.0
+            root_n = math.sqrt(max(e.tensor.numel(), 1))
             significant = [
                 (s, c)
                 for s, c, w in moves
-                if norms.get(s, 0.0) > self.t.not_updated_grad_ratio * w
-                and math.isfinite(norms.get(s, 0.0))
+                if math.isfinite(norms.get(s, math.nan))
+                # SGD moves lr*||g||, Adam about lr*sqrt(n): take the smaller as the expectation
+                and rate * min(norms[s], root_n) > self.t.not_updated_min_change * w
+                and group in moved_groups.get(s, ())
             ]
             if significant and all(c == 0 for _, c in significant):
                 self.add(
@@ -1142,17 +1220,22 @@ class _Judge:
                     f"{t.dead_fraction:.0%}): no gradient flows through them to the layers "
                     "before. Typical causes: a large negative bias, a too-high learning "
                     "rate, or inputs far from the scale the layer expects; LeakyReLU/GELU "
-                    "or a lower learning rate help",
+                    "or a lower learning rate help"
+                    + (f". {self.folded_zero} parameter tensor(s) get exactly zero gradients "
+                       "as a consequence" if self.folded_zero and fraction == 1 else ""),
                 )  # fmt: skip
 
     # habits of the loop ------------------------------------------------------------------------
 
     def loop_habits(self) -> None:
         m = self.m
-        if m._stale:
-            clock, index = m._stale[0]
-            count = len({i for _, i in m._stale})
-            steps = len({c.step for c, _ in m._stale})
+        held = self.held()
+        # a parameter no optimizer holds is never cleared by zero_grad: not_updated names it
+        stale = [(c, i) for c, i, leftover in m._stale if i in held and float(leftover) != 0]
+        if stale:
+            clock, index = stale[0]
+            count = len({i for _, i in stale})
+            steps = len({c.step for c, _ in stale})
             self.add(
                 "grad_accumulation", "error", m._params[index].name, clock, float(steps), None,
                 f"gradients were not cleared after an optimizer step ({count} parameter(s), "

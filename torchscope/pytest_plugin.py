@@ -1,6 +1,301 @@
-"""torchscope's pytest plugin (registered under ``pytest11``).
+"""torchscope's pytest plugin (registered under ``pytest11``): gradient health in tests.
 
-Reserved: the gradient-health fixtures and options arrive with the gradient monitor. Like
-Hypothesis's plugin, it must not import torch at pytest start-up, so it imports nothing
-from torchscope at module level.
+- fixture ``gradient_health``: :func:`torchscope.check_gradients` with this test's settings;
+  the report it returns honours the marker's ``allow`` in ``assert_healthy()``.
+- marker ``@pytest.mark.gradient_health(steps=N, allow=[kinds])``: per-test settings (on a
+  class or module too: the closest ``steps`` wins, ``allow`` lists are merged).
+- options (group ``torchscope``): ``--gradient-health-steps=N``, the default ``steps``;
+  ``--gradient-health-report=PATH``, a JSON file of every finding of the session.
+
+Like Hypothesis's plugin, it does not import torch at pytest start-up: projects that never
+use the fixture do not pay for it. Only the fixture imports the rest of torchscope.
 """
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from collections.abc import Callable, Generator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from torchscope.records import GradientReport
+
+__all__ = ["GradientHealthCheck"]
+
+MARKER = "gradient_health"
+DEFAULT_STEPS = 3
+#: Version of the layout of the ``--gradient-health-report`` file.
+REPORT_SCHEMA_VERSION = 1
+
+
+# -- session state -----------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _TestEntry:
+    """What one test that used the fixture produced, as JSON-ready data."""
+
+    nodeid: str
+    outcome: str = "passed"  # "passed", "failed" or "skipped", the worst of its phases
+    reports: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "nodeid": self.nodeid,
+            "passed": self.outcome == "passed",
+            "outcome": self.outcome,
+            "reports": self.reports,
+        }
+
+
+@dataclasses.dataclass
+class _SessionState:
+    default_steps: int
+    report_path: Path | None
+    tests: dict[str, _TestEntry] = dataclasses.field(default_factory=dict)
+
+
+_STATE = pytest.StashKey[_SessionState]()
+# set on the items whose test requested the fixture, so their outcome is recorded
+_ENTRY = pytest.StashKey[_TestEntry]()
+
+
+# -- hooks -------------------------------------------------------------------------------
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("torchscope", "torchscope gradient health")
+    group.addoption(
+        "--gradient-health-steps",
+        type=int,
+        default=DEFAULT_STEPS,
+        metavar="N",
+        help=f"training steps the gradient_health fixture runs by default (default {DEFAULT_STEPS})",
+    )
+    group.addoption(
+        "--gradient-health-report",
+        default=None,
+        metavar="PATH",
+        help="write the findings of every test that used the gradient_health fixture to this "
+        "JSON file",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"{MARKER}(steps=None, allow=()): settings of the gradient_health fixture for this "
+        "test: training steps, and finding kinds that assert_healthy() does not count",
+    )
+    steps = config.getoption("--gradient-health-steps")
+    if steps < 1:
+        raise pytest.UsageError(f"--gradient-health-steps must be at least 1, got {steps}")
+    path = config.getoption("--gradient-health-report")
+    # resolved now: a test that changes the working directory must not move the report
+    report_path = None if path is None else config.invocation_params.dir / Path(path).expanduser()
+    config.stash[_STATE] = _SessionState(default_steps=steps, report_path=report_path)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    entry = item.stash.get(_ENTRY, None)
+    if entry is not None:
+        if report.failed:
+            entry.outcome = "failed"
+        elif report.skipped and entry.outcome == "passed":
+            entry.outcome = "skipped"
+    return report
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    state = session.config.stash.get(_STATE, None)
+    if state is None or state.report_path is None:
+        return
+    data = {
+        "schema_version": REPORT_SCHEMA_VERSION,
+        "default_steps": state.default_steps,
+        "tests": [entry.to_dict() for entry in state.tests.values()],
+    }
+    state.report_path.parent.mkdir(parents=True, exist_ok=True)
+    state.report_path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    state = config.stash.get(_STATE, None)
+    if state is not None and state.report_path is not None:
+        terminalreporter.write_sep("-", f"torchscope gradient-health report: {state.report_path}")
+
+
+# -- the fixture -------------------------------------------------------------------------
+
+
+class GradientHealthCheck:
+    """What the ``gradient_health`` fixture returns: ``check_gradients`` with the test's settings.
+
+    Attributes:
+        steps: training steps of a call that passes no ``steps`` (marker, else option).
+        allow: finding kinds from the marker that the reports' ``assert_healthy()`` ignores.
+        reports: the reports made so far in this test.
+    """
+
+    def __init__(
+        self, *, steps: int, allow: tuple[str, ...], entry: _TestEntry | None = None
+    ) -> None:
+        self.steps = steps
+        self.allow = allow
+        self.reports: list[GradientReport] = []
+        self._entry = entry
+
+    def __call__(
+        self,
+        model: nn.Module,
+        inputs: Any,
+        target: Any = None,
+        *,
+        loss_fn: Callable[..., torch.Tensor] | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        steps: int | None = None,
+    ) -> GradientReport:
+        """Return :func:`torchscope.check_gradients`'s report; ``assert_healthy()`` on it also
+        ignores the kinds the marker allows."""
+        # imported on use, not at module level: pytest loads this plugin at start-up
+        from torchscope.gradients import check_gradients
+
+        report = check_gradients(
+            model,
+            inputs,
+            target,
+            loss_fn=loss_fn,
+            optimizer=optimizer,
+            steps=self.steps if steps is None else steps,
+        )
+        marked = _with_marker_allow(report, self.allow)
+        self.reports.append(marked)
+        if self._entry is not None:
+            self._entry.reports.append(
+                {
+                    "steps": report.steps,
+                    "ok": report.ok,
+                    "kinds": sorted(report.kinds),
+                    "findings": [finding.to_dict() for finding in report.findings],
+                }
+            )
+        return marked
+
+    def __repr__(self) -> str:
+        return f"GradientHealthCheck(steps={self.steps}, allow={list(self.allow)})"
+
+
+@pytest.fixture
+def gradient_health(request: pytest.FixtureRequest) -> GradientHealthCheck:
+    """Run ``check_gradients(model, inputs, target=None, *, loss_fn=None, optimizer=None,
+    steps=None)`` and return its report; call ``.assert_healthy()`` on it to fail the test.
+
+    ``steps`` defaults to the ``gradient_health`` marker's, then to ``--gradient-health-steps``;
+    ``assert_healthy(allow=...)`` also ignores the kinds in the marker's ``allow``.
+    """
+    state = request.config.stash[_STATE]
+    entry = state.tests.setdefault(request.node.nodeid, _TestEntry(request.node.nodeid))
+    request.node.stash[_ENTRY] = entry
+    steps, allow = _marker_settings(request.node)
+    return GradientHealthCheck(
+        steps=state.default_steps if steps is None else steps, allow=allow, entry=entry
+    )
+
+
+def _marker_settings(node: pytest.Item) -> tuple[int | None, tuple[str, ...]]:
+    """The closest marker's ``steps`` and the union of every marker's ``allow``."""
+    # imported on use: torchscope.testing imports torch
+    from torchscope.testing import _validated_allow
+
+    steps: int | None = None
+    allow: list[str] = []
+    for marker in node.iter_markers(MARKER):  # closest first
+        where = f"@pytest.mark.{MARKER} on {node.nodeid}"
+        if marker.args:
+            pytest.fail(
+                f"{where} takes keyword arguments only (steps=..., allow=[...]), got "
+                f"positional {list(marker.args)!r}",
+                pytrace=False,
+            )
+        unexpected = sorted(set(marker.kwargs) - {"steps", "allow"})
+        if unexpected:
+            pytest.fail(
+                f"{where}: unknown argument(s) {unexpected}; it takes steps= and allow=",
+                pytrace=False,
+            )
+        marker_steps = marker.kwargs.get("steps")
+        if marker_steps is not None:
+            if (
+                not isinstance(marker_steps, int)
+                or isinstance(marker_steps, bool)
+                or marker_steps < 1
+            ):
+                pytest.fail(
+                    f"{where}: steps must be a positive integer, got {marker_steps!r}",
+                    pytrace=False,
+                )
+            if steps is None:
+                steps = marker_steps
+        try:
+            kinds = _validated_allow(marker.kwargs.get("allow", ()), source=f"{where}: allow")
+        except (TypeError, ValueError) as e:
+            problem = str(e)
+        else:
+            allow.extend(kind for kind in kinds if kind not in allow)
+            continue
+        pytest.fail(problem, pytrace=False)  # outside `except`: no chained traceback
+    return steps, tuple(allow)
+
+
+# -- the report whose assert_healthy() also honours the marker ------------------------------
+
+
+def _with_marker_allow(report: GradientReport, allow: tuple[str, ...]) -> GradientReport:
+    fields = {field.name: getattr(report, field.name) for field in dataclasses.fields(report)}
+    # typed as a callable: mypy does not see the subclass's extra field through type[...]
+    make: Callable[..., GradientReport] = _marked_report_class()
+    return make(**fields, allowed_by_marker=allow)
+
+
+@functools.cache
+def _marked_report_class() -> type[GradientReport]:
+    # built on first use: records imports the renderers, which pytest start-up does not need
+    from torchscope.records import GradientReport
+
+    @dataclasses.dataclass(frozen=True, eq=False)
+    class MarkedGradientReport(GradientReport):
+        """A :class:`GradientReport` whose ``assert_healthy`` also ignores the kinds that the
+        test's ``gradient_health`` marker allows."""
+
+        allowed_by_marker: tuple[str, ...] = dataclasses.field(default=(), repr=False)
+
+        def assert_healthy(self, allow: Sequence[str] = ()) -> None:
+            super().assert_healthy((*allow, *self.allowed_by_marker))
+
+        def to_dict(self) -> dict[str, Any]:
+            data = super().to_dict()
+            del data["allowed_by_marker"]  # the layout stays that of GradientReport
+            return data
+
+    # found again by name (module __getattr__ below), so that pickling works
+    MarkedGradientReport.__qualname__ = MarkedGradientReport.__name__
+    MarkedGradientReport.__module__ = __name__
+    return MarkedGradientReport
+
+
+def __getattr__(name: str) -> Any:
+    if name == "MarkedGradientReport":
+        return _marked_report_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,74 @@
+"""Assertions for test suites, with or without pytest.
+
+Inside pytest, the ``gradient_health`` fixture of :mod:`torchscope.pytest_plugin` does the same
+with per-test settings from the ``gradient_health`` marker; this module serves other runners
+(unittest, a script, a notebook).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from torchscope.gradients import check_gradients
+from torchscope.records import FINDING_KINDS, GradientReport
+
+__all__ = ["assert_gradients_healthy"]
+
+
+def assert_gradients_healthy(
+    model: nn.Module,
+    inputs: Any,
+    target: Any = None,
+    *,
+    loss_fn: Callable[..., torch.Tensor] | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    steps: int = 3,
+    allow: Iterable[str] = (),
+) -> GradientReport:
+    """Return the gradient report of a few training steps, or raise if it is unhealthy.
+
+    Runs :func:`torchscope.check_gradients` (on copies of the model and the optimizer), then
+    :meth:`GradientReport.assert_healthy`.
+
+    Args:
+        model, inputs, target, loss_fn, optimizer, steps: as for
+            :func:`torchscope.check_gradients`.
+        allow: finding kinds (see :data:`torchscope.records.FINDING_KINDS`) that do not count.
+
+    Raises:
+        GradientHealthError: errors or warnings were found; its message is the findings table.
+            It is also an ``AssertionError``.
+        ValueError: ``allow`` names an unknown kind (checked before the model runs).
+    """
+    allowed = _validated_allow(allow)
+    report = check_gradients(
+        model, inputs, target, loss_fn=loss_fn, optimizer=optimizer, steps=steps
+    )
+    report.assert_healthy(allowed)
+    return report
+
+
+def _validated_allow(allow: Iterable[str], *, source: str = "allow") -> tuple[str, ...]:
+    """Return ``allow`` as a tuple, or raise if it is not a collection of known finding kinds.
+
+    ``source`` names the argument in the messages (the pytest plugin passes the marker).
+    """
+    # a bare string would otherwise be read as its characters: "no_grad" -> "n", "o", ...
+    if isinstance(allow, str):
+        raise TypeError(
+            f"{source} must be a list of finding kinds, not a string; write [{allow!r}]"
+        )
+    kinds = tuple(allow)
+    not_strings = [kind for kind in kinds if not isinstance(kind, str)]
+    if not_strings:
+        raise TypeError(f"{source} must hold finding kinds as strings, got {not_strings!r}")
+    unknown = sorted(set(kinds) - set(FINDING_KINDS))
+    if unknown:
+        raise ValueError(
+            f"{source} names unknown finding kinds {unknown}; known kinds: {list(FINDING_KINDS)}"
+        )
+    return kinds
