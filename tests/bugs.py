@@ -85,7 +85,10 @@ class SmallCNN(nn.Module):
 def vectors(batch: int = 16, features: int = 10, count: int = 6, seed: int = 0) -> list[Batch]:
     g = torch.Generator().manual_seed(seed)
     return [
-        (torch.randn(batch, features, generator=g), torch.randint(0, CLASSES, (batch,), generator=g))
+        (
+            torch.randn(batch, features, generator=g),
+            torch.randint(0, CLASSES, (batch,), generator=g),
+        )
         for _ in range(count)
     ]
 
@@ -101,7 +104,9 @@ def images(batch: int = 8, count: int = 6, seed: int = 0) -> list[Batch]:
 def mlp_setup(model: nn.Module | None = None, *, lr: float = 0.05, **sgd: Any) -> Setup:
     torch.manual_seed(0)
     model = model if model is not None else MLP()
-    return Setup(model, torch.optim.SGD(model.parameters(), lr=lr, **sgd), F.cross_entropy, vectors())
+    return Setup(
+        model, torch.optim.SGD(model.parameters(), lr=lr, **sgd), F.cross_entropy, vectors()
+    )
 
 
 def cnn_setup(batch: int = 8) -> Setup:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +34,7 @@ MARKER = "gradient_health"
 DEFAULT_STEPS = 3
 #: Version of the layout of the ``--gradient-health-report`` file.
 REPORT_SCHEMA_VERSION = 1
+_SESSION_PLUGIN = "torchscope-gradient-health"
 
 
 # -- session state -----------------------------------------------------------------------
@@ -56,16 +57,42 @@ class _TestEntry:
         }
 
 
-@dataclasses.dataclass
-class _SessionState:
-    default_steps: int
-    report_path: Path | None
-    tests: dict[str, _TestEntry] = dataclasses.field(default_factory=dict)
+class _GradientHealthSession:
+    """The session's state, and the hooks that need it (registered as a plugin, like junitxml)."""
+
+    def __init__(self, *, default_steps: int, report_path: Path | None) -> None:
+        self.default_steps = default_steps
+        self.report_path = report_path
+        self.tests: dict[str, _TestEntry] = {}  # by nodeid, for the tests that used the fixture
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        entry = self.tests.get(report.nodeid)
+        if entry is None:
+            return
+        if report.failed:
+            entry.outcome = "failed"
+        elif report.skipped and entry.outcome == "passed":
+            entry.outcome = "skipped"
+
+    def pytest_sessionfinish(self) -> None:
+        if self.report_path is None:
+            return
+        data = {
+            "schema_version": REPORT_SCHEMA_VERSION,
+            "default_steps": self.default_steps,
+            "tests": [entry.to_dict() for entry in self.tests.values()],
+        }
+        self.report_path.parent.mkdir(parents=True, exist_ok=True)
+        self.report_path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        if self.report_path is not None:
+            terminalreporter.write_sep(
+                "-", f"torchscope gradient-health report: {self.report_path}"
+            )
 
 
-_STATE = pytest.StashKey[_SessionState]()
-# set on the items whose test requested the fixture, so their outcome is recorded
-_ENTRY = pytest.StashKey[_TestEntry]()
+_SESSION = pytest.StashKey[_GradientHealthSession]()
 
 
 # -- hooks -------------------------------------------------------------------------------
@@ -101,40 +128,16 @@ def pytest_configure(config: pytest.Config) -> None:
     path = config.getoption("--gradient-health-report")
     # resolved now: a test that changes the working directory must not move the report
     report_path = None if path is None else config.invocation_params.dir / Path(path).expanduser()
-    config.stash[_STATE] = _SessionState(default_steps=steps, report_path=report_path)
+    session = _GradientHealthSession(default_steps=steps, report_path=report_path)
+    config.stash[_SESSION] = session
+    config.pluginmanager.register(session, _SESSION_PLUGIN)
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(
-    item: pytest.Item, call: pytest.CallInfo[None]
-) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    report = yield
-    entry = item.stash.get(_ENTRY, None)
-    if entry is not None:
-        if report.failed:
-            entry.outcome = "failed"
-        elif report.skipped and entry.outcome == "passed":
-            entry.outcome = "skipped"
-    return report
-
-
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    state = session.config.stash.get(_STATE, None)
-    if state is None or state.report_path is None:
-        return
-    data = {
-        "schema_version": REPORT_SCHEMA_VERSION,
-        "default_steps": state.default_steps,
-        "tests": [entry.to_dict() for entry in state.tests.values()],
-    }
-    state.report_path.parent.mkdir(parents=True, exist_ok=True)
-    state.report_path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-
-
-def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    state = config.stash.get(_STATE, None)
-    if state is not None and state.report_path is not None:
-        terminalreporter.write_sep("-", f"torchscope gradient-health report: {state.report_path}")
+def pytest_unconfigure(config: pytest.Config) -> None:
+    session = config.stash.get(_SESSION, None)
+    if session is not None:
+        del config.stash[_SESSION]
+        config.pluginmanager.unregister(session)
 
 
 # -- the fixture -------------------------------------------------------------------------
@@ -199,18 +202,18 @@ class GradientHealthCheck:
 
 @pytest.fixture
 def gradient_health(request: pytest.FixtureRequest) -> GradientHealthCheck:
-    """Run ``check_gradients(model, inputs, target=None, *, loss_fn=None, optimizer=None,
-    steps=None)`` and return its report; call ``.assert_healthy()`` on it to fail the test.
+    """A callable like ``check_gradients(model, inputs, target=None, *, loss_fn=None,
+    optimizer=None, steps=None)`` that returns the report; ``.assert_healthy()`` fails the test.
 
     ``steps`` defaults to the ``gradient_health`` marker's, then to ``--gradient-health-steps``;
     ``assert_healthy(allow=...)`` also ignores the kinds in the marker's ``allow``.
     """
-    state = request.config.stash[_STATE]
-    entry = state.tests.setdefault(request.node.nodeid, _TestEntry(request.node.nodeid))
-    request.node.stash[_ENTRY] = entry
+    session = request.config.stash[_SESSION]
+    # registered before the marker is checked, so that a setup error is in the JSON report too
+    entry = session.tests.setdefault(request.node.nodeid, _TestEntry(request.node.nodeid))
     steps, allow = _marker_settings(request.node)
     return GradientHealthCheck(
-        steps=state.default_steps if steps is None else steps, allow=allow, entry=entry
+        steps=session.default_steps if steps is None else steps, allow=allow, entry=entry
     )
 
 
