@@ -21,7 +21,7 @@ _MAX_LABELS = 60  # beyond this many parameters, label every k-th bar
 def plot_gradient_flow(report: GradientReport, path: str | os.PathLike[str]) -> str:
     """Per-parameter max and mean |grad| over the observed steps, on a log scale, as bars in
     the model's order (input side left, output side right). Parameters that never got a
-    gradient are marked in red. Returns ``str(path)``."""
+    gradient are shaded red; names a finding points at are printed in red. Returns ``str(path)``."""
     try:
         from matplotlib.figure import Figure
     except ImportError as e:  # pragma: no cover - depends on the environment
@@ -31,14 +31,18 @@ def plot_gradient_flow(report: GradientReport, path: str | os.PathLike[str]) -> 
 
     params = [p for p in report.parameters if p.trainable]
     names = [p.name for p in params]
-    floor = 1e-12  # log scale: zero gradients are drawn at the floor
     means, maxes, missing = [], [], []
     for p in params:
         finite_mean = [v for v in p.grad_mean_abs if math.isfinite(v)]
         finite_max = [v for v in p.grad_max_abs if math.isfinite(v)]
-        means.append(max(sum(finite_mean) / len(finite_mean), floor) if finite_mean else floor)
-        maxes.append(max(max(finite_max), floor) if finite_max else floor)
+        means.append(sum(finite_mean) / len(finite_mean) if finite_mean else 0.0)
+        maxes.append(max(finite_max) if finite_max else 0.0)
         missing.append(not p.steps)
+    # log scale: zero gradients are drawn at a floor a decade under the smallest non-zero one
+    floor = min((v for v in means + maxes if v > 0), default=1.0) / 10
+    means = [max(v, floor) for v in means]
+    maxes = [max(v, floor) for v in maxes]
+    flagged = {f.where for f in report.findings if f.severity in ("error", "warning")}
 
     width = min(max(6.0, 0.22 * len(params) + 2), 40.0)
     figure = Figure(figsize=(width, 5.0), layout="constrained")
@@ -52,6 +56,9 @@ def plot_gradient_flow(report: GradientReport, path: str | os.PathLike[str]) -> 
     axes.set_yscale("log")
     step = max(1, math.ceil(len(names) / _MAX_LABELS))
     axes.set_xticks(list(positions)[::step], names[::step], rotation=90, fontsize=7)
+    for label in axes.get_xticklabels():
+        if label.get_text() in flagged:  # named by a finding
+            label.set_color("#c0392b")
     axes.set_xlim(-0.5, len(params) - 0.5)
     axes.set_ylabel("|gradient| (over all observed steps)")
     axes.set_title(
@@ -60,7 +67,7 @@ def plot_gradient_flow(report: GradientReport, path: str | os.PathLike[str]) -> 
     )
     if any(missing):
         axes.plot([], [], color="#e74c3c", alpha=0.3, lw=8, label="no gradient")
-    axes.legend(loc="upper right")
+    axes.legend(loc="lower left", bbox_to_anchor=(0.0, 1.06), ncols=3, fontsize=8, frameon=False)
     axes.grid(axis="y", alpha=0.3)
     figure.savefig(os.fspath(path))
     return os.fspath(path)
