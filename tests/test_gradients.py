@@ -595,6 +595,8 @@ def test_raise_and_assert():
     report.assert_healthy(allow=["softmax_into_cross_entropy"])
     with pytest.raises(ValueError, match="unknown finding kinds"):
         report.assert_healthy(allow=["softmax"])
+    with pytest.raises(TypeError, match=r"not a string; write \['softmax_into_cross_entropy'\]"):
+        report.assert_healthy(allow="softmax_into_cross_entropy")  # type: ignore[arg-type]
     monitored(mlp_setup()).raise_if_unhealthy()
 
 

@@ -219,8 +219,8 @@ def gradient_health(request: pytest.FixtureRequest) -> GradientHealthCheck:
 
 def _marker_settings(node: pytest.Item) -> tuple[int | None, tuple[str, ...]]:
     """The closest marker's ``steps`` and the union of every marker's ``allow``."""
-    # imported on use: torchscope.testing imports torch
-    from torchscope.testing import _validated_allow
+    # imported on use, like everything of torchscope's here: pytest start-up stays lean
+    from torchscope.records import finding_kinds
 
     steps: int | None = None
     allow: list[str] = []
@@ -252,7 +252,7 @@ def _marker_settings(node: pytest.Item) -> tuple[int | None, tuple[str, ...]]:
             if steps is None:
                 steps = marker_steps
         try:
-            kinds = _validated_allow(marker.kwargs.get("allow", ()), source=f"{where}: allow")
+            kinds = finding_kinds(marker.kwargs.get("allow", ()), source=f"{where}: allow")
         except (TypeError, ValueError) as e:
             problem = str(e)
         else:

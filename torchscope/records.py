@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +31,7 @@ __all__ = [
     "TensorRecord",
     "TrainableReport",
     "TrainableRow",
+    "finding_kinds",
 ]
 
 #: The columns a summary table can show, in their default order of appearance.
@@ -383,6 +384,27 @@ FINDING_KINDS = (
 SEVERITIES = ("error", "warning", "info")
 
 
+def finding_kinds(allow: Iterable[str], *, source: str = "allow") -> tuple[str, ...]:
+    """``allow`` as a tuple, or a TypeError/ValueError if it is not a collection of known
+    finding kinds; ``source`` names the argument in the messages (the pytest plugin passes
+    the marker)."""
+    # a bare string would otherwise be read as its characters: "no_grad" -> "n", "o", ...
+    if isinstance(allow, str):
+        raise TypeError(
+            f"{source} must be a list of finding kinds, not a string; write [{allow!r}]"
+        )
+    kinds = tuple(allow)
+    not_strings = [kind for kind in kinds if not isinstance(kind, str)]
+    if not_strings:
+        raise TypeError(f"{source} must hold finding kinds as strings, got {not_strings!r}")
+    unknown = sorted(set(kinds) - set(FINDING_KINDS))
+    if unknown:
+        raise ValueError(
+            f"{source} names unknown finding kinds {unknown}; known kinds: {list(FINDING_KINDS)}"
+        )
+    return kinds
+
+
 @dataclass(frozen=True)
 class Finding:
     """One thing the gradient monitor found.
@@ -467,10 +489,8 @@ class GradientReport:
 
     def filtered(self, allow: Sequence[str] = ()) -> GradientReport:
         """The same report without findings of the kinds in ``allow``."""
-        unknown = sorted(set(allow) - set(FINDING_KINDS))
-        if unknown:
-            raise ValueError(f"unknown finding kinds {unknown}; known kinds: {list(FINDING_KINDS)}")
-        kept = tuple(f for f in self.findings if f.kind not in set(allow))
+        allowed = set(finding_kinds(allow))
+        kept = tuple(f for f in self.findings if f.kind not in allowed)
         return dataclasses.replace(self, findings=kept)
 
     def raise_if_unhealthy(self) -> None:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from torchscope.gradients import check_gradients
-from torchscope.records import FINDING_KINDS, GradientReport
+from torchscope.records import GradientReport, finding_kinds
 
 __all__ = ["assert_gradients_healthy"]
 
@@ -44,31 +44,9 @@ def assert_gradients_healthy(
             It is also an ``AssertionError``.
         ValueError: ``allow`` names an unknown kind (checked before the model runs).
     """
-    allowed = _validated_allow(allow)
+    allowed = finding_kinds(allow)
     report = check_gradients(
         model, inputs, target, loss_fn=loss_fn, optimizer=optimizer, steps=steps
     )
     report.assert_healthy(allowed)
     return report
-
-
-def _validated_allow(allow: Iterable[str], *, source: str = "allow") -> tuple[str, ...]:
-    """Return ``allow`` as a tuple, or raise if it is not a collection of known finding kinds.
-
-    ``source`` names the argument in the messages (the pytest plugin passes the marker).
-    """
-    # a bare string would otherwise be read as its characters: "no_grad" -> "n", "o", ...
-    if isinstance(allow, str):
-        raise TypeError(
-            f"{source} must be a list of finding kinds, not a string; write [{allow!r}]"
-        )
-    kinds = tuple(allow)
-    not_strings = [kind for kind in kinds if not isinstance(kind, str)]
-    if not_strings:
-        raise TypeError(f"{source} must hold finding kinds as strings, got {not_strings!r}")
-    unknown = sorted(set(kinds) - set(FINDING_KINDS))
-    if unknown:
-        raise ValueError(
-            f"{source} names unknown finding kinds {unknown}; known kinds: {list(FINDING_KINDS)}"
-        )
-    return kinds
