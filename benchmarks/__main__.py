@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks import bench_costs, bench_freezing, bench_summary
+from benchmarks import bench_costs, bench_freezing, bench_monitor, bench_summary
 from benchmarks._common import table
 
 BENCHMARKS = {
     "summary": bench_summary.main,
     "costs": bench_costs.main,
     "freezing": bench_freezing.main,
+    "monitor": bench_monitor.main,
 }
 
 
