@@ -97,8 +97,14 @@ def _thresholds(value: GradientThresholds | Mapping[str, float] | None) -> Gradi
 # -- what the monitor knows about the model ------------------------------------------------------
 
 _NORMALISATION = (_BatchNorm, _InstanceNorm)
-# modules whose output cannot be non-finite when their input is finite: not worth a check
+# modules whose output cannot be non-finite when their input and parameters are finite: not
+# worth a pass over their output (normalisation divides by sqrt(var + eps), eps > 0; a
+# non-finite parameter comes from a non-finite gradient, reported first)
 _PASSTHROUGH = (
+    _BatchNorm,
+    _InstanceNorm,
+    nn.LayerNorm,
+    nn.GroupNorm,
     nn.ReLU,
     nn.ReLU6,
     _DropoutNd,
@@ -607,7 +613,11 @@ class GradientMonitor:
                 index, call.relu_calls = call.relu_calls, call.relu_calls + 1
             key_name = f"{owner or '<model>'}:{getattr(func, '__name__', 'relu')}#{index}"
             after = self._last_finished
-        fired = ~(out.detach().amax(dim=dims) <= 0)  # NaN: not known to be dead
+        values = out.detach()
+        if values.dim() >= 4:  # feature maps: a unit has H*W chances per sample to fire, so
+            # four samples of each batch are plenty, and a contiguous slice is cheap to read
+            values = values[:4]
+        fired = ~(values.amax(dim=dims) <= 0)  # NaN: not known to be dead
         key = (key_name, fired.numel())
         site = self._relu_sites.get(key)
         if site is None:
@@ -615,7 +625,7 @@ class GradientMonitor:
             self._relu_sites[key] = site = _ReluSite(name, fired)
         else:
             site.fired = site.fired | fired
-        site.observations += out.numel() // max(fired.numel(), 1)
+        site.observations += values.numel() // max(fired.numel(), 1)
 
     def _on_classification_loss(self, loss_name: str, scores: torch.Tensor) -> None:
         if not scores.is_floating_point() or scores.numel() == 0:
