@@ -77,7 +77,8 @@ class _Selection:
     parameters: list[_Param]  # every parameter to change, once
 
 
-def _close_names(target: str, names: Sequence[str]) -> str:
+def close_names(target: str, names: Sequence[str]) -> str:
+    """A "; did you mean ..." hint for a name that matched nothing (shared by error messages)."""
     close = difflib.get_close_matches(target, names, n=5, cutoff=0.5)
     if close:
         return "; did you mean " + ", ".join(repr(n) for n in close) + "?"
@@ -115,7 +116,7 @@ def _match(
         else:
             found = [(name, module) for name, module in named if name == target]
         if not found:
-            raise ValueError(f"no module matches {target!r}{_close_names(target, names)}")
+            raise ValueError(f"no module matches {target!r}{close_names(target, names)}")
         return found
     raise TypeError(
         f"a target must be a module, a qualified name, a glob pattern or a module type; "
@@ -384,9 +385,7 @@ def freeze_until(
     named = list(model.named_modules())
     position = next((i for i, (module_name, _) in enumerate(named) if module_name == name), None)
     if position is None:
-        raise ValueError(
-            f"no module named {name!r}{_close_names(name, [n for n, _ in named if n])}"
-        )
+        raise ValueError(f"no module named {name!r}{close_names(name, [n for n, _ in named if n])}")
     boundary = {id(p) for p in named[position][1].parameters()}
     modules = named[:position]
     parameters = [entry for entry in _parameters_of(modules) if id(entry.param) not in boundary]

@@ -42,7 +42,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from torchscope import _nested
 from torchscope._inputs import unwrap
 from torchscope.errors import TorchscopeError
-from torchscope.freezing import frozen_parameters, is_frozen, is_pinned
+from torchscope.freezing import close_names, frozen_parameters, is_frozen, is_pinned
 from torchscope.hooks import HookSet, iter_modules, preserved_rng
 from torchscope.records import Finding, GradientReport, ParameterHistory
 
@@ -793,7 +793,6 @@ def _resolve_frozen(model: nn.Module, targets: list[Any], params: list[_Param]) 
                 if (m is target if isinstance(target, nn.Module) else isinstance(m, target))
             ]
         elif isinstance(target, str):
-            found = []
             by_param = [
                 p
                 for p in params
@@ -802,9 +801,10 @@ def _resolve_frozen(model: nn.Module, targets: list[Any], params: list[_Param]) 
             chosen.update(id(p.tensor) for p in by_param)
             found = [m for name, m in named_modules if name and fnmatch.fnmatchcase(name, target)]
             if not by_param and not found:
-                close = [n for n in module_names if target in n][:5]
-                hint = f"; names look like {', '.join(close or module_names[:5])}"
-                raise ValueError(f"frozen={target!r} matches no module or parameter{hint}")
+                raise ValueError(
+                    f"frozen={target!r} matches no module or parameter"
+                    + close_names(target, module_names)
+                )
         else:
             raise TypeError(
                 "frozen= takes modules, module types, qualified names (globs allowed) or "
