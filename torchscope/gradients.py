@@ -44,7 +44,7 @@ from torchscope._inputs import unwrap
 from torchscope.errors import TorchscopeError
 from torchscope.freezing import close_names, frozen_parameters, is_frozen, is_pinned
 from torchscope.hooks import HookSet, iter_modules, preserved_rng
-from torchscope.records import Finding, GradientReport, ParameterHistory
+from torchscope.records import SEVERITIES, Finding, GradientReport, ParameterHistory
 
 __all__ = ["GradientMonitor", "GradientThresholds", "check_gradients"]
 
@@ -747,17 +747,12 @@ class GradientMonitor:
             params = [entry.tensor.detach() for entry, _ in held]
             torch._foreach_sub_(snapshots, params)  # snapshot - new value: the step's change
             change_index, change = _norm_rows(snapshots, [e.index for e, _ in held], (2.0,))
-        if change_index != weight_index:  # same grouping for the same tensors; keep it honest
-            position = {i: k for k, i in enumerate(change_index)}
-            change = change[:, [position[i] for i in weight_index]]
-        row = self._gradient_row(
-            from_step=True, weights=(weight_index, torch.cat([weight_norms, change]))
-        )
+        # snapshots share their parameters' dtypes and devices, so the columns line up
+        assert change_index == weight_index
+        weights = torch.cat([weight_norms, change])
+        row = self._gradient_row(from_step=True, weights=(weight_index, weights))
         if row is None:  # nothing had a gradient; still record how far the step moved them
-            row = _StepRow(
-                self._clock(), True, (), torch.zeros(3, 0), weight_index,
-                torch.cat([weight_norms, change]),
-            )  # fmt: skip
+            row = _StepRow(self._clock(), True, (), torch.zeros(3, 0), weight_index, weights)
         self._rows.append(row)
         self._windows.append((self._clock(), self._backwards_since_step))
         self._backwards_since_step = 0
@@ -768,7 +763,7 @@ class GradientMonitor:
     # -- the report ------------------------------------------------------------------------------
 
     def report(self) -> GradientReport:
-        """Read the statistics gathered so far (one device-to-host copy) and judge them."""
+        """Read the statistics gathered so far back from the device and judge them."""
         self._flush_forward_checks()
         return _Judge(self).report()
 
@@ -835,7 +830,8 @@ class _Judge:
         self.grad = [r.grad_stats.detach().cpu() for r in rows]
         self.weights = [None if r.weight_stats is None else r.weight_stats.cpu() for r in rows]
         self.forwards = [(c, p, v.cpu()) for c, p, v in monitor._forwards]
-        self.losses = [(c, float(v.cpu())) for c, v in monitor._losses]
+        values = torch.stack([v for _, v in monitor._losses]).tolist() if monitor._losses else []
+        self.losses = [(c, v) for (c, _), v in zip(monitor._losses, values, strict=True)]
 
     def when(self, clock: _Clock) -> int:
         return clock.step if self.stepped else clock.backward
@@ -861,11 +857,14 @@ class _Judge:
         self.updates(history)
         self.dead_units()
         self.loop_habits()
-        order = {"error": 0, "warning": 1, "info": 2}
         findings = tuple(
             sorted(
                 self.findings,
-                key=lambda f: (order[f.severity], f.step if f.step is not None else -1, f.kind),
+                key=lambda f: (
+                    SEVERITIES.index(f.severity),
+                    f.step if f.step is not None else -1,
+                    f.kind,
+                ),
             )
         )
         return GradientReport(
