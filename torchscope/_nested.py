@@ -11,7 +11,15 @@ from typing import Any
 
 import torch
 
-__all__ = ["is_namedtuple", "map_tensors", "shape_of", "shapes", "tensor_bytes", "tensors"]
+__all__ = [
+    "is_namedtuple",
+    "map_tensors",
+    "named_tensors",
+    "shape_of",
+    "shapes",
+    "tensor_bytes",
+    "tensors",
+]
 
 Shape = tuple[int, ...]
 
@@ -59,6 +67,43 @@ def tensors(obj: object) -> Iterator[torch.Tensor]:
             continue
         on_path.add(id(item))
         stack.append(_Exit(id(item)))
+        stack.extend(reversed(children))
+
+
+def named_tensors(obj: object, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield ``(path, tensor)`` for every tensor inside ``obj``, in the order of :func:`tensors`.
+
+    Paths are Python subscripts after ``prefix``: ``out[0]``, ``out['logits']``,
+    ``out.hidden`` (dataclass fields and namedtuple fields by name). Iterative, like
+    :func:`tensors`; a container that contains itself is walked once.
+    """
+    stack: list[tuple[str, Any]] = [(prefix, obj)]
+    on_path: set[int] = set()
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, torch.Tensor):
+            yield path, item
+            continue
+        if isinstance(item, _Exit):
+            on_path.discard(item.key)
+            continue
+        children: list[tuple[str, Any]]
+        if is_namedtuple(item):
+            children = [(f"{path}.{f}", v) for f, v in zip(type(item)._fields, item, strict=False)]
+        elif isinstance(item, (tuple, list)):
+            children = [(f"{path}[{i}]", v) for i, v in enumerate(item)]
+        elif isinstance(item, Mapping):
+            children = [(f"{path}[{k!r}]", v) for k, v in item.items()]
+        elif dataclasses.is_dataclass(item) and not isinstance(item, type):
+            children = [
+                (f"{path}.{f.name}", getattr(item, f.name)) for f in dataclasses.fields(item)
+            ]
+        else:
+            continue
+        if id(item) in on_path:
+            continue
+        on_path.add(id(item))
+        stack.append(("", _Exit(id(item))))
         stack.extend(reversed(children))
 
 

@@ -7,7 +7,13 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from torchscope.records import GradientReport, ModelSummary
 
-__all__ = ["GradientHealthError", "SummaryError", "TorchscopeError", "TorchscopeWarning"]
+__all__ = [
+    "GradientHealthError",
+    "GraphError",
+    "SummaryError",
+    "TorchscopeError",
+    "TorchscopeWarning",
+]
 
 
 class TorchscopeError(Exception):
@@ -61,6 +67,44 @@ def _rebuild_summary_error(
         module_type=module_type,
         input_shapes=input_shapes,
         partial=partial,
+    )
+
+
+class GraphError(TorchscopeError):
+    """The model's forward pass failed while a graph was captured.
+
+    Attributes:
+        module_name: qualified name of the innermost module whose forward raised (``""``
+            when the failure was outside any module or in the root).
+        module_type: class name of that module.
+        input_shapes: shapes of the tensors that module received.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        module_name: str = "",
+        module_type: str = "",
+        input_shapes: tuple[tuple[int, ...], ...] = (),
+    ) -> None:
+        super().__init__(message)
+        self.module_name = module_name
+        self.module_type = module_type
+        self.input_shapes = input_shapes
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            _rebuild_graph_error,
+            (str(self), self.module_name, self.module_type, self.input_shapes),
+        )
+
+
+def _rebuild_graph_error(
+    message: str, module_name: str, module_type: str, input_shapes: tuple[tuple[int, ...], ...]
+) -> GraphError:
+    return GraphError(
+        message, module_name=module_name, module_type=module_type, input_shapes=input_shapes
     )
 
 

@@ -19,14 +19,25 @@ from torchscope.render import text as render_text
 
 __all__ = [
     "FINDING_KINDS",
+    "GRAD_STATUSES",
+    "NODE_KINDS",
     "SCHEMA_VERSION",
     "SEVERITIES",
     "SUMMARY_COLUMNS",
+    "AutogradGraph",
     "Finding",
+    "GradInfo",
     "GradientReport",
+    "Graph",
+    "GraphCluster",
+    "GraphDiff",
+    "GraphEdge",
+    "GraphFold",
+    "GraphNode",
     "LayerRecord",
     "MemoryEstimate",
     "ModelSummary",
+    "ModuleGraph",
     "ParameterHistory",
     "TensorRecord",
     "TrainableReport",
@@ -552,3 +563,261 @@ def _memory(data: dict[str, Any] | None) -> MemoryEstimate | None:
 
 def _shapes(items: Any) -> tuple[Shape, ...]:
     return tuple(tuple(int(d) for d in s) for s in items)
+
+
+# --------------------------------------------------------------------------------------------
+# Graphs: autograd_graph() and module_graph() produce a Graph; render/ draws it.
+
+#: What a graph node stands for.
+NODE_KINDS = ("op", "parameter", "input", "output", "module")
+
+#: The state of the gradient a node received, after ``backward()``.
+GRAD_STATUSES = ("ok", "none", "zero", "nan", "inf")
+
+
+@dataclass(frozen=True, slots=True)
+class GradInfo:
+    """The gradient a graph node received in the last backward pass.
+
+    Attributes:
+        norm: L2 norm of the gradient (of a parameter: its ``.grad``; of an op: the gradient
+            flowing into it from the loss); None when there was none.
+        status: one of :data:`GRAD_STATUSES`: ``"ok"``, ``"none"`` (no gradient reached it),
+            ``"zero"`` (all zero), ``"nan"`` or ``"inf"`` (non-finite values).
+    """
+
+    norm: float | None
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class GraphNode:
+    """One node of a graph.
+
+    Attributes:
+        key: stable identifier: the same model and input give the same keys in every run and
+            process (``param:fc.weight``, ``fc/AddmmBackward0#0``, ``layer1.0.conv1``).
+        label: what is drawn (``AddmmBackward0``, ``fc.weight``, ``conv1 (Conv2d)``).
+        kind: one of :data:`NODE_KINDS`.
+        op: the operation: autograd node class, module class or function name.
+        shapes: shapes of what the node produces, where known.
+        dtypes: their dtypes (``"float32"``), aligned with ``shapes``.
+        module: qualified name of the module that produced the node (``""``: the root
+            module), None when unknown.
+        order: position in execution (forward) order; ties are broken by ``key``.
+        grad: the gradient it received, when the graph was captured with ``grads=True``.
+        attrs: further ``(name, value)`` facts, such as saved tensors.
+    """
+
+    key: str
+    label: str
+    kind: str
+    op: str = ""
+    shapes: tuple[Shape, ...] = ()
+    dtypes: tuple[str, ...] = ()
+    module: str | None = None
+    order: int = 0
+    grad: GradInfo | None = None
+    attrs: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class GraphEdge:
+    """Data flows from ``src`` to ``dst`` (a parameter into the op that uses it, an op into
+    the op that consumes its result)."""
+
+    src: str
+    dst: str
+    label: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class GraphCluster:
+    """A module whose nodes are drawn together. ``key`` is its qualified name (``""``: the
+    root), ``parent`` the key of the enclosing cluster (None for the outermost)."""
+
+    key: str
+    label: str
+    parent: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GraphFold:
+    """A run of structurally identical steps, drawn once with its count.
+
+    Attributes:
+        label: what repeats (``EncoderBlock``, ``MulBackward0 → AddBackward0``).
+        count: how many times it ran back to back.
+        instances: the node keys of every repetition, aligned position by position
+            (``instances[k][i]`` plays the part of ``instances[0][i]``).
+    """
+
+    label: str
+    count: int
+    instances: tuple[tuple[str, ...], ...]
+
+
+@dataclass(frozen=True)
+class Graph:
+    """A captured graph: nodes, data-flow edges, module clusters and folds of repeated steps.
+
+    ``to_dot()``, ``to_json()``, ``to_html()`` and ``render(path)`` draw it; by default
+    repeated steps are folded and nothing is collapsed (``fold=``, ``depth=`` change that).
+
+    Attributes:
+        kind: ``"autograd"`` or ``"module"``.
+        title: what the graph shows (``ResNet``, ``loss``).
+        nodes: in execution order.
+        edges: sorted by (source, destination) order.
+        clusters: parents before children.
+        folds: repeated steps found, largest first.
+        warnings: what the capture could not show, and why.
+        grad_origin: with ``grads=True``: the key of the node closest to the loss where the
+            gradient first became zero or non-finite, None when all is well.
+    """
+
+    kind: str
+    title: str
+    nodes: tuple[GraphNode, ...]
+    edges: tuple[GraphEdge, ...]
+    clusters: tuple[GraphCluster, ...] = ()
+    folds: tuple[GraphFold, ...] = ()
+    warnings: tuple[str, ...] = ()
+    grad_origin: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def node(self, key: str) -> GraphNode:
+        """The node with this key; KeyError names close keys when there is none."""
+        for node in self.nodes:
+            if node.key == key:
+                return node
+        close = [n.key for n in self.nodes if key in n.key][:5]
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise KeyError(f"no node {key!r} in this graph{hint}")
+
+    def nodes_of(self, kind: str) -> tuple[GraphNode, ...]:
+        """The nodes of one kind (``"parameter"``, ``"op"``, ...), in order."""
+        if kind not in NODE_KINDS:
+            raise ValueError(f"unknown node kind {kind!r}; choose from {', '.join(NODE_KINDS)}")
+        return tuple(n for n in self.nodes if n.kind == kind)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema_version": SCHEMA_VERSION, **dataclasses.asdict(self)}
+
+    def to_json(self, *, indent: int | None = 1) -> str:
+        """JSON text; byte-identical for the same model and input."""
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Graph:
+        def node(d: dict[str, Any]) -> GraphNode:
+            grad = d.get("grad")
+            return GraphNode(
+                key=d["key"],
+                label=d["label"],
+                kind=d["kind"],
+                op=d.get("op", ""),
+                shapes=_shapes(d.get("shapes", ())),
+                dtypes=tuple(d.get("dtypes", ())),
+                module=d.get("module"),
+                order=d.get("order", 0),
+                grad=GradInfo(**grad) if grad is not None else None,
+                attrs=tuple((str(k), str(v)) for k, v in d.get("attrs", ())),
+            )
+
+        graph_type: type[Graph] = AutogradGraph if data["kind"] == "autograd" else ModuleGraph
+        return graph_type(
+            kind=data["kind"],
+            title=data["title"],
+            nodes=tuple(node(n) for n in data["nodes"]),
+            edges=tuple(GraphEdge(**e) for e in data["edges"]),
+            clusters=tuple(GraphCluster(**c) for c in data.get("clusters", ())),
+            folds=tuple(
+                GraphFold(f["label"], f["count"], tuple(tuple(i) for i in f["instances"]))
+                for f in data.get("folds", ())
+            ),
+            warnings=tuple(data.get("warnings", ())),
+            grad_origin=data.get("grad_origin"),
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Graph:
+        return cls.from_dict(json.loads(text))
+
+    def to_dot(self, *, fold: bool = True, depth: int | None = None) -> str:
+        """Graphviz DOT text (no Graphviz needed to produce it)."""
+        from torchscope.render import dot
+
+        return dot.graph_to_dot(self, fold=fold, depth=depth)
+
+    def to_html(self, *, fold: bool = True, depth: int | None = None) -> str:
+        """A self-contained HTML page: pan, zoom, expand/collapse clusters, search by name.
+        Needs no Graphviz and no network."""
+        from torchscope.render import graph_html
+
+        return graph_html.graph_to_html(self, fold=fold, depth=depth)
+
+    def render(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        fold: bool = True,
+        depth: int | None = None,
+    ) -> str:
+        """Write the graph to ``path`` in the format its suffix names: ``.svg``, ``.png``,
+        ``.pdf`` (Graphviz's ``dot``, or torchscope's own layout when the graph is too big
+        for dot to lay out quickly), ``.dot``, ``.html`` or ``.json``. Returns the path."""
+        from torchscope.render import dot
+
+        return dot.render_graph(self, path, fold=fold, depth=depth)
+
+    def log_to(self, writer: Any) -> None:
+        """Write the graph to TensorBoard's graph tab through a ``SummaryWriter``."""
+        from torchscope.render import tensorboard
+
+        tensorboard.log_graph(self, writer)
+
+    def __str__(self) -> str:
+        return render_text.render_graph(self)
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
+        from torchscope.render import dot
+
+        return dot.mimebundle(self)
+
+
+@dataclass(frozen=True)
+class AutogradGraph(Graph):
+    """The autograd graph behind one or more tensors: what ``backward()`` will run."""
+
+
+@dataclass(frozen=True)
+class ModuleGraph(Graph):
+    """The data flow between a model's modules (and the functional ops between them)."""
+
+
+@dataclass(frozen=True)
+class GraphDiff:
+    """What changed from graph ``a`` to graph ``b``, node by node (matched by key).
+
+    Attributes:
+        added: keys of nodes only in ``b``.
+        removed: keys of nodes only in ``a``.
+        changed: ``(key, what changed)`` for nodes in both whose op, shapes, dtypes or
+            inputs differ.
+    """
+
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    changed: tuple[tuple[str, str], ...]
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.changed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def __str__(self) -> str:
+        return render_text.render_graph_diff(self)

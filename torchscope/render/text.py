@@ -12,6 +12,8 @@ from torchscope.render.table import HEADERS, NUMERIC_COLUMNS, footer_lines, rows
 if TYPE_CHECKING:
     from torchscope.records import (
         GradientReport,
+        Graph,
+        GraphDiff,
         MemoryEstimate,
         ModelSummary,
         TrainableReport,
@@ -187,3 +189,35 @@ def render_gradient_report(report: GradientReport, *, markdown: bool = False) ->
         maxcolwidths=[None, None, 40, None, None, None, 60],
     )
     return head + "\n" + body
+
+
+def render_graph(graph: Graph) -> str:
+    """A few lines about a graph: what it shows, node counts by kind, folds and warnings."""
+    counts: dict[str, int] = {}
+    for node in graph.nodes:
+        counts[node.kind] = counts.get(node.kind, 0) + 1
+    kinds = ", ".join(f"{n} {kind}{'s' if n != 1 else ''}" for kind, n in sorted(counts.items()))
+    lines = [
+        f"{type(graph).__name__} of {graph.title}: {len(graph.nodes)} nodes ({kinds}), "
+        f"{len(graph.edges)} edges, {len(graph.clusters)} clusters"
+    ]
+    for fold in graph.folds:
+        lines.append(
+            f"  repeated: {fold.label} ×{fold.count} ({len(fold.instances[0])} nodes each)"
+        )
+    if graph.grad_origin is not None:
+        lines.append(f"  gradient first went bad at: {graph.grad_origin}")
+    lines.extend(f"  warning: {w}" for w in graph.warnings)
+    return "\n".join(lines)
+
+
+def render_graph_diff(diff: GraphDiff) -> str:
+    """The diff as lines ``+ key``, ``- key`` and ``~ key: what changed``; a single line when
+    the graphs are the same."""
+    if not diff:
+        return "no structural difference"
+    lines = [f"+ {key}" for key in diff.added]
+    lines += [f"- {key}" for key in diff.removed]
+    lines += [f"~ {key}: {what}" for key, what in diff.changed]
+    summary = f"{len(diff.added)} added, {len(diff.removed)} removed, {len(diff.changed)} changed"
+    return "\n".join([summary, *lines])
