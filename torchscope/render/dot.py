@@ -9,7 +9,7 @@ torchscope's own layered layout instead (:mod:`torchscope.render.layout`).
 
 from __future__ import annotations
 
-import math
+import colorsys
 import os
 import shutil
 import subprocess
@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from torchscope._graphs import view
 from torchscope.errors import TorchscopeError
+from torchscope.render.svg import node_style
 
 if TYPE_CHECKING:
     from torchscope.records import Graph, GraphNode
@@ -49,18 +50,6 @@ DOT_TIMEOUT_S = 5.0
 #: Output formats :func:`render_graph` writes, by file suffix.
 FORMATS = (".svg", ".png", ".pdf", ".dot", ".gv", ".html", ".json")
 
-#: Fill colours by node kind (the legend in docs/graphs.md).
-KIND_COLOURS = {
-    "parameter": "#cfe2f3",
-    "input": "#d9ead3",
-    "output": "#fff2cc",
-    "op": "#f3f3f3",
-    "module": "#e6e0f8",
-}
-#: Fill colours by gradient status.
-GRAD_COLOURS = {"none": "#ffffff", "zero": "#f6b26b", "nan": "#e06666", "inf": "#e06666"}
-
-
 def _quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
@@ -72,18 +61,16 @@ def _shapes(node: GraphNode) -> str:
     return " ".join(parts)
 
 
-def _grad_fill(node: GraphNode) -> str | None:
-    if node.grad is None:
-        return None
-    if node.grad.status != "ok" or node.grad.norm is None:
-        return GRAD_COLOURS[node.grad.status]
-    # green, darker for larger norms: log10 norm from -8 to +2 mapped onto lightness
-    level = min(max((math.log10(node.grad.norm + 1e-30) + 8) / 10, 0.0), 1.0)
-    light = int(235 - 110 * level)
-    return f"#{light - 40:02x}{min(light + 20, 255):02x}{light - 40:02x}"
+def _hex(colour: str) -> str:
+    """``#rrggbb`` for Graphviz, which reads no ``hsl(...)``."""
+    if not colour.startswith("hsl("):
+        return colour
+    hue, saturation, lightness = (float(v.strip(" %")) for v in colour[4:-1].split(","))
+    r, g, b = colorsys.hls_to_rgb(hue / 360, lightness / 100, saturation / 100)
+    return f"#{round(r * 255):02x}{round(g * 255):02x}{round(b * 255):02x}"
 
 
-def _node_line(node: GraphNode) -> str:
+def _node_line(node: GraphNode, origin: str | None = None) -> str:
     label = node.label
     shapes = _shapes(node)
     if shapes:
@@ -92,17 +79,18 @@ def _node_line(node: GraphNode) -> str:
         label += "\n" + (
             f"grad {node.grad.norm:.3g}" if node.grad.status == "ok" else f"grad {node.grad.status}"
         )
+    fill, outline, dashed = node_style(node, origin=node.key == origin)
     attrs = {
         "label": label,
-        "fillcolor": _grad_fill(node) or KIND_COLOURS.get(node.kind, "#ffffff"),
+        "fillcolor": _hex(fill),
+        "color": _hex(outline),
         "shape": "box" if node.kind in ("op", "module") else "ellipse",
+        "style": "filled,dashed" if dashed else "filled,rounded" if node.kind == "op" else "filled",
     }
-    if node.grad is not None and node.grad.status == "none":
-        attrs["style"] = "dashed"
-    elif node.kind == "op":
-        attrs["style"] = "filled,rounded"
-    else:
-        attrs["style"] = "filled"
+    if node.key == origin:
+        # where the gradient first went bad: the one node the reader must find
+        attrs["penwidth"] = "3"
+        attrs["label"] += "\ngradient first goes bad here"
     if node.attrs:
         attrs["tooltip"] = "\n".join(f"{k}: {v}" for k, v in node.attrs)
     body = ", ".join(f"{k}={_quote(v)}" for k, v in attrs.items())
@@ -134,7 +122,7 @@ def graph_to_dot(graph: Graph, *, fold: bool = True, depth: int | None = None) -
         "  edge [arrowsize=0.6];",
     ]
     for node in top:
-        lines.append("  " + _node_line(node))
+        lines.append("  " + _node_line(node, shown.grad_origin))
     # clusters, nested, written iteratively: a stack of (cluster, entering?)
     number = {key: i for i, key in enumerate(sorted(cluster_keys))}
     stack: list[tuple[str, bool]] = [(k, True) for k in reversed(children.get(None, []))]
@@ -150,7 +138,7 @@ def graph_to_dot(graph: Graph, *, fold: bool = True, depth: int | None = None) -
         style = "dashed" if key.startswith("fold") else "rounded"
         lines.append(f'{pad}  label={_quote(labels[key])}; style={style}; color="#999999";')
         for node in members.get(key, []):
-            lines.append(f"{pad}  {_node_line(node)}")
+            lines.append(f"{pad}  {_node_line(node, shown.grad_origin)}")
         level += 1
         stack.append((key, False))
         stack.extend((k, True) for k in reversed(children.get(key, [])))
@@ -275,7 +263,7 @@ def positioned_dot(graph: Graph) -> str:
             continue
         x = box.x + box.width / 2
         y = layout.height - (box.y + box.height / 2)  # Graphviz's y grows upwards
-        line = _node_line(node)[:-1]
+        line = _node_line(node, graph.grad_origin)[:-1]
         lines.append(
             f'  {line}, pos="{x:.1f},{y:.1f}!", width={box.width / 72:.3f}, '
             f"height={box.height / 72:.3f}]"
