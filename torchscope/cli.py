@@ -1,46 +1,106 @@
-"""The ``torchscope`` command line: ``torchscope demo``, ``torchscope summary TARGET``.
+"""The ``torchscope`` command line.
 
-A user mistake ends in a one-line error and exit status 2, never in a traceback.
+``torchscope demo``, ``torchscope summary TARGET``, ``torchscope graph FILE`` and
+``torchscope diff A.py B.py``. TARGET and FILE are ``model.py``, ``model.py:NAME`` or
+``package.module:NAME``; how a file's model and input are found is
+:func:`torchscope.loading.find_model` and :func:`torchscope.loading.example_input`.
+
+A user mistake ends in a short message on stderr, never in a traceback (``--debug`` adds it).
+Exit status: 0 done; 1 the model's forward failed (``summary``, ``graph``) or the graphs
+differ (``diff``); 2 any other error (for ``diff``, every error); 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from torchscope import __version__
+
+if TYPE_CHECKING:
+    from torchscope.loading import LoadedModel
+    from torchscope.records import Graph
 
 __all__ = ["main"]
 
 SUMMARY_FORMATS = ("text", "json", "markdown")
+GRAPH_FORMATS = (".svg", ".png", ".pdf", ".dot", ".html", ".json")
+GRAPH_KINDS = ("module", "autograd")
 DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32", "bool")
 
+_SHAPE_EXAMPLE = "write it like 1,3,224,224, several inputs like '1,3,224,224;1,10'"
 
-def _shape(text: str) -> tuple[int, ...]:
-    try:
-        shape = tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a shape; write it like 1,3,224,224"
-        ) from None
-    if not shape or any(d < 0 for d in shape):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a shape; write it like 1,3,224,224")
-    return shape
+
+def _shapes(text: str) -> list[tuple[int, ...]]:
+    """``1,3,224,224`` or ``1x3x224x224``; several separated by ``;``."""
+    shapes = []
+    for part in text.split(";"):
+        if not part.strip():
+            continue
+        try:
+            shape = tuple(int(d) for d in part.replace("x", ",").split(",") if d.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a shape; {_SHAPE_EXAMPLE}") from None
+        if not shape or any(d < 0 for d in shape):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a shape; {_SHAPE_EXAMPLE}")
+        shapes.append(shape)
+    if not shapes:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a shape; {_SHAPE_EXAMPLE}")
+    return shapes
+
+
+def _add_model_options(parser: argparse.ArgumentParser, *, input_default: str) -> None:
+    parser.add_argument(
+        "--model",
+        metavar="NAME",
+        help="which model when the file defines several: an instance, a class or a function",
+    )
+    parser.add_argument(
+        "--input-size",
+        type=_shapes,
+        action="append",
+        metavar="SHAPE",
+        help="input shape such as 1,3,224,224; several inputs: '1,3,224,224;1,10' or repeat "
+        f"the option (default: {input_default})",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        help="dtype of the --input-size tensors (default: the model's)",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
+    # --debug is accepted before and after the command; SUPPRESS keeps the subcommand's
+    # default from overwriting `torchscope --debug COMMAND`
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show the Python traceback of an error",
+    )
     parser = argparse.ArgumentParser(
         prog="torchscope", description="Model introspection and debugging for PyTorch."
     )
     parser.add_argument("--version", action="version", version=f"torchscope {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the Python traceback of an error"
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    commands.add_parser("demo", help="summarise a bundled LeNet and torchvision's resnet18")
+    commands.add_parser(
+        "demo", parents=[debug], help="summarise a bundled LeNet and torchvision's resnet18"
+    )
 
     summary = commands.add_parser(
         "summary",
-        help="print the summary of a model",
+        parents=[debug],
+        help="print the summary table of a model",
         description="Print the summary of the model TARGET names.",
     )
     summary.add_argument(
@@ -48,18 +108,8 @@ def _parser() -> argparse.ArgumentParser:
         metavar="TARGET",
         help="model.py, model.py:NAME or package.module:NAME (an nn.Module, a class or a factory)",
     )
-    summary.add_argument(
-        "--input-size",
-        type=_shape,
-        action="append",
-        metavar="SHAPE",
-        help="input shape such as 1,3,224,224; repeat for several inputs "
-        "(default: the target file's EXAMPLE_INPUT_SIZE)",
-    )
-    summary.add_argument(
-        "--dtype",
-        choices=DTYPES,
-        help="dtype of the --input-size tensors (default: the model's; int64 for token ids)",
+    _add_model_options(
+        summary, input_default="the file's example_input, else its EXAMPLE_INPUT_SIZE"
     )
     summary.add_argument(
         "--depth", type=int, default=3, help="levels of nesting to show (default 3)"
@@ -81,27 +131,123 @@ def _parser() -> argparse.ArgumentParser:
         help="with --memory, add this optimizer's state (adam, adamw, sgd_momentum, ...)",
     )
     summary.add_argument("--format", choices=SUMMARY_FORMATS, default="text")
+    summary.add_argument(
+        "--json", dest="format", action="store_const", const="json", help="same as --format json"
+    )
+
+    graph = commands.add_parser(
+        "graph",
+        parents=[debug],
+        help="draw the graph of a model (svg, png, pdf, dot, html, json)",
+        description="Draw the module graph (or the autograd graph) of the model in FILE.",
+    )
+    graph.add_argument("file", metavar="FILE", help="model.py (or model.py:NAME)")
+    _add_model_options(graph, input_default="the file's example_input")
+    graph.add_argument(
+        "--kind",
+        choices=GRAPH_KINDS,
+        default="module",
+        help="module: data flow between modules (default); autograd: what backward() runs",
+    )
+    graph.add_argument(
+        "--depth",
+        type=int,
+        help="show modules down to this nesting level, deeper ones drawn as one box "
+        "(1: only the model's children; default: no limit)",
+    )
+    graph.add_argument(
+        "-o",
+        "--output",
+        metavar="OUT",
+        help=f"output file; its suffix picks the format: {', '.join(GRAPH_FORMATS)} "
+        "(default: FILE's stem.svg in the working directory)",
+    )
+
+    diff = commands.add_parser(
+        "diff",
+        parents=[debug],
+        help="compare the graphs of two models",
+        description="Print what changed between the graphs of the models in A and B. "
+        "Exit status 0: identical; 1: they differ; 2: an error.",
+    )
+    diff.add_argument("a", metavar="A", help="model.py (or model.py:NAME)")
+    diff.add_argument("b", metavar="B", help="model.py (or model.py:NAME)")
+    _add_model_options(diff, input_default="each file's example_input")
+    diff.add_argument("--kind", choices=GRAPH_KINDS, default="module")
+    diff.add_argument(
+        "--depth", type=int, help="compare modules down to this nesting level (default: all)"
+    )
     return parser
 
 
-def _summary_command(args: argparse.Namespace) -> int:
+# -- shared steps -------------------------------------------------------------------------------
+
+
+def _model_input(args: argparse.Namespace, loaded: LoadedModel) -> dict[str, Any]:
+    """``input``, ``input_size`` and ``dtypes`` for a collector: the options', else the file's."""
     import torch
 
-    from torchscope.loading import load_model
+    from torchscope.loading import ModelLoadError, example_input, input_hint
+
+    dtypes = getattr(torch, args.dtype) if args.dtype else None
+    if args.input_size:
+        shapes = [shape for group in args.input_size for shape in group]
+        return {"input": None, "input_size": shapes, "dtypes": dtypes}
+    value = example_input(loaded)
+    if value is not None:
+        return {"input": value, "input_size": None, "dtypes": None}
+    legacy = getattr(loaded.module, "EXAMPLE_INPUT_SIZE", None)
+    if legacy is not None:
+        return {"input": None, "input_size": legacy, "dtypes": dtypes}
+    hint = input_hint(loaded.model)
+    raise ModelLoadError(
+        f"no input known for the model ({loaded.name}) in {loaded.source}: give the input "
+        "shape with --input-size 1,3,224,224 (several inputs: '1,3,224,224;1,10'), or define "
+        "example_input in the file (a tensor, a tuple, a dict, or a function returning one)"
+        + (f"; {hint}" if hint else "")
+    )
+
+
+def _graph_of(args: argparse.Namespace, target: str) -> tuple[Graph, LoadedModel]:
+    from torchscope.graph import autograd_graph_of, module_graph
+    from torchscope.loading import load
+
+    loaded = load(target, name=args.model)
+    given = _model_input(args, loaded)
+    if args.kind == "autograd":
+        return autograd_graph_of(loaded.model, **given), loaded
+    return module_graph(loaded.model, **given, depth=args.depth), loaded
+
+
+def _check_output(output: str) -> None:
+    from torchscope.errors import TorchscopeError
+
+    suffix = Path(output).suffix.lower()
+    if suffix not in GRAPH_FORMATS:
+        raise TorchscopeError(
+            f"cannot write {output}: unknown format {suffix or '(no suffix)'!r}; "
+            f"use one of {', '.join(GRAPH_FORMATS)}"
+        )
+    folder = Path(output).parent
+    if not folder.is_dir():
+        raise TorchscopeError(f"cannot write {output}: no folder {folder}")
+
+
+# -- commands -----------------------------------------------------------------------------------
+
+
+def _summary_command(args: argparse.Namespace) -> int:
+    from torchscope.loading import load
     from torchscope.summarize import summary
 
-    model, source = load_model(args.target)
-    input_size = args.input_size or getattr(source, "EXAMPLE_INPUT_SIZE", None)
-    if input_size is None:
-        raise ValueError(
-            f"{args.target}: give the input shape with --input-size 1,3,224,224 "
-            "(or define EXAMPLE_INPUT_SIZE in the model's file)"
-        )
+    loaded = load(args.target, name=args.model)
+    given = _model_input(args, loaded)
     columns = args.columns.split(",") if args.columns else None
     result = summary(
-        model,
-        input_size=input_size,
-        dtypes=getattr(torch, args.dtype) if args.dtype else None,
+        loaded.model,
+        given["input"],
+        input_size=given["input_size"],
+        dtypes=given["dtypes"],
         depth=args.depth,
         columns=columns,
         mode=args.mode,
@@ -118,25 +264,61 @@ def _summary_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _graph_command(args: argparse.Namespace) -> int:
+    if args.output is not None:
+        _check_output(args.output)  # before the model runs: a typo costs nothing
+    graph, loaded = _graph_of(args, args.file)
+    output = args.output if args.output is not None else f"{loaded.stem}.svg"
+    print(graph.render(output, depth=args.depth))
+    return 0
+
+
+def _diff_command(args: argparse.Namespace) -> int:
+    from torchscope.graph import graph_diff
+
+    before, _ = _graph_of(args, args.a)
+    after, _ = _graph_of(args, args.b)
+    difference = graph_diff(before, after)
+    if not difference:
+        print(f"no structural difference between {args.a} and {args.b} ({args.kind} graphs)")
+        return 0
+    print(difference)
+    return 1
+
+
+_COMMANDS = {"summary": _summary_command, "graph": _graph_command, "diff": _diff_command}
+
+
+def _report(error: BaseException, args: argparse.Namespace) -> int:
+    """Print ``error`` as torchscope's short message; the exit status for it."""
+    from torchscope.errors import GraphError, SummaryError, TorchscopeError
+
+    if getattr(args, "debug", False):
+        traceback.print_exception(error, file=sys.stderr)
+    if isinstance(error, (SummaryError, GraphError)):
+        print(f"torchscope: {error}", file=sys.stderr)
+        return 2 if args.command == "diff" else 1
+    if isinstance(error, (TorchscopeError, ValueError, TypeError)):
+        print(f"torchscope: error: {error}", file=sys.stderr)
+    else:  # not a mistake we know: still no traceback unless asked
+        hint = "" if getattr(args, "debug", False) else " (run with --debug for the traceback)"
+        print(f"torchscope: error: {type(error).__name__}: {error}{hint}", file=sys.stderr)
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(argv)
-    # imported here so that `torchscope --help` answers without loading torch
-    from torchscope.errors import SummaryError, TorchscopeError
-
+    # torch is imported only below, so that `torchscope --help` answers at once
     try:
         if args.command == "demo":
             from torchscope.demo import run_demo
 
             run_demo(sys.stdout)
             return 0
-        return _summary_command(args)
-    except SummaryError as e:
-        print(f"torchscope: {e}", file=sys.stderr)
-        return 1
-    except (TorchscopeError, ValueError, TypeError) as e:
-        print(f"torchscope: error: {e}", file=sys.stderr)
-        return 2
+        return _COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print("torchscope: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        return _report(e, args)

@@ -1,0 +1,9 @@
+"""diff_a.py with GELU in place of ReLU."""
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+model = nn.Sequential(OrderedDict(fc1=nn.Linear(8, 16), act=nn.GELU(), fc2=nn.Linear(16, 4)))
+example_input = torch.randn(2, 8)
