@@ -50,6 +50,7 @@ DOT_TIMEOUT_S = 5.0
 #: Output formats :func:`render_graph` writes, by file suffix.
 FORMATS = (".svg", ".png", ".pdf", ".dot", ".gv", ".html", ".json")
 
+
 def _quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
