@@ -6,6 +6,7 @@ Imports only :mod:`torchscope.records`, so collectors and renderers can both use
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 from collections.abc import Hashable, Sequence
 
@@ -22,10 +23,6 @@ MAX_PERIOD = 256
 def cluster_depth(key: str | None) -> int:
     """Nesting depth of a module path: ``""``/None is 0, ``layer1`` 1, ``layer1.0`` 2."""
     return 0 if not key else key.count(".") + 1
-
-
-def _ancestor(key: str, depth: int) -> str:
-    return ".".join(key.split(".")[:depth]) if depth > 0 else ""
 
 
 def find_repeats(
@@ -45,8 +42,11 @@ def find_repeats(
     for period in range(1, min(max_period, n // min_count) + 1):
         # stretches where seq[i] == seq[i + period]: a stretch of length L starting at s
         # holds (L + period) // period back-to-back blocks starting at s
+        matches = seq[:-period] == seq[period:]
+        if not bool(matches.any()):
+            continue
         same = torch.zeros(n - period + 2, dtype=torch.int8)
-        same[1:-1] = seq[:-period] == seq[period:]
+        same[1:-1] = matches
         change = torch.diff(same)
         starts = torch.nonzero(change == 1).flatten()
         ends = torch.nonzero(change == -1).flatten()
@@ -58,23 +58,36 @@ def find_repeats(
             count = (length + period) // period
             candidates.append((-(count * period), period, start, count))
     candidates.sort()
-    taken = [False] * n
+    starts_taken: list[int] = []  # chosen runs as sorted, disjoint [start, end) intervals
+    ends_taken: list[int] = []
     chosen: list[tuple[int, int, int]] = []
     for _, period, start, count in candidates:
         # trim the run to where it is free, keeping whole blocks
         end = start + period * count
-        while start < end and taken[start]:
-            start += period
-        while end > start and taken[end - 1]:
-            end -= period
+        while start < end and (cover := _covering(starts_taken, ends_taken, start)) is not None:
+            start += -(-(cover - start) // period) * period
+        while end > start and (cover := _covering(starts_taken, ends_taken, end - 1)) is not None:
+            first_taken = starts_taken[bisect.bisect_right(starts_taken, end - 1) - 1]
+            end -= -(-(end - first_taken) // period) * period
         count = (end - start) // period
-        if count < min_count or any(taken[start:end]):
+        if count < min_count:
             continue
-        for i in range(start, end):
-            taken[i] = True
+        at = bisect.bisect_left(starts_taken, start)
+        if at < len(starts_taken) and starts_taken[at] < end:
+            continue  # a chosen run lies inside this one
+        starts_taken.insert(at, start)
+        ends_taken.insert(at, end)
         chosen.append((start, period, count))
     chosen.sort()
     return chosen
+
+
+def _covering(starts: list[int], ends: list[int], position: int) -> int | None:
+    """The end of the chosen interval holding ``position``, None when it is free."""
+    at = bisect.bisect_right(starts, position) - 1
+    if at >= 0 and ends[at] > position:
+        return ends[at]
+    return None
 
 
 def view(graph: Graph, *, fold: bool = True, depth: int | None = None) -> Graph:

@@ -244,7 +244,7 @@ def _node_meta(node: Node) -> tuple[tuple[tuple[int, ...], ...], tuple[str, ...]
     dtypes = []
     for meta in metadata:
         try:
-            shapes.append(tuple(int(d) for d in meta.shape))
+            shapes.append(tuple(meta.shape))  # a torch.Size: already ints
             dtypes.append(_dtype_name(meta.dtype))
         except (RuntimeError, TypeError, ValueError):  # nested / symbolic shapes
             shapes.append(())
