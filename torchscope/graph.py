@@ -53,6 +53,7 @@ __all__ = [
     "capture",
     "graph_diff",
     "module_graph",
+    "run_forward",
 ]
 
 Node = Any  # torch.autograd.graph.Node; its Python type differs per op
@@ -726,11 +727,15 @@ def autograd_graph_of(
     with instrumented(model, grad=True):
         model.eval()
         with capture(model) as cap:
-            outputs = _run(model, args, kwargs, cap)
+            outputs = run_forward(model, args, kwargs, cap)
         return autograd_graph(outputs, params=model, show_saved=show_saved, module=cap)
 
 
-def _run(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], cap: Any) -> Any:
+def run_forward(
+    model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], cap: ModuleCapture
+) -> Any:
+    """``model(*args, **kwargs)`` inside ``capture(model)``; a failure becomes a
+    :class:`GraphError` naming the innermost module that raised and the shapes it got."""
     try:
         return model(*args, **kwargs)
     except Exception as e:
