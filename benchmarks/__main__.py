@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks import bench_costs, bench_freezing, bench_monitor, bench_summary
+from benchmarks import (
+    bench_costs,
+    bench_freezing,
+    bench_graph,
+    bench_graph_zoo,
+    bench_monitor,
+    bench_summary,
+    bench_timing,
+)
 from benchmarks._common import table
 
 BENCHMARKS = {
@@ -12,6 +20,9 @@ BENCHMARKS = {
     "costs": bench_costs.main,
     "freezing": bench_freezing.main,
     "monitor": bench_monitor.main,
+    "graph": bench_graph.main,
+    "graph_zoo": bench_graph_zoo.main,
+    "timing": bench_timing.main,
 }
 
 

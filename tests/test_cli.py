@@ -57,13 +57,6 @@ def summary_json(argv, capsys) -> dict:
 # -- the summary command, as before ----------------------------------------------------------
 
 
-def test_demo_prints_both_summaries(capsys):
-    assert main(["demo"]) == 0
-    out = capsys.readouterr().out
-    assert "LeNet (mode=eval" in out and "Total params: 61,706" in out
-    assert "ResNet (mode=eval" in out and "Total params: 11,689,512" in out
-
-
 def test_summary_of_a_file(model_file, capsys):
     assert main(["summary", str(model_file)]) == 0
     out = capsys.readouterr().out
@@ -511,3 +504,30 @@ def test_python_dash_m(tmp_path):
         check=False,
     )
     assert result.returncode == 0 and "Total params: 61,706" in result.stdout
+
+
+# -- torchscope time ----------------------------------------------------------------------------
+
+
+def test_time_prints_the_table(capsys):
+    assert main(["time", str(MODELS / "factory.py"), "--repeat", "3", "--warmup", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "per-module forward + backward times on cpu" in out
+    assert "head (Linear)" in out and "Coverage" in out
+
+
+def test_time_json_and_forward_only(capsys):
+    args = ["time", str(MODELS / "factory.py"), "--repeat", "2", "--no-backward", "--json"]
+    assert main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["backward"] is False and report["repeat"] == 2
+    assert {row["name"] for row in report["layers"]} >= {"head"}
+
+
+def test_time_mistakes_are_short_messages(capsys):
+    assert main(["time", str(MODELS / "factory.py"), "--repeat", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "repeat must be a whole number >= 1" in err and "Traceback" not in err
+    assert main(["time", str(MODELS / "shape_mismatch.py")]) == 1
+    err = capsys.readouterr().err
+    assert "input shapes" in err and "Traceback" not in err

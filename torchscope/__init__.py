@@ -51,6 +51,11 @@ _EXPORTS = {
     "GraphFold": "torchscope.records",
     "GraphDiff": "torchscope.records",
     "GradInfo": "torchscope.records",
+    "benchmark": "torchscope.timing",
+    "time_layers": "torchscope.timing",
+    "Measurement": "torchscope.records",
+    "TimingReport": "torchscope.records",
+    "LayerTiming": "torchscope.records",
 }
 
 __all__ = [
@@ -69,6 +74,8 @@ __all__ = [
     "GraphFold",
     "GraphNode",
     "LayerRecord",
+    "LayerTiming",
+    "Measurement",
     "MemoryEstimate",
     "ModelSummary",
     "ModuleCapture",
@@ -76,12 +83,14 @@ __all__ = [
     "ParameterHistory",
     "SummaryError",
     "TensorRecord",
+    "TimingReport",
     "TorchscopeError",
     "TorchscopeWarning",
     "TrainableReport",
     "__version__",
     "autograd_graph",
     "autograd_graph_of",
+    "benchmark",
     "capture",
     "check_gradients",
     "estimate_memory",
@@ -91,6 +100,7 @@ __all__ = [
     "graph_diff",
     "module_graph",
     "summary",
+    "time_layers",
     "trainable_report",
     "unfreeze",
 ]
@@ -126,14 +136,18 @@ if TYPE_CHECKING:
         GraphFold,
         GraphNode,
         LayerRecord,
+        LayerTiming,
+        Measurement,
         MemoryEstimate,
         ModelSummary,
         ModuleGraph,
         ParameterHistory,
         TensorRecord,
+        TimingReport,
         TrainableReport,
     )
     from torchscope.summarize import summary
+    from torchscope.timing import benchmark, time_layers
 
 
 def __getattr__(name: str) -> Any:

@@ -93,9 +93,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    commands.add_parser(
-        "demo", parents=[debug], help="summarise a bundled LeNet and torchvision's resnet18"
+    demo = commands.add_parser(
+        "demo",
+        parents=[debug],
+        help="train a LeNet on bundled digits and run every tool on it",
+        description="Train a LeNet on scikit-learn's bundled 8x8 digits (no download), "
+        "fine-tune its head with the rest frozen, and write the summary, graph, gradient "
+        "health, gradient-flow chart, per-layer timing, TensorBoard events and checkpoints.",
     )
+    demo.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    demo.add_argument("--epochs", type=int, default=12, help="training epochs (default 12)")
+    demo.add_argument(
+        "--inject-bug",
+        choices=("detach", "softmax", "nan"),
+        help="plant a classic bug to see the gradient monitor find it",
+    )
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     summary = commands.add_parser(
         "summary",
@@ -177,6 +190,21 @@ def _parser() -> argparse.ArgumentParser:
     diff.add_argument(
         "--depth", type=int, help="compare modules down to this nesting level (default: all)"
     )
+
+    timing = commands.add_parser(
+        "time",
+        parents=[debug],
+        help="time every module's forward and backward",
+        description="Time the forward and backward pass of every module of the model in FILE "
+        "(CUDA events on a GPU, perf_counter on the CPU), most expensive first.",
+    )
+    timing.add_argument("file", metavar="FILE", help="model.py (or model.py:NAME)")
+    _add_model_options(timing, input_default="the file's example_input")
+    timing.add_argument("--no-backward", action="store_true", help="time the forward only")
+    timing.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
+    timing.add_argument("--repeat", type=int, default=20, help="timed steps (default 20)")
+    timing.add_argument("--device", help="run on this device (cpu, cuda, cuda:1)")
+    timing.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
 
 
@@ -286,7 +314,32 @@ def _diff_command(args: argparse.Namespace) -> int:
     return 1
 
 
-_COMMANDS = {"summary": _summary_command, "graph": _graph_command, "diff": _diff_command}
+def _time_command(args: argparse.Namespace) -> int:
+    from torchscope.loading import load
+    from torchscope.timing import time_layers
+
+    loaded = load(args.file, name=args.model)
+    given = _model_input(args, loaded)
+    report = time_layers(
+        loaded.model,
+        given["input"],
+        input_size=given["input_size"],
+        dtypes=given["dtypes"],
+        backward=not args.no_backward,
+        warmup=args.warmup,
+        repeat=args.repeat,
+        device=args.device,
+    )
+    print(report.to_json() if args.json else report)
+    return 0
+
+
+_COMMANDS = {
+    "summary": _summary_command,
+    "graph": _graph_command,
+    "diff": _diff_command,
+    "time": _time_command,
+}
 
 
 def _report(error: BaseException, args: argparse.Namespace) -> int:
@@ -314,7 +367,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             from torchscope.demo import run_demo
 
-            run_demo(sys.stdout)
+            run_demo(
+                sys.stdout,
+                out=args.out,
+                epochs=args.epochs,
+                inject_bug=args.inject_bug,
+                progress=not args.no_progress,
+            )
             return 0
         return _COMMANDS[args.command](args)
     except KeyboardInterrupt:

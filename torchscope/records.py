@@ -25,6 +25,7 @@ __all__ = [
     "SEVERITIES",
     "SUMMARY_COLUMNS",
     "AutogradGraph",
+    "EpochRecord",
     "Finding",
     "GradInfo",
     "GradientReport",
@@ -34,12 +35,16 @@ __all__ = [
     "GraphEdge",
     "GraphFold",
     "GraphNode",
+    "History",
     "LayerRecord",
+    "LayerTiming",
+    "Measurement",
     "MemoryEstimate",
     "ModelSummary",
     "ModuleGraph",
     "ParameterHistory",
     "TensorRecord",
+    "TimingReport",
     "TrainableReport",
     "TrainableRow",
     "finding_kinds",
@@ -821,3 +826,216 @@ class GraphDiff:
 
     def __str__(self) -> str:
         return render_text.render_graph_diff(self)
+
+
+# --------------------------------------------------------------------------------------------
+# Timing: benchmark() gives a Measurement, time_layers() a TimingReport.
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Repeated timings of one piece of work, in seconds.
+
+    Attributes:
+        median: the median time of one run.
+        iqr: inter-quartile range (75th minus 25th percentile): the spread.
+        mean: the mean.
+        min: the fastest run.
+        n: how many runs were timed (after the warm-up).
+        device: where the work ran (``cpu``, ``cuda:0``); CUDA times come from CUDA events.
+        times: every timed run, in order.
+        label: what was timed.
+        flushed_cache: whether a buffer larger than the L2 cache was overwritten between runs.
+    """
+
+    median: float
+    iqr: float
+    mean: float
+    min: float
+    n: int
+    device: str
+    times: tuple[float, ...] = ()
+    label: str = ""
+    flushed_cache: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Measurement:
+        return cls(**{**data, "times": tuple(data.get("times", ()))})
+
+    def __str__(self) -> str:
+        return render_text.render_measurement(self)
+
+
+@dataclass(frozen=True)
+class LayerTiming:
+    """Time spent in one module per training step (all its calls together), in seconds.
+
+    Attributes:
+        name: qualified module name (``""``: the root).
+        type: class name.
+        depth: nesting depth (0: the root).
+        calls: calls per step.
+        forward: median inclusive forward time (the module and everything it calls).
+        forward_iqr: its inter-quartile range over the repetitions.
+        forward_self: median forward time outside its child modules.
+        backward: median inclusive backward time (from the first to the last autograd node
+            its forward created, children's nodes included); 0 without backward.
+        backward_iqr: its inter-quartile range.
+        backward_self: median time of the backward nodes its own code created.
+        share: ``(forward_self + backward_self)`` over the un-instrumented step time.
+    """
+
+    name: str
+    type: str
+    depth: int
+    calls: int
+    forward: float
+    forward_iqr: float
+    forward_self: float
+    backward: float = 0.0
+    backward_iqr: float = 0.0
+    backward_self: float = 0.0
+    share: float = 0.0
+
+    @property
+    def self_time(self) -> float:
+        """Forward plus backward self time: what this module's own code costs."""
+        return self.forward_self + self.backward_self
+
+
+@dataclass(frozen=True)
+class TimingReport:
+    """Per-module forward and backward times of a model, with the report's own accuracy.
+
+    Attributes:
+        model_type: class name of the model.
+        device: where it ran.
+        backward: whether backward passes were timed.
+        warmup: untimed steps before the measurement.
+        repeat: timed steps.
+        layers: one row per module, in the model's order.
+        step: the whole step (forward, and backward when timed) without any hooks.
+        instrumented_step: the same step with torchscope's timing hooks.
+        coverage: the summed inclusive time of the model's direct children over ``step``'s
+            median: how much of the step the per-module rows account for.
+        overhead_per_call: the instrumentation's measured cost per module call, in seconds.
+    """
+
+    model_type: str
+    device: str
+    backward: bool
+    warmup: int
+    repeat: int
+    layers: tuple[LayerTiming, ...]
+    step: Measurement
+    instrumented_step: Measurement
+    coverage: float
+    overhead_per_call: float
+
+    def layer(self, name: str) -> LayerTiming:
+        """The row of the module with this qualified name."""
+        for row in self.layers:
+            if row.name == name:
+                return row
+        raise KeyError(
+            f"no module {name!r} was timed; modules: {[r.name for r in self.layers][:8]}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema_version": SCHEMA_VERSION, **dataclasses.asdict(self)}
+
+    def to_json(self, *, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TimingReport:
+        return cls(
+            model_type=data["model_type"],
+            device=data["device"],
+            backward=data["backward"],
+            warmup=data["warmup"],
+            repeat=data["repeat"],
+            layers=tuple(LayerTiming(**row) for row in data["layers"]),
+            step=Measurement.from_dict(data["step"]),
+            instrumented_step=Measurement.from_dict(data["instrumented_step"]),
+            coverage=data["coverage"],
+            overhead_per_call=data["overhead_per_call"],
+        )
+
+    def __str__(self) -> str:
+        return render_text.render_timing(self)
+
+    def log_to(self, writer: Any, step: int = 0) -> None:
+        """Write per-module times (``timing/forward/<name>``, ``timing/backward/<name>``, in
+        ms) and the table as text to a TensorBoard ``SummaryWriter``."""
+        from torchscope.render import tensorboard
+
+        tensorboard.log_timing(self, writer, step)
+
+
+# --------------------------------------------------------------------------------------------
+# Training: torchscope.training.fit() returns a History.
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """Metrics of one epoch of :func:`torchscope.training.fit`.
+
+    Attributes:
+        epoch: 1-based epoch number.
+        train_loss: mean training loss over the epoch's samples (before the division by
+            ``accumulation_steps``).
+        train_accuracy: fraction of correctly classified training samples, None when the
+            task is not classification (outputs ``(N, C)`` and integer targets ``(N,)``).
+        val_loss: mean validation loss, None without ``val_loader``.
+        val_accuracy: validation accuracy, None without it or for non-classification.
+        lr: learning rate of the first parameter group at the end of the epoch.
+        optimizer_steps: optimizer steps taken so far (all epochs).
+        seconds: wall time of the epoch (training and validation).
+        samples_per_second: training throughput.
+    """
+
+    epoch: int
+    train_loss: float
+    train_accuracy: float | None
+    val_loss: float | None
+    val_accuracy: float | None
+    lr: float
+    optimizer_steps: int
+    seconds: float
+    samples_per_second: float
+
+
+@dataclass(frozen=True)
+class History:
+    """What :func:`torchscope.training.fit` did: one record per epoch, the gradient report and
+    where the last checkpoint is.
+
+    Attributes:
+        epochs: per-epoch metrics, resumed epochs included.
+        gradient_report: the :class:`GradientMonitor` report of the epochs run in this call
+            (``monitor=True``), else None.
+        checkpoint: path of the last checkpoint written, None without ``checkpoint_dir``.
+        resumed_from: the epoch a ``resume=True`` run continued after (0: a fresh start).
+    """
+
+    epochs: tuple[EpochRecord, ...]
+    gradient_report: GradientReport | None = None
+    checkpoint: str | None = None
+    resumed_from: int = 0
+
+    @property
+    def last(self) -> EpochRecord:
+        """The last epoch's record."""
+        if not self.epochs:
+            raise ValueError("no epoch was run")
+        return self.epochs[-1]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema_version": SCHEMA_VERSION, **dataclasses.asdict(self)}
+
+    def __str__(self) -> str:
+        return render_text.render_history(self)

@@ -14,8 +14,11 @@ if TYPE_CHECKING:
         GradientReport,
         Graph,
         GraphDiff,
+        History,
+        Measurement,
         MemoryEstimate,
         ModelSummary,
+        TimingReport,
         TrainableReport,
         TrainableRow,
     )
@@ -221,3 +224,117 @@ def render_graph_diff(diff: GraphDiff) -> str:
     lines += [f"~ {key}: {what}" for key, what in diff.changed]
     summary = f"{len(diff.added)} added, {len(diff.removed)} removed, {len(diff.changed)} changed"
     return "\n".join([summary, *lines])
+
+
+def _duration(seconds: float) -> str:
+    """Seconds in the unit that keeps 3-4 significant digits: ``812.3 us``, ``12.41 ms``."""
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
+        if abs(seconds) >= scale or unit == "us":
+            return f"{seconds / scale:.4g} {unit}"
+    return f"{seconds:.3g} s"
+
+
+def render_measurement(measurement: Measurement) -> str:
+    """One line: ``label: median 1.234 ms (IQR 12.3 us, mean ..., min ..., n=20, cuda:0)``."""
+    label = f"{measurement.label}: " if measurement.label else ""
+    return label + _statistics(measurement)
+
+
+def _statistics(measurement: Measurement) -> str:
+    flushed = ", L2 flushed" if measurement.flushed_cache else ""
+    return (
+        f"median {_duration(measurement.median)} (IQR {_duration(measurement.iqr)}, "
+        f"mean {_duration(measurement.mean)}, min {_duration(measurement.min)}, "
+        f"n={measurement.n}, {measurement.device}{flushed})"
+    )
+
+
+def render_timing(report: TimingReport, *, limit: int | None = 30) -> str:
+    """The per-module table, most expensive self time first, then the accuracy lines."""
+    rows = sorted(report.layers, key=lambda r: (-r.self_time, r.name))
+    shown = rows if limit is None else rows[:limit]
+    headers = ["Module (type)", "Calls", "Forward", "± IQR", "Fwd self"]
+    if report.backward:
+        headers += ["Backward", "± IQR", "Bwd self"]
+    headers.append("Share")
+    table_rows = []
+    for row in shown:
+        cells = [
+            f"{row.name or '(root)'} ({row.type})",
+            str(row.calls),
+            _duration(row.forward),
+            _duration(row.forward_iqr),
+            _duration(row.forward_self),
+        ]
+        if report.backward:
+            cells += [
+                _duration(row.backward),
+                _duration(row.backward_iqr),
+                _duration(row.backward_self),
+            ]
+        cells.append(f"{100 * row.share:.1f}%")
+        table_rows.append(cells)
+    what = "forward + backward" if report.backward else "forward"
+    lines = [
+        f"{report.model_type} per-module {what} times on {report.device} "
+        f"(median of {report.repeat} steps after {report.warmup} warm-up, sorted by self time)",
+        tabulate(
+            table_rows,
+            headers=headers,
+            disable_numparse=True,
+            colalign=("left",) + ("right",) * (len(headers) - 1),
+        ),
+    ]
+    if limit is not None and len(rows) > limit:
+        lines.append(f"... {len(rows) - limit} more modules (to_dict() has them all)")
+    lines += [
+        f"Step without hooks: {_statistics(report.step)}",
+        f"Step with timing hooks: median {_duration(report.instrumented_step.median)}; "
+        f"instrumentation costs {_duration(report.overhead_per_call)} per module call",
+        f"Coverage: the model's direct children account for {100 * report.coverage:.1f}% of "
+        "the step without hooks",
+    ]
+    return "\n".join(lines)
+
+
+def render_history(history: History) -> str:
+    """One row per epoch (loss, accuracy, lr, throughput), then the gradient-health line."""
+    headers = [
+        "Epoch",
+        "Train loss",
+        "Train acc",
+        "Val loss",
+        "Val acc",
+        "LR",
+        "Steps",
+        "Samples/s",
+    ]
+
+    def percent(value: float | None) -> str:
+        return "-" if value is None else f"{100 * value:.2f}%"
+
+    rows = [
+        [
+            str(e.epoch),
+            f"{e.train_loss:.4f}",
+            percent(e.train_accuracy),
+            "-" if e.val_loss is None else f"{e.val_loss:.4f}",
+            percent(e.val_accuracy),
+            f"{e.lr:.3g}",
+            str(e.optimizer_steps),
+            f"{e.samples_per_second:,.0f}",
+        ]
+        for e in history.epochs
+    ]
+    lines = [tabulate(rows, headers=headers, disable_numparse=True)]
+    if history.resumed_from:
+        lines.append(f"Resumed after epoch {history.resumed_from}.")
+    report = history.gradient_report
+    if report is not None:
+        kinds = ", ".join(sorted(report.kinds))
+        lines.append(
+            "Gradient health: ok" if report.ok else f"Gradient health: problems found ({kinds})"
+        )
+    if history.checkpoint:
+        lines.append(f"Last checkpoint: {history.checkpoint}")
+    return "\n".join(lines)
