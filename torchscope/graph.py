@@ -739,17 +739,33 @@ def run_forward(
     try:
         return model(*args, **kwargs)
     except Exception as e:
-        failed: _Call | None = cap.failed
-        if failed is None:
-            raise GraphError(f"the forward pass failed: {type(e).__name__}: {e}") from e
-        where = failed.name or "the root module"
-        raise GraphError(
-            f"the forward pass failed in {where} ({failed.type}) with input shapes "
-            f"{_format_shapes(failed.input_shapes)}: {type(e).__name__}: {e}",
-            module_name=failed.name,
-            module_type=failed.type,
-            input_shapes=failed.input_shapes,
-        ) from e
+        raise _forward_error(e, cap.failed) from e
+
+
+def _forward_error(error: Exception, failed: _Call | None) -> GraphError:
+    """The GraphError for a forward that raised ``error`` in the module call ``failed``."""
+    if failed is None:
+        return GraphError(f"the forward pass failed: {type(error).__name__}: {error}")
+    return GraphError(
+        f"the forward pass failed in {failed.name or 'the root module'} ({failed.type}) with "
+        f"input shapes {_format_shapes(failed.input_shapes)}: {type(error).__name__}: {error}",
+        module_name=failed.name,
+        module_type=failed.type,
+        input_shapes=failed.input_shapes,
+    )
+
+
+def _io_node(key: str, label: str, kind: str, tensor: torch.Tensor) -> GraphNode:
+    """An input or output node of the module graph."""
+    return GraphNode(
+        key=key,
+        label=label,
+        kind=kind,
+        op=kind,
+        shapes=(_nested.shape_of(tensor),),
+        dtypes=(_dtype_name(tensor.dtype),),
+        module=None,
+    )
 
 
 def _format_shapes(shapes: tuple[tuple[int, ...], ...]) -> str:
@@ -896,17 +912,7 @@ def module_graph(
     flow = _ModuleFlow(model)
     input_keys = _input_keys(model, args, kwargs)
     for key, tensor, path in input_keys:
-        flow.add_node(
-            GraphNode(
-                key=key,
-                label=path,
-                kind="input",
-                op="input",
-                shapes=(_nested.shape_of(tensor),),
-                dtypes=(_dtype_name(tensor.dtype),),
-                module=None,
-            )
-        )
+        flow.add_node(_io_node(key, path, "input", tensor))
         flow.produce(tensor, key)
     with instrumented(model, grad=False) as hooks:
         model.eval()
@@ -919,30 +925,10 @@ def module_graph(
             with flow:
                 outputs = model(*args, **kwargs)
         except Exception as e:
-            failed = flow.failed
-            if failed is None:
-                raise GraphError(f"the forward pass failed: {type(e).__name__}: {e}") from e
-            raise GraphError(
-                f"the forward pass failed in {failed.name or 'the root module'} ({failed.type}) "
-                f"with input shapes {_format_shapes(failed.input_shapes)}: "
-                f"{type(e).__name__}: {e}",
-                module_name=failed.name,
-                module_type=failed.type,
-                input_shapes=failed.input_shapes,
-            ) from e
+            raise _forward_error(e, flow.failed) from e
     for path, tensor in _nested.named_tensors(outputs, "output"):
         key = "output" if path == "output" else f"output:{path.removeprefix('output')}"
-        flow.add_node(
-            GraphNode(
-                key=key,
-                label=path,
-                kind="output",
-                op="output",
-                shapes=(_nested.shape_of(tensor),),
-                dtypes=(_dtype_name(tensor.dtype),),
-                module=None,
-            )
-        )
+        flow.add_node(_io_node(key, path, "output", tensor))
         flow.link(tensor, key)
     clusters = tuple(
         GraphCluster(scope, label, parent) for scope, (label, parent) in flow.scopes.items()
