@@ -149,9 +149,14 @@ def render_gradient_report(report: GradientReport, *, markdown: bool = False) ->
         s: sum(f.severity == s for f in report.findings) for s in ("error", "warning", "info")
     }
     trainable = sum(p.trainable for p in report.parameters)
+    # without optimizer steps the step unit is the backward pass: say it once
+    counted = (
+        f"{report.backward_passes} backward pass(es)"
+        if report.step_unit == "backward pass"
+        else f"{report.steps} {report.step_unit}(s), {report.backward_passes} backward pass(es)"
+    )
     head = (
-        f"Gradient health: {report.steps} {report.step_unit}(s), "
-        f"{report.backward_passes} backward pass(es), {trainable} trainable parameter tensors: "
+        f"Gradient health: {counted}, {trainable} trainable parameter tensors: "
         + (
             "healthy"
             if report.ok
