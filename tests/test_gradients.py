@@ -649,3 +649,36 @@ def test_log_to_tensorboard_reads_back(tmp_path: Path):
     norms = [e.value for e in events.Scalars("gradients/norm/fc1.weight")]
     assert norms == pytest.approx(list(report.history["fc1.weight"].grad_norm), rel=1e-6)
     assert "gradients/findings" in str(tags)
+
+
+def test_submodule_called_directly_does_not_multiply_relu_sites():
+    """Lightning's training_step often calls self.net(x), never the root's forward."""
+
+    class Wrapper(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2))
+
+    wrapper = Wrapper()
+    optimizer = torch.optim.SGD(wrapper.parameters(), lr=0.01)
+    with GradientMonitor(wrapper, optimizer) as monitor:
+        for _ in range(12):
+            optimizer.zero_grad()
+            wrapper.net(torch.randn(4, 6)).sum().backward()
+            optimizer.step()
+    assert len(monitor._relu_sites) == 1  # one site, observed 12 times, not 12 sites
+    assert monitor.report().ok
+
+
+def test_skipped_step_at_a_window_boundary_is_not_a_clear_inside_the_window():
+    """A GradScaler skips optimizer.step() on inf gradients; the loop still clears them."""
+    model = nn.Linear(4, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    with GradientMonitor(model, optimizer, accumulation_steps=2) as monitor:
+        for step in range(4):
+            for _ in range(2):
+                (model(torch.randn(3, 4)).sum() / 2).backward()
+            if step != 1:  # step 1 is skipped, as a scaler skips an overflowing step
+                optimizer.step()
+            optimizer.zero_grad()
+    assert "grad_accumulation" not in monitor.report().kinds

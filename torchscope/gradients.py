@@ -23,10 +23,11 @@ import fnmatch
 import math
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -517,7 +518,9 @@ class GradientMonitor:
         return _Clock(self._steps, self._backwards)
 
     def _on_forward_pre(self, info: _Module, args: tuple[Any, ...]) -> None:
-        if info.module is self._model:
+        # a new outermost call starts a forward: the root's, or a submodule's called directly
+        # (Lightning's training_step calling self.net(x)); per-forward counters restart
+        if info.module is self._model or not self._stack:
             self._occurrences = {}
             self._last_finished = None
         occurrence = self._occurrences.get(info.path, 0)
@@ -665,7 +668,9 @@ class GradientMonitor:
             entry.key_after_step = None
         elif (
             self._accumulation_steps > 1
-            and self._backwards_since_step > 0
+            # a clear at a window boundary is right even when no step was seen: a GradScaler
+            # skips optimizer.step() on inf/NaN gradients and the loop still clears them
+            and self._backwards_since_step % self._accumulation_steps != 0
             and entry.key_after_backward is not None
             and key != entry.key_after_backward
         ):
@@ -762,10 +767,57 @@ class GradientMonitor:
 
     # -- the report ------------------------------------------------------------------------------
 
-    def report(self) -> GradientReport:
-        """Read the statistics gathered so far back from the device and judge them."""
+    def report(self, *, gather: bool | None = None) -> GradientReport:
+        """Read the statistics gathered so far back from the device and judge them.
+
+        Under ``torch.distributed`` with more than one process this is a collective: every
+        rank must call it, and every rank gets the same report. Findings seen on several
+        ranks are listed once, their message saying on which ranks; a parameter that got
+        gradients on some ranks and none on others is named (``no_grad``) with the ranks that
+        left it out. Histories, steps and backward passes are rank 0's (DDP averages the
+        gradients, so the ranks agree); the losses are the mean over ranks.
+
+        DistributedDataParallel with ``find_unused_parameters=False`` (its default) cannot
+        get that far: the rank that leaves a parameter out never finishes the all-reduce of
+        its backward pass, the other ranks wait inside theirs, and its next forward raises
+        "Expected to have finished reduction in the prior iteration before starting a new
+        one", naming no parameter. What the monitor saw up to then is on that rank alone:
+        call ``report(gather=False)`` in its error handler (a collective would hang on ranks
+        out of step) and the local report names the parameter (``no_grad``).
+
+        Args:
+            gather: merge the findings of every rank; default: when ``torch.distributed`` is
+                initialised with more than one process. False gives this rank's own report.
+        """
         self._flush_forward_checks()
-        return _Judge(self).report()
+        local = _Judge(self).report()
+        world = _world_size()
+        if gather is None:
+            gather = world > 1
+        if not gather:
+            return local
+        if world == 0:
+            raise TorchscopeError(
+                "report(gather=True) needs torch.distributed: call "
+                "torch.distributed.init_process_group (or torchscope.distributed.init_from_env "
+                "under torchrun) first, or leave gather out"
+            )
+        view = _RankView(
+            # the histories are rank 0's (the all-reduce makes them agree): only it sends them
+            report=local if dist.get_rank() == 0 else replace(local, parameters=()),
+            backward_passes=max(self._backwards, self._backward_calls),
+            received={e.name: e.received for e in self._params if _trainable(e)},
+            module_ran={
+                e.name: not e.module
+                or e.module in self._called
+                or _ran_inside(e.module, self._called)
+                for e in self._params
+                if _trainable(e)
+            },
+        )
+        views: list[Any] = [None] * world
+        dist.all_gather_object(views, view)
+        return _merge_ranks(views)
 
 
 def _resolve_frozen(model: nn.Module, targets: list[Any], params: list[_Param]) -> set[int]:
@@ -1325,6 +1377,127 @@ def _names(names: Sequence[str]) -> str:
 def _ran_inside(module: str, called: set[str]) -> bool:
     prefix = module + "."
     return any(name.startswith(prefix) for name in called)
+
+
+# -- one report for all the ranks of a distributed run -------------------------------------------
+
+
+def _world_size() -> int:
+    """Processes in the default group; 0 when torch.distributed is not initialised."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return 0
+    return dist.get_world_size()
+
+
+def _trainable(entry: _Param) -> bool:
+    return entry.tensor.requires_grad and not entry.intended_frozen
+
+
+@dataclass(frozen=True)
+class _RankView:
+    """What one rank sends to the others at report time (pickled by ``all_gather_object``)."""
+
+    report: GradientReport
+    backward_passes: int
+    received: dict[str, int]  # trainable parameter -> backward passes that delivered a gradient
+    module_ran: dict[str, bool]  # trainable parameter -> its module ran in a training forward
+
+
+_NONFINITE_ROOTS = ("nonfinite_activation", "nonfinite_loss")
+_NONFINITE_GRADIENTS = ("nan_grad", "inf_grad")
+
+
+def _merge_ranks(views: Sequence[_RankView]) -> GradientReport:
+    """One report from every rank's (the same on every rank: it depends only on ``views``).
+
+    A parameter that got gradients on some ranks and none on others is invisible to each
+    rank alone: with ``find_unused_parameters=True`` DDP fills in the others' average, so
+    only the gradient counts gathered here show it. A NaN/Inf that one rank's forward or loss
+    produced reaches every rank's gradients through the all-reduce; the ranks that only
+    received it would blame their gradients, so their ``nan_grad``/``inf_grad`` from that
+    step on are folded into the root finding.
+    """
+    world = len(views)
+    names = list(dict.fromkeys(name for view in views for name in view.received))
+    uneven: dict[str, Finding] = {}
+    for name in names:
+        missing = [
+            r for r, v in enumerate(views) if v.backward_passes and v.received.get(name) == 0
+        ]
+        reached = [r for r, v in enumerate(views) if v.received.get(name, 0) > 0]
+        if not (missing and reached):
+            continue
+        if not any(views[r].module_ran.get(name, True) for r in missing):
+            cause = "its module never ran there: the forward branches on the rank or its data"
+        else:
+            cause = (
+                "its output did not reach the loss there (a branch on the rank or its data, "
+                "a .detach() or torch.no_grad())"
+            )
+        uneven[name] = Finding(
+            "no_grad", "warning", name, None, None, None,
+            f"{name} received no gradient on {_ranks(missing, world)} but did on "
+            f"{_ranks(reached, world)}: {cause}. DistributedDataParallel then needs "
+            "find_unused_parameters=True, and averages zeros from those ranks into its "
+            "gradient; without it DDP stops at the next forward with \"Expected to have "
+            "finished reduction in the prior iteration before starting a new one\", naming no "
+            "parameter. Use it in the loss on every rank, or freeze it if it is not meant to "
+            "train",
+        )  # fmt: skip
+    # a non-finite activation or loss on one rank reaches every rank's gradients through the
+    # all-reduce: there the gradients look like the first non-finite values, but are not
+    root_steps = [
+        f.step if f.step is not None else -1
+        for view in views
+        for f in view.report.findings
+        if f.kind in _NONFINITE_ROOTS
+    ]
+    first_root = min(root_steps) if root_steps else None
+    carried = False
+    merged: dict[tuple[str, str], tuple[Finding, list[int]]] = {}
+    for rank, view in enumerate(views):
+        own_root = any(f.kind in _NONFINITE_ROOTS for f in view.report.findings)
+        for finding in view.report.findings:
+            if finding.kind == "no_grad" and finding.where in uneven:
+                continue  # the rank-by-rank finding above says more
+            if (
+                finding.kind in _NONFINITE_GRADIENTS
+                and first_root is not None
+                and not own_root
+                and (finding.step if finding.step is not None else -1) >= first_root
+            ):
+                carried = True
+                continue
+            key = (finding.kind, finding.where)
+            if key not in merged:
+                merged[key] = (finding, [rank])
+                continue
+            kept, ranks = merged[key]
+            ranks.append(rank)
+            if SEVERITIES.index(finding.severity) < SEVERITIES.index(kept.severity):
+                merged[key] = (finding, ranks)
+    findings = [*uneven.values()]
+    for finding, ranks in merged.values():
+        seen = "every rank" if len(ranks) == world else _ranks(ranks, world)
+        if carried and finding.kind in _NONFINITE_ROOTS:
+            seen += "; DDP's all-reduce carried it into the gradients of the other ranks"
+        findings.append(replace(finding, message=f"{finding.message} (seen on {seen})"))
+    findings.sort(
+        key=lambda f: (SEVERITIES.index(f.severity), f.step if f.step is not None else -1, f.kind)
+    )
+    first = views[0].report
+    losses = first.losses
+    if len({len(v.report.losses) for v in views}) == 1:  # DDP keeps the ranks in step
+        losses = tuple(
+            sum(values) / world for values in zip(*(v.report.losses for v in views), strict=True)
+        )
+    return replace(first, findings=tuple(findings), losses=losses)
+
+
+def _ranks(ranks: Sequence[int], world: int) -> str:
+    if len(ranks) == 1:
+        return f"rank {ranks[0]} of {world}"
+    return f"ranks {', '.join(map(str, ranks[:-1]))} and {ranks[-1]} of {world}"
 
 
 # -- the one-shot check --------------------------------------------------------------------------

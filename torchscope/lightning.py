@@ -78,9 +78,8 @@ class TorchscopeCallback(Callback):
             option: the monitor measures gradients at ``optimizer.step()``, after Lightning's
             ``GradScaler`` (``precision="16-mixed"``) has unscaled them, and steps the scaler
             skips never reach ``optimizer.step()``: they are left out of the report and counted
-            in a note. With a ``GradScaler`` the monitor gets ``accumulation_steps=1``, as a
-            skipped step would otherwise look like gradients cleared inside an accumulation
-            window. At train end the report is printed (global-zero rank) and kept on
+            in a note (a clear at a window boundary after a skipped step is not taken for a
+            clear inside the window). At train end the report is printed (global-zero rank) and kept on
             :attr:`report`; after an exception it is kept and printed too, covering the steps
             up to the failure.
         freeze: what to pass to :func:`torchscope.freeze`: a qualified module name, a glob, a
@@ -168,12 +167,6 @@ class TorchscopeCallback(Callback):
         if self._gradient_health:
             self._drop_monitor()  # left open by an earlier fit that ended unusually
             accumulation = int(trainer.accumulate_grad_batches)
-            if _grad_scaler(trainer) is not None:
-                # a step the GradScaler skips (inf/NaN in the scaled gradients, common in the
-                # first steps while it calibrates) never calls optimizer.step(), so the monitor
-                # would take Lightning's zero_grad at the next window for a clear inside one
-                # accumulation window; Lightning schedules accumulation itself
-                accumulation = 1
             self._steps_at_start = trainer.global_step
             monitor = GradientMonitor(pl_module, accumulation_steps=accumulation)
             monitor.__enter__()
