@@ -13,6 +13,7 @@ differ (``diff``); 2 any other error (for ``diff``, every error); 130 interrupte
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import traceback
 from collections.abc import Sequence
@@ -109,6 +110,14 @@ def _parser() -> argparse.ArgumentParser:
         help="plant a classic bug to see the gradient monitor find it",
     )
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    demo.add_argument(
+        "--nproc",
+        type=_process_count,
+        default=1,
+        metavar="N",
+        help="train in N CPU processes under DistributedDataParallel (gloo), launched like "
+        "torchrun; rank 0 prints and writes the files (default 1)",
+    )
 
     summary = commands.add_parser(
         "summary",
@@ -334,6 +343,56 @@ def _time_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _process_count(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a process count: give a whole number >= 1"
+        )
+    return count
+
+
+def _demo_command(args: argparse.Namespace) -> int:
+    from torchscope import distributed
+    from torchscope.demo import run_demo
+
+    worker = distributed.launched_by_torchrun()  # one of N processes: train under DDP
+    if args.nproc > 1 and not worker:  # start them; each runs this command as a worker
+        worker_args = ["demo", "--out", str(args.out), "--epochs", str(args.epochs)]
+        if args.inject_bug:
+            worker_args += ["--inject-bug", args.inject_bug]
+        if args.no_progress:
+            worker_args.append("--no-progress")
+        if getattr(args, "debug", False):
+            worker_args.append("--debug")
+        status = distributed.launch("torchscope", args.nproc, worker_args)
+        if status != 0:
+            print(
+                f"torchscope: error: the demo failed in a worker process (exit status "
+                f"{status}); its message is above",
+                file=sys.stderr,
+            )
+            return 2
+        return 0
+    group: contextlib.AbstractContextManager[Any] = (
+        distributed.process_group(backend="gloo")  # the demo trains on the CPU
+        if worker
+        else contextlib.nullcontext()
+    )
+    with group:
+        run_demo(
+            sys.stdout,
+            out=args.out,
+            epochs=args.epochs,
+            inject_bug=args.inject_bug,
+            progress=not args.no_progress,
+        )
+    return 0
+
+
 _COMMANDS = {
     "summary": _summary_command,
     "graph": _graph_command,
@@ -365,16 +424,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # torch is imported only below, so that `torchscope --help` answers at once
     try:
         if args.command == "demo":
-            from torchscope.demo import run_demo
-
-            run_demo(
-                sys.stdout,
-                out=args.out,
-                epochs=args.epochs,
-                inject_bug=args.inject_bug,
-                progress=not args.no_progress,
-            )
-            return 0
+            return _demo_command(args)
         return _COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print("torchscope: interrupted", file=sys.stderr)

@@ -6,21 +6,29 @@ The demo is also a validation: it checks (and prints) that the summary's paramet
 the optimizer's, that the monitor found nothing on the clean run (or found the planted bug
 of ``--inject-bug``), that frozen weights stayed bit-identical while the head was
 fine-tuned, and that the per-layer times account for the step.
+
+Under ``torch.distributed`` (``torchscope demo --nproc N``, or ``torchrun``) every rank runs
+it: :func:`~torchscope.training.fit` trains under DistributedDataParallel on each rank's
+share of the batches and the gradient report merges every rank's findings; rank 0 alone
+prints, writes the files and times the layers (the other ranks wait for it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO, cast
+from typing import Any, TextIO, cast
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from torchscope.distributed import is_main_process
 from torchscope.errors import TorchscopeError
 from torchscope.freezing import freeze
 from torchscope.graph import module_graph
@@ -118,17 +126,25 @@ def run_demo(
     inject_bug: str | None = None,
     progress: bool = True,
 ) -> DemoResult:
-    """Run the demo, writing its files into ``out``; returns what it found."""
+    """Run the demo, writing its files into ``out``; returns what it found.
+
+    Under ``torch.distributed`` call it on every rank: only rank 0 prints to ``stream`` and
+    writes files, and only its result has the files, the timing coverage and the paths.
+    """
     if inject_bug is not None and inject_bug not in BUGS:
         raise ValueError(f"unknown bug {inject_bug!r}; choose from {', '.join(BUGS)}")
     from torch.utils.tensorboard import SummaryWriter  # the `tensorboard` extra
 
+    main = is_main_process()
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
+    if main:
+        folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)  # every rank builds the same model and the same split
 
     def say(text: str = "") -> None:
-        print(text, file=stream, flush=True)
+        if main:
+            print(text, file=stream, flush=True)
 
     train_loader, test_loader = digits_loaders(poison=inject_bug == "nan")
     lenet = LeNet()
@@ -143,10 +159,16 @@ def run_demo(
         f"torchscope demo: LeNet on scikit-learn's digits ({sizes[0]} train, {sizes[1]} test "
         f"images, upsampled to {IMAGE_SIZE}x{IMAGE_SIZE})"
     )
+    if world > 1:
+        say(
+            f"DistributedDataParallel over {world} processes ({dist.get_backend()}), each "
+            f"training on 1/{world} of the batches; rank 0 prints and writes the files"
+        )
     if inject_bug:
         say(f"planted bug: {inject_bug} (expected finding: {BUGS[inject_bug]})")
-    result_summary = summary(model, example, depth=2)
-    files["summary"] = _write(folder / "summary.txt", str(result_summary))
+    result_summary = summary(model, example, depth=2)  # a forward of this rank's own: no DDP
+    if main:
+        files["summary"] = _write(folder / "summary.txt", str(result_summary))
     optimizer_parameters = sum(p.numel() for g in optimizer.param_groups for p in g["params"])
     say(f"\n{result_summary}\n")
     say(
@@ -154,17 +176,22 @@ def run_demo(
         f"{optimizer_parameters:,}: {'same' if result_summary.total_params == optimizer_parameters else 'DIFFERENT'}"
     )
 
-    graph = module_graph(model, example)
-    files["graph"] = folder / "graph.svg"
-    if shutil.which("dot") is not None:
-        graph.render(files["graph"])
-    else:  # our own layout needs no Graphviz
-        from torchscope.render.svg import graph_to_svg
+    if main:
+        graph = module_graph(model, example)
+        files["graph"] = folder / "graph.svg"
+        if shutil.which("dot") is not None:
+            graph.render(files["graph"])
+        else:  # our own layout needs no Graphviz
+            from torchscope.render.svg import graph_to_svg
 
-        files["graph"].write_text(graph_to_svg(graph), encoding="utf-8")
+            files["graph"].write_text(graph_to_svg(graph), encoding="utf-8")
 
     say(f"\ntraining {epochs} epochs (Adam, StepLR, gradient monitor on, checkpoints each epoch)")
-    with SummaryWriter(str(folder / "tensorboard")) as writer:
+    events: contextlib.AbstractContextManager[Any] = (
+        SummaryWriter(str(folder / "tensorboard")) if main else contextlib.nullcontext()
+    )
+    timing_coverage = 0.0
+    with events as writer:
         history = fit(
             model,
             train_loader,
@@ -178,19 +205,22 @@ def run_demo(
             progress=progress,
         )
         say(str(history))
-        report = history.gradient_report
+        report = history.gradient_report  # the same, merged report on every rank
         assert report is not None
-        files["health"] = _write(folder / "health.txt", str(report))
-        files["grad_flow"] = Path(report.plot(folder / "grad_flow.png"))
+        if main:
+            files["health"] = _write(folder / "health.txt", str(report))
+            files["grad_flow"] = Path(report.plot(folder / "grad_flow.png"))
         say(f"\n{report}")
 
-        # per-layer times of a training step (batch of 64), every layer trainable
-        batch = next(iter(test_loader))[0][:64]
-        model.train()
-        timing = time_layers(model, batch, warmup=2, repeat=10)
-        files["timing"] = _write(folder / "timing.txt", str(timing))
-        timing.log_to(writer)
-        say(f"\n{timing}")
+        if main:  # per-layer times of a training step (batch of 64), every layer trainable
+            batch = next(iter(test_loader))[0][:64]
+            model.train()
+            timing = time_layers(model, batch, warmup=2, repeat=10)
+            files["timing"] = _write(folder / "timing.txt", str(timing))
+            timing.log_to(writer)
+            timing_coverage = timing.coverage
+            alone = "per-layer times on rank 0 alone (the other ranks wait)\n" if world > 1 else ""
+            say(f"\n{alone}{timing}")
 
         # fine-tune the head only: everything before the last Linear is frozen
         head = "classifier.5 (the last Linear)"
@@ -225,12 +255,13 @@ def run_demo(
         f"\ntest accuracy: {100 * (history.last.val_accuracy or 0):.2f}% after training, "
         f"{100 * final:.2f}% after fine-tuning the head"
     )
-    files["tensorboard"] = folder / "tensorboard"
-    files["checkpoints"] = folder / "checkpoints"
-    say("\nwritten:")
-    for name, path in files.items():
-        say(f"  {name:<12} {path}")
-    say(f"open TensorBoard with: tensorboard --logdir {files['tensorboard']}")
+    if main:
+        files["tensorboard"] = folder / "tensorboard"
+        files["checkpoints"] = folder / "checkpoints"
+        say("\nwritten:")
+        for name, path in files.items():
+            say(f"  {name:<12} {path}")
+        say(f"open TensorBoard with: tensorboard --logdir {files['tensorboard']}")
     return DemoResult(
         out=folder,
         history=history,
@@ -239,7 +270,7 @@ def run_demo(
         optimizer_parameters=optimizer_parameters,
         frozen_unchanged=unchanged,
         files=files,
-        timing_coverage=timing.coverage,
+        timing_coverage=timing_coverage,
         test_accuracy=final,
     )
 

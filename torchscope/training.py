@@ -27,6 +27,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
+from torchscope.distributed import is_main_process
 from torchscope.errors import TorchscopeError
 from torchscope.gradients import GradientMonitor
 from torchscope.records import EpochRecord, GradientReport, History
@@ -154,12 +155,25 @@ def _correct(outputs: Any, targets: torch.Tensor) -> int | None:
     return None
 
 
+#: How DistributedDataParallel reports a parameter that got no gradient on some rank.
+_DDP_UNUSED = "Expected to have finished reduction"
+
+
+def _unused_parameter_error(monitor: GradientMonitor, error: RuntimeError) -> TorchscopeError:
+    """DDP's reduction error, with the parameters this rank's monitor saw without gradient."""
+    unused = sorted({f.where for f in monitor.report(gather=False).findings if f.kind == "no_grad"})
+    named = ", ".join(unused) if unused else "(the monitor saw none on this rank)"
+    return TorchscopeError(
+        f"rank {dist.get_rank()}: DistributedDataParallel stopped because a parameter received "
+        f"no gradient in the previous step on some rank; on this rank: {named}. Every "
+        "parameter must take part in the loss on every rank: use it, freeze it "
+        "(requires_grad=False), or wrap the model yourself with "
+        f"find_unused_parameters=True. DDP said: {str(error).splitlines()[0]}"
+    )
+
+
 def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
-
-
-def _main_process() -> bool:
-    return not _distributed() or dist.get_rank() == 0
 
 
 def _sharded(loader: DataLoader, *, shuffle: bool) -> DataLoader:
@@ -302,7 +316,7 @@ def fit(
         start_epoch, steps = int(state["epoch"]), int(state["step"])
         records = [EpochRecord(**r) for r in state.get("history", [])]
         _set_rng_states(state["rng"])
-    show_progress = progress and _main_process() and sys.stderr.isatty()
+    show_progress = progress and is_main_process() and sys.stderr.isatty()
 
     watch = (
         GradientMonitor(model, optimizer, accumulation_steps=accumulation_steps)
@@ -311,95 +325,106 @@ def fit(
     )
     report: GradientReport | None = None
     written: str | None = None
-    with watch as watcher:
-        for epoch in range(start_epoch + 1, epochs + 1):
-            started = time.perf_counter()
-            if hasattr(train_loader.sampler, "set_epoch"):
-                train_loader.sampler.set_epoch(epoch)
-            network.train()
-            totals = torch.zeros(4, dtype=torch.float64)  # loss sum, correct, samples, classified
-            optimizer.zero_grad(set_to_none=True)
-            batches = _progress(
-                train_loader, _length(train_loader), show_progress, f"epoch {epoch}"
-            )
-            pending = 0
-            for batch in batches:
-                inputs, targets = _batch(batch, target, non_blocking)
-                with autocast():
-                    outputs = _call(network, inputs)
-                    loss = loss_fn(outputs, targets)
-                scaled = loss / accumulation_steps
-                (scaler.scale(scaled) if scaler is not None else scaled).backward()
-                pending += 1
-                count = (
-                    targets.shape[0] if isinstance(targets, torch.Tensor) and targets.dim() else 1
+    try:
+        with watch as watcher:
+            for epoch in range(start_epoch + 1, epochs + 1):
+                started = time.perf_counter()
+                if hasattr(train_loader.sampler, "set_epoch"):
+                    train_loader.sampler.set_epoch(epoch)
+                network.train()
+                totals = torch.zeros(
+                    4, dtype=torch.float64
+                )  # loss sum, correct, samples, classified
+                optimizer.zero_grad(set_to_none=True)
+                batches = _progress(
+                    train_loader, _length(train_loader), show_progress, f"epoch {epoch}"
                 )
-                totals[0] += float(loss.detach()) * count
-                totals[2] += count
-                correct = _correct(outputs, targets)
-                if correct is not None:
-                    totals[1] += correct
-                    totals[3] += count
-                if pending == accumulation_steps:
+                pending = 0
+                for batch in batches:
+                    inputs, targets = _batch(batch, target, non_blocking)
+                    with autocast():
+                        outputs = _call(network, inputs)
+                        loss = loss_fn(outputs, targets)
+                    scaled = loss / accumulation_steps
+                    (scaler.scale(scaled) if scaler is not None else scaled).backward()
+                    pending += 1
+                    count = (
+                        targets.shape[0]
+                        if isinstance(targets, torch.Tensor) and targets.dim()
+                        else 1
+                    )
+                    totals[0] += float(loss.detach()) * count
+                    totals[2] += count
+                    correct = _correct(outputs, targets)
+                    if correct is not None:
+                        totals[1] += correct
+                        totals[3] += count
+                    if pending == accumulation_steps:
+                        steps += _step(model, optimizer, scaler, clip_grad_norm)
+                        pending = 0
+                        if per_step_scheduler:
+                            scheduler.step()
+                    if show_progress and hasattr(batches, "set_postfix"):
+                        elapsed = time.perf_counter() - started
+                        batches.set_postfix(
+                            loss=f"{totals[0] / totals[2]:.4f}",
+                            samples_s=f"{totals[2] / max(elapsed, 1e-9):,.0f}",
+                        )
+                if pending:  # a partial accumulation group at the end of the epoch
                     steps += _step(model, optimizer, scaler, clip_grad_norm)
-                    pending = 0
                     if per_step_scheduler:
                         scheduler.step()
-                if show_progress and hasattr(batches, "set_postfix"):
-                    elapsed = time.perf_counter() - started
-                    batches.set_postfix(
-                        loss=f"{totals[0] / totals[2]:.4f}",
-                        samples_s=f"{totals[2] / max(elapsed, 1e-9):,.0f}",
-                    )
-            if pending:  # a partial accumulation group at the end of the epoch
-                steps += _step(model, optimizer, scaler, clip_grad_norm)
-                if per_step_scheduler:
-                    scheduler.step()
-            train_seconds = time.perf_counter() - started
-            totals = _all_reduced(totals)
-            train_loss = float(totals[0]) / max(float(totals[2]), 1.0)
-            train_accuracy = float(totals[1] / totals[3]) if totals[3] else None
-            val_loss, val_accuracy = (
-                _evaluate(network, val_loader, loss_fn, target, non_blocking, autocast)
-                if val_loader is not None
-                else (None, None)
-            )
-            if scheduler is not None and not per_step_scheduler:
-                if plateau:
-                    scheduler.step(val_loss if val_loss is not None else train_loss)
-                else:
-                    scheduler.step()
-            record = EpochRecord(
-                epoch=epoch,
-                train_loss=train_loss,
-                train_accuracy=train_accuracy,
-                val_loss=val_loss,
-                val_accuracy=val_accuracy,
-                lr=float(optimizer.param_groups[0]["lr"]),
-                optimizer_steps=steps,
-                seconds=time.perf_counter() - started,
-                samples_per_second=float(totals[2]) / max(train_seconds, 1e-9),
-            )
-            records.append(record)
-            if writer is not None and _main_process():
-                _log_epoch(writer, record)
-            if checkpoint_path is not None and _main_process():
-                written = save_checkpoint(
-                    checkpoint_path,
-                    {
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                        "scaler": scaler.state_dict() if scaler is not None else None,
-                        "epoch": epoch,
-                        "step": steps,
-                        "history": [r.__dict__ for r in records],
-                        "rng": _rng_states(),
-                    },
+                train_seconds = time.perf_counter() - started
+                totals = _all_reduced(totals)
+                train_loss = float(totals[0]) / max(float(totals[2]), 1.0)
+                train_accuracy = float(totals[1] / totals[3]) if totals[3] else None
+                val_loss, val_accuracy = (
+                    _evaluate(network, val_loader, loss_fn, target, non_blocking, autocast)
+                    if val_loader is not None
+                    else (None, None)
                 )
-        if isinstance(watcher, GradientMonitor):
-            report = watcher.report()
-    if report is not None and writer is not None and _main_process():
+                if scheduler is not None and not per_step_scheduler:
+                    if plateau:
+                        scheduler.step(val_loss if val_loss is not None else train_loss)
+                    else:
+                        scheduler.step()
+                record = EpochRecord(
+                    epoch=epoch,
+                    train_loss=train_loss,
+                    train_accuracy=train_accuracy,
+                    val_loss=val_loss,
+                    val_accuracy=val_accuracy,
+                    lr=float(optimizer.param_groups[0]["lr"]),
+                    optimizer_steps=steps,
+                    seconds=time.perf_counter() - started,
+                    samples_per_second=float(totals[2]) / max(train_seconds, 1e-9),
+                )
+                records.append(record)
+                if writer is not None and is_main_process():
+                    _log_epoch(writer, record)
+                if checkpoint_path is not None and is_main_process():
+                    written = save_checkpoint(
+                        checkpoint_path,
+                        {
+                            "model": model.state_dict(),
+                            "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                            "scaler": scaler.state_dict() if scaler is not None else None,
+                            "epoch": epoch,
+                            "step": steps,
+                            "history": [r.__dict__ for r in records],
+                            "rng": _rng_states(),
+                        },
+                    )
+            if isinstance(watcher, GradientMonitor):
+                report = watcher.report()
+    except RuntimeError as e:
+        # DDP's own message for a parameter without gradient on a rank gives indices, not
+        # names; the monitor saw which parameter it was
+        if _distributed() and _DDP_UNUSED in str(e) and isinstance(watch, GradientMonitor):
+            raise _unused_parameter_error(watch, e) from e
+        raise
+    if report is not None and writer is not None and is_main_process():
         report.log_to(writer)
     return History(
         epochs=tuple(records),

@@ -1,0 +1,196 @@
+"""Running on several processes: start them the way ``torchrun`` does, and set up the process
+group from the environment ``torchrun`` gives each of them.
+
+Example, a script ``train.py`` started with ``torchscope.distributed.launch("train.py", 2)``
+or ``torchrun --standalone --nproc-per-node 2 train.py``::
+
+    with torchscope.distributed.process_group() as info:
+        history = torchscope.training.fit(model, loader, ...)  # wraps the model in DDP
+        if info.rank == 0:
+            print(history)
+
+The backend is gloo on the CPU and nccl when CUDA is available (each process then uses the
+GPU of its local rank).
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import sys
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+from torchscope.errors import TorchscopeError
+
+__all__ = [
+    "ProcessInfo",
+    "cleanup",
+    "init_from_env",
+    "is_main_process",
+    "launch",
+    "launched_by_torchrun",
+    "process_group",
+]
+
+#: What ``torchrun`` sets in each worker's environment and ``init_process_group`` reads.
+TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+BACKENDS = ("gloo", "nccl")
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    """Where this process stands in the group.
+
+    Attributes:
+        rank: this process's rank, 0 to ``world_size - 1``; rank 0 writes and prints.
+        local_rank: its rank on this machine (the GPU it uses under nccl).
+        world_size: processes in the group.
+        backend: ``"gloo"`` or ``"nccl"``.
+        device: where this process should put its model.
+    """
+
+    rank: int
+    local_rank: int
+    world_size: int
+    backend: str
+    device: torch.device
+
+
+def launched_by_torchrun() -> bool:
+    """True in a process ``torchrun`` (or :func:`launch`) started."""
+    return all(name in os.environ for name in TORCHRUN_VARIABLES)
+
+
+def is_main_process() -> bool:
+    """True unless ``torch.distributed`` is initialised and this is not rank 0."""
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def init_from_env(
+    *, backend: str | None = None, timeout: datetime.timedelta | None = None
+) -> ProcessInfo:
+    """Initialise the default process group from ``torchrun``'s environment; its
+    :class:`ProcessInfo`. A group that is already initialised is kept as it is.
+
+    Args:
+        backend: ``"gloo"`` or ``"nccl"``; default nccl when CUDA is available, else gloo.
+        timeout: how long a collective waits for the other ranks (torch's default if None).
+    """
+    if not dist.is_available():
+        raise TorchscopeError("this PyTorch build has no torch.distributed support")
+    missing = [name for name in TORCHRUN_VARIABLES if name not in os.environ]
+    if missing and not dist.is_initialized():
+        raise TorchscopeError(
+            f"the environment lacks {', '.join(missing)}: this process was not started by "
+            "torchrun. Start it with `torchrun --standalone --nproc-per-node N ...` or "
+            "torchscope.distributed.launch(...)"
+        )
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r} is not supported; choose from {BACKENDS}")
+    if dist.is_initialized():
+        chosen = str(dist.get_backend())
+        local_rank = int(os.environ.get("LOCAL_RANK", dist.get_rank()))
+    else:
+        chosen = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+        local_rank = int(os.environ["LOCAL_RANK"])
+        if chosen == "nccl":
+            # before the group exists: nccl binds each process to the current device
+            torch.cuda.set_device(local_rank)
+        if timeout is None:
+            dist.init_process_group(backend=chosen, init_method="env://")
+        else:
+            dist.init_process_group(backend=chosen, init_method="env://", timeout=timeout)
+    device = torch.device("cuda", local_rank) if chosen == "nccl" else torch.device("cpu")
+    return ProcessInfo(
+        rank=dist.get_rank(),
+        local_rank=local_rank,
+        world_size=dist.get_world_size(),
+        backend=chosen,
+        device=device,
+    )
+
+
+def cleanup() -> None:
+    """Destroy the default process group, if there is one."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+@contextmanager
+def process_group(
+    *, backend: str | None = None, timeout: datetime.timedelta | None = None
+) -> Iterator[ProcessInfo]:
+    """:func:`init_from_env` on entry; on exit, also on exception, :func:`cleanup` of the
+    group it created (a group that existed before is left alone)."""
+    created = not (dist.is_available() and dist.is_initialized())
+    info = init_from_env(backend=backend, timeout=timeout)
+    try:
+        yield info
+    finally:
+        if created:
+            cleanup()
+
+
+def launch(target: str, nproc: int, args: Sequence[str] = ()) -> int:
+    """Run ``target`` in ``nproc`` processes on this machine, as ``torchrun --standalone``
+    does; the exit status (0 when every process succeeded).
+
+    Args:
+        target: a Python file (``train.py``) or a module run with ``-m`` (``torchscope``).
+        nproc: how many processes.
+        args: the command-line arguments each process gets.
+
+    Each process sees ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and
+    ``MASTER_PORT`` (a free port) and calls :func:`init_from_env`. ``OMP_NUM_THREADS``, unless
+    set, is the CPU count divided by ``nproc`` so that the processes do not compete for cores.
+    """
+    if not isinstance(nproc, int) or isinstance(nproc, bool) or nproc < 1:
+        raise ValueError(f"nproc must be a whole number >= 1, got {nproc!r}")
+    if isinstance(args, str):
+        raise TypeError("args must be a list of arguments, not one string")
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    command = (
+        [target, *args]
+        if target.endswith(".py") or os.path.sep in target
+        else [
+            "-m",
+            target,
+            *args,
+        ]
+    )
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nproc,
+        run_id=f"torchscope-{uuid.uuid4().hex[:8]}",
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0",  # a free port, as torchrun --standalone picks
+        max_restarts=0,
+        monitor_interval=0.1,
+    )
+    previous = os.environ.get("OMP_NUM_THREADS")
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    elastic_logger = logging.getLogger("torch.distributed.elastic")
+    level = elastic_logger.level
+    # the workers print their own errors; the launcher's report of the same failure is a
+    # traceback of its own machinery, which a user of the CLI must not get
+    elastic_logger.setLevel(logging.CRITICAL)
+    try:
+        elastic_launch(config, sys.executable)(*command)
+        return 0
+    except ChildFailedError as e:
+        codes = [failure.exitcode for failure in e.failures.values()]
+        return next((code for code in codes if code), 1)
+    finally:
+        elastic_logger.setLevel(level)
+        if previous is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
