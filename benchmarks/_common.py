@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import statistics
 import time
+import warnings
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from tabulate import tabulate
 
@@ -47,3 +51,14 @@ def ms(seconds: float) -> str:
 
 def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x"
+
+
+def quietly(fn: Callable[[], Any]) -> Any:
+    """Run a peer tool with its warnings and prints kept out of the bench's output."""
+    with (
+        warnings.catch_warnings(),
+        contextlib.redirect_stdout(io.StringIO()),
+        contextlib.redirect_stderr(io.StringIO()),
+    ):
+        warnings.simplefilter("ignore")
+        return fn()

@@ -9,13 +9,10 @@ measured peak of live tensor bytes for memory.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
-import io
 import subprocess
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,7 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torchscope
-from benchmarks._common import ms, table
+from benchmarks._common import ms, quietly, table
 from torchscope.memory import measure_step_peak
 
 VISION = {
@@ -43,20 +40,10 @@ VISION = {
 QUICK = ("resnet18", "vit_b_16")
 
 
-def _quiet(fn: Callable[[], Any]) -> Any:
-    with (
-        warnings.catch_warnings(),
-        contextlib.redirect_stdout(io.StringIO()),
-        contextlib.redirect_stderr(io.StringIO()),
-    ):
-        warnings.simplefilter("ignore")
-        return fn()
-
-
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     start = time.perf_counter()
     try:
-        value = _quiet(fn)
+        value = quietly(fn)
     except Exception as e:  # a peer that cannot handle the model: report, do not stop
         value = f"fails ({type(e).__name__})"
     return value, time.perf_counter() - start
@@ -181,7 +168,7 @@ def torchvision_sweep() -> tuple[list[list[str]], str]:
             model = torchvision.models.get_model(name, **options)
             where = "cpu"
         try:
-            result = _quiet(
+            result = quietly(
                 lambda m=model, s=size: torchscope.summary(m, input_size=(1, 3, s, s), depth=0)
             )
         except Exception as e:
@@ -240,9 +227,9 @@ def consistency_table() -> list[list[str]]:
             torchscope.summary(on_meta, meta_x).total_macs,
         ]
         theirs = [
-            _quiet(lambda m=model, x=x: flop_counter_macs(m, (x,))),
-            _quiet(lambda m=model, x=x: flop_counter_macs(m.train(), (x,), grad=True)),
-            _quiet(lambda m=on_meta, x=meta_x: flop_counter_macs(m, (x,))),
+            quietly(lambda m=model, x=x: flop_counter_macs(m, (x,))),
+            quietly(lambda m=model, x=x: flop_counter_macs(m.train(), (x,), grad=True)),
+            quietly(lambda m=on_meta, x=meta_x: flop_counter_macs(m, (x,))),
         ]
         model.eval()
         rows.append([name, "torchscope", *(f"{v / 1e9:.3f} G" for v in ours)])
@@ -290,7 +277,7 @@ def memory_table(quick: bool) -> list[list[str]]:
             model = getattr(torchvision.models, name)()
             x = torch.randn(batch, 3, *(224, 224))
         estimate, t_est = timed(lambda m=model, x=x: torchscope.estimate_memory(m, x))
-        info = _quiet(lambda m=model, x=x: torchinfo.summary(m, input_data=x, verbose=0))
+        info = quietly(lambda m=model, x=x: torchinfo.summary(m, input_data=x, verbose=0))
         info_total = info.total_input + info.total_output_bytes + info.total_param_bytes
         for train in (False, True):
             real = measure_step_peak(model, x, train=train)

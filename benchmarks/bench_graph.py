@@ -37,9 +37,7 @@ drawn: the nodes and edges in the DOT it lays out (Graphviz's ``gvpr`` counts th
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.metadata
-import io
 import json
 import math
 import os
@@ -51,11 +49,9 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -63,7 +59,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torchscope
-from benchmarks._common import table
+from benchmarks._common import quietly, table
 
 #: Seconds a capture may take (per run) and a whole worker may spend beyond its dot calls.
 CAPTURE_BUDGET_S = 240.0
@@ -179,17 +175,6 @@ def _short(error: BaseException, limit: int = 70) -> str:
     lines = [line for line in str(error).strip().splitlines() if line.strip()]
     text = f"{type(error).__name__}: {lines[0].strip()}" if lines else type(error).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _quietly(fn: Callable[[], Any]) -> Any:
-    """Run a tool with its warnings and prints out of the bench's output."""
-    with (
-        warnings.catch_warnings(),
-        contextlib.redirect_stdout(io.StringIO()),
-        contextlib.redirect_stderr(io.StringIO()),
-    ):
-        warnings.simplefilter("ignore")
-        return fn()
 
 
 def run_dot(source: str, out: Path, timeout: float) -> None:
@@ -321,7 +306,7 @@ def worker(tool_name: str, model_name: str, result_file: Path, dot_timeout: floa
     def timed_capture() -> tuple[float, Captured | None]:
         start = time.perf_counter()
         try:
-            captured = _quietly(lambda: tool.capture(model, x, dot_timeout))
+            captured = quietly(lambda: tool.capture(model, x, dot_timeout))
         except Exception as error:  # RecursionError included
             result.error = _short(error)
             captured = None
@@ -348,7 +333,7 @@ def worker(tool_name: str, model_name: str, result_file: Path, dot_timeout: floa
     workdir = Path(tempfile.mkdtemp(prefix="bench_graph_"))
     try:
         dot_source = captured.dot_source
-        counted = count_dot(_quietly(dot_source)) if dot_source is not None else None
+        counted = count_dot(quietly(dot_source)) if dot_source is not None else None
         if counted is not None:
             result.drawn_nodes, result.drawn_edges = counted
         if tool_name == "torchscope autograd":

@@ -8,6 +8,7 @@ if TYPE_CHECKING:
     from torchscope.records import GradientReport, ModelSummary
 
 __all__ = [
+    "ForwardError",
     "GradientHealthError",
     "GraphError",
     "SummaryError",
@@ -20,14 +21,49 @@ class TorchscopeError(Exception):
     """Base class of the errors torchscope raises on purpose."""
 
 
-class SummaryError(TorchscopeError):
-    """The model's forward pass failed while torchscope.summary ran it.
+class ForwardError(TorchscopeError):
+    """The model's forward pass failed while torchscope ran it.
 
     Attributes:
-        module_name: qualified name of the innermost module whose forward raised
-            (``""`` for the root module).
+        module_name: qualified name of the innermost module whose forward raised (``""``
+            for the root module, or when the failure was outside any module).
         module_type: class name of that module.
         input_shapes: shapes of the tensors that module received.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        module_name: str = "",
+        module_type: str = "",
+        input_shapes: tuple[tuple[int, ...], ...] = (),
+    ) -> None:
+        super().__init__(message)
+        self.module_name = module_name
+        self.module_type = module_type
+        self.input_shapes = input_shapes
+
+    def _keywords(self) -> dict[str, Any]:
+        return {
+            "module_name": self.module_name,
+            "module_type": self.module_type,
+            "input_shapes": self.input_shapes,
+        }
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # keep the error picklable (multiprocessing, pytest-xdist) with its keyword arguments
+        return (_rebuild, (type(self), str(self), self._keywords()))
+
+
+def _rebuild(cls: type[ForwardError], message: str, keywords: dict[str, Any]) -> ForwardError:
+    return cls(message, **keywords)
+
+
+class SummaryError(ForwardError):
+    """The model's forward pass failed while torchscope.summary ran it.
+
+    Attributes (besides :class:`ForwardError`'s):
         partial: the summary of the layers that ran before the failure.
     """
 
@@ -40,72 +76,17 @@ class SummaryError(TorchscopeError):
         input_shapes: tuple[tuple[int, ...], ...] = (),
         partial: ModelSummary | None = None,
     ) -> None:
-        super().__init__(message)
-        self.module_name = module_name
-        self.module_type = module_type
-        self.input_shapes = input_shapes
+        super().__init__(
+            message, module_name=module_name, module_type=module_type, input_shapes=input_shapes
+        )
         self.partial = partial
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        # keep the error picklable (multiprocessing, pytest-xdist) with its keyword arguments
-        return (
-            _rebuild_summary_error,
-            (str(self), self.module_name, self.module_type, self.input_shapes, self.partial),
-        )
+    def _keywords(self) -> dict[str, Any]:
+        return {**super()._keywords(), "partial": self.partial}
 
 
-def _rebuild_summary_error(
-    message: str,
-    module_name: str,
-    module_type: str,
-    input_shapes: tuple[tuple[int, ...], ...],
-    partial: ModelSummary | None,
-) -> SummaryError:
-    return SummaryError(
-        message,
-        module_name=module_name,
-        module_type=module_type,
-        input_shapes=input_shapes,
-        partial=partial,
-    )
-
-
-class GraphError(TorchscopeError):
-    """The model's forward pass failed while a graph was captured.
-
-    Attributes:
-        module_name: qualified name of the innermost module whose forward raised (``""``
-            when the failure was outside any module or in the root).
-        module_type: class name of that module.
-        input_shapes: shapes of the tensors that module received.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        module_name: str = "",
-        module_type: str = "",
-        input_shapes: tuple[tuple[int, ...], ...] = (),
-    ) -> None:
-        super().__init__(message)
-        self.module_name = module_name
-        self.module_type = module_type
-        self.input_shapes = input_shapes
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (
-            _rebuild_graph_error,
-            (str(self), self.module_name, self.module_type, self.input_shapes),
-        )
-
-
-def _rebuild_graph_error(
-    message: str, module_name: str, module_type: str, input_shapes: tuple[tuple[int, ...], ...]
-) -> GraphError:
-    return GraphError(
-        message, module_name=module_name, module_type=module_type, input_shapes=input_shapes
-    )
+class GraphError(ForwardError):
+    """The model's forward pass failed while a graph was captured (or a step was timed)."""
 
 
 class GradientHealthError(TorchscopeError, AssertionError):
