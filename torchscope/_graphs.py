@@ -1,7 +1,8 @@
 """Pure transformations of graph records: folding repeated steps, collapsing clusters to a
 depth, finding repeats in a sequence, and diffing two graphs.
 
-Imports only :mod:`torchscope.records`, so collectors and renderers can both use it.
+Imports only :mod:`torchscope.records` and :mod:`torchscope._format`, so collectors and
+renderers can both use it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Hashable, Sequence
 
 import torch
 
+from torchscope._format import format_shapes
 from torchscope.records import Graph, GraphCluster, GraphDiff, GraphEdge, GraphNode
 
 __all__ = ["cluster_depth", "diff", "find_repeats", "view"]
@@ -322,7 +324,7 @@ def diff(a: Graph, b: Graph) -> GraphDiff:
         if old.op != new.op:
             what.append(f"op {old.op} -> {new.op}")
         if old.shapes != new.shapes:
-            what.append(f"shapes {_shapes(old.shapes)} -> {_shapes(new.shapes)}")
+            what.append(f"shapes {format_shapes(old.shapes)} -> {format_shapes(new.shapes)}")
         if old.dtypes != new.dtypes:
             what.append(f"dtypes {', '.join(old.dtypes)} -> {', '.join(new.dtypes)}")
         if inputs_a.get(key, ()) != inputs_b.get(key, ()):
@@ -344,7 +346,3 @@ def _inputs(graph: Graph) -> dict[str, tuple[str, ...]]:
     for edge in graph.edges:
         inputs.setdefault(edge.dst, []).append(edge.src)
     return {k: tuple(sorted(v)) for k, v in inputs.items()}
-
-
-def _shapes(shapes: Sequence[Sequence[int]]) -> str:
-    return ", ".join("[" + ", ".join(str(d) for d in s) + "]" for s in shapes) or "-"

@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from torchscope.distributed import is_main_process
+from torchscope.distributed import is_distributed, is_main_process
 from torchscope.errors import TorchscopeError
 from torchscope.freezing import freeze
 from torchscope.graph import module_graph
@@ -136,7 +136,7 @@ def run_demo(
     from torch.utils.tensorboard import SummaryWriter  # the `tensorboard` extra
 
     main = is_main_process()
-    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    world = dist.get_world_size() if is_distributed() else 1
     folder = Path(out)
     if main:
         folder.mkdir(parents=True, exist_ok=True)

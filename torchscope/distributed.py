@@ -26,7 +26,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
 from torchscope.errors import TorchscopeError
 
@@ -34,6 +33,7 @@ __all__ = [
     "ProcessInfo",
     "cleanup",
     "init_from_env",
+    "is_distributed",
     "is_main_process",
     "launch",
     "launched_by_torchrun",
@@ -69,9 +69,14 @@ def launched_by_torchrun() -> bool:
     return all(name in os.environ for name in TORCHRUN_VARIABLES)
 
 
+def is_distributed() -> bool:
+    """True when ``torch.distributed`` is available and its default process group exists."""
+    return dist.is_available() and dist.is_initialized()
+
+
 def is_main_process() -> bool:
     """True unless ``torch.distributed`` is initialised and this is not rank 0."""
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    return not is_distributed() or dist.get_rank() == 0
 
 
 def init_from_env(
@@ -120,7 +125,7 @@ def init_from_env(
 
 def cleanup() -> None:
     """Destroy the default process group, if there is one."""
-    if dist.is_available() and dist.is_initialized():
+    if is_distributed():
         dist.destroy_process_group()
 
 
@@ -130,7 +135,7 @@ def process_group(
 ) -> Iterator[ProcessInfo]:
     """:func:`init_from_env` on entry; on exit, also on exception, :func:`cleanup` of the
     group it created (a group that existed before is left alone)."""
-    created = not (dist.is_available() and dist.is_initialized())
+    created = not is_distributed()
     info = init_from_env(backend=backend, timeout=timeout)
     try:
         yield info
@@ -156,6 +161,9 @@ def launch(target: str, nproc: int, args: Sequence[str] = ()) -> int:
         raise ValueError(f"nproc must be a whole number >= 1, got {nproc!r}")
     if isinstance(args, str):
         raise TypeError("args must be a list of arguments, not one string")
+    # imported here: the elastic launcher is only needed to start processes, and this module
+    # is imported by the monitor and the training loop
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     command = (

@@ -42,6 +42,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from torchscope import _nested
 from torchscope._inputs import unwrap
+from torchscope.distributed import is_distributed
 from torchscope.errors import TorchscopeError
 from torchscope.freezing import close_names, frozen_parameters, is_frozen, is_pinned
 from torchscope.hooks import HookSet, iter_modules, preserved_rng
@@ -1384,7 +1385,7 @@ def _ran_inside(module: str, called: set[str]) -> bool:
 
 def _world_size() -> int:
     """Processes in the default group; 0 when torch.distributed is not initialised."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not is_distributed():
         return 0
     return dist.get_world_size()
 

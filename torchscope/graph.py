@@ -31,6 +31,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from torchscope import _nested
+from torchscope._format import format_shapes
 from torchscope._graphs import diff, find_repeats, view
 from torchscope._inputs import call_arguments, model_devices, resolve_device, unwrap
 from torchscope.errors import GraphError, TorchscopeWarning
@@ -757,7 +758,7 @@ def _forward_error(error: Exception, failed: _Call | None) -> GraphError:
         return GraphError(f"the forward pass failed: {type(error).__name__}: {error}")
     return GraphError(
         f"the forward pass failed in {failed.name or 'the root module'} ({failed.type}) with "
-        f"input shapes {_format_shapes(failed.input_shapes)}: {type(error).__name__}: {error}",
+        f"input shapes {format_shapes(failed.input_shapes)}: {type(error).__name__}: {error}",
         module_name=failed.name,
         module_type=failed.type,
         input_shapes=failed.input_shapes,
@@ -775,10 +776,6 @@ def _io_node(key: str, label: str, kind: str, tensor: torch.Tensor) -> GraphNode
         dtypes=(_dtype_name(tensor.dtype),),
         module=None,
     )
-
-
-def _format_shapes(shapes: tuple[tuple[int, ...], ...]) -> str:
-    return ", ".join("[" + ", ".join(str(d) for d in s) + "]" for s in shapes) or "(no tensors)"
 
 
 def graph_diff(a: Any, b: Any) -> GraphDiff:

@@ -90,14 +90,9 @@ def _on(device: torch.device) -> Iterator[None]:
 
 def _measurement(times: list[float], device: str, label: str, flushed: bool) -> Measurement:
     ordered = sorted(times)
-    if len(ordered) >= 2:
-        quartiles = statistics.quantiles(ordered, n=4, method="inclusive")
-        iqr = quartiles[2] - quartiles[0]
-    else:
-        iqr = 0.0
     return Measurement(
         median=statistics.median(ordered),
-        iqr=iqr,
+        iqr=_iqr(ordered),
         mean=statistics.fmean(ordered),
         min=ordered[0],
         n=len(ordered),
@@ -316,13 +311,10 @@ def time_layers(
     params = [p for p in model.parameters() if p.requires_grad]
     backward = bool(backward and params)
 
-    def step() -> Any:
+    def step() -> None:
         outputs = model(*args, **kwargs)
-        if backward:
-            loss = _loss(outputs)
-            if loss is not None:
-                torch.autograd.grad(loss, params, allow_unused=True)
-        return outputs
+        if backward and (loss := _loss(outputs)) is not None:
+            torch.autograd.grad(loss, params, allow_unused=True)
 
     node_hook = getattr(torch.autograd.graph, "node_creation_hook", None)
     if backward and node_hook is None:
@@ -356,16 +348,16 @@ def time_layers(
             timer.attach(model, handles)
             timer.current = _Repetition()
             try:
-                creation = node_hook(timer.on_node) if backward and node_hook else None
+                # the step's backward creates no nodes: the hook only sees the forward's
+                creation = (
+                    node_hook(timer.on_node)
+                    if backward and node_hook is not None
+                    else contextlib.nullcontext()
+                )
                 start = clock.mark()
-                with creation if creation is not None else contextlib.nullcontext():
-                    outputs = model(*args, **kwargs)
-                if backward:
-                    loss = _loss(outputs)
-                    if loss is not None:
-                        torch.autograd.grad(loss, params, allow_unused=True)
+                with creation:
+                    step()
                 end = clock.mark()
-                del outputs
                 clock.settle()
             finally:
                 handles.remove_all()

@@ -27,7 +27,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
-from torchscope.distributed import is_main_process
+from torchscope import _nested
+from torchscope.distributed import is_distributed, is_main_process
 from torchscope.errors import TorchscopeError
 from torchscope.gradients import GradientMonitor
 from torchscope.records import EpochRecord, GradientReport, History
@@ -122,16 +123,7 @@ def _batch(batch: Any, device: torch.device, non_blocking: bool) -> tuple[Any, t
             + "; wrap your dataset so that it yields pairs"
         )
     inputs, targets = batch
-    move: Callable[[Any], Any] = lambda t: (  # noqa: E731
-        t.to(device, non_blocking=non_blocking) if isinstance(t, torch.Tensor) else t
-    )
-    if isinstance(inputs, (tuple, list)):
-        inputs = type(inputs)(move(t) for t in inputs)
-    elif isinstance(inputs, dict):
-        inputs = {k: move(v) for k, v in inputs.items()}
-    else:
-        inputs = move(inputs)
-    return inputs, move(targets)
+    return _nested.map_tensors((inputs, targets), lambda t: t.to(device, non_blocking=non_blocking))
 
 
 def _call(model: nn.Module, inputs: Any) -> Any:
@@ -170,10 +162,6 @@ def _unused_parameter_error(monitor: GradientMonitor, error: RuntimeError) -> To
         "(requires_grad=False), or wrap the model yourself with "
         f"find_unused_parameters=True. DDP said: {str(error).splitlines()[0]}"
     )
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
 
 
 def _sharded(loader: DataLoader, *, shuffle: bool) -> DataLoader:
@@ -291,7 +279,7 @@ def fit(
     plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
 
     network: nn.Module = model
-    if _distributed():
+    if is_distributed():
         from torch.nn.parallel import DistributedDataParallel
 
         network = DistributedDataParallel(
@@ -421,7 +409,7 @@ def fit(
     except RuntimeError as e:
         # DDP's own message for a parameter without gradient on a rank gives indices, not
         # names; the monitor saw which parameter it was
-        if _distributed() and _DDP_UNUSED in str(e) and isinstance(watch, GradientMonitor):
+        if is_distributed() and _DDP_UNUSED in str(e) and isinstance(watch, GradientMonitor):
             raise _unused_parameter_error(watch, e) from e
         raise
     if report is not None and writer is not None and is_main_process():
@@ -463,7 +451,7 @@ def _step(
 
 
 def _all_reduced(totals: torch.Tensor) -> torch.Tensor:
-    if not _distributed():
+    if not is_distributed():
         return totals
     backend_device = (
         torch.device("cuda", torch.cuda.current_device())
