@@ -9,22 +9,17 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 
 import torch
 
 from torchscope._format import format_shapes
 from torchscope.records import Graph, GraphCluster, GraphDiff, GraphEdge, GraphNode
 
-__all__ = ["cluster_depth", "diff", "find_repeats", "view"]
+__all__ = ["common_module", "diff", "find_repeats", "view"]
 
 #: Longest period (in steps) searched for repeats; an encoder block is ~40 autograd nodes.
 MAX_PERIOD = 256
-
-
-def cluster_depth(key: str | None) -> int:
-    """Nesting depth of a module path: ``""``/None is 0, ``layer1`` 1, ``layer1.0`` 2."""
-    return 0 if not key else key.count(".") + 1
 
 
 def find_repeats(
@@ -175,15 +170,21 @@ def _apply_folds(graph: Graph) -> Graph:
     )
 
 
-def _common_cluster(modules: set[str], clusters: dict[str, GraphCluster]) -> str:
-    """The deepest module path that is an ancestor-or-self of all ``modules``."""
-    parts = [m.split(".") if m else [] for m in modules]
+def common_module(paths: Iterable[str]) -> str:
+    """The deepest module path that is an ancestor-or-self of every one of ``paths``
+    (``""``: only the root is)."""
+    parts = [path.split(".") if path else [] for path in paths]
     common: list[str] = []
     for column in zip(*parts, strict=False):
         if len(set(column)) != 1:
             break
         common.append(column[0])
-    key = ".".join(common)
+    return ".".join(common)
+
+
+def _common_cluster(modules: set[str], clusters: dict[str, GraphCluster]) -> str:
+    """The deepest cluster that holds all ``modules``."""
+    key = common_module(modules)
     # only paths that are clusters (or the root) can hold the fold
     while key and key not in clusters:
         key = key.rpartition(".")[0]

@@ -32,7 +32,7 @@ from torch.overrides import TorchFunctionMode
 
 from torchscope import _nested
 from torchscope._format import format_shapes
-from torchscope._graphs import diff, find_repeats, view
+from torchscope._graphs import common_module, diff, find_repeats, view
 from torchscope._inputs import call_arguments, model_devices, resolve_device, unwrap
 from torchscope.errors import GraphError, TorchscopeWarning
 from torchscope.hooks import HookSet, instrumented, iter_modules
@@ -457,7 +457,6 @@ def _build_autograd(
         return (first_user, 0, entry.discovered)
 
     order = sorted(range(len(walked)), key=position)
-    rank = {i: r for r, i in enumerate(order)}
     module_of = capture_.module_of if capture_ is not None else {}
     # parameter leaves go in the cluster of the module owning them
     keys: list[str] = [""] * len(walked)
@@ -550,7 +549,7 @@ def _build_autograd(
     clusters = _module_clusters(
         {m for m in modules if m}, capture_.types if capture_ is not None else {}
     )
-    folds = _autograd_folds(walked, order, rank, keys, kinds, consumers, modules, capture_)
+    folds = _autograd_folds(walked, order, keys, kinds, consumers, modules, capture_)
     origin = _grad_origin(walked, order, grad_of, keys) if grads else None
     if grads and origin is not None:
         warn.append(f"the gradient first became {_bad_below(nodes, origin)} at {origin}")
@@ -596,7 +595,6 @@ def _module_clusters(modules: set[str], types: Mapping[str, str]) -> tuple[Graph
 def _autograd_folds(
     walked: list[_Walked],
     order: list[int],
-    rank: dict[int, int],
     keys: list[str],
     kinds: list[str],
     consumers: list[list[int]],
@@ -648,13 +646,8 @@ def _fold_label(
 ) -> str:
     """The type of the module one repetition ran in (``Bottleneck``), else its ops."""
     if capture_ is not None:
-        paths = [(modules[i] or "").split(".") for i in block]
-        common: list[str] = []
-        for column in zip(*paths, strict=False):
-            if len(set(column)) != 1:
-                break
-            common.append(column[0])
-        type_name = capture_.types.get(".".join(common), "") if any(common) else ""
+        common = common_module(modules[i] or "" for i in block)
+        type_name = capture_.types.get(common, "") if common else ""
         if type_name:
             return type_name
         # a repetition that straddles two calls of one module type (RNNCell, RNNCell, ...)
@@ -799,7 +792,7 @@ class _Item:
 class _ModuleFlow(TorchFunctionMode):
     """Links module calls and the functional ops between them by tensor identity."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self) -> None:
         super().__init__()
         self.producer: dict[int, tuple[str, torch.Tensor]] = {}
         self.nodes: list[GraphNode] = []
@@ -915,7 +908,7 @@ def module_graph(
     model = unwrap(model)
     target = resolve_device(model_devices(model), device)
     args, kwargs = call_arguments(model, input, input_size, dtypes, device, target, forward_kwargs)
-    flow = _ModuleFlow(model)
+    flow = _ModuleFlow()
     input_keys = _input_keys(model, args, kwargs)
     for key, tensor, path in input_keys:
         flow.add_node(_io_node(key, path, "input", tensor))
