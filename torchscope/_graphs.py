@@ -16,7 +16,7 @@ import torch
 from torchscope._format import format_shapes
 from torchscope.records import Graph, GraphCluster, GraphDiff, GraphEdge, GraphNode
 
-__all__ = ["common_module", "diff", "find_repeats", "view"]
+__all__ = ["check_depth", "common_module", "diff", "find_repeats", "view"]
 
 #: Longest period (in steps) searched for repeats; an encoder block is ~40 autograd nodes.
 MAX_PERIOD = 256
@@ -87,14 +87,19 @@ def _covering(starts: list[int], ends: list[int], position: int) -> int | None:
     return None
 
 
-def view(graph: Graph, *, fold: bool = True, depth: int | None = None) -> Graph:
-    """What to draw: ``graph`` with its folds applied (each repeated step drawn once inside a
-    cluster labelled ``× count``) and, with ``depth``, every module at nesting level
-    ``depth`` (1: the model's direct children) that holds nodes collapsed into one node."""
+def check_depth(depth: object) -> None:
+    """Reject a graph ``depth`` that is not None or a whole number >= 1."""
     if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 1):
         raise ValueError(
             f"depth must be a whole number >= 1 (1: the model's direct children), got {depth!r}"
         )
+
+
+def view(graph: Graph, *, fold: bool = True, depth: int | None = None) -> Graph:
+    """What to draw: ``graph`` with its folds applied (each repeated step drawn once inside a
+    cluster labelled ``× count``) and, with ``depth``, every module at nesting level
+    ``depth`` (1: the model's direct children) that holds nodes collapsed into one node."""
+    check_depth(depth)
     result = graph
     if fold and graph.folds:
         result = _apply_folds(result)

@@ -32,7 +32,7 @@ from torch.overrides import TorchFunctionMode
 
 from torchscope import _nested
 from torchscope._format import format_shapes
-from torchscope._graphs import common_module, diff, find_repeats, view
+from torchscope._graphs import check_depth, common_module, diff, find_repeats, view
 from torchscope._inputs import call_arguments, model_devices, resolve_device, unwrap
 from torchscope.errors import GraphError, TorchscopeWarning
 from torchscope.hooks import HookSet, instrumented, iter_modules
@@ -903,8 +903,7 @@ def module_graph(
     Raises:
         GraphError: the forward failed; names the module and the shapes it received.
     """
-    if depth is not None:
-        view(ModuleGraph("module", "", (), ()), depth=depth)  # validates depth before the run
+    check_depth(depth)  # before the model runs
     model = unwrap(model)
     target = resolve_device(model_devices(model), device)
     args, kwargs = call_arguments(model, input, input_size, dtypes, device, target, forward_kwargs)

@@ -19,7 +19,7 @@ import json
 from html import escape
 from typing import TYPE_CHECKING, Any
 
-from torchscope._graphs import view
+from torchscope._graphs import check_depth, view
 from torchscope.render import layout
 from torchscope.render.svg import GRAD_LOG_RANGE, PALETTE, grad_fill
 
@@ -99,10 +99,7 @@ def graph_to_html(graph: Graph, *, fold: bool = True, depth: int | None = None) 
     (1: the model's direct children) start collapsed, as in ``view(graph, depth=depth)``
     (None: all expanded). The page needs no network and no Graphviz.
     """
-    if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 1):
-        raise ValueError(
-            f"depth must be a whole number >= 1 (1: the model's direct children), got {depth!r}"
-        )
+    check_depth(depth)
     shown = view(graph, fold=fold)
     title = graph.title or graph.kind
     counts = f"{len(shown.nodes):,} nodes, {len(shown.edges):,} edges"
