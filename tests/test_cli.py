@@ -418,9 +418,12 @@ def test_missing_graphviz_says_how_to_install_it(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PATH", str(tmp_path))  # no `dot` anywhere
     assert main(["graph", model("factory.py"), "-o", str(tmp_path / "g.png")]) == 2
     err = capsys.readouterr().err
-    assert "Graphviz" in err and "install" in err and "Traceback" not in err
-    # the formats that need no Graphviz still work
+    assert "Graphviz" in err and "apt-get install graphviz" in err and "Traceback" not in err
+    assert not (tmp_path / "g.png").exists()
+    # the formats that need no Graphviz still work, svg included (our own layout)
     assert main(["graph", model("factory.py"), "-o", str(tmp_path / "g.dot")]) == 0
+    assert main(["graph", model("factory.py"), "-o", str(tmp_path / "g.svg")]) == 0
+    assert (tmp_path / "g.svg").read_text().lstrip().startswith("<?xml")
 
 
 # -- the diff command ------------------------------------------------------------------------

@@ -8,15 +8,20 @@
 A user mistake ends in a short message on stderr, never in a traceback (``--debug`` adds it).
 Exit status: 0 done; 1 the model's forward failed (``summary``, ``graph``) or the graphs
 differ (``diff``); 2 any other error (for ``diff``, every error); 130 interrupted.
+
+Without Graphviz's ``dot`` on PATH, ``graph -o x.svg`` (and the default FILE's stem.svg)
+is drawn by torchscope's own layout, with one note on stderr that Graphviz gives a tighter
+layout for small graphs; ``-o x.png`` and ``-o x.pdf`` need Graphviz and say how to install it.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +36,8 @@ __all__ = ["main"]
 SUMMARY_FORMATS = ("text", "json", "markdown")
 GRAPH_FORMATS = (".svg", ".png", ".pdf", ".dot", ".html", ".json")
 GRAPH_KINDS = ("module", "autograd")
+#: Loggers whose notes (INFO and up) the command line prints on stderr.
+NOTE_LOGGERS = ("torchscope.render.dot",)
 DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32", "bool")
 
 _SHAPE_EXAMPLE = "write it like 1,3,224,224, several inputs like '1,3,224,224;1,10'"
@@ -268,6 +275,10 @@ def _check_output(output: str) -> None:
     folder = Path(output).parent
     if not folder.is_dir():
         raise TorchscopeError(f"cannot write {output}: no folder {folder}")
+    if suffix in (".png", ".pdf"):  # these need Graphviz to draw: say so before the model runs
+        from torchscope.render.dot import require_dot
+
+        require_dot(suffix[1:])
 
 
 # -- commands -----------------------------------------------------------------------------------
@@ -418,14 +429,36 @@ def _report(error: BaseException, args: argparse.Namespace) -> int:
     return 2
 
 
+@contextlib.contextmanager
+def _notes_on_stderr() -> Iterator[None]:
+    """Print the library's notes (such as "Graphviz gives a tighter layout") on stderr as
+    ``torchscope: note: ...`` while a command runs; the loggers are restored afterwards."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("torchscope: note: %(message)s"))
+    handler.setLevel(logging.INFO)
+    loggers = [logging.getLogger(name) for name in NOTE_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(handler)
+        if not logger.isEnabledFor(logging.INFO):
+            logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(argv)
     # torch is imported only below, so that `torchscope --help` answers at once
     try:
-        if args.command == "demo":
-            return _demo_command(args)
-        return _COMMANDS[args.command](args)
+        with _notes_on_stderr():
+            if args.command == "demo":
+                return _demo_command(args)
+            return _COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print("torchscope: interrupted", file=sys.stderr)
         return 130

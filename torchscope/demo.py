@@ -16,7 +16,6 @@ prints, writes the files and times the layers (the other ranks wait for it).
 from __future__ import annotations
 
 import contextlib
-import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,15 +175,8 @@ def run_demo(
         f"{optimizer_parameters:,}: {'same' if result_summary.total_params == optimizer_parameters else 'DIFFERENT'}"
     )
 
-    if main:
-        graph = module_graph(model, example)
-        files["graph"] = folder / "graph.svg"
-        if shutil.which("dot") is not None:
-            graph.render(files["graph"])
-        else:  # our own layout needs no Graphviz
-            from torchscope.render.svg import graph_to_svg
-
-            files["graph"].write_text(graph_to_svg(graph), encoding="utf-8")
+    if main:  # svg: drawn by Graphviz when it is installed, else by our own layout
+        files["graph"] = Path(module_graph(model, example).render(folder / "graph.svg"))
 
     say(f"\ntraining {epochs} epochs (Adam, StepLR, gradient monitor on, checkpoints each epoch)")
     events: contextlib.AbstractContextManager[Any] = (

@@ -5,11 +5,18 @@ budget: ``dot``'s layout time grows steeply with size (densenet121's autograd gr
 ~25 minutes), so a graph above :data:`DOT_NODE_BUDGET` nodes or :data:`DOT_EDGE_BUDGET`
 edges, or one ``dot`` does not finish within :data:`DOT_TIMEOUT_S`, is laid out by
 torchscope's own layered layout instead (:mod:`torchscope.render.layout`).
+
+Without Graphviz (a pip-only install) svg still works, from our own layout; png and pdf
+need Graphviz to draw and raise a :class:`~torchscope.errors.TorchscopeError` naming the
+install command. The first svg drawn without ``dot`` that ``dot`` would have laid out logs,
+once per process, on the ``torchscope.render.dot`` logger (level INFO) that Graphviz gives
+a tighter layout for small graphs; the command line prints it on stderr.
 """
 
 from __future__ import annotations
 
 import colorsys
+import logging
 import os
 import shutil
 import subprocess
@@ -35,6 +42,7 @@ __all__ = [
     "picture",
     "positioned_dot",
     "render_graph",
+    "require_dot",
 ]
 
 #: Largest graph handed to ``dot`` (after folding and collapsing); bigger ones use our layout.
@@ -49,6 +57,14 @@ DOT_TIMEOUT_S = 5.0
 
 #: Output formats :func:`render_graph` writes, by file suffix.
 FORMATS = (".svg", ".png", ".pdf", ".dot", ".gv", ".html", ".json")
+
+#: How to install Graphviz, for the messages that need it.
+_INSTALL_GRAPHVIZ = (
+    "`sudo apt-get install graphviz`, `brew install graphviz` or `conda install graphviz`"
+)
+
+_log = logging.getLogger(__name__)
+_noted_own_layout = False  # the "Graphviz is tighter" note is logged once per process
 
 
 def _quote(text: str) -> str:
@@ -150,15 +166,30 @@ def graph_to_dot(graph: Graph, *, fold: bool = True, depth: int | None = None) -
     return "\n".join(lines) + "\n"
 
 
-def _dot_binary() -> str:
+def require_dot(fmt: str) -> str:
+    """The path of Graphviz's ``dot``; a :class:`TorchscopeError` naming the install command
+    when it is missing, for output in ``fmt`` (png, pdf) that needs it."""
     found = shutil.which("dot")
     if found is None:
         raise TorchscopeError(
-            "Graphviz's `dot` program is not installed, and svg/png/pdf output needs it: "
-            "install it (`sudo apt-get install graphviz`, `brew install graphviz` or "
-            "`conda install graphviz`), or write .html, .dot or .json instead"
+            f"{fmt} output needs Graphviz's `dot` program, which is not installed: install it "
+            f"({_INSTALL_GRAPHVIZ}), or write .svg (drawn by torchscope's own layout), .html, "
+            ".dot or .json instead"
         )
     return found
+
+
+def _note_own_layout() -> None:
+    """Log once per process that Graphviz would have drawn this small graph tighter."""
+    global _noted_own_layout
+    if _noted_own_layout:
+        return
+    _noted_own_layout = True
+    _log.info(
+        "Graphviz's `dot` is not installed, so the svg was laid out by torchscope's own "
+        "layout; Graphviz gives a tighter layout for small graphs (install: %s)",
+        _INSTALL_GRAPHVIZ,
+    )
 
 
 def _run_dot(
@@ -169,7 +200,7 @@ def _run_dot(
     program: str = "dot",
     args: tuple[str, ...] = (),
 ) -> bytes:
-    binary = _dot_binary()
+    binary = require_dot(fmt)
     if program != "dot":
         binary = str(Path(binary).with_name(program))
     try:
@@ -229,10 +260,16 @@ def render_graph(
 
 def picture(graph: Graph, fmt: str, *, fold: bool = True, depth: int | None = None) -> bytes:
     """The graph drawn as ``fmt`` (svg, png, pdf): by ``dot`` within its budget, otherwise
-    by our own layered layout."""
-    _dot_binary()  # a clear error first when Graphviz is missing
+    by our own layered layout. Without Graphviz, svg comes from our layout and png/pdf
+    raise :class:`~torchscope.errors.TorchscopeError` naming the install command."""
+    if fmt not in ("svg", "png", "pdf"):
+        raise ValueError(f"cannot draw a picture as {fmt!r}; use svg, png or pdf")
+    has_dot = shutil.which("dot") is not None
+    if not has_dot and fmt != "svg":
+        require_dot(fmt)  # the clear error, before any layout work
     shown = view(graph, fold=fold, depth=depth)
-    if fits_dot_budget(shown):
+    small = fits_dot_budget(shown)
+    if has_dot and small:
         try:
             return _run_dot(graph_to_dot(shown, fold=False), fmt, timeout=DOT_TIMEOUT_S)
         except subprocess.TimeoutExpired:
@@ -240,6 +277,8 @@ def picture(graph: Graph, fmt: str, *, fold: bool = True, depth: int | None = No
     from torchscope.render.svg import graph_to_svg
 
     if fmt == "svg":
+        if not has_dot and small:
+            _note_own_layout()
         return graph_to_svg(shown, fold=False).encode()
     # png/pdf: our positions, drawn by Graphviz without its layout step (neato -n2)
     return _run_dot(positioned_dot(shown), fmt, timeout=None, program="neato", args=("-n2",))
