@@ -189,7 +189,7 @@ def _parser() -> argparse.ArgumentParser:
         "--output",
         metavar="OUT",
         help=f"output file; its suffix picks the format: {', '.join(GRAPH_FORMATS)} "
-        "(default: FILE's stem.svg in the working directory)",
+        "(default: FILE's stem.svg in the working directory); png and pdf need Graphviz",
     )
 
     diff = commands.add_parser(
