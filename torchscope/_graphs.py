@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Collection, Hashable, Iterable, Sequence
 
 import torch
 
 from torchscope._format import format_shapes
-from torchscope.records import Graph, GraphCluster, GraphDiff, GraphEdge, GraphNode
+from torchscope.records import Graph, GraphCluster, GraphDiff, GraphEdge, GraphFold, GraphNode
 
-__all__ = ["check_depth", "common_module", "diff", "find_repeats", "view"]
+__all__ = ["check_depth", "common_module", "diff", "find_repeats", "fold_cluster_key", "view"]
 
 #: Longest period (in steps) searched for repeats; an encoder block is ~40 autograd nodes.
 MAX_PERIOD = 256
@@ -98,81 +98,139 @@ def check_depth(depth: object) -> None:
 def view(graph: Graph, *, fold: bool = True, depth: int | None = None) -> Graph:
     """What to draw: ``graph`` with its folds applied (each repeated step drawn once inside a
     cluster labelled ``× count``) and, with ``depth``, every module at nesting level
-    ``depth`` (1: the model's direct children) that holds nodes collapsed into one node."""
+    ``depth`` (1: the model's direct children) that holds nodes collapsed into one node.
+    Fold clusters do not count as a nesting level."""
     check_depth(depth)
     result = graph
+    fold_clusters: set[str] = set()
     if fold and graph.folds:
-        result = _apply_folds(result)
+        result, fold_clusters = _apply_folds(result)
     if depth is not None:
-        result = _collapse(result, depth)
+        result = _collapse(result, depth, fold_clusters)
     return result
 
 
-def _apply_folds(graph: Graph) -> Graph:
-    replace: dict[str, str] = {}  # node of a later repetition -> its counterpart in the first
-    instance_of: dict[str, tuple[int, int]] = {}  # node -> (fold, repetition)
-    fold_cluster_of: dict[str, str] = {}  # first-repetition node -> fold cluster
-    common_of: dict[str, str] = {}  # fold cluster -> the module holding every repetition
+def fold_cluster_key(index: int) -> str:
+    """The key of the cluster that draws ``graph.folds[index]`` once (see :func:`view`)."""
+    return f"fold{index}"
+
+
+def _chain(module: str | None, clusters: dict[str, GraphCluster]) -> list[str]:
+    """The clusters holding a node of ``module``, outermost first (by cluster parents, so a
+    container that was never called, such as a ModuleList looped over, is skipped)."""
+    chain: list[str] = []
+    key = module or ""
+    while key and key in clusters and key not in chain:
+        chain.append(key)
+        key = clusters[key].parent or ""
+    chain.reverse()
+    return chain
+
+
+def _apply_folds(graph: Graph) -> tuple[Graph, set[str]]:
     clusters = {c.key: c for c in graph.clusters}
+    module_of = {n.key: n.module for n in graph.nodes}
+    replace: dict[str, str] = {}  # node of a later repetition -> its counterpart in the first
+    instance_of: dict[str, list[tuple[int, int]]] = {}  # node -> [(fold, repetition)]
+    fold_cluster_of: dict[str, str] = {}  # first-repetition node -> innermost fold cluster
+    move_into: dict[str, str] = {}  # first-repetition node drawn in the fold cluster itself
+    common_of: dict[str, str] = {}  # fold cluster -> the cluster holding every repetition
     new_clusters: list[GraphCluster] = []
     reparent: dict[str, str] = {}
     dropped_clusters: set[str] = set()
-    module_of = {n.key: n.module for n in graph.nodes}
+    known = set(module_of)
     for f, fold in enumerate(graph.folds):
-        fold_key = f"fold{f}"
-        modules = {module_of.get(k) or "" for inst in fold.instances for k in inst}
-        common = _common_cluster(modules, clusters)
+        if not all(key in known for inst in fold.instances for key in inst):
+            continue  # a fold of another view of this graph (its nodes were collapsed)
+        fold_key = fold_cluster_key(f)
+        chains = [_chain(module_of[k], clusters) for inst in fold.instances for k in inst]
+        common_chain: list[str] = []
+        for column in zip(*chains, strict=False):
+            if len(set(column)) != 1:
+                break
+            common_chain.append(column[0])
+        common = common_chain[-1] if common_chain else ""
+        depth = len(common_chain)
+        # a fold nested in the first repetition of another, in the same module, hangs inside
+        # that fold's cluster; one in a deeper module hangs in that module's cluster
+        outer = _outer_fold(fold, fold_cluster_of)
+        parent = outer if outer and common_of[outer] == common else common
         common_of[fold_key] = common
-        new_clusters.append(GraphCluster(fold_key, f"{fold.label} ×{fold.count}", common or None))
+        new_clusters.append(GraphCluster(fold_key, f"{fold.label} ×{fold.count}", parent or None))
         for r, inst in enumerate(fold.instances):
             for key in inst:
-                instance_of[key] = (f, r)
+                instance_of.setdefault(key, []).append((f, r))
         for key in fold.instances[0]:
             fold_cluster_of[key] = fold_key
         for inst in fold.instances[1:]:
             for key, first in zip(inst, fold.instances[0], strict=True):
-                replace[key] = first
-        # the clusters each repetition has of its own hang below the common one
+                replace.setdefault(key, first)
+        # the clusters each repetition has of its own hang below the fold (first) or go; a
+        # node in no such cluster (in the module holding the run, or in one the run's
+        # repetitions straddle) is drawn in the fold itself
+        owners: dict[str, set[int]] = {}
         for r, inst in enumerate(fold.instances):
-            for key in inst:
-                top = _child_towards(module_of.get(key) or "", common)
+            for chain in chains[r * len(inst) : (r + 1) * len(inst)]:
+                for key in chain[depth:]:
+                    owners.setdefault(key, set()).add(r)
+        for r, inst in enumerate(fold.instances):
+            for key, chain in zip(inst, chains[r * len(inst) : (r + 1) * len(inst)], strict=True):
+                top = next((c for c in chain[depth:] if owners[c] == {r}), None)
                 if top is None:
-                    continue
-                if r == 0:
+                    if r == 0:
+                        move_into[key] = fold_key
+                elif r == 0:
                     reparent[top] = fold_key
                 else:
                     dropped_clusters.add(top)
+
     nodes = []
     for node in graph.nodes:
         if node.key in replace:
             continue
-        in_fold = fold_cluster_of.get(node.key)
-        if in_fold is not None and (node.module or "") == common_of[in_fold]:
-            # a node directly in the module holding the repetitions moves into the fold
-            node = dataclasses.replace(node, module=in_fold)
+        if node.key in move_into:
+            node = dataclasses.replace(node, module=move_into[node.key])
         nodes.append(node)
+
+    def across(src: str, dst: str) -> bool:
+        """Whether the edge goes from one repetition of a fold into another."""
+        reps = dict(instance_of.get(dst, ()))
+        return any(f in reps and reps[f] != r for f, r in instance_of.get(src, ()))
+
     edges: dict[tuple[str, str], GraphEdge] = {}
     for edge in graph.edges:
-        a, b = instance_of.get(edge.src), instance_of.get(edge.dst)
-        if a is not None and b is not None and a[0] == b[0] and a[1] != b[1]:
+        src, dst = edge.src, edge.dst
+        # map both ends into the first repetition step by step: with nested folds an edge of
+        # a later outer repetition lands in the first, where it may join two inner ones
+        while not (crossing := across(src, dst)) and (src in replace or dst in replace):
+            src, dst = replace.get(src, src), replace.get(dst, dst)
+        if crossing:
             continue  # from one repetition into the next: the count says it
-        src, dst = replace.get(edge.src, edge.src), replace.get(edge.dst, edge.dst)
         if src != dst:
             edges.setdefault((src, dst), GraphEdge(src, dst, edge.label))
     kept_clusters = []
     for cluster in graph.clusters:
-        if _under_any(cluster.key, dropped_clusters):
+        if cluster.key in dropped_clusters or any(
+            c in dropped_clusters for c in _chain(cluster.key, clusters)
+        ):
             continue
         if cluster.key in reparent:
             cluster = dataclasses.replace(cluster, parent=reparent[cluster.key])
         kept_clusters.append(cluster)
-    return dataclasses.replace(
+    folded = dataclasses.replace(
         graph,
         nodes=tuple(nodes),
         edges=tuple(edges.values()),
         clusters=_prune_clusters((*kept_clusters, *new_clusters), nodes),
         folds=(),
     )
+    return folded, {c.key for c in new_clusters}
+
+
+def _outer_fold(fold: GraphFold, fold_cluster_of: dict[str, str]) -> str:
+    """The fold cluster whose first repetition holds all of ``fold`` ("" when none)."""
+    outer = {fold_cluster_of.get(key, "") for inst in fold.instances for key in inst}
+    return outer.pop() if len(outer) == 1 else ""
 
 
 def common_module(paths: Iterable[str]) -> str:
@@ -185,32 +243,6 @@ def common_module(paths: Iterable[str]) -> str:
             break
         common.append(column[0])
     return ".".join(common)
-
-
-def _common_cluster(modules: set[str], clusters: dict[str, GraphCluster]) -> str:
-    """The deepest cluster that holds all ``modules``."""
-    key = common_module(modules)
-    # only paths that are clusters (or the root) can hold the fold
-    while key and key not in clusters:
-        key = key.rpartition(".")[0]
-    return key
-
-
-def _child_towards(module: str, ancestor: str) -> str | None:
-    """The child of ``ancestor`` on the path to ``module`` (None when ``module`` is not
-    strictly below ``ancestor``)."""
-    if module == ancestor:
-        return None
-    if ancestor:
-        if not module.startswith(ancestor + "."):
-            return None
-        rest = module[len(ancestor) + 1 :]
-        return f"{ancestor}.{rest.split('.')[0]}"
-    return module.split(".")[0] if module else None
-
-
-def _under_any(key: str, roots: set[str]) -> bool:
-    return any(key == r or key.startswith(r + ".") for r in roots)
 
 
 def _prune_clusters(
@@ -242,14 +274,14 @@ def _prune_clusters(
     return tuple(ordered)
 
 
-def _collapse(graph: Graph, depth: int) -> Graph:
+def _collapse(graph: Graph, depth: int, fold_clusters: Collection[str] = ()) -> Graph:
     clusters = {c.key: c for c in graph.clusters}
     collapsed: dict[str, GraphNode] = {}
     replace: dict[str, str] = {}
     nodes: list[GraphNode] = []
     for node in graph.nodes:
         module = node.module or ""
-        target = _collapse_target(module, depth, clusters)
+        target = _collapse_target(module, depth, clusters, fold_clusters)
         if target is None:
             nodes.append(node)
             continue
@@ -290,26 +322,43 @@ def _collapse(graph: Graph, depth: int) -> Graph:
     kept = [
         c
         for c in graph.clusters
-        if c.key not in collapsed and not _under_any(c.key, set(collapsed))
+        if c.key not in collapsed and not any(k in collapsed for k in _chain(c.key, clusters))
     ]
     return dataclasses.replace(
         graph,
         nodes=tuple(nodes),
         edges=tuple(edges.values()),
         clusters=_prune_clusters(kept, nodes),
+        folds=_collapse_folds(graph.folds, replace),
     )
 
 
-def _collapse_target(module: str, depth: int, clusters: dict[str, GraphCluster]) -> str | None:
+def _collapse_folds(folds: tuple[GraphFold, ...], replace: dict[str, str]) -> tuple[GraphFold, ...]:
+    """The folds of a collapsed graph: each repetition's nodes mapped to what stands for them
+    (``encoder.layers.3``, one node per block), kept while the repetitions stay apart."""
+    kept = []
+    for fold in folds:
+        instances = tuple(
+            tuple(dict.fromkeys(replace.get(k, k) for k in inst)) for inst in fold.instances
+        )
+        seen: set[str] = set()
+        apart = True
+        for inst in instances:
+            if seen.intersection(inst) or len(inst) != len(instances[0]):
+                apart = False
+                break
+            seen.update(inst)
+        if apart:
+            kept.append(dataclasses.replace(fold, instances=instances))
+    return tuple(kept)
+
+
+def _collapse_target(
+    module: str, depth: int, clusters: dict[str, GraphCluster], fold_clusters: Collection[str]
+) -> str | None:
     """The cluster a node in ``module`` collapses into at ``depth``, None to keep it."""
-    if not module:
-        return None
-    key: str | None = module
-    chain: list[str] = []
-    while key:
-        chain.append(key)
-        key = clusters[key].parent if key in clusters else None
-    chain.reverse()  # outermost first: nesting depth is the position in this chain
+    # nesting depth is the position in the chain of modules holding it, fold clusters aside
+    chain = [key for key in _chain(module, clusters) if key not in fold_clusters]
     if len(chain) < depth:
         return None
     return chain[depth - 1]

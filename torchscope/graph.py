@@ -1047,15 +1047,29 @@ def _leave(flow: _ModuleFlow, name: str) -> Callable[..., None]:
 def _module_folds(flow: _ModuleFlow) -> tuple[GraphFold, ...]:
     folds: list[GraphFold] = []
     labels = {n.key: n.op for n in flow.nodes}
-    sequences = [flow.root_items, *flow.item_children.values()]
-    covered: set[str] = set()
+
+    def nesting(scope: str) -> int:
+        level = 0
+        while scope in flow.scopes and level <= len(flow.scopes):
+            scope = flow.scopes[scope][1] or ""
+            level += 1
+        return level
+
+    # outer containers first: a run of stages is found before the run of blocks in each
+    children = sorted(flow.item_children.items(), key=lambda item: nesting(item[0]))
+    sequences = [flow.root_items, *(items for _, items in children)]
+    covered: dict[str, tuple[int, int]] = {}  # node -> innermost (fold, repetition) holding it
     for items in sequences:
         for start, period, count in find_repeats([i.hash for i in items], min_count=MIN_FOLD_COUNT):
             blocks = [items[start + k * period : start + (k + 1) * period] for k in range(count)]
             instances = tuple(tuple(k for item in block for k in item.nodes) for block in blocks)
-            if covered.intersection(instances[0]):
-                continue  # inside a fold already found at an outer level
-            covered.update(k for inst in instances for k in inst)
+            holders = {covered.get(k) for inst in instances for k in inst}
+            if len(holders) != 1 or ((holder := holders.pop()) is not None and holder[1] != 0):
+                # only a run nested in the first repetition of an outer one is drawn (the
+                # others are drawn as that one); one straddling repetitions is not a run
+                continue
+            for r, inst in enumerate(instances):
+                covered.update((k, (len(folds), r)) for k in inst)
             kinds = [
                 flow.scopes[item.key][0].rsplit("(", 1)[-1].rstrip(")")
                 if item.key in flow.scopes

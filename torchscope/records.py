@@ -778,11 +778,12 @@ class Graph:
 
         return dot.render_graph(self, path, fold=fold, depth=depth)
 
-    def log_to(self, writer: Any) -> None:
-        """Write the graph to TensorBoard's graph tab through a ``SummaryWriter``."""
+    def log_to(self, writer: Any, *, fold: bool = True) -> None:
+        """Write the graph to TensorBoard's graph tab through a ``SummaryWriter``; with
+        ``fold``, each run of repeated steps is one box named with its count."""
         from torchscope.render import tensorboard
 
-        tensorboard.log_graph(self, writer)
+        tensorboard.log_graph(self, writer, fold=fold)
 
     def __str__(self) -> str:
         return render_text.render_graph(self)

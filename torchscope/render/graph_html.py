@@ -1092,8 +1092,11 @@ function startPage() {
     if (INITIAL_DEPTH === null) return;
     // like view(graph, depth=...): modules at that nesting level (1: the model's children)
     // and below start collapsed; expanding one shows its children collapsed
+    // a fold cluster ("Block ×6") is no nesting level: the modules inside it are counted
+    const isFold = (c) => /×\d+$/.test(fullTree.labels[c]);
     fullTree.keys.forEach((key, c) => {
-      if (fullTree.depth[c] >= INITIAL_DEPTH) collapsed.add(key);
+      const level = fullTree.chain[c].filter((at) => !isFold(at)).length;
+      if (!isFold(c) && level >= INITIAL_DEPTH) collapsed.add(key);
     });
   }
 

@@ -8,12 +8,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from torchscope._graphs import common_module
 from torchscope.render.text import render_gradient_report
 
 if TYPE_CHECKING:
     from torchscope.records import GradientReport, Graph, GraphNode, TimingReport
 
 __all__ = [
+    "fold_scopes",
     "graph_def",
     "log_gradient_report",
     "log_graph",
@@ -86,9 +88,11 @@ def _name_part(text: str) -> str:
 
 def _local_name(node: GraphNode) -> str:
     """The node's name inside its module's scope: ``conv1`` for module ``layer1.0.conv1``
-    drawn in ``layer1.0``, ``weight`` for parameter ``fc.weight``, ``AddmmBackward0``."""
-    module = node.module or ""
-    prefix = f"{module}." if module else ""
+    drawn in ``layer1.0``, ``fc_1`` for ``block.fc#1`` drawn in ``block#1``, ``weight`` for
+    parameter ``fc.weight``, ``AddmmBackward0``."""
+    module = _owner(node)
+    # a module called again is its own scope (block#1): its children are block.fc#1
+    prefix = f"{module.split('#')[0]}." if module else ""
     if node.kind == "module" and node.key.startswith(prefix) and node.key != module:
         text = node.key[len(prefix) :]
     else:
@@ -100,26 +104,61 @@ def _local_name(node: GraphNode) -> str:
     return _name_part(text) or _name_part(node.op) or node.kind
 
 
-def tensorboard_names(graph: Graph) -> dict[str, str]:
+def _owner(node: GraphNode) -> str:
+    """The module path a node is named under: its module, or for a parameter of a graph
+    captured without module information, the module owning it (``fc`` for ``fc.weight``)."""
+    if node.module is None and node.kind == "parameter" and "." in node.label:
+        return node.label.rpartition(".")[0]
+    return node.module or ""
+
+
+def fold_scopes(graph: Graph) -> dict[str, tuple[tuple[int, str], ...]]:
+    """Node key -> the repeat markers on its name: ``(position, "EncoderBlock_x12")`` for each
+    of ``graph.folds`` holding the node, the marker going after the first ``position`` parts
+    of its module path (where the module holding every repetition is)."""
+    owner = {node.key: _owner(node) for node in graph.nodes}
+    markers: dict[str, list[tuple[int, str]]] = {}
+    for fold in graph.folds:
+        keys = [key for inst in fold.instances for key in inst]
+        if not all(key in owner for key in keys):
+            continue  # a fold of another view of this graph
+        common = common_module(owner[key] for key in keys)
+        position = common.count(".") + 1 if common else 0
+        marker = _name_part(f"{fold.label} x{fold.count}") or f"x{fold.count}"
+        for key in keys:
+            markers.setdefault(key, []).append((position, marker))
+    # outer folds come first in graph.folds; sorted() keeps that order at equal positions
+    return {key: tuple(sorted(found, key=lambda m: m[0])) for key, found in markers.items()}
+
+
+def tensorboard_names(graph: Graph, *, fold: bool = True) -> dict[str, str]:
     """Node key -> TensorBoard node name: the module path as "/"-separated name scopes, then
     the node's own name (``layer1/0/conv1``, ``fc/AddmmBackward0_2``, ``fc/weight``).
+
+    With ``fold``, every repetition of a repeated step (``graph.folds``) sits in a scope
+    that says so, placed where the module holding the run is: the 12 blocks of
+    ``encoder.layers`` are ``encoder/layers/EncoderBlock_x12/0/...`` to ``.../11/...``, so
+    TensorBoard draws one box ``EncoderBlock_x12`` that opens onto the blocks.
 
     Names are valid TensorFlow node names, unique, and depend only on the graph record (the
     same model and input give the same names). A name that is taken, or that is also a scope
     holding other nodes, gets the first free ``_1``, ``_2``, ... suffix, in node order.
     """
-    scopes: dict[str, str] = {}
+    markers = fold_scopes(graph) if fold else {}
+    scopes: dict[tuple[str, tuple[tuple[int, str], ...]], str] = {}
 
-    def scope(module: str) -> str:
-        if module not in scopes:
+    def scope(module: str, marks: tuple[tuple[int, str], ...]) -> str:
+        if (module, marks) not in scopes:
             parts = [_name_part(p) or "_" for p in module.split(".")] if module else []
-            scopes[module] = _INVALID_FIRST.sub("", "/".join(parts))
-        return scopes[module]
+            for position, marker in reversed(marks):
+                parts.insert(min(position, len(parts)), marker)
+            scopes[(module, marks)] = _INVALID_FIRST.sub("", "/".join(parts))
+        return scopes[(module, marks)]
 
     bases = []
     taken: set[str] = set()
     for node in graph.nodes:
-        where = scope(node.module or "")
+        where = scope(_owner(node), markers.get(node.key, ()))
         local = _local_name(node)
         bases.append(f"{where}/{local}" if where else _INVALID_FIRST.sub("", local) or "node")
         # every enclosing scope is reserved: a node named like one would sit on top of it
@@ -143,11 +182,13 @@ def tensorboard_names(graph: Graph) -> dict[str, str]:
     return names
 
 
-def graph_def(graph: Graph) -> Any:
+def graph_def(graph: Graph, *, fold: bool = True) -> Any:
     """A TensorBoard ``GraphDef`` for ``graph``: one ``NodeDef`` per node, named by
-    :func:`tensorboard_names`, with its ``op``, its inputs (the sources of its edges, in node
+    :func:`tensorboard_names` (with ``fold``, repeated steps in a scope such as
+    ``EncoderBlock_x12``), with its ``op``, its inputs (the sources of its edges, in node
     order), ``_output_shapes`` and ``dtype`` where the record knows them, and the record's
-    key, kind, label and attributes as string attributes."""
+    key, kind, label, attributes and repetition (``EncoderBlock ×12, repetition 3``) as
+    string attributes."""
     try:
         from tensorboard.compat.proto import (
             attr_value_pb2,
@@ -163,7 +204,15 @@ def graph_def(graph: Graph) -> Any:
         ) from e
 
     AttrValue = attr_value_pb2.AttrValue
-    names = tensorboard_names(graph)
+    names = tensorboard_names(graph, fold=fold)
+    repeats: dict[str, list[str]] = {}
+    if fold:
+        for repeated in graph.folds:
+            for r, inst in enumerate(repeated.instances):
+                for key in inst:
+                    repeats.setdefault(key, []).append(
+                        f"{repeated.label} ×{repeated.count}, repetition {r + 1}"
+                    )
     order = {node.key: i for i, node in enumerate(graph.nodes)}
     inputs: dict[str, list[str]] = {}
     for edge in sorted(
@@ -191,6 +240,8 @@ def graph_def(graph: Graph) -> Any:
             attr["label"] = AttrValue(s=node.label.encode())
         if node.module is not None:
             attr["module"] = AttrValue(s=node.module.encode())
+        if node.key in repeats:
+            attr["repeat"] = AttrValue(s="; ".join(repeats[node.key]).encode())
         if node.grad is not None:
             norm = "none" if node.grad.norm is None else f"{node.grad.norm:.4g}"
             attr["grad"] = AttrValue(s=f"{node.grad.status} (norm {norm})".encode())
@@ -216,18 +267,19 @@ def graph_def(graph: Graph) -> Any:
     return graph_pb2.GraphDef(node=nodes, versions=versions_pb2.VersionDef(producer=22))
 
 
-def log_graph(graph: Graph, writer: Any) -> None:
+def log_graph(graph: Graph, writer: Any, *, fold: bool = True) -> None:
     """None: writes ``graph`` to TensorBoard's graph tab through ``writer`` (a
     ``SummaryWriter``, or anything with its ``_get_file_writer()`` or an ``add_event``) and
     flushes it.
 
-    Modules become expandable boxes (name scopes); nothing is traced, so models that
+    Modules become expandable boxes (name scopes), and with ``fold`` each run of repeated
+    steps one box named with its count (``EncoderBlock_x12``); nothing is traced, so models that
     ``SummaryWriter.add_graph`` cannot trace (dict outputs, data-dependent branches) work,
     and the graph shows the branch that actually ran.
     """
     from tensorboard.compat.proto import event_pb2
 
-    event = event_pb2.Event(graph_def=graph_def(graph).SerializeToString())
+    event = event_pb2.Event(graph_def=graph_def(graph, fold=fold).SerializeToString())
     file_writer = writer._get_file_writer() if hasattr(writer, "_get_file_writer") else writer
     file_writer.add_event(event)
     writer.flush()
