@@ -119,6 +119,9 @@ _PASSTHROUGH = (
     nn.Sequential,
 )
 _TRAINING_SENSITIVE = (_DropoutNd, _BatchNorm, _InstanceNorm)
+# a bias gradient under this many machine epsilons of its output gradients' L1 norm is
+# rounding, not signal (see _Judge._rounding_zero): 1.2e-4 in float32, 2.3e-13 in float64
+_ROUNDING_FACTOR = 2.0**10
 
 
 class _Param:
@@ -199,6 +202,10 @@ class _StepRow:
     grad_stats: torch.Tensor  # [3, n]: L1, L2 and max-abs norms of the gradients
     weight_index: tuple[int, ...]
     weight_stats: torch.Tensor | None  # [2, m]: weight norm before the step, norm of the change
+    # biases whose module output got gradients since the previous row, and the L1 norm of
+    # those output gradients: the scale of the sum a bias gradient is made of
+    output_index: tuple[int, ...] = ()
+    output_l1: torch.Tensor | None = None
 
 
 def _grad_key(param: torch.Tensor) -> tuple[int, int] | None:
@@ -402,6 +409,7 @@ class GradientMonitor:
         self._forward_checks: list[tuple[str, torch.Tensor]] = []
         self._forwards: list[tuple[_Clock, tuple[str, ...], torch.Tensor]] = []
         self._produced: dict[int, tuple[weakref.ref[torch.Tensor], _Module]] = {}
+        self._output_l1: dict[int, torch.Tensor] = {}  # bias index -> sum of |output grad|
         self._eval_pending: list[str] | None = None
         self._eval_root_forwards: list[tuple[_Clock, tuple[str, ...]]] = []
         self._eval_sub_forwards: list[tuple[_Clock, tuple[str, ...]]] = []
@@ -575,6 +583,8 @@ class GradientMonitor:
                     self._forward_checks.append((info.path, tensor.detach().sum(dtype=kind)))
         if info.biases and isinstance(output, torch.Tensor):
             self._produced[id(output)] = (weakref.ref(output), info)
+            if output.requires_grad and output.is_floating_point():
+                output.register_hook(lambda grad, info=info: self._on_output_gradient(info, grad))
         if info.module is self._model:
             self._end_forward()
 
@@ -656,6 +666,17 @@ class GradientMonitor:
 
     # -- backward --------------------------------------------------------------------------------
 
+    def _on_output_gradient(self, info: _Module, grad: torch.Tensor) -> None:
+        # A bias gradient is a sum of the module's output gradients; when a normalisation
+        # cancels the bias that sum is zero up to rounding, whose size is set by this scale,
+        # not by the other parameters' gradients (see _Judge.rounding_zero).
+        if not self._active:
+            return
+        scale = grad.detach().abs().sum(dtype=torch.float32)
+        for bias in info.biases:
+            previous = self._output_l1.get(bias.index)
+            self._output_l1[bias.index] = scale if previous is None else previous + scale
+
     def _on_gradient(self, entry: _Param) -> None:
         # called before the incoming gradient is added to .grad, so .grad is still last step's
         entry.received += 1
@@ -707,7 +728,18 @@ class GradientMonitor:
             (1.0, 2.0, math.inf),
         )
         weight_index, weight_stats = weights if weights is not None else ((), None)
-        return _StepRow(self._clock(), from_step, index, stats, weight_index, weight_stats)
+        output_index, output_l1 = self._take_output_l1()
+        return _StepRow(
+            self._clock(), from_step, index, stats, weight_index, weight_stats,
+            output_index, output_l1,
+        )  # fmt: skip
+
+    def _take_output_l1(self) -> tuple[tuple[int, ...], torch.Tensor | None]:
+        scales, self._output_l1 = self._output_l1, {}
+        if not scales:
+            return (), None
+        device = next(iter(scales.values())).device
+        return tuple(scales), torch.stack([v.to(device) for v in scales.values()])
 
     # -- optimizer -------------------------------------------------------------------------------
 
@@ -725,6 +757,12 @@ class GradientMonitor:
         if not held:
             return
         if not self._optimizers:  # from now on a step is an optimizer step
+            last = self._rows[-1] if self._rows and not self._rows[-1].from_step else None
+            if last is not None and last.output_l1 is not None:
+                # the backward pass just before this step filled the gradients it steps with
+                for i, scale in zip(last.output_index, last.output_l1, strict=True):
+                    previous = self._output_l1.get(i)
+                    self._output_l1[i] = scale if previous is None else previous + scale
             self._rows = [row for row in self._rows if row.from_step]
         self._optimizers[id(optimizer)] = weakref.ref(optimizer)
         params = [entry.tensor for entry, _ in held]
@@ -885,6 +923,38 @@ class _Judge:
         self.forwards = [(c, p, v.cpu()) for c, p, v in monitor._forwards]
         values = torch.stack([v for _, v in monitor._losses]).tolist() if monitor._losses else []
         self.losses = [(c, v) for (c, _), v in zip(monitor._losses, values, strict=True)]
+        self.rounding_zero = self._rounding_zero()
+
+    def _rounding_zero(self) -> set[int]:
+        """Biases whose gradient is zero up to floating-point rounding in the median step.
+
+        A bias gradient is the sum of its module's output gradients. When a normalisation
+        right after it removes per-channel shifts (however the tensor reaches it: a reshape,
+        ``F.batch_norm``, a one-channel-per-group GroupNorm) that sum is mathematically zero
+        and what is left is rounding: about eps x the summed magnitudes, and how much
+        depends on which kernels the CPU picks. Judged against that scale, not against other
+        parameters' gradients, the verdict is the same on every machine: rounding stays under
+        1e-6 of the scale in float32 (1e-4 in bfloat16), real bias gradients are 1e-2 and up
+        (1/sqrt(positions) when signs are random), and the threshold sits between.
+        """
+        ratios: dict[int, list[float]] = {}
+        for row, grad in zip(self.rows, self.grad, strict=True):
+            if row.output_l1 is None:
+                continue
+            l1 = dict(zip(row.grad_index, grad[0].tolist(), strict=True))
+            if not any(v > 0 for v in l1.values()):
+                continue  # every gradient was cleared before the step: nothing to judge here
+            for i, scale in zip(row.output_index, row.output_l1.cpu().tolist(), strict=True):
+                if i in l1 and scale > 0 and math.isfinite(scale) and math.isfinite(l1[i]):
+                    ratios.setdefault(i, []).append(l1[i] / scale)
+        zero = set()
+        for e in self.m._params:
+            values = sorted(ratios.get(e.index, ()))
+            if values and e.tensor.is_floating_point():
+                tolerance = min(_ROUNDING_FACTOR * torch.finfo(e.tensor.dtype).eps, 1e-3)
+                if values[len(values) // 2] <= tolerance:
+                    zero.add(e.index)
+        return zero
 
     def when(self, clock: _Clock) -> int:
         return clock.step if self.stepped else clock.backward
@@ -1059,7 +1129,7 @@ class _Judge:
             # max |grad| is exact (the L2 norm of fp32 values under ~1e-19 underflows to 0)
             finite = [v for v in h.grad_max_abs if math.isfinite(v)]
             if finite and all(v == 0 for v in finite):
-                if e.cancelled_by is None:
+                if e.cancelled_by is None and e.index not in self.rounding_zero:
                     zero.append((e, h, len(finite)))
                 continue
             big = [
@@ -1096,7 +1166,7 @@ class _Judge:
                     largest[step] = mean
         threshold = self.t.vanishing_ratio
         for e, h in judged:
-            if e.cancelled_by is not None or e.index in exploding:
+            if e.cancelled_by is not None or e.index in exploding or e.index in self.rounding_zero:
                 continue
             ratios = sorted(
                 mean / largest[step]
