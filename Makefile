@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.torchscope-installed
 
-.PHONY: demo test lint bench dot clean
+.PHONY: demo test test-cpus lint bench dot clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ test: $(STAMP) dot
 	$(VENV)/bin/ruff check torchscope tests benchmarks
 	$(VENV)/bin/mypy torchscope
 	$(PY) -m pytest
+
+# float32 results differ in the last bits between CPUs: the suite must pass whatever kernels run
+test-cpus: $(STAMP) dot
+	ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 $(PY) -m pytest -q
+	ONEDNN_MAX_CPU_ISA=SSE41 ATEN_CPU_CAPABILITY=default $(PY) -m pytest -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check torchscope tests benchmarks
