@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import subprocess
 import sys
 import textwrap
@@ -186,6 +187,51 @@ def test_summary_explains_when_it_cannot_read_an_iterable_dataset(tmp_path, caps
     assert callback.model_summary is None
 
 
+# Lightning's ModelSummary callback logs its table through the "lightning.pytorch" logger: to
+# stderr in a terminal, to the root logger's handlers (caplog here) where it has some
+LIGHTNING_TABLE = "Total estimated model params size (MB)"
+OUR_TABLE = f"Total params: {PARAMS:,}"
+
+
+def printed(capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> str:
+    out, err = capfd.readouterr()
+    return out + err + caplog.text
+
+
+def test_our_summary_replaces_lightnings_for_the_fit(tmp_path, capfd, caplog):
+    callback = TorchscopeCallback(gradient_health=False)
+    trainer = fit(TinyModule(), callback, tmp_path, enable_model_summary=True)
+    text = printed(capfd, caplog)
+    assert text.count(OUR_TABLE) == 1
+    assert LIGHTNING_TABLE not in text
+    # put back after the fit, where it was
+    assert [type(c).__name__ for c in trainer.callbacks].count("ModelSummary") == 1
+
+
+def test_without_our_summary_lightnings_prints(tmp_path, capfd, caplog):
+    fit(TinyModule(), TorchscopeCallback(summary=False), tmp_path, enable_model_summary=True)
+    text = printed(capfd, caplog)
+    assert text.count(LIGHTNING_TABLE) == 1 and OUR_TABLE not in text
+
+
+def test_lightnings_summary_prints_when_ours_cannot(tmp_path, capfd, caplog):
+    class Stream(IterableDataset):
+        def __iter__(self):
+            yield torch.randn(8, 8), torch.randint(0, 2, (8,))
+
+    callback = TorchscopeCallback(gradient_health=False)
+    fit(
+        TinyModule(),
+        callback,
+        tmp_path,
+        DataLoader(Stream(), batch_size=None),
+        enable_model_summary=True,
+    )
+    text = printed(capfd, caplog)
+    assert "no summary of TinyModule" in text
+    assert text.count(LIGHTNING_TABLE) == 1 and OUR_TABLE not in text
+
+
 # -- gradient health --------------------------------------------------------------------------
 
 
@@ -208,6 +254,57 @@ def test_planted_bug_is_found(tmp_path):
     assert report is not None
     assert report.kinds == {"no_grad"}
     assert {f.where for f in report.findings} == {"layer1.weight", "layer1.bias"}
+
+
+def test_findings_go_to_the_trainers_loggers(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tensorboard = TensorBoardLogger(tmp_path, name="tb", version=0)
+    csv_logger = CSVLogger(tmp_path, name="csv", version=0)
+    callback = TorchscopeCallback(summary=False)
+    trainer = fit(
+        TinyModule(detach=True),
+        callback,
+        tmp_path,
+        logger=[tensorboard, csv_logger],
+        log_every_n_steps=1,
+    )
+    assert callback.report is not None
+    errors = sum(f.severity == "error" for f in callback.report.findings)
+    assert errors == 2  # layer1.weight and layer1.bias never got a gradient
+
+    events = EventAccumulator(tensorboard.log_dir, size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    scalars = {tag: events.Scalars(tag) for tag in events.Tags()["scalars"]}
+    assert [(e.step, e.value) for e in scalars["torchscope/errors"]] == [(trainer.global_step, 2)]
+    assert [e.value for e in scalars["torchscope/warnings"]] == [0]
+    (text,) = events.Tensors("torchscope/gradient_health/text_summary")
+    table = text.tensor_proto.string_val[0].decode()
+    assert "no_grad" in table and "layer1.weight" in table
+
+    with open(f"{csv_logger.log_dir}/metrics.csv", newline="") as file:
+        rows = [row for row in csv.DictReader(file) if row.get("torchscope/errors")]
+    assert len(rows) == 1
+    assert float(rows[0]["torchscope/errors"]) == 2 and float(rows[0]["torchscope/warnings"]) == 0
+    assert int(rows[0]["step"]) == trainer.global_step
+
+
+def test_the_report_of_a_fit_that_raises_is_logged_too(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+
+    csv_logger = CSVLogger(tmp_path, name="csv", version=0)
+    with pytest.raises(RuntimeError, match="planted failure"):
+        fit(
+            TinyModule(detach=True, fail_at=2),
+            TorchscopeCallback(summary=False),
+            tmp_path,
+            logger=csv_logger,
+            log_every_n_steps=1,
+        )
+    with open(f"{csv_logger.log_dir}/metrics.csv", newline="") as file:
+        rows = [row for row in csv.DictReader(file) if row.get("torchscope/errors")]
+    assert [(int(r["step"]), float(r["torchscope/errors"])) for r in rows] == [(2, 2)]
 
 
 def test_fail_on_error_fails_the_fit_and_removes_the_hooks(tmp_path):

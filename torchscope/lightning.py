@@ -22,16 +22,21 @@ from torchscope.freezing import freeze as freeze_targets
 from torchscope.gradients import GradientMonitor
 from torchscope.hooks import preserved_rng
 from torchscope.records import GradientReport, ModelSummary
+from torchscope.render.text import render_gradient_report
 from torchscope.summarize import summary as summarize
 
 try:
     from lightning.pytorch import Callback, LightningModule, Trainer
+    from lightning.pytorch.callbacks import ModelSummary as LightningSummary
 except ImportError:
     try:
         from pytorch_lightning import (  # type: ignore[assignment]
             Callback,
             LightningModule,
             Trainer,
+        )
+        from pytorch_lightning.callbacks import (  # type: ignore[assignment]
+            ModelSummary as LightningSummary,
         )
     except ImportError as e:
         raise ImportError(
@@ -71,7 +76,12 @@ class TorchscopeCallback(Callback):
               ``IterableDataset``, several train loaders, a forward that rejects the guess)
               a one-line note says why instead: set ``example_input_array`` then.
 
-            The summary is kept on :attr:`model_summary`.
+            The summary is kept on :attr:`model_summary`. It replaces Lightning's own: a
+            ``ModelSummary`` or ``RichModelSummary`` callback (``enable_model_summary=True``, the
+            default, adds one) is taken off the trainer for the fit and put back at its end, so
+            one summary prints. Where torchscope's summary cannot be built (the note above),
+            Lightning's is printed instead. ``summary=False`` keeps Lightning's and prints none
+            of ours.
         gradient_health: run a :class:`~torchscope.GradientMonitor` from train start to train
             end (it is also removed when the fit raises or is interrupted), with
             ``accumulation_steps=trainer.accumulate_grad_batches``. Mixed precision needs no
@@ -81,7 +91,11 @@ class TorchscopeCallback(Callback):
             in a note (a clear at a window boundary after a skipped step is not taken for a
             clear inside the window). At train end the report is printed (global-zero rank) and kept on
             :attr:`report`; after an exception it is kept and printed too, covering the steps
-            up to the failure.
+            up to the failure. It also goes to the trainer's loggers, at the trainer's
+            ``global_step``: to every logger the scalars ``torchscope/errors``,
+            ``torchscope/warnings`` and ``torchscope/notes`` (finding counts, through
+            ``log_metrics``), and to a logger whose ``experiment`` takes text (TensorBoard's
+            ``SummaryWriter``) the findings table as ``torchscope/gradient_health``.
         freeze: what to pass to :func:`torchscope.freeze`: a qualified module name, a glob, a
             module type or a submodule, or a list of them. Applied in the ``setup`` hook,
             before ``configure_optimizers`` runs, so an optimizer built over trainable
@@ -122,6 +136,8 @@ class TorchscopeCallback(Callback):
         self._summarised = False
         self._monitor: GradientMonitor | None = None
         self._steps_at_start = 0
+        # Lightning's summary callbacks, off the trainer for the fit, with their places in its list
+        self._replaced: list[tuple[int, Callback]] = []
 
     def __repr__(self) -> str:
         return (
@@ -138,6 +154,8 @@ class TorchscopeCallback(Callback):
         self.report = None
         self.model_summary = None
         self._summarised = False
+        if self._summary:
+            self._replace_lightning_summary(trainer)
         if self._freeze:
             try:
                 freeze_targets(pl_module, *self._freeze)
@@ -180,6 +198,7 @@ class TorchscopeCallback(Callback):
             return
         if trainer.is_global_zero:
             print(report)
+            _log_report(trainer, report)
             skipped = _skipped_steps(trainer, report, self._steps_at_start)
             if skipped:
                 print(
@@ -210,9 +229,36 @@ class TorchscopeCallback(Callback):
         if report is not None and trainer.is_global_zero:
             print(f"torchscope: gradient health up to the {type(exception).__name__}:")
             print(report)
+            _log_report(trainer, report)
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._drop_monitor()  # the last hook of every fit: no hook of ours outlives it
+        self._restore_lightning_summary(trainer)
+
+    def _replace_lightning_summary(self, trainer: Trainer) -> None:
+        """Take Lightning's summary callbacks off the trainer, so one summary prints."""
+        self._restore_lightning_summary(trainer)  # left off by an earlier fit that ended unusually
+        callbacks: list[Callback] = trainer.callbacks  # type: ignore[attr-defined]
+        self._replaced = [
+            (k, c) for k, c in enumerate(callbacks) if isinstance(c, LightningSummary)
+        ]
+        if self._replaced:
+            # a new list: the hook being run iterates over the old one, which stays as it is
+            kept = [c for c in callbacks if not isinstance(c, LightningSummary)]
+            trainer.callbacks = kept  # type: ignore[attr-defined]
+
+    def _restore_lightning_summary(self, trainer: Trainer) -> None:
+        replaced, self._replaced = self._replaced, []
+        if replaced:
+            callbacks = list(trainer.callbacks)  # type: ignore[attr-defined]
+            for index, callback in replaced:  # in ascending order: back where they were
+                callbacks.insert(index, callback)
+            trainer.callbacks = callbacks  # type: ignore[attr-defined]
+
+    def _lightning_summary_instead(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Print the summary of the Lightning callbacks ours replaced (when ours failed)."""
+        for _, callback in self._replaced:
+            callback.on_fit_start(trainer, pl_module)
 
     def _drop_monitor(self) -> None:
         monitor, self._monitor = self._monitor, None
@@ -245,6 +291,7 @@ class TorchscopeCallback(Callback):
             print(
                 f"torchscope: no summary of {name}: {e}. Set {name}.example_input_array to get one"
             )
+            self._lightning_summary_instead(trainer, pl_module)
             return
         try:
             self._print_summary(trainer, pl_module, _forward_input(batch))
@@ -255,6 +302,7 @@ class TorchscopeCallback(Callback):
                 f"torchscope: no summary of {name}: its forward failed on the input taken from "
                 f"the first train batch ({first}). Set {name}.example_input_array to get one"
             )
+            self._lightning_summary_instead(trainer, pl_module)
 
 
 class _NoExample(Exception):
@@ -284,6 +332,23 @@ def _freeze_targets(freeze: Any) -> tuple[Target, ...]:
                 f"list of them), as torchscope.freeze does; got {type(target).__name__}"
             )
     return tuple(targets)
+
+
+def _log_report(trainer: Trainer, report: GradientReport) -> None:
+    """Send the report's finding counts (and, where text is taken, its table) to the loggers."""
+    counts = {
+        f"torchscope/{name}": float(sum(f.severity == severity for f in report.findings))
+        for name, severity in (("errors", "error"), ("warnings", "warning"), ("notes", "info"))
+    }
+    step = trainer.global_step
+    for logger in trainer.loggers:
+        logger.log_metrics(counts, step=step)
+        # TensorBoard's SummaryWriter takes text (log_metrics has made the experiment already)
+        add_text = getattr(getattr(logger, "experiment", None), "add_text", None)
+        if callable(add_text):
+            add_text(
+                "torchscope/gradient_health", render_gradient_report(report, markdown=True), step
+            )
 
 
 def _grad_scaler(trainer: Trainer) -> Any:
