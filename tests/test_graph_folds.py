@@ -377,3 +377,19 @@ def test_parameters_without_module_capture_are_scoped_by_their_owner():
     names = tensorboard_names(graph, fold=False)
     assert names["param:inp.weight"] == "inp/weight"
     assert names["param:blocks.3.fc.bias"] == "blocks/3/fc/bias"
+
+
+def test_dot_dashes_fold_clusters_only_not_modules_named_like_them():
+    class Folder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fold0 = nn.Sequential(nn.Linear(8, 8), nn.ReLU())
+            self.folder = ListLoop(3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.folder(self.fold0(x))
+
+    dot = graph_to_dot(torchscope.module_graph(Folder(), torch.randn(2, 8)))
+    styles = dict(re.findall(r'label="([^"]*)"; style=(\w+)', dot))
+    assert styles["Block ×3"] == "dashed"
+    assert styles["fold0 (Sequential)"] == styles["folder (ListLoop)"] == "rounded"

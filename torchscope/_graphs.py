@@ -16,7 +16,7 @@ import torch
 from torchscope._format import format_shapes
 from torchscope.records import Graph, GraphCluster, GraphDiff, GraphEdge, GraphFold, GraphNode
 
-__all__ = ["check_depth", "common_module", "diff", "find_repeats", "fold_cluster_key", "view"]
+__all__ = ["check_depth", "common_module", "diff", "find_repeats", "view"]
 
 #: Longest period (in steps) searched for repeats; an encoder block is ~40 autograd nodes.
 MAX_PERIOD = 256
@@ -110,9 +110,14 @@ def view(graph: Graph, *, fold: bool = True, depth: int | None = None) -> Graph:
     return result
 
 
-def fold_cluster_key(index: int) -> str:
-    """The key of the cluster that draws ``graph.folds[index]`` once (see :func:`view`)."""
-    return f"fold{index}"
+def _fold_cluster_key(index: int, taken: set[str]) -> str:
+    """The key of the cluster that draws ``graph.folds[index]`` once: ``fold0``, or with
+    leading ``_`` while that is a module's key too (a model may have a ``fold0``)."""
+    key = f"fold{index}"
+    while key in taken:
+        key = "_" + key
+    taken.add(key)
+    return key
 
 
 def _chain(module: str | None, clusters: dict[str, GraphCluster]) -> list[str]:
@@ -139,10 +144,11 @@ def _apply_folds(graph: Graph) -> tuple[Graph, set[str]]:
     reparent: dict[str, str] = {}
     dropped_clusters: set[str] = set()
     known = set(module_of)
+    taken = set(clusters) | known
     for f, fold in enumerate(graph.folds):
         if not all(key in known for inst in fold.instances for key in inst):
             continue  # a fold of another view of this graph (its nodes were collapsed)
-        fold_key = fold_cluster_key(f)
+        fold_key = _fold_cluster_key(f, taken)
         chains = [_chain(module_of[k], clusters) for inst in fold.instances for k in inst]
         common_chain: list[str] = []
         for column in zip(*chains, strict=False):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import colorsys
 import logging
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -65,6 +66,11 @@ _INSTALL_GRAPHVIZ = (
 
 _log = logging.getLogger(__name__)
 _noted_own_layout = False  # the "Graphviz is tighter" note is logged once per process
+
+
+#: The label of a fold's cluster ends with its count (see ``_graphs.view``); a module's
+#: cluster key can be anything, ``fold0`` included.
+_FOLD_LABEL = re.compile(r"×\d+$")
 
 
 def _quote(text: str) -> str:
@@ -152,7 +158,7 @@ def graph_to_dot(graph: Graph, *, fold: bool = True, depth: int | None = None) -
             continue
         pad = "  " * level
         lines.append(f"{pad}subgraph cluster_{number[key]} {{")
-        style = "dashed" if key.startswith("fold") else "rounded"
+        style = "dashed" if _FOLD_LABEL.search(labels[key]) else "rounded"
         lines.append(f'{pad}  label={_quote(labels[key])}; style={style}; color="#999999";')
         for node in members.get(key, []):
             lines.append(f"{pad}  {_node_line(node, shown.grad_origin)}")
