@@ -138,6 +138,47 @@ def test_broken_model_fails_with_the_findings_table(strict_pytester: pytest.Pyte
     )
 
 
+@pytest.mark.parametrize("tb", ["long", "short", "auto"])
+def test_failures_show_the_test_line_and_the_table_not_torchscope(
+    strict_pytester: pytest.Pytester, tb: str
+) -> None:
+    make_tests(
+        strict_pytester,
+        """
+        from torchscope.testing import assert_gradients_healthy
+
+        def test_fixture(gradient_health):
+            gradient_health(Detached(), X, Y, steps=2).assert_healthy()
+
+        @pytest.mark.gradient_health(allow=["vanishing"])
+        def test_fixture_with_marker(gradient_health):
+            gradient_health(Detached(), X, Y, steps=2).assert_healthy(allow=["zero_grad"])
+
+        def test_raise_if_unhealthy(gradient_health):
+            gradient_health(Detached(), X, Y, steps=2).raise_if_unhealthy()
+
+        def test_helper():
+            assert_gradients_healthy(Detached(), X, Y, steps=2)
+        """,
+    )
+    result = strict_pytester.runpytest(f"--tb={tb}")
+    result.assert_outcomes(failed=4)
+    output = result.stdout.str()
+    # the user's own lines, each followed by the findings table
+    for line in (
+        "gradient_health(Detached(), X, Y, steps=2).assert_healthy()",
+        "gradient_health(Detached(), X, Y, steps=2).assert_healthy(allow=*zero_grad*)",
+        "gradient_health(Detached(), X, Y, steps=2).raise_if_unhealthy()",
+        "assert_gradients_healthy(Detached(), X, Y, steps=2)",
+    ):
+        result.stdout.fnmatch_lines([f"*{line}", "E*GradientHealthError: Gradient health:*"])
+    result.stdout.fnmatch_lines(["E*severity*kind*where*", "E*error*no_grad*first.weight*"])
+    # and nothing of torchscope's: no frame of its files, no dump of the report's fields
+    for inside in ("records.py", "pytest_plugin.py", "testing.py", "torchscope/"):
+        assert inside not in output, inside
+    assert "self = " not in output and "GradientReport(" not in output
+
+
 def test_the_returned_report_is_a_gradient_report(strict_pytester: pytest.Pytester) -> None:
     make_tests(
         strict_pytester,

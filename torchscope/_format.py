@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["format_bytes", "format_count", "format_shapes"]
+__all__ = ["format_bytes", "format_count", "format_duration", "format_shapes"]
 
 MAX_SHAPES_SHOWN = 4
 
@@ -23,6 +23,14 @@ def format_count(n: int) -> str:
         if n >= scale:
             return f"{n / scale:,.2f} {unit}"
     return f"{n:,}"
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds in the unit that keeps 3-4 significant digits: ``812.3 us``, ``12.41 ms``."""
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
+        if abs(seconds) >= scale or unit == "us":
+            return f"{seconds / scale:.4g} {unit}"
+    return f"{seconds:.3g} s"
 
 
 def format_shapes(shapes: Sequence[Sequence[int]]) -> str:

@@ -172,6 +172,7 @@ class GradientHealthCheck:
     ) -> GradientReport:
         """Return :func:`torchscope.check_gradients`'s report; ``assert_healthy()`` on it also
         ignores the kinds the marker allows."""
+        __tracebackhide__ = True
         # imported on use, not at module level: pytest loads this plugin at start-up
         from torchscope.gradients import check_gradients
 
@@ -277,7 +278,8 @@ def _marked_report_class() -> type[GradientReport]:
     # built on first use: records imports the renderers, which pytest start-up does not need
     from torchscope.records import GradientReport
 
-    @dataclasses.dataclass(frozen=True, eq=False)
+    # repr=False: keep GradientReport's one-line repr (a generated one lists every field)
+    @dataclasses.dataclass(frozen=True, eq=False, repr=False)
     class MarkedGradientReport(GradientReport):
         """A :class:`GradientReport` whose ``assert_healthy`` also ignores the kinds that the
         test's ``gradient_health`` marker allows."""
@@ -285,6 +287,7 @@ def _marked_report_class() -> type[GradientReport]:
         allowed_by_marker: tuple[str, ...] = dataclasses.field(default=(), repr=False)
 
         def assert_healthy(self, allow: Sequence[str] = ()) -> None:
+            __tracebackhide__ = True  # the failure shows the test's line, not the plugin's
             super().assert_healthy((*allow, *self.allowed_by_marker))
 
         def to_dict(self) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from torchscope._format import format_bytes, format_count, format_duration, format_shapes
 from torchscope.errors import GradientHealthError
 from torchscope.render import html as render_html
 from torchscope.render import text as render_text
@@ -67,6 +68,26 @@ SCHEMA_VERSION = 1
 Shape = tuple[int, ...]
 
 
+# Display: every record has a one-line ``repr()`` (what it is and its headline, never its
+# fields: a report's fields run to megabytes); records with a table show it through IPython's
+# pretty printer (``_repr_pretty_``, terminal IPython) and as HTML (``_repr_html_``, Jupyter).
+
+
+def _pretty(record: object, printer: Any, cycle: bool) -> None:
+    """IPython's ``_repr_pretty_``: the record's text table (its ``str()``)."""
+    printer.text(repr(record) if cycle else str(record))
+
+
+def _plural(n: int, word: str, plural: str | None = None) -> str:
+    return f"{n:,} {word if n == 1 else plural or word + 's'}"
+
+
+def _short(text: str, width: int = 60) -> str:
+    """``text`` on one line, cut to ``width`` characters with ``...``."""
+    line = " ".join(text.split())
+    return line if len(line) <= width else line[: width - 3] + "..."
+
+
 @dataclass(frozen=True)
 class TensorRecord:
     """One parameter or buffer tensor of the model, counted once however many names it has.
@@ -88,6 +109,11 @@ class TensorRecord:
     numel: int
     nbytes: int
     trainable: bool
+
+    def __repr__(self) -> str:
+        dtype = self.dtype.removeprefix("torch.")
+        state = "trainable" if self.trainable else "frozen"
+        return f"<TensorRecord {self.name} {list(self.shape)} {dtype}, {self.numel:,} elements, {state}>"
 
 
 @dataclass(frozen=True)
@@ -132,6 +158,15 @@ class LayerRecord:
     flops: int = 0
     self_macs: int = 0
     self_flops: int = 0
+
+    def __repr__(self) -> str:
+        where = f"{self.name} ({self.type})" if self.name else self.type
+        output = "failed" if self.failed else format_shapes(self.output_shapes)
+        repeat = ", repeat" if self.is_repeat else ""
+        return (
+            f"<LayerRecord {self.index}: {where} {format_shapes(self.input_shapes)} -> {output}, "
+            f"{_plural(self.params, 'param')}{repeat}>"
+        )
 
 
 @dataclass(frozen=True)
@@ -294,6 +329,17 @@ class ModelSummary:
     def __str__(self) -> str:
         return render_text.render_summary(self)
 
+    def __repr__(self) -> str:
+        macs = f", {format_count(self.total_macs)} MACs" if self.total_macs else ""
+        return (
+            f"<ModelSummary of {self.model_type}: {_plural(self.total_params, 'param')} "
+            f"({self.trainable_params:,} trainable){macs}, "
+            f"{_plural(len(self.layers), 'module call')}>"
+        )
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        _pretty(self, printer, cycle)
+
     def to_markdown(self) -> str:
         """The table as GitHub-flavoured Markdown, totals as a list under it."""
         return render_text.render_summary(self, markdown=True)
@@ -338,6 +384,19 @@ class MemoryEstimate:
     def __str__(self) -> str:
         return render_text.render_memory(self)
 
+    def __repr__(self) -> str:
+        return (
+            f"<MemoryEstimate ({self.device}): training step peak "
+            f"{format_bytes(self.training_peak)}, inference peak "
+            f"{format_bytes(self.inference_peak)}>"
+        )
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        _pretty(self, printer, cycle)
+
+    def _repr_html_(self) -> str:
+        return render_html.render_memory(self)
+
 
 @dataclass(frozen=True)
 class TrainableRow:
@@ -351,6 +410,14 @@ class TrainableRow:
     modules: int  # modules in the subtree, itself included
     modules_in_eval: int  # of those, how many have training=False
     pinned_eval: int  # of those, how many torchscope.freeze keeps in eval mode
+
+    def __repr__(self) -> str:
+        where = f"{self.name} ({self.type})" if self.name else self.type
+        return (
+            f"<TrainableRow {where}: {self.trainable_params:,} trainable, "
+            f"{self.frozen_params:,} frozen, {self.modules_in_eval} of "
+            f"{_plural(self.modules, 'module')} in eval>"
+        )
 
 
 @dataclass(frozen=True)
@@ -376,6 +443,25 @@ class TrainableReport:
 
     def __str__(self) -> str:
         return render_text.render_trainable_report(self)
+
+    def __repr__(self) -> str:
+        root = self.rows[0]
+        warning = (
+            f", {_plural(len(self.unpinned_frozen_norms), 'unpinned frozen norm')}"
+            if self.unpinned_frozen_norms
+            else ""
+        )
+        return (
+            f"<TrainableReport of {root.type}: {self.trainable_params:,} trainable, "
+            f"{self.frozen_params:,} frozen params, {root.modules_in_eval} of "
+            f"{_plural(root.modules, 'module')} in eval{warning}>"
+        )
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        _pretty(self, printer, cycle)
+
+    def _repr_html_(self) -> str:
+        return render_html.render_trainable_report(self)
 
 
 #: The kinds of gradient-health finding, as stable strings (see docs/gradients.md).
@@ -447,6 +533,19 @@ class Finding:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def _headline(self) -> str:
+        step = "" if self.step is None else f", step {self.step}"
+        return f"{self.severity} {self.kind} at {self.where}{step}"
+
+    def __str__(self) -> str:
+        return f"{self._headline()}: {self.message}"
+
+    def __repr__(self) -> str:
+        return f"<Finding {self._headline()}: {_short(self.message)}>"
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        _pretty(self, printer, cycle)
+
 
 @dataclass(frozen=True)
 class ParameterHistory:
@@ -466,6 +565,13 @@ class ParameterHistory:
     grad_mean_abs: tuple[float, ...]
     grad_max_abs: tuple[float, ...]
     update_ratio: tuple[float | None, ...]
+
+    def __repr__(self) -> str:
+        last = f", last grad norm {self.grad_norm[-1]:.3g}" if self.grad_norm else ""
+        return (
+            f"<ParameterHistory {self.name} {list(self.shape)}: "
+            f"{_plural(len(self.steps), 'step')} with a gradient{last}>"
+        )
 
 
 @dataclass(frozen=True)
@@ -511,11 +617,14 @@ class GradientReport:
 
     def raise_if_unhealthy(self) -> None:
         """Raise :class:`~torchscope.errors.GradientHealthError` (the findings table) unless ok."""
+        # a failing test shows the user's line and the findings table, not this frame (pytest)
+        __tracebackhide__ = True
         if not self.ok:
             raise GradientHealthError(render_text.render_gradient_report(self), self)
 
     def assert_healthy(self, allow: Sequence[str] = ()) -> None:
         """Like :meth:`raise_if_unhealthy`, ignoring the finding kinds in ``allow``."""
+        __tracebackhide__ = True
         self.filtered(allow).raise_if_unhealthy()
 
     def to_dict(self) -> dict[str, Any]:
@@ -543,6 +652,32 @@ class GradientReport:
 
     def __str__(self) -> str:
         return render_text.render_gradient_report(self)
+
+    def __repr__(self) -> str:
+        counts = [
+            _plural(n, severity)
+            for severity, n in (
+                ("error", sum(f.severity == "error" for f in self.findings)),
+                ("warning", sum(f.severity == "warning" for f in self.findings)),
+                ("note", sum(f.severity == "info" for f in self.findings)),
+            )
+            if n
+        ]
+        verdict = "healthy" if self.ok else ", ".join(c for c in counts if "note" not in c)
+        notes = [c for c in counts if "note" in c]
+        verdict = ", ".join([verdict, *notes])
+        span = (
+            _plural(self.backward_passes, "backward pass", "backward passes")
+            if self.step_unit == "backward pass"
+            else _plural(self.steps, "step")
+        )
+        return f"<GradientReport: {verdict} over {span}>"
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        _pretty(self, printer, cycle)
+
+    def _repr_html_(self) -> str:
+        return render_html.render_gradient_report(self)
 
     def plot(self, path: str | os.PathLike[str]) -> str:
         """Draw the gradient-flow chart (per-layer mean and max |grad|) to ``path``; needs
@@ -625,6 +760,10 @@ class GraphNode:
     grad: GradInfo | None = None
     attrs: tuple[tuple[str, str], ...] = ()
 
+    def __repr__(self) -> str:
+        shapes = f" {format_shapes(self.shapes)}" if self.shapes else ""
+        return f"<GraphNode {self.kind} {self.key}: {self.label}{shapes}>"
+
 
 @dataclass(frozen=True, slots=True)
 class GraphEdge:
@@ -660,6 +799,10 @@ class GraphFold:
     label: str
     count: int
     instances: tuple[tuple[str, ...], ...]
+
+    def __repr__(self) -> str:
+        size = len(self.instances[0]) if self.instances else 0
+        return f"<GraphFold {self.label} ×{self.count} ({_plural(size, 'node')} each)>"
 
 
 @dataclass(frozen=True)
@@ -788,18 +931,28 @@ class Graph:
     def __str__(self) -> str:
         return render_text.render_graph(self)
 
+    def __repr__(self) -> str:
+        folds = "".join(f", {fold.label} ×{fold.count}" for fold in self.folds[:3])
+        return (
+            f"<{type(self).__name__} of {self.title}: {_plural(len(self.nodes), 'node')}, "
+            f"{_plural(len(self.edges), 'edge')}{folds}>"
+        )
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        _pretty(self, printer, cycle)
+
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
         from torchscope.render import dot
 
         return dot.mimebundle(self)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)  # repr=False: keep Graph's short repr
 class AutogradGraph(Graph):
     """The autograd graph behind one or more tensors: what ``backward()`` will run."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class ModuleGraph(Graph):
     """The data flow between a model's modules (and the functional ops between them)."""
 
@@ -827,6 +980,20 @@ class GraphDiff:
 
     def __str__(self) -> str:
         return render_text.render_graph_diff(self)
+
+    def __repr__(self) -> str:
+        if not self:
+            return "<GraphDiff: no structural difference>"
+        return (
+            f"<GraphDiff: {len(self.added)} added, {len(self.removed)} removed, "
+            f"{len(self.changed)} changed>"
+        )
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        _pretty(self, printer, cycle)
+
+    def _repr_html_(self) -> str:
+        return render_html.render_graph_diff(self)
 
 
 # --------------------------------------------------------------------------------------------
@@ -869,6 +1036,19 @@ class Measurement:
     def __str__(self) -> str:
         return render_text.render_measurement(self)
 
+    def __repr__(self) -> str:
+        label = f" {self.label}" if self.label else ""
+        return (
+            f"<Measurement{label}: median {format_duration(self.median)} "
+            f"(IQR {format_duration(self.iqr)}), {_plural(self.n, 'run')} on {self.device}>"
+        )
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        _pretty(self, printer, cycle)
+
+    def _repr_html_(self) -> str:
+        return render_html.render_measurement(self)
+
 
 @dataclass(frozen=True)
 class LayerTiming:
@@ -905,6 +1085,14 @@ class LayerTiming:
     def self_time(self) -> float:
         """Forward plus backward self time: what this module's own code costs."""
         return self.forward_self + self.backward_self
+
+    def __repr__(self) -> str:
+        where = f"{self.name} ({self.type})" if self.name else self.type
+        backward = f", backward {format_duration(self.backward)}" if self.backward else ""
+        return (
+            f"<LayerTiming {where}: forward {format_duration(self.forward)}{backward}, "
+            f"self {format_duration(self.self_time)} ({100 * self.share:.1f}% of the step)>"
+        )
 
 
 @dataclass(frozen=True)
@@ -969,6 +1157,20 @@ class TimingReport:
     def __str__(self) -> str:
         return render_text.render_timing(self)
 
+    def __repr__(self) -> str:
+        what = "forward + backward" if self.backward else "forward"
+        return (
+            f"<TimingReport of {self.model_type} on {self.device}: {what} step median "
+            f"{format_duration(self.step.median)}, {_plural(len(self.layers), 'module')}, "
+            f"coverage {100 * self.coverage:.1f}%>"
+        )
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        _pretty(self, printer, cycle)
+
+    def _repr_html_(self) -> str:
+        return render_html.render_timing(self)
+
     def log_to(self, writer: Any, step: int = 0) -> None:
         """Write per-module times (``timing/forward/<name>``, ``timing/backward/<name>``, in
         ms) and the table as text to a TensorBoard ``SummaryWriter``."""
@@ -1009,6 +1211,19 @@ class EpochRecord:
     seconds: float
     samples_per_second: float
 
+    def __repr__(self) -> str:
+        return f"<EpochRecord {self.epoch}: {self._metrics()}>"
+
+    def _metrics(self) -> str:
+        parts = [f"train loss {self.train_loss:.4g}"]
+        if self.train_accuracy is not None:
+            parts.append(f"train acc {100 * self.train_accuracy:.2f}%")
+        if self.val_loss is not None:
+            parts.append(f"val loss {self.val_loss:.4g}")
+        if self.val_accuracy is not None:
+            parts.append(f"val acc {100 * self.val_accuracy:.2f}%")
+        return ", ".join(parts)
+
 
 @dataclass(frozen=True)
 class History:
@@ -1040,3 +1255,22 @@ class History:
 
     def __str__(self) -> str:
         return render_text.render_history(self)
+
+    def __repr__(self) -> str:
+        parts = [_plural(len(self.epochs), "epoch")]
+        if self.epochs:
+            parts.append(f"last: {self.epochs[-1]._metrics()}")
+        if self.gradient_report is not None:
+            health = self.gradient_report
+            parts.append(
+                "gradient health ok"
+                if health.ok
+                else f"gradient problems: {', '.join(sorted(health.kinds))}"
+            )
+        return f"<History: {'; '.join(parts)}>"
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        _pretty(self, printer, cycle)
+
+    def _repr_html_(self) -> str:
+        return render_html.render_history(self)

@@ -44,6 +44,7 @@ def assert_gradients_healthy(
             It is also an ``AssertionError``.
         ValueError: ``allow`` names an unknown kind (checked before the model runs).
     """
+    __tracebackhide__ = True  # under pytest, a failure shows the caller's line, not ours
     allowed = finding_kinds(allow)
     report = check_gradients(
         model, inputs, target, loss_fn=loss_fn, optimizer=optimizer, steps=steps
