@@ -344,3 +344,61 @@ def test_ddp_unused_parameter_error_names_the_parameters(tmp_path):
     assert "received no gradient in the previous step" in done.stderr
     assert "features.0.weight" in done.stderr  # named, where DDP says only indices
     assert "Traceback" not in done.stderr
+
+
+# -- fit's DDP options, under torchrun -----------------------------------------------------------
+
+
+def _torchrun(job: str, folder: Path, *, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """``torchrun --standalone --nproc_per_node 2 -m tests.ddp_jobs JOB FOLDER`` over gloo."""
+    env = {k: v for k, v in os.environ.items() if k not in distributed.TORCHRUN_VARIABLES}
+    env["OMP_NUM_THREADS"] = "1"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    options = ["--nproc_per_node", str(WORLD), "--monitor-interval", "0.1"]
+    return subprocess.run(
+        [*torchrun, *options, "-m", "tests.ddp_jobs", job, str(folder)],
+        cwd=Path(__file__).parent.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def fit_options(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    folder = tmp_path_factory.mktemp("fit-options")
+    done = _torchrun("fit_options", folder)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [torch.load(folder / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+
+
+def test_fit_uses_a_model_the_user_wrapped_in_ddp_as_it_is(fit_options):
+    """Wrapped a second time, the outer DDP (without find_unused_parameters) stopped on the
+    parameter the user's own DDP was told to skip."""
+    first, second = (rank["own"] for rank in fit_options)
+    assert first["still_wrapping"] and not first["nested_ddp"]
+    assert first["steps"] == second["steps"] == 2  # 64 samples, 32 per rank, batches of 16
+    for key, value in first["trained"].items():
+        assert torch.equal(value, second["trained"][key]), key  # one model, trained by DDP
+    assert not torch.equal(first["trained"]["head.weight"], first["initial"]["head.weight"])
+    assert first["no_grad"] == second["no_grad"] == ["extra.bias", "extra.weight"]
+    # the checkpoint holds the module's own names, as for a model fit wrapped itself
+    assert first["checkpoint_keys"] == sorted(first["trained"])
+
+
+def test_ddp_kwargs_reach_distributed_data_parallel(fit_options):
+    first, second = (rank["kwargs"] for rank in fit_options)
+    assert first["steps"] == second["steps"] == 2
+    for key, value in first["trained"].items():
+        assert torch.equal(value, second["trained"][key]), key
+    assert first["no_grad"] == ["extra.bias", "extra.weight"]
+
+
+def test_the_unused_parameter_error_names_what_works(fit_options):
+    kind, message = fit_options[1]["neither"]  # the rank that left `extra` out
+    assert kind == "TorchscopeError"
+    assert "extra.bias, extra.weight" in message
+    assert 'fit(..., ddp_kwargs={"find_unused_parameters": True})' in message
+    assert "DistributedDataParallel(model, find_unused_parameters=True)" in message
+    assert fit_options[0]["neither"] is not None  # rank 0 waited for it in an all-reduce

@@ -226,3 +226,14 @@ def test_bad_batches_and_arguments_are_clear_errors():
 def test_no_progress_bar_when_not_a_terminal(capsys):
     train(mlp(), progress=True)  # pytest's stderr is not a TTY
     assert capsys.readouterr().err == ""
+
+
+def test_ddp_kwargs_are_checked_against_ddp_options_in_every_run():
+    """ddp_kwargs is used only under torchrun, but a typo must not wait for the cluster run."""
+    with pytest.raises(ValueError, match=r"'find_unused_params'.*find_unused_parameters"):
+        train(mlp(), ddp_kwargs={"find_unused_params": True})
+    with pytest.raises(TypeError, match=r'ddp_kwargs=\{"find_unused_parameters": True\}'):
+        train(mlp(), ddp_kwargs=[("find_unused_parameters", True)])
+    # a single process ignores valid DDP options: the same script runs with and without torchrun
+    history = train(mlp(), ddp_kwargs={"find_unused_parameters": True})
+    assert history.epochs[-1].optimizer_steps == 8

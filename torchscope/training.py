@@ -5,26 +5,28 @@ loop users can read and copy: device placement, mixed precision (bf16 autocast o
 fp16 with a ``GradScaler`` on CUDA, unscaled before clipping), gradient accumulation,
 scheduler stepping, atomic checkpoints that resume bit-exactly, evaluation under
 ``eval()``/``no_grad()``, TensorBoard, a progress bar, and a :class:`GradientMonitor`
-watching all of it. Under ``torchrun`` it wraps the model in DistributedDataParallel and
-shards the data with a ``DistributedSampler``.
+watching all of it. Under ``torchrun`` it wraps the model in DistributedDataParallel (or
+uses the user's own DDP model as it is) and shards the data with a ``DistributedSampler``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import os
 import random
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from torchscope import _nested
@@ -159,9 +161,44 @@ def _unused_parameter_error(monitor: GradientMonitor, error: RuntimeError) -> To
         f"rank {dist.get_rank()}: DistributedDataParallel stopped because a parameter received "
         f"no gradient in the previous step on some rank; on this rank: {named}. Every "
         "parameter must take part in the loss on every rank: use it, freeze it "
-        "(requires_grad=False), or wrap the model yourself with "
-        f"find_unused_parameters=True. DDP said: {str(error).splitlines()[0]}"
+        "(requires_grad=False), or let DDP skip it: "
+        'fit(..., ddp_kwargs={"find_unused_parameters": True}), or pass a model you wrapped '
+        "yourself, DistributedDataParallel(model, find_unused_parameters=True), which fit "
+        f"uses as it is. DDP said: {str(error).splitlines()[0]}"
     )
+
+
+#: What ``ddp_kwargs`` may hold: DistributedDataParallel's options, less the module itself.
+_DDP_OPTIONS = tuple(
+    name
+    for name in inspect.signature(DistributedDataParallel.__init__).parameters
+    if name not in ("self", "module")
+)
+
+
+def _ddp_options(ddp_kwargs: Mapping[str, Any] | None, model: nn.Module) -> dict[str, Any]:
+    """``ddp_kwargs`` checked at the boundary: a mapping of DDP's own option names, and not
+    given together with a model that is already wrapped (its options are fixed)."""
+    if ddp_kwargs is None:
+        return {}
+    if not isinstance(ddp_kwargs, Mapping):
+        raise TypeError(
+            "ddp_kwargs must be a dict of DistributedDataParallel options, e.g. "
+            f'ddp_kwargs={{"find_unused_parameters": True}}, got {type(ddp_kwargs).__name__}'
+        )
+    unknown = sorted(str(name) for name in ddp_kwargs if name not in _DDP_OPTIONS)
+    if unknown:
+        raise ValueError(
+            f"ddp_kwargs has {', '.join(map(repr, unknown))}, which DistributedDataParallel "
+            f"does not take; its options are: {', '.join(_DDP_OPTIONS)}"
+        )
+    if ddp_kwargs and isinstance(model, DistributedDataParallel):
+        raise ValueError(
+            "the model is already wrapped in DistributedDataParallel, whose options were set "
+            "when it was wrapped: drop ddp_kwargs=, or pass the bare model with ddp_kwargs= "
+            "and fit wraps it"
+        )
+    return dict(ddp_kwargs)
 
 
 def _sharded(loader: DataLoader, *, shuffle: bool) -> DataLoader:
@@ -222,11 +259,14 @@ def fit(
     writer: Any = None,
     monitor: bool = True,
     progress: bool = True,
+    ddp_kwargs: Mapping[str, Any] | None = None,
 ) -> History:
     """Train ``model`` for ``epochs`` epochs; return the :class:`~torchscope.records.History`.
 
     Args:
-        model: moved to ``device`` (default: where its parameters are).
+        model: moved to ``device`` (default: where its parameters are). Under ``torchrun`` it
+            may be a model you wrapped in ``DistributedDataParallel`` yourself: fit uses it as
+            it is (it must already be on its device).
         train_loader: yields ``(inputs, targets)``; inputs may be a tensor, a tuple of
             positional arguments or a dict of keyword arguments. On CUDA batches are copied
             with ``non_blocking=True`` (give the loader ``pin_memory=True``).
@@ -253,10 +293,16 @@ def fit(
             ``History.gradient_report``.
         progress: a tqdm bar with loss and throughput (only on a terminal, and only when tqdm
             is installed).
+        ddp_kwargs: options for the ``DistributedDataParallel`` that fit wraps the model in
+            under ``torchrun``, e.g. ``{"find_unused_parameters": True}`` for a model that
+            leaves some parameters out of the loss on some steps or ranks. Checked against
+            DDP's option names in every run; used only under ``torchrun``.
 
     Under ``torchrun`` (``torch.distributed`` initialised) the model is wrapped in
-    ``DistributedDataParallel``, the loaders get a ``DistributedSampler``, and only rank 0
-    writes checkpoints, TensorBoard and the progress bar; metrics are averaged over ranks.
+    ``DistributedDataParallel`` (with ``ddp_kwargs``) unless it is one already, the loaders get
+    a ``DistributedSampler``, and only rank 0 writes checkpoints, TensorBoard and the progress
+    bar; metrics are averaged over ranks. Checkpoints hold the module's own ``state_dict``
+    (no ``module.`` prefix), wrapped or not.
     """
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
         raise ValueError(f"epochs must be a whole number >= 1, got {epochs!r}")
@@ -266,25 +312,40 @@ def fit(
         )
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir= (where last.pt is)")
+    ddp_options = _ddp_options(ddp_kwargs, model)
+    wrapped = model if isinstance(model, DistributedDataParallel) else None
+    if wrapped is not None:
+        if not is_distributed():
+            raise TorchscopeError(
+                "the model is wrapped in DistributedDataParallel but torch.distributed is not "
+                "initialised (its process group was destroyed?): run fit inside "
+                "torchscope.distributed.process_group() under torchrun, or pass the bare model"
+            )
+        model = wrapped.module  # checkpoints, clipping and the monitor see the module itself
     parameters = list(model.parameters())
     if device is None:
         target = parameters[0].device if parameters else torch.device("cpu")
     else:
         target = torch.device(device)
-    model.to(target)
+    if wrapped is None:
+        model.to(target)
+    elif parameters and any(p.device != target for p in parameters):
+        # DDP's buckets and its device_ids were fixed when it was built
+        raise ValueError(
+            f"device={device!r}, but the DistributedDataParallel model is on "
+            f"{parameters[0].device}: move the model before wrapping it, or leave device out"
+        )
     non_blocking = target.type == "cuda"
     scaler = torch.amp.GradScaler("cuda") if amp and target.type == "cuda" else None
     autocast = _amp_context(amp, target)
     per_step_scheduler = scheduler is not None and type(scheduler).__name__ in PER_STEP_SCHEDULERS
     plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
 
-    network: nn.Module = model
+    network: nn.Module = model if wrapped is None else wrapped
     if is_distributed():
-        from torch.nn.parallel import DistributedDataParallel
-
-        network = DistributedDataParallel(
-            model, device_ids=[target.index] if target.type == "cuda" else None
-        )
+        if wrapped is None:
+            ddp_options.setdefault("device_ids", [target.index] if target.type == "cuda" else None)
+            network = DistributedDataParallel(model, **ddp_options)
         train_loader = _sharded(train_loader, shuffle=True)
         if val_loader is not None:
             val_loader = _sharded(val_loader, shuffle=False)
