@@ -1,8 +1,9 @@
-"""Scripts that tests/test_distributed.py starts with ``torchrun --standalone --nproc_per_node 2``.
+"""Two-rank jobs that tests/test_distributed.py starts in fresh processes.
 
-``python -m tests.ddp_jobs JOB OUT_FOLDER``: each rank runs JOB and saves what it saw to
-``OUT_FOLDER/rank{N}.pt``; the test compares the ranks. Not collected by pytest (no ``test_``
-prefix): these run only inside the processes torchrun starts.
+``torchrun --standalone --nproc_per_node 2 -m tests.ddp_jobs fit_options OUT``: each rank runs
+:func:`fit_options` and saves what it saw to ``OUT/rank{N}.pt``; the test compares the ranks.
+``python -m tests.ddp_jobs repeat_monitored_loop OUT RUNS``: :func:`repeat_monitored_loop`.
+Not collected by pytest (no ``test_`` prefix).
 """
 
 from __future__ import annotations
@@ -93,9 +94,14 @@ def fit_options(rank: int, out: Path) -> dict[str, Any]:
     return results
 
 
-def monitored_loop(rank: int, out: Path) -> dict[str, Any]:
-    """A plain DDP loop inside a GradientMonitor, then the process ends (the abort of
-    issue 15 part 6 came at interpreter exit)."""
+def monitored_loop(rank: int, port: int) -> None:
+    """A plain DDP loop inside a GradientMonitor, its gathered report last, and no
+    destroy_process_group: the script most users write (issue 15 part 6 aborted at its exit)."""
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+        timeout=datetime.timedelta(seconds=60),
+    )  # fmt: skip
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2))
     ddp = DistributedDataParallel(model)
@@ -105,17 +111,51 @@ def monitored_loop(rank: int, out: Path) -> dict[str, Any]:
             optimizer.zero_grad(set_to_none=True)
             F.cross_entropy(ddp(x), y).backward()
             optimizer.step()
-    return {"steps": monitor.report().steps}
+    report = monitor.report()
+    print(f"rank {rank}: {report.steps} steps, {len(report.findings)} findings", flush=True)
 
 
-JOBS = {"fit_options": fit_options, "monitored_loop": monitored_loop}
+def repeat_monitored_loop(runs: int, folder: str) -> None:
+    """Run the two-rank job ``runs`` times, one pair of fresh processes each, and write each
+    process's exit status and stderr to ``folder``.
+
+    The processes are forked from this one after torch is imported (and before any thread or
+    process group exists), so a run costs its work and its interpreter shutdown, not an
+    import of torch; each child leaves through the normal interpreter exit, where the abort
+    happened.
+    """
+    import os
+    import socket
+
+    import torch._dynamo  # noqa: F401  DDP imports it lazily: once here, not in every child
+
+    out = Path(folder)
+    for run in range(runs):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        children = {}
+        for rank in range(2):
+            pid = os.fork()
+            if pid == 0:  # the child: run the job, then exit like any script does
+                stderr = os.open(out / f"run{run}-rank{rank}.err", os.O_WRONLY | os.O_CREAT)
+                os.dup2(stderr, 2)
+                monitored_loop(rank, port)
+                sys.exit(0)
+            children[pid] = rank
+        for pid, rank in children.items():
+            _, status = os.waitpid(pid, 0)
+            (out / f"run{run}-rank{rank}.status").write_text(str(status))
 
 
-def main(job: str, folder: str) -> None:
+def main(job: str, folder: str, *args: str) -> None:
+    if job == "repeat_monitored_loop":
+        repeat_monitored_loop(int(args[0]), folder)
+        return
     torch.set_num_threads(1)  # two processes on a small machine
     out = Path(folder)
     with distributed.process_group(backend="gloo", timeout=datetime.timedelta(seconds=60)) as info:
-        results = JOBS[job](info.rank, out)
+        results = fit_options(info.rank, out)
     torch.save(results, out / f"rank{info.rank}.pt")
 
 

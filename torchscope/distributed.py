@@ -18,11 +18,14 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import pickle
 import sys
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -31,6 +34,7 @@ from torchscope.errors import TorchscopeError
 
 __all__ = [
     "ProcessInfo",
+    "all_gather_objects",
     "cleanup",
     "init_from_env",
     "is_distributed",
@@ -121,6 +125,61 @@ def init_from_env(
         backend=chosen,
         device=device,
     )
+
+
+def _backend_device() -> torch.device:
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+#: How long :func:`released` waits for the backend to let go of a finished collective's tensors.
+RELEASE_WAIT_S = 5.0
+
+
+def released(tensors: Sequence[torch.Tensor], *, wait_s: float = RELEASE_WAIT_S) -> None:
+    """Wait until the process group's worker threads hold none of ``tensors`` any more.
+
+    A blocking collective returns as soon as its work is marked done; gloo's worker thread
+    drops its own reference to the work (and to the tensors in it) a moment later. A tensor
+    created from Python whose last reference goes on that thread needs the GIL to free its
+    Python object; if the interpreter is already shutting down (the collective was the last
+    thing the script did), taking the GIL ends the thread inside C++ and the process aborts
+    with "terminate called without an active exception" and a non-zero exit, after a
+    successful run. Waiting here makes the tensors die on the calling thread instead.
+    ``tensors`` must have no views (each one's only other owner is the backend).
+    """
+    deadline = time.monotonic() + wait_s
+    while any(t._use_count() > 1 for t in tensors):  # type: ignore[attr-defined]
+        if time.monotonic() > deadline:  # never hang a job over it
+            return
+        time.sleep(0.0005)
+
+
+def all_gather_objects(value: Any) -> list[Any]:
+    """Every rank's ``value`` (picklable), in rank order; a collective that every rank calls.
+
+    ``dist.all_gather_object`` without its exit hazard: the tensors handed to the backend are
+    :func:`released` before this returns, so a job that gathers last and then exits cannot
+    abort at interpreter shutdown. Only for values from the job's own ranks (pickle).
+    """
+    world = dist.get_world_size()
+    device = _backend_device()
+    data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    size = torch.tensor([len(data)], dtype=torch.int64, device=device)
+    sizes = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    lengths = [int(s.item()) for s in sizes]
+    padded = torch.zeros(max(lengths), dtype=torch.uint8)
+    padded[: len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    padded = padded.to(device)
+    chunks = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(chunks, padded)
+    released([size, *sizes, padded, *chunks])
+    return [
+        pickle.loads(bytes(chunk.cpu().untyped_storage())[:length])
+        for chunk, length in zip(chunks, lengths, strict=True)
+    ]
 
 
 def cleanup() -> None:

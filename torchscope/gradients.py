@@ -42,7 +42,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from torchscope import _nested
 from torchscope._inputs import unwrap
-from torchscope.distributed import is_distributed
+from torchscope.distributed import all_gather_objects, is_distributed
 from torchscope.errors import TorchscopeError
 from torchscope.freezing import close_names, frozen_parameters, is_frozen, is_pinned
 from torchscope.hooks import HookSet, iter_modules, preserved_rng
@@ -854,9 +854,7 @@ class GradientMonitor:
                 if _trainable(e)
             },
         )
-        views: list[Any] = [None] * world
-        dist.all_gather_object(views, view)
-        return _merge_ranks(views)
+        return _merge_ranks(all_gather_objects(view))
 
 
 def _resolve_frozen(model: nn.Module, targets: list[Any], params: list[_Param]) -> set[int]:

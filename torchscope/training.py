@@ -30,7 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from torchscope import _nested
-from torchscope.distributed import is_distributed, is_main_process
+from torchscope.distributed import is_distributed, is_main_process, released
 from torchscope.errors import TorchscopeError
 from torchscope.gradients import GradientMonitor
 from torchscope.records import EpochRecord, GradientReport, History
@@ -519,8 +519,9 @@ def _all_reduced(totals: torch.Tensor) -> torch.Tensor:
         if dist.get_backend() == "nccl"
         else torch.device("cpu")
     )
-    summed = totals.to(backend_device)
+    summed = totals.to(backend_device, copy=True)
     dist.all_reduce(summed)
+    released([summed])  # see released(): no abort at exit if this was the last collective
     return summed.cpu()
 
 
