@@ -731,7 +731,26 @@ def autograd_graph_of(
         model.eval()
         with capture(model) as cap:
             outputs = run_forward(model, args, kwargs, cap)
+        if next(_nested.tensors(outputs), None) is None:
+            return _empty_autograd_graph(outputs, cap)
         return autograd_graph(outputs, params=model, show_saved=show_saved, module=cap)
+
+
+def _empty_autograd_graph(outputs: Any, cap: ModuleCapture) -> AutogradGraph:
+    """The graph of a forward that returned no tensor (None, a string, a class): no nodes,
+    and a note (also given as a warning) that says why."""
+    if outputs is None or isinstance(outputs, type):
+        got = repr(outputs) if outputs is None else f"the class {outputs.__qualname__}"
+    elif isinstance(outputs, (str, bytes, int, float, complex)):
+        got = f"a {type(outputs).__name__}"
+    else:
+        got = f"a {type(outputs).__name__} holding no tensor"
+    note = (
+        f"the forward returned {got}, so backward() has nothing to run and the autograd graph "
+        "is empty; module_graph() and summary() show the modules it called"
+    )
+    warnings.warn(note, TorchscopeWarning, stacklevel=3)
+    return _build_autograd([], [], {}, cap, False, False, [note])
 
 
 def run_forward(
