@@ -311,3 +311,35 @@ def test_summary_and_module_graph_of_a_forward_returning_no_tensor(name: str) ->
 def test_autograd_graph_given_no_tensor_still_says_what_to_pass() -> None:
     with pytest.raises(TypeError, match="outputs contains no tensor"):
         torchscope.autograd_graph(None)
+
+
+# --- objects passed in: seen, and copied before the forward like tensors ---
+
+
+class Batch:
+    def __init__(self, image: torch.Tensor) -> None:
+        self.image = image
+        self.source = "camera"
+
+
+class EditsItsInput(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        batch.image.mul_(0)  # in place, on what it was given
+        batch.seen = True
+        return self.fc(batch.image)
+
+
+def test_an_object_input_is_seen_and_neither_it_nor_its_tensors_are_changed() -> None:
+    image = torch.ones(3, 4)
+    batch = Batch(image)
+    model = EditsItsInput()
+    result = torchscope.summary(model, batch)
+    assert result.input_shapes == ((3, 4),) and result.output_shapes == ((3, 2),)
+    graph = torchscope.module_graph(model, batch)
+    assert [node.label for node in graph.nodes_of("input")] == ["batch.image"]
+    assert torch.equal(image, torch.ones(3, 4)) and batch.image is image
+    assert vars(batch) == {"image": image, "source": "camera"}
