@@ -248,3 +248,29 @@ def test_map_tensors_survives_cycles_and_deep_nesting():
     for _ in range(20_000):
         inner = inner[0]
     assert torch.equal(inner[0], torch.full((1,), 5.0))
+
+
+def test_every_path_evaluates_back_to_its_tensor_and_the_walk_reads_no_property():
+    class Watched:
+        reads = 0
+
+        def __init__(self) -> None:
+            self.state = {"h": torch.zeros(1), 3: [torch.zeros(2)]}
+
+        @property
+        def computed(self) -> torch.Tensor:
+            type(self).reads += 1
+            return torch.zeros(9)
+
+    out = types.SimpleNamespace(
+        dist=Independent(Normal(torch.zeros(2), torch.ones(2)), 1),
+        slots=Slotted(torch.ones(3)),
+        pair=Pair(torch.ones(1), torch.ones(4)),
+        watched=Watched(),
+        points=[Point(torch.ones(5), "p")],
+    )
+    found = list(_nested.named_tensors(out, "out"))
+    assert len(found) == 9
+    for path, tensor in found:
+        assert eval(path, {"out": out}) is tensor, path
+    assert Watched.reads == 0
