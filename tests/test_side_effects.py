@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import random
+import threading
+from typing import Any
 
 import pytest
 import torch
 from torch import nn
+from torch.nn.parameter import is_lazy
 
 import torchscope
 from torchscope import SummaryError, TorchscopeWarning
+from torchscope.hooks import instrumented
 
-from .state import assert_unchanged, snapshot
+from .state import assert_identical, assert_unchanged, exact_snapshot, snapshot
 from .zoo import ZOO
 
 
@@ -164,3 +168,205 @@ def test_caller_input_tensors_are_not_modified_or_moved():
     before = x.clone()
     torchscope.summary(prepared_model(), x, device="cpu")
     assert torch.equal(x, before) and x.device.type == "cpu"
+
+
+# ---------------------------------------------------------------------------------------------
+# a forward that rebinds, adds or deletes its own state (issue 25, class 1)
+
+GRAPH_CALLS = ("summary", "module_graph", "autograd_graph_of", "time_layers")
+
+
+def _call(name: str, model: nn.Module, x: torch.Tensor) -> Any:
+    if name == "time_layers":
+        return torchscope.time_layers(model, x, warmup=0, repeat=1)
+    return getattr(torchscope, name)(model, x)
+
+
+class StepCounter(nn.Module):
+    """A step counter and an EMA written the way people write them: by rebinding."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 3)
+        self.register_buffer("count", torch.zeros(3))
+        self.register_buffer("ema", torch.zeros(1))
+        self.register_buffer("cache", None)
+        self.history: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.count = self.count + 1  # several elements: `==` on it cannot be read as a bool
+        self.ema = self.ema * 1  # equal values, another tensor: `==` would call it unchanged
+        self.cache = x.detach()
+        self.history.append(len(self.history))
+        self.seen = True
+        return self.lin(x) * self.count
+
+
+@pytest.mark.parametrize("call", GRAPH_CALLS)
+def test_a_forward_that_rebinds_its_buffers_is_undone(call):
+    model = StepCounter()
+    before = exact_snapshot(model)
+    count, ema = model.count, model.ema
+    _call(call, model, torch.ones(2, 3))
+    assert model.count is count and model.ema is ema and model.cache is None
+    assert model.history == [] and not hasattr(model, "seen")
+    assert_identical(before, model)
+
+
+@pytest.mark.parametrize("call", GRAPH_CALLS)
+def test_a_forward_that_rebinds_and_then_raises_is_undone(call):
+    class RebindsThenFails(StepCounter):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            super().forward(x)
+            raise RuntimeError("boom")
+
+    model = RebindsThenFails()
+    before = exact_snapshot(model)
+    with pytest.raises(torchscope.TorchscopeError, match="boom"):
+        _call(call, model, torch.ones(2, 3))
+    assert_identical(before, model)
+
+
+def test_a_rebound_parameter_data_is_put_back():
+    class Reshapes(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(3, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.lin.weight.data = self.lin.weight.data.double()  # what module.double() does
+            self.lin.bias.data = torch.zeros(3, dtype=torch.float64)
+            return self.lin(x.double())
+
+    model = Reshapes()
+    before = exact_snapshot(model)
+    torchscope.summary(model, torch.ones(2, 3))
+    assert model.lin.weight.dtype == torch.float32
+    assert_identical(before, model)
+
+
+def test_unchanged_buffers_are_not_written_so_a_pending_backward_still_runs():
+    class Scales(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(3, 3)
+            self.register_buffer("scale", torch.full((3,), 2.0))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.lin(x) * self.scale  # autograd saves the buffer for backward
+
+    model = Scales()
+    loss = (model(torch.ones(2, 3)) ** 2).sum()
+    version = model.scale._version
+    torchscope.summary(model, torch.ones(2, 3), mode="train")
+    assert model.scale._version == version
+    loss.backward()  # raised "modified by an inplace operation" when the buffer was rewritten
+    assert model.lin.weight.grad is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# lazy modules: inspected on an initialised copy, the model stays uninitialised (class 5)
+
+
+def _lazy_cnn() -> nn.Module:
+    return nn.Sequential(
+        nn.LazyConv2d(4, 3), nn.LazyBatchNorm2d(), nn.ReLU(), nn.Flatten(), nn.LazyLinear(3)
+    )
+
+
+def _initialised_by_torch(twin: nn.Module, x: torch.Tensor) -> tuple[nn.Module, torch.Tensor]:
+    """A twin initialised by torch itself, the oracle of the shapes lazy modules take."""
+    with torch.no_grad():
+        output = twin(x)
+    return twin, output
+
+
+LAZY_CALLS = (*GRAPH_CALLS, "estimate_memory")
+
+
+@pytest.mark.parametrize("call", LAZY_CALLS)
+def test_lazy_models_stay_uninitialised(call):
+    torch.manual_seed(0)
+    model = _lazy_cnn()
+    rng = torch.random.get_rng_state()
+    before = exact_snapshot(model)
+    _call(call, model, torch.ones(2, 3, 6, 6))
+    assert isinstance(model[0], nn.LazyConv2d) and is_lazy(model[0].weight)
+    assert is_lazy(model[1].running_mean) and is_lazy(model[4].weight)
+    assert torch.equal(torch.random.get_rng_state(), rng), "initialising the copy used the RNG"
+    assert_identical(before, model)
+
+
+def test_a_lazy_model_is_summarised_with_the_shapes_it_will_take():
+    x = torch.ones(2, 3, 6, 6)
+    twin, output = _initialised_by_torch(_lazy_cnn(), x)
+    result = torchscope.summary(_lazy_cnn(), x)
+    assert result.total_params == sum(p.numel() for p in twin.parameters())
+    assert [p.shape for p in result.parameters] == [tuple(p.shape) for p in twin.parameters()]
+    assert result.output_shapes == (tuple(output.shape),)
+
+
+def test_lazy_graphs_show_the_initialised_layers():
+    x = torch.ones(2, 3, 6, 6)
+    twin, output = _initialised_by_torch(_lazy_cnn(), x)
+    graph = torchscope.module_graph(_lazy_cnn(), x)
+    modules = {node.key: node for node in graph.nodes if node.kind == "module"}
+    assert {key: node.op for key, node in modules.items()} == {
+        name: type(module).__name__ for name, module in twin.named_children()
+    }
+    assert modules["4"].shapes == (tuple(output.shape),)
+    autograd = torchscope.autograd_graph_of(_lazy_cnn(), x)
+    weights = {n.label: n.shapes for n in autograd.nodes if n.kind == "parameter"}
+    assert weights == {name: (tuple(p.shape),) for name, p in twin.named_parameters()}
+
+
+def test_a_lazy_module_the_forward_never_reaches_is_refused_clearly():
+    class UnusedHead(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.LazyLinear(4)
+            self.head = nn.LazyLinear(2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.body(x)
+
+    model = UnusedHead()
+    before = exact_snapshot(model)
+    for call in ("summary", "module_graph", "autograd_graph_of"):
+        with pytest.raises(ValueError, match=rf"{call}: .*did not initialise head\.weight"):
+            getattr(torchscope, call)(model, torch.ones(2, 5))
+    assert_identical(before, model)
+
+
+def test_a_lazy_model_whose_first_forward_fails_names_the_call_and_the_error():
+    model = nn.Sequential(nn.Linear(3, 3), nn.LazyLinear(2))
+    before = exact_snapshot(model)
+    with pytest.raises(SummaryError, match=r"summary: .*lazy.*mat1 and mat2"):
+        torchscope.summary(model, torch.ones(2, 5))
+    with pytest.raises(torchscope.GraphError, match=r"module_graph: .*lazy.*mat1 and mat2"):
+        torchscope.module_graph(model, torch.ones(2, 5))
+    assert_identical(before, model)
+
+
+def test_a_lazy_model_that_cannot_be_copied_is_refused_with_the_fix():
+    class Locked(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.LazyLinear(2)
+            self.lock = threading.Lock()  # deepcopy cannot copy a lock
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.lin(x)
+
+    model = Locked()
+    with pytest.raises(ValueError, match=r"cannot be copied .*run one forward pass"):
+        torchscope.module_graph(model, torch.ones(2, 5))
+    assert is_lazy(model.lin.weight)
+
+
+def test_instrumentation_refuses_lazy_models_so_no_collector_can_initialise_one():
+    model = nn.LazyLinear(2)
+    with pytest.raises(ValueError, match=r"lazy parameters \(weight, bias\)"):
+        with instrumented(model, grad=False):
+            pass
+    assert is_lazy(model.weight)

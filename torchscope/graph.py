@@ -35,7 +35,7 @@ from torchscope._format import format_shapes
 from torchscope._graphs import check_depth, common_module, diff, find_repeats, view
 from torchscope._inputs import call_arguments, model_devices, resolve_device, unwrap
 from torchscope.errors import GraphError, TorchscopeWarning
-from torchscope.hooks import HookSet, instrumented, iter_modules
+from torchscope.hooks import HookSet, initialised, instrumented, iter_modules
 from torchscope.records import (
     AutogradGraph,
     GradInfo,
@@ -727,6 +727,7 @@ def autograd_graph_of(
     model = unwrap(model)
     target = resolve_device(model_devices(model), device)
     args, kwargs = call_arguments(model, input, input_size, dtypes, device, target, forward_kwargs)
+    model = initialised(model, args, kwargs, call="autograd_graph_of", error=GraphError)
     with instrumented(model, grad=True):
         model.eval()
         with capture(model) as cap:
@@ -926,6 +927,7 @@ def module_graph(
     model = unwrap(model)
     target = resolve_device(model_devices(model), device)
     args, kwargs = call_arguments(model, input, input_size, dtypes, device, target, forward_kwargs)
+    model = initialised(model, args, kwargs, call="module_graph", error=GraphError)
     flow = _ModuleFlow()
     input_keys = _input_keys(model, args, kwargs)
     for key, tensor, path in input_keys:

@@ -9,25 +9,30 @@ and the global random number generators.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import random
 import sys
 import threading
 import warnings
 from collections.abc import Iterator
+from copy import deepcopy
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 from torch import nn
+from torch.nn.parameter import UninitializedBuffer, is_lazy
 from torch.utils.hooks import RemovableHandle
 
-from torchscope.errors import TorchscopeWarning
+from torchscope.errors import ForwardError, TorchscopeWarning
 
 __all__ = [
     "HookSet",
+    "initialised",
     "instrumented",
     "iter_modules",
+    "lazy_tensor_names",
     "preserved_rng",
     "preserved_state",
     "recursion_headroom",
@@ -60,6 +65,88 @@ def iter_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
             if child is not None
         ]
         stack.extend(reversed(children))
+
+
+def lazy_tensor_names(model: nn.Module) -> list[str]:
+    """Qualified names of the model's uninitialised lazy parameters and buffers."""
+    names: list[str] = []
+    seen: set[int] = set()
+    for name, module in iter_modules(model):
+        prefix = f"{name}." if name else ""
+        for table in (module._parameters, module._buffers):
+            for local, tensor in table.items():
+                if tensor is not None and is_lazy(tensor) and id(tensor) not in seen:
+                    seen.add(id(tensor))
+                    names.append(prefix + local)
+    return names
+
+
+def _lazy_listing(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def initialised(
+    model: nn.Module,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    call: str,
+    error: type[ForwardError] = ForwardError,
+) -> nn.Module:
+    """Return ``model``, or, when it has uninitialised lazy parameters, an initialised copy.
+
+    Lazy modules (``nn.LazyLinear``, ``nn.LazyConv2d``, ...) take their shapes from their
+    first input and turn into their eager class. Doing that to the caller's model would
+    change it, so a deep copy is initialised by one forward pass of the same arguments
+    (without autograd, the global RNG restored) and inspected instead: it reports the shapes
+    the model will take. Every entry point that runs the model calls this first.
+
+    Raises:
+        ValueError: the model cannot be copied, or the forward pass left some lazy
+            parameters uninitialised (their modules were not called).
+        error: the copy's forward pass failed before every lazy module was initialised.
+    """
+    names = lazy_tensor_names(model)
+    if not names:
+        return model
+    listing = _lazy_listing(names)
+    lead = (
+        f"{call}: the model has uninitialised lazy parameters ({listing}); torchscope leaves "
+        "the model as found, so it initialises a copy with one forward pass and inspects that"
+    )
+    # torch cannot deepcopy an UninitializedBuffer (LazyBatchNorm's statistics): fresh ones
+    memo: dict[int, Any] = {}
+    for module in model.modules():
+        for buffer in module._buffers.values():
+            if isinstance(buffer, UninitializedBuffer):
+                memo[id(buffer)] = UninitializedBuffer(  # type: ignore[call-arg]  # stub lags
+                    requires_grad=buffer.requires_grad, device=buffer.device, dtype=buffer.dtype
+                )
+    try:
+        copy = deepcopy(model, memo)
+    except Exception as e:
+        raise ValueError(
+            f"{lead}, but the model cannot be copied ({type(e).__name__}: {e}): run one "
+            "forward pass on the model yourself first"
+        ) from e
+    failure: Exception | None = None
+    with _INSTRUMENTATION_LOCK, preserved_rng(), torch.no_grad():
+        try:
+            copy(*args, **kwargs)
+        except Exception as e:  # reported below if it left lazy parameters behind
+            failure = e
+    left = lazy_tensor_names(copy)
+    if left and failure is not None:
+        raise error(
+            f"{lead}, and that forward pass failed: {type(failure).__name__}: {failure}"
+        ) from failure
+    if left:
+        raise ValueError(
+            f"{lead}, but that pass did not initialise {_lazy_listing(left)} (their modules "
+            "were not called with this input): run a forward pass that reaches them on the "
+            "model yourself first"
+        )
+    return copy
 
 
 class HookSet:
@@ -113,106 +200,203 @@ def _version(tensor: torch.Tensor) -> int | None:
         return None
 
 
-_TABLES = frozenset(
-    {"_parameters", "_buffers", "_modules", "_non_persistent_buffers_set", "training"}
-)
 _MISSING = object()
+# containers held in a module's __dict__ whose contents are put back too (its parameter,
+# buffer and submodule tables, its hook tables, a cache list a forward appends to); exact
+# types only: a subclass may give clear() or item assignment a meaning of its own
+_CONTAINERS = (dict, collections.OrderedDict, list, set)
+
+
+def _contents(container: Any) -> tuple[Any, ...]:
+    """A shallow copy of a container's contents: its items for a mapping, its elements else."""
+    return tuple(container.items()) if isinstance(container, dict) else tuple(container)
+
+
+def _same_contents(live: Any, saved: tuple[Any, ...]) -> bool:
+    """Whether ``live`` holds the same objects as ``saved``, in the same order, by identity.
+
+    Identity, never ``==``: ``==`` on tensors compares them element-wise (a multi-element
+    result cannot even be read as a bool) and would call user code.
+    """
+    if isinstance(live, set):
+        return len(live) == len(saved) and {id(x) for x in live} == {id(x) for x in saved}
+    now = _contents(live)
+    if len(now) != len(saved):
+        return False
+    if isinstance(live, dict):
+        return all(a[0] is b[0] and a[1] is b[1] for a, b in zip(now, saved, strict=True))
+    return all(a is b for a, b in zip(now, saved, strict=True))
+
+
+def _refill(live: Any, saved: tuple[Any, ...]) -> None:
+    """Give ``live`` the contents ``saved`` in their order, keeping the container object."""
+    if _same_contents(live, saved):
+        return
+    live.clear()
+    if isinstance(live, dict):
+        live.update(saved)
+    elif isinstance(live, list):
+        live.extend(saved)
+    else:
+        live.update(saved)
 
 
 @dataclass
 class _ModuleSnapshot:
-    module: nn.Module
-    training: bool
-    parameters: dict[str, nn.Parameter | None]
-    buffers: dict[str, torch.Tensor | None]
-    submodules: dict[str, nn.Module | None]
-    non_persistent: set[str]
+    """A module's instance ``__dict__`` as it was, and the contents of its plain containers.
 
-    attributes: dict[str, Any]  # the rest of the instance __dict__ (caches, counters, ...)
+    ``_parameters``, ``_buffers``, ``_modules``, ``_non_persistent_buffers_set``, the hook
+    tables, ``training`` and every user attribute live in ``__dict__``, so putting each entry
+    back by identity and refilling the containers among them undoes whatever a forward
+    rebinds, adds or deletes (``self.steps = self.steps + 1``, ``del self.cache``, a
+    ``register_buffer("cache", None)`` slot filled, a submodule registered).
+    """
+
+    module: nn.Module
+    cls: type[nn.Module]
+    training: bool
+    attributes: dict[str, Any]
+    contents: dict[str, tuple[Any, ...]]
 
     @classmethod
     def take(cls, module: nn.Module) -> _ModuleSnapshot:
-        return cls(
-            module,
-            module.training,
-            dict(module._parameters),
-            dict(module._buffers),
-            dict(module._modules),
-            set(module._non_persistent_buffers_set),
-            {k: v for k, v in module.__dict__.items() if k not in _TABLES},
-        )
+        attributes = dict(module.__dict__)
+        contents = {
+            key: _contents(value) for key, value in attributes.items() if type(value) in _CONTAINERS
+        }
+        return cls(module, type(module), module.training, attributes, contents)
 
     def restore(self) -> None:
+        """Put the ``__dict__`` back. Touches no tensor and runs no user code."""
         module = self.module
-        # set the attribute, not .train(): a user override of train() must not run here
-        module.training = self.training
         if isinstance(module, torch.jit.ScriptModule):
-            return  # its attribute tables are views of the compiled object: values are restored
-        # the same dict objects, refilled: a forward that rebinds `self.steps = self.steps + 1`
-        # or fills a `register_buffer("cache", None)` slot is undone too
-        _refill(module._parameters, self.parameters)
-        _refill(module._buffers, self.buffers)
-        _refill(module._modules, self.submodules)
-        # plain attributes a forward set or rebound (a cache, a step counter, a stored
-        # attention map) go back too; objects changed in place (a list appended to) do not
-        attributes = module.__dict__
-        for key in [k for k in attributes if k not in _TABLES and k not in self.attributes]:
-            del attributes[key]
+            # its attribute tables are views of the compiled object: values are restored
+            module.training = self.training
+            return
+        if type(module) is not self.cls:  # a forward that swapped its class, as lazy modules do
+            module.__class__ = self.cls
+        live = module.__dict__
+        for key in [k for k in live if k not in self.attributes]:
+            del live[key]
         for key, value in self.attributes.items():
-            if attributes.get(key, _MISSING) is not value:
-                attributes[key] = value
-        if module._non_persistent_buffers_set != self.non_persistent:
-            module._non_persistent_buffers_set.clear()
-            module._non_persistent_buffers_set.update(self.non_persistent)
+            if live.get(key, _MISSING) is not value:
+                live[key] = value
+        for key, saved in self.contents.items():
+            _refill(self.attributes[key], saved)
 
 
-def _refill(live: dict[str, Any], saved: dict[str, Any]) -> None:
-    """Make ``live`` equal to ``saved`` (same keys in the same order), keeping the dict object."""
-    if live != saved or list(live) != list(saved):
-        live.clear()
-        live.update(saved)
-
-
-def _restore_values(buffer: torch.Tensor, saved: torch.Tensor) -> None:
-    """Copy ``saved`` back into ``buffer`` in place (keeping its identity and aliases)."""
+def _storage_key(tensor: torch.Tensor) -> tuple[Any, ...] | None:
+    """Where a tensor's data lives and how it is laid out, to tell a rebound ``.data``."""
     try:
-        buffer.copy_(saved)
-    except RuntimeError:
-        if buffer.is_inference():
-            with torch.inference_mode():
-                buffer.copy_(saved)
-        # else: an expanded or otherwise overlapping buffer, which no in-place op can have written
+        return (
+            tensor.data_ptr(),
+            tensor.dtype,
+            tensor.device,
+            tuple(tensor.shape),
+            tensor.stride(),
+            tensor.storage_offset(),
+        )
+    except Exception:  # sparse, nested and other layouts without strides: not tracked
+        return None
+
+
+_SAME_SIZE_INTEGER = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _same_bits(live: torch.Tensor, saved: torch.Tensor) -> bool:
+    """Whether two tensors of one layout hold the same bits (NaN payloads and -0.0 included).
+
+    False when that cannot be told cheaply: the values are then copied back regardless.
+    """
+    try:
+        if live.device.type == "meta":
+            return True  # no values to change
+        integer = _SAME_SIZE_INTEGER.get(live.element_size())
+        if integer is None or live.layout != torch.strided or live.is_quantized:
+            return False
+        return bool(torch.equal(live.view(integer), saved.view(integer)))
+    except Exception:
+        return False
+
+
+@dataclass
+class _TensorState:
+    """A buffer (or tensor attribute) and what a forward could change about it."""
+
+    tensor: torch.Tensor
+    data: torch.Tensor  # an alias of its storage, to put back a rebound ``.data``
+    storage: tuple[Any, ...] | None
+    values: torch.Tensor | None  # a copy of its values (buffers are small; always compared)
+
+    @classmethod
+    def take(cls, tensor: torch.Tensor, *, copy: bool) -> _TensorState:
+        storage = _storage_key(tensor)
+        return cls(tensor, tensor.data, storage, tensor.clone() if copy else None)
+
+    def restore_storage(self) -> None:
+        if self.storage is not None and _storage_key(self.tensor) != self.storage:
+            self.tensor.data = self.data
+
+    def restore_values(self) -> None:
+        if self.values is None or _same_bits(self.tensor, self.values):
+            # no write: a copy would bump the version counter and break a backward pass the
+            # caller still has pending through this buffer
+            return
+        try:
+            self.tensor.copy_(self.values)
+        except RuntimeError:
+            if self.tensor.is_inference():
+                with torch.inference_mode():
+                    self.tensor.copy_(self.values)
+            # else: an expanded or otherwise overlapping buffer, which no in-place op can have
+            # written
+
+
+def _tracked(tensor: Any) -> TypeGuard[torch.Tensor]:
+    return isinstance(tensor, torch.Tensor) and not is_lazy(tensor)
 
 
 @contextlib.contextmanager
 def preserved_state(
     model: nn.Module, *, modules: list[tuple[str, nn.Module]] | None = None
 ) -> Iterator[None]:
-    """Put the model's state back as it was on exit.
+    """Put the model's state back as it was on exit, whether the block returns or raises.
 
-    Restored: every module's ``training`` flag; its parameter, buffer and submodule
-    mappings (a forward that rebinds or adds a buffer is undone); every buffer's values,
-    copied back into the same tensors so their identity and aliasing are kept (always: some
-    kernels, BatchNorm's running statistics on the CPU among them, update buffers without
-    bumping their version counter); every parameter's ``requires_grad`` and ``.grad``.
+    Restored: every module's instance ``__dict__`` entry by identity (``training``, the
+    parameter, buffer and submodule tables, hook tables, plain attributes), with the contents
+    of its plain lists, dicts and sets (a forward that rebinds, adds or deletes a parameter,
+    buffer, submodule or attribute, or appends to a cache list, is undone); the ``.data`` of
+    every parameter, buffer and tensor attribute (a rebound ``.data``); the values of every
+    buffer and tensor attribute, copied back into the same tensors so their identity and
+    aliasing are kept (compared bit for bit first, since some kernels, BatchNorm's running
+    statistics on the CPU among them, update buffers without bumping their version counter;
+    unchanged ones are not written); every parameter's ``requires_grad`` and ``.grad``.
     Parameter values are not copied (that would double the model's memory); one that the
     forward pass modified in place is reported with a
-    :class:`~torchscope.errors.TorchscopeWarning`.
+    :class:`~torchscope.errors.TorchscopeWarning`. Every step of the restore runs even when
+    another fails; the first failure is raised at the end.
 
     ``modules`` may pass ``list(iter_modules(model))`` when the caller already has it.
     """
     named = modules if modules is not None else list(iter_modules(model))
     snapshots = [_ModuleSnapshot.take(module) for _, module in named]
-    buffers: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    tensors: dict[int, _TensorState] = {}
     params: dict[int, tuple[str, nn.Parameter, int | None, bool, torch.Tensor | None]] = {}
     with torch.no_grad():
-        for (name, _), snapshot in zip(named, snapshots, strict=True):
+        for (name, module), snapshot in zip(named, snapshots, strict=True):
             prefix = f"{name}." if name else ""
-            for buf in snapshot.buffers.values():
-                if buf is not None and id(buf) not in buffers:
-                    buffers[id(buf)] = (buf, buf.clone())
-            for param_name, param in snapshot.parameters.items():
-                if param is not None and id(param) not in params:
+            # read through the tables, not the snapshot: a ScriptModule's are views
+            buffers = list(module._buffers.items())
+            parameters = list(module._parameters.items())
+            attributes = [
+                v for v in snapshot.attributes.values() if not isinstance(v, nn.Parameter)
+            ]
+            for value in [v for _, v in buffers] + attributes:
+                if _tracked(value) and id(value) not in tensors:
+                    tensors[id(value)] = _TensorState.take(value, copy=True)
+            for param_name, param in parameters:
+                if param is not None and not is_lazy(param) and id(param) not in params:
+                    tensors.setdefault(id(param), _TensorState.take(param, copy=False))
                     params[id(param)] = (
                         prefix + param_name,
                         param,
@@ -230,17 +414,21 @@ def preserved_state(
             except Exception as e:  # keep restoring the rest
                 errors.append(e)
         with torch.no_grad():
-            for buf, saved in buffers.values():
+            for state in tensors.values():
                 try:
-                    _restore_values(buf, saved)
+                    state.restore_storage()
+                    state.restore_values()
                 except Exception as e:
                     errors.append(e)
         changed = []
         for name, param, version, requires_grad, grad in params.values():
-            if param.requires_grad != requires_grad:
-                param.requires_grad_(requires_grad)
-            if param.grad is not grad:
-                param.grad = grad
+            try:
+                if param.requires_grad != requires_grad:
+                    param.requires_grad_(requires_grad)
+                if param.grad is not grad:
+                    param.grad = grad
+            except Exception as e:
+                errors.append(e)
             if version is not None and _version(param) != version:
                 changed.append(name)
         if changed:
@@ -286,6 +474,12 @@ def instrumented(model: nn.Module, *, grad: bool) -> Iterator[HookSet]:
         model: the module to instrument.
         grad: whether autograd is enabled inside the block (restored on exit).
     """
+    lazy = lazy_tensor_names(model)
+    if lazy:  # the one rule behind every entry point: they pass initialised(model, ...) here
+        raise ValueError(
+            f"the model has uninitialised lazy parameters ({_lazy_listing(lazy)}): running it "
+            "would initialise them and change it; run one forward pass on it first"
+        )
     hooks = HookSet()
     with _INSTRUMENTATION_LOCK:
         named = list(iter_modules(model))

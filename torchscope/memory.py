@@ -29,7 +29,7 @@ from torchscope._inputs import (
     resolve_device,
     unwrap,
 )
-from torchscope.hooks import instrumented
+from torchscope.hooks import initialised, instrumented, lazy_tensor_names
 from torchscope.records import MemoryEstimate
 
 __all__ = [
@@ -306,11 +306,15 @@ def estimate_memory(
     Nothing is allocated and the model is left exactly as it was.
     """
     model = unwrap(model)
-    state = optimizer_state_bytes(model, optimizer)  # a bad optimizer argument fails first
+    lazy = bool(lazy_tensor_names(model))  # their sizes are known once a copy is initialised
+    state = 0 if lazy else optimizer_state_bytes(model, optimizer)  # a bad one fails first
     input_device = resolve_device(model_devices(model), device)
     args, kwargs = call_arguments(
         model, input, input_size, dtypes, device, input_device, forward_kwargs
     )
+    if lazy:  # the estimate is of an initialised copy: the model stays as found
+        model = initialised(model, args, kwargs, call="estimate_memory")
+        state = optimizer_state_bytes(model, optimizer)
     return estimate_from_arguments(model, args, kwargs, optimizer_state=state)
 
 

@@ -15,10 +15,17 @@ from torch.nn.parameter import is_lazy
 
 from torchscope import _nested
 from torchscope._format import format_shapes
-from torchscope._inputs import DeviceLike, ShapeLike, call_arguments, resolve_device, unwrap
+from torchscope._inputs import (
+    DeviceLike,
+    ShapeLike,
+    call_arguments,
+    model_devices,
+    resolve_device,
+    unwrap,
+)
 from torchscope.costs import CostCounter
 from torchscope.errors import SummaryError, TorchscopeWarning
-from torchscope.hooks import instrumented
+from torchscope.hooks import initialised, instrumented
 from torchscope.memory import estimate_from_arguments, optimizer_state_bytes
 from torchscope.records import SUMMARY_COLUMNS, LayerRecord, ModelSummary, TensorRecord
 
@@ -90,12 +97,14 @@ def summary(
         raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}; got {mode!r}")
     if optimizer is not None and not memory:
         raise ValueError("optimizer= only adds to the memory estimate: pass memory=True too")
-    optimizer_state = optimizer_state_bytes(model, optimizer) if memory else 0
-    index = _index_model(model)
-    input_device = resolve_device(index.devices, device)
+    input_device = resolve_device(model_devices(model), device)
     args, kwargs = call_arguments(
         model, input, input_size, dtypes, device, input_device, forward_kwargs
     )
+    # a model with lazy modules is summarised as an initialised copy: it stays as found
+    model = initialised(model, args, kwargs, call="summary", error=SummaryError)
+    optimizer_state = optimizer_state_bytes(model, optimizer) if memory else 0
+    index = _index_model(model)
 
     modules = index.modules
     recorder = _CallRecorder(modules)
