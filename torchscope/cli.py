@@ -229,9 +229,20 @@ def _parser() -> argparse.ArgumentParser:
 
 def _model_input(args: argparse.Namespace, loaded: LoadedModel) -> dict[str, Any]:
     """``input``, ``input_size`` and ``dtypes`` for a collector: the options', else the file's."""
+    from torchscope.loading import ModelLoadError
+
+    given = _known_input(args, loaded)
+    if given is None:
+        raise ModelLoadError(_no_input_message(loaded))
+    return given
+
+
+def _known_input(args: argparse.Namespace, loaded: LoadedModel) -> dict[str, Any] | None:
+    """What :func:`_model_input` returns, or None when neither the options nor the file give
+    an input."""
     import torch
 
-    from torchscope.loading import ModelLoadError, example_input, input_hint
+    from torchscope.loading import example_input
 
     dtypes = getattr(torch, args.dtype) if args.dtype else None
     if args.input_size:
@@ -243,12 +254,18 @@ def _model_input(args: argparse.Namespace, loaded: LoadedModel) -> dict[str, Any
     legacy = getattr(loaded.module, "EXAMPLE_INPUT_SIZE", None)
     if legacy is not None:
         return {"input": None, "input_size": legacy, "dtypes": dtypes}
+    return None
+
+
+def _no_input_message(loaded: LoadedModel, *, what: str = "") -> str:
+    from torchscope.loading import input_hint
+
     hint = input_hint(loaded.model)
-    raise ModelLoadError(
-        f"no input known for the model ({loaded.name}) in {loaded.source}: give the input "
-        "shape with --input-size 1,3,224,224 (several inputs: '1,3,224,224;1,10'), or define "
-        "example_input in the file (a tensor, a tuple, a dict, or a function returning one)"
-        + (f"; {hint}" if hint else "")
+    return (
+        f"no input known for the model ({loaded.name}) in {loaded.source}{what}: give the "
+        "input shape with --input-size 1,3,224,224 (several inputs: '1,3,224,224;1,10'), or "
+        "define example_input in the file (a tensor, a tuple, a dict, or a function returning "
+        "one)" + (f"; {hint}" if hint else "")
     )
 
 
@@ -286,23 +303,36 @@ def _check_output(output: str) -> None:
 
 def _summary_command(args: argparse.Namespace) -> int:
     from torchscope.loading import load
-    from torchscope.summarize import summary
+    from torchscope.summarize import FORWARD_COLUMNS, summary
 
     loaded = load(args.target, name=args.model)
-    given = _model_input(args, loaded)
     columns = args.columns.split(",") if args.columns else None
-    result = summary(
-        loaded.model,
-        given["input"],
-        input_size=given["input_size"],
-        dtypes=given["dtypes"],
-        depth=args.depth,
-        columns=columns,
-        mode=args.mode,
-        all_ops=args.all_ops,
-        memory=args.memory,
-        optimizer=args.optimizer,
+    # without an input the table has the parameters only, unless asked for what needs one
+    needs_forward = bool(
+        args.all_ops
+        or args.dtype
+        or args.memory
+        or args.optimizer
+        or any(column in FORWARD_COLUMNS for column in columns or ())
     )
+    given = _model_input(args, loaded) if needs_forward else _known_input(args, loaded)
+    if given is None:
+        result = summary(loaded.model, depth=args.depth, columns=columns, mode=args.mode)
+        what = ", so only its parameters are shown (shapes and costs need one)"
+        print(f"torchscope: note: {_no_input_message(loaded, what=what)}", file=sys.stderr)
+    else:
+        result = summary(
+            loaded.model,
+            given["input"],
+            input_size=given["input_size"],
+            dtypes=given["dtypes"],
+            depth=args.depth,
+            columns=columns,
+            mode=args.mode,
+            all_ops=args.all_ops,
+            memory=args.memory,
+            optimizer=args.optimizer,
+        )
     if args.format == "json":
         print(result.to_json())
     elif args.format == "markdown":

@@ -57,6 +57,7 @@ SUMMARY_COLUMNS = (
     "output_shape",
     "params",
     "params_percent",
+    "subtree_params",
     "trainable",
     "macs",
     "flops",
@@ -100,6 +101,9 @@ class TensorRecord:
         numel: number of elements.
         nbytes: bytes of storage (``numel * element_size``).
         trainable: ``requires_grad`` (always False for buffers).
+        initialized: False for a lazy module's uninitialised parameter or buffer, whose
+            shape the first forward pass sets: then ``shape`` is ``()`` and ``numel`` and
+            ``nbytes`` are 0 (the totals leave it out).
     """
 
     name: str
@@ -109,10 +113,13 @@ class TensorRecord:
     numel: int
     nbytes: int
     trainable: bool
+    initialized: bool = True
 
     def __repr__(self) -> str:
         dtype = self.dtype.removeprefix("torch.")
         state = "trainable" if self.trainable else "frozen"
+        if not self.initialized:
+            return f"<TensorRecord {self.name} uninitialised {dtype}, {state}>"
         return f"<TensorRecord {self.name} {list(self.shape)} {dtype}, {self.numel:,} elements, {state}>"
 
 
@@ -175,7 +182,9 @@ class ModelSummary:
 
     Attributes:
         model_type: class name of the summarised (unwrapped) model.
-        layers: one record per module call, in call order.
+        layers: one record per module call, in call order. In a ``parameters_only``
+            summary, one per module of the tree instead, parents before children; a module
+            held under several names has a row under each, its submodules drawn once.
         parameters: every distinct parameter tensor, in registration order.
         buffers: every distinct buffer tensor, in registration order.
         input_shapes: shapes of the tensors passed to the model.
@@ -197,6 +206,8 @@ class ModelSummary:
         all_ops: whether ops without multiply-accumulates were priced in FLOPs.
         memory: peak memory estimate (``summary(..., memory=True)``), else None.
         memory_error: why the memory estimate could not be made, if it was asked for.
+        parameters_only: made without an input (``summary(model)``): read from the module
+            tree without running the model, so there are no shapes, costs or memory.
     """
 
     model_type: str
@@ -221,6 +232,7 @@ class ModelSummary:
     all_ops: bool = False
     memory: MemoryEstimate | None = None
     memory_error: str | None = None
+    parameters_only: bool = False
 
     # -- totals (derived, never stored twice) -------------------------------------------
     @property
@@ -235,6 +247,11 @@ class ModelSummary:
     @property
     def non_trainable_params(self) -> int:
         return self.total_params - self.trainable_params
+
+    @property
+    def uninitialized(self) -> tuple[str, ...]:
+        """Names of lazy parameters and buffers not yet initialised (left out of the totals)."""
+        return tuple(t.name for t in (*self.parameters, *self.buffers) if not t.initialized)
 
     @property
     def total_buffers(self) -> int:
@@ -323,6 +340,7 @@ class ModelSummary:
             all_ops=data.get("all_ops", False),
             memory=_memory(data.get("memory")),
             memory_error=data.get("memory_error"),
+            parameters_only=data.get("parameters_only", False),
         )
 
     # -- rendering (delegates to torchscope.render) ----------------------------------------
@@ -331,10 +349,14 @@ class ModelSummary:
 
     def __repr__(self) -> str:
         macs = f", {format_count(self.total_macs)} MACs" if self.total_macs else ""
+        calls = (
+            "parameters only (no input)"
+            if self.parameters_only
+            else _plural(len(self.layers), "module call")
+        )
         return (
             f"<ModelSummary of {self.model_type}: {_plural(self.total_params, 'param')} "
-            f"({self.trainable_params:,} trainable){macs}, "
-            f"{_plural(len(self.layers), 'module call')}>"
+            f"({self.trainable_params:,} trainable){macs}, {calls}>"
         )
 
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:

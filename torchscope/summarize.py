@@ -34,6 +34,9 @@ __all__ = ["DEFAULT_COLUMNS", "summary"]
 Mode = Literal["eval", "train", "same"]
 MODES: tuple[str, ...] = ("eval", "train", "same")
 DEFAULT_COLUMNS: tuple[str, ...] = ("input_shape", "output_shape", "params", "macs")
+#: The columns of a summary made without an input (``summary(model)``), and its default.
+PARAMETER_COLUMNS: tuple[str, ...] = ("params", "params_percent", "subtree_params", "trainable")
+PARAMETER_DEFAULT_COLUMNS: tuple[str, ...] = ("params", "subtree_params", "trainable")
 
 
 def summary(
@@ -57,6 +60,12 @@ def summary(
     (BatchNorm statistics included), every module's ``training`` flag, ``requires_grad``,
     ``.grad``, its device, its hooks and the global RNG streams.
 
+    Without ``input``, ``input_size`` and ``forward_kwargs`` the model is not run: the summary
+    is read from the module tree (``parameters_only``): every module with its parameter
+    counts, the totals and the trainable split, no shapes or costs. Lazy modules show their
+    uninitialised parameters, TorchScript modules their scripted parameters. To run a
+    forward that takes no arguments, pass ``input=()``.
+
     Args:
         model: the module to summarise. DataParallel, DistributedDataParallel and
             ``torch.compile`` wrappers are unwrapped and the inner module summarised.
@@ -72,7 +81,9 @@ def summary(
             this raises ``ValueError``.
         depth: how many levels of nesting the table shows (``layers`` always has every call).
         columns: table columns, from ``torchscope.records.SUMMARY_COLUMNS``;
-            default ``("input_shape", "output_shape", "params", "macs")``.
+            default ``("input_shape", "output_shape", "params", "macs")``; without an input
+            default ``("params", "subtree_params", "trainable")``, and columns of shapes
+            or costs are refused.
         mode: ``"eval"`` (``model.eval()``, no autograd), ``"train"`` (``model.train()``,
             autograd on, backward MACs counted too) or ``"same"`` (flags as they are).
             Flags are restored afterwards.
@@ -90,6 +101,18 @@ def summary(
             input shapes, and shows the layers that ran.
         TypeError, ValueError: the arguments are wrong; the message says how to fix them.
     """
+    if input is None and input_size is None and forward_kwargs is None:
+        return _parameter_summary(
+            model,
+            depth=depth,
+            columns=columns,
+            mode=mode,
+            dtypes=dtypes,
+            device=device,
+            all_ops=all_ops,
+            memory=memory,
+            optimizer=optimizer,
+        )
     model = unwrap(model)
     depth = _check_depth(depth)
     columns = _check_columns(columns)
@@ -245,6 +268,119 @@ def _inclusive_costs(calls: list[_Call], counter: CostCounter) -> dict[int, tupl
     return {index: (macs, flops) for index, (macs, flops) in totals.items()}
 
 
+# -- without an input: the module tree ----------------------------------------------------------
+
+#: Columns that need a forward pass: refused in a summary without an input.
+FORWARD_COLUMNS = ("input_shape", "output_shape", "macs", "flops")
+
+
+def _parameter_summary(
+    model: nn.Module,
+    *,
+    depth: int,
+    columns: Iterable[str] | str | None,
+    mode: str,
+    dtypes: Any,
+    device: DeviceLike | None,
+    all_ops: bool,
+    memory: bool,
+    optimizer: Any,
+) -> ModelSummary:
+    """The summary of ``summary(model)``: read from the module tree, the model never runs."""
+    if not isinstance(model, torch.jit.ScriptModule):  # its parameters are readable: no unwrap
+        model = unwrap(model)
+    depth = _check_depth(depth)
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}; got {mode!r}")
+    run_it = (
+        "no input was given, so the model is not run: pass one, e.g. summary(model, x) or "
+        "summary(model, input_size=(1, 3, 224, 224))"
+    )
+    if columns is None:
+        chosen = PARAMETER_DEFAULT_COLUMNS
+    else:
+        chosen = _check_columns(columns)
+        needing = [c for c in chosen if c in FORWARD_COLUMNS]
+        if needing:
+            raise ValueError(
+                f"column(s) {', '.join(map(repr, needing))} need a forward pass, and {run_it}; "
+                f"or choose from {', '.join(map(repr, PARAMETER_COLUMNS))}"
+            )
+    for option, given in (
+        ("dtypes=", dtypes is not None),
+        ("all_ops=True", bool(all_ops)),
+        ("memory=True", bool(memory)),
+        ("optimizer=", optimizer is not None),
+    ):
+        if given:
+            raise ValueError(f"{option} applies to the forward pass, and {run_it}")
+    index = _index_model(model, hookable=False)
+    return ModelSummary(
+        model_type=_module_type(model),
+        layers=_tree_layers(model, index.modules),
+        parameters=index.parameters,
+        buffers=index.buffers,
+        input_shapes=(),
+        output_shapes=(),
+        input_bytes=0,
+        output_bytes=0,
+        uncalled=(),
+        scripted=index.scripted,
+        depth=depth,
+        columns=chosen,
+        mode=mode,
+        device=str(resolve_device(index.devices, device)),
+        parameters_only=True,
+    )
+
+
+def _tree_layers(model: nn.Module, modules: dict[int, _ModuleInfo]) -> tuple[LayerRecord, ...]:
+    """One row per module of the tree, parents before children, iteratively.
+
+    A module held under several names gets a row under each, but its submodules are drawn
+    only under the first: the rows stay as many as the tree's edges however modules share.
+    """
+    layers: list[LayerRecord] = []
+    drawn: set[int] = set()
+    stack: list[tuple[str, nn.Module, int, int | None]] = [("", model, 0, None)]
+    while stack:
+        name, module, depth, parent = stack.pop()
+        info = modules[id(module)]
+        layers.append(
+            LayerRecord(
+                index=len(layers),
+                name=name,
+                type=info.type,
+                depth=depth,
+                parent=parent,
+                input_shapes=(),
+                output_shapes=(),
+                params=info.params,
+                trainable_params=info.trainable,
+                own_parameters=info.own,
+                subtree_parameters=info.subtree,
+                is_repeat=False,
+            )
+        )
+        if id(module) in drawn:
+            continue
+        drawn.add(id(module))
+        prefix = f"{name}." if name else ""
+        children = [(k, c) for k, c in module._modules.items() if c is not None]
+        parent_index = len(layers) - 1
+        stack.extend(
+            (prefix + local, child, depth + 1, parent_index) for local, child in reversed(children)
+        )
+    return tuple(layers)
+
+
+def _module_type(module: nn.Module) -> str:
+    """The class name; a TorchScript module's is that of the module it was made from."""
+    if isinstance(module, torch.jit.ScriptModule):
+        return f"scripted {getattr(module, 'original_name', type(module).__name__)}"
+    return type(module).__name__
+
+
 # -- arguments ---------------------------------------------------------------------------------
 
 
@@ -304,6 +440,20 @@ def _tensor_records(
     records = []
     for key, tensor_names in names.items():
         tensor = tensors[key]
+        if is_lazy(tensor):  # no shape to read until the first forward
+            records.append(
+                TensorRecord(
+                    name=tensor_names[0],
+                    aliases=tuple(tensor_names[1:]),
+                    shape=(),
+                    dtype=str(tensor.dtype),
+                    numel=0,
+                    nbytes=0,
+                    trainable=parameters and tensor.requires_grad,
+                    initialized=False,
+                )
+            )
+            continue
         numel = tensor.numel()
         records.append(
             TensorRecord(
@@ -319,11 +469,13 @@ def _tensor_records(
     return records
 
 
-def _index_model(model: nn.Module) -> _ModelIndex:
+def _index_model(model: nn.Module, *, hookable: bool = True) -> _ModelIndex:
     """Walk the module tree once, iteratively, visiting shared modules under each of their names.
 
     Every name under which a parameter or buffer is reachable is kept (the first is its
     name, the others its aliases), in ``named_parameters(remove_duplicate=False)`` order.
+    With ``hookable=False`` (the tree is only read, for a summary without an input),
+    TorchScript modules are walked like the others and lazy tensors are not refused.
     """
     param_names: dict[int, list[str]] = {}
     buffer_names: dict[int, list[str]] = {}
@@ -331,6 +483,7 @@ def _index_model(model: nn.Module) -> _ModelIndex:
     order: list[tuple[str, nn.Module]] = []
     first_seen: set[int] = set()
     opaque: dict[int, str] = {}  # TorchScript submodules: no hooks, counted in their parent's row
+    scripts: list[str] = []  # with hookable=False: TorchScript modules, walked like the others
     stack: list[tuple[str, nn.Module]] = [("", model)]
     while stack:
         name, module = stack.pop()
@@ -338,7 +491,10 @@ def _index_model(model: nn.Module) -> _ModelIndex:
             first_seen.add(id(module))
             order.append((name, module))
         prefix = f"{name}." if name else ""
-        if isinstance(module, torch.jit.ScriptModule):
+        if not hookable and isinstance(module, torch.jit.ScriptModule):
+            if not any(name.startswith(f"{outer}.") or not outer for outer in scripts):
+                scripts.append(name)  # outermost only: the footer names whole scripts
+        elif isinstance(module, torch.jit.ScriptModule):
             opaque.setdefault(id(module), name)
             for named, names in (
                 (module.named_parameters(prefix=name), param_names),
@@ -373,7 +529,7 @@ def _index_model(model: nn.Module) -> _ModelIndex:
         for key in names
         if is_lazy(tensors[key])
     ]
-    if lazy:  # their shapes cannot even be read
+    if lazy and hookable:  # their shapes cannot even be read
         raise ValueError(
             f"the model has uninitialised lazy parameters ({', '.join(lazy[:3])}); summary "
             "never initialises them, since that would change the model: run one forward pass first"
@@ -393,7 +549,11 @@ def _index_model(model: nn.Module) -> _ModelIndex:
             for child in module._modules.values():  # what unhookable children hold shows here
                 if child is not None and id(child) in opaque:
                     own.update(dict.fromkeys(position[id(p)] for p in child.parameters()))
-        infos[id(module)] = _ModuleInfo(name=name, type=type(module).__name__, own=tuple(own))
+        infos[id(module)] = _ModuleInfo(
+            name=name,
+            type=type(module).__name__ if hookable else _module_type(module),
+            own=tuple(own),
+        )
     for _, module in reversed(order):  # children before parents
         info = infos[id(module)]
         subtree = dict.fromkeys(info.own)
@@ -411,7 +571,7 @@ def _index_model(model: nn.Module) -> _ModelIndex:
         modules=infos,
         module_objects=[module for _, module in order if id(module) not in opaque],
         devices=devices,
-        scripted=tuple(opaque.values()),
+        scripted=tuple(opaque.values()) if hookable else tuple(scripts),
     )
 
 

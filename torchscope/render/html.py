@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from torchscope._format import format_duration
 from torchscope.render import text
 from torchscope.render.table import HEADERS, NUMERIC_COLUMNS, footer_lines, rows
+from torchscope.render.table import title as summary_title
 
 if TYPE_CHECKING:
     from torchscope.records import (
@@ -94,7 +95,7 @@ def render_summary(summary: ModelSummary) -> str:
         cells = [cell("td", "layer", row.label, f"padding-left:{0.3 + 1.2 * row.depth:.1f}em")]
         cells += [cell("td", c, row.cells[c], "font-family:monospace") for c in summary.columns]
         body.append("<tr>" + "".join(cells) + "</tr>")
-    title = f"{summary.model_type} (mode={summary.mode}, device={summary.device}, depth={summary.depth})"
+    title = summary_title(summary)
     footer = "".join(f"<li>{escape(line)}</li>" for line in footer_lines(summary, table_rows))
     return (
         '<div class="torchscope-summary">'

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -10,7 +11,7 @@ from torchscope._format import format_bytes, format_count, format_shapes
 if TYPE_CHECKING:
     from torchscope.records import LayerRecord, ModelSummary
 
-__all__ = ["HEADERS", "NUMERIC_COLUMNS", "Row", "footer_lines", "rows"]
+__all__ = ["HEADERS", "NUMERIC_COLUMNS", "Row", "footer_lines", "rows", "title"]
 
 HEADERS = {
     "layer": "Layer (type)",
@@ -18,14 +19,18 @@ HEADERS = {
     "output_shape": "Output shape",
     "params": "Params",
     "params_percent": "Params %",
+    "subtree_params": "With submodules",
     "trainable": "Trainable",
     "macs": "MACs",
     "flops": "FLOPs",
 }
-NUMERIC_COLUMNS = frozenset({"params", "params_percent", "trainable", "macs", "flops"})
+NUMERIC_COLUMNS = frozenset(
+    {"params", "params_percent", "subtree_params", "trainable", "macs", "flops"}
+)
 
 REPEAT = "(repeat)"
 SHARED = "(shared)"
+LAZY = "(uninitialised)"
 
 
 @dataclass(frozen=True)
@@ -82,19 +87,39 @@ def rows(summary: ModelSummary) -> list[Row]:
         if indices and not new:
             params_text = REPEAT if layer.is_repeat else SHARED
         else:
-            params_text = f"{count:,}" if count else "--"
+            params_text = _params_cell(count, _has_lazy(summary, new))
 
         cells = {
             "input_shape": format_shapes(layer.input_shapes),
             "output_shape": "(failed)" if layer.failed else format_shapes(layer.output_shapes),
             "params": params_text,
             "params_percent": f"{100 * count / total:.2f}%" if count and total else "--",
+            "subtree_params": _params_cell(
+                layer.params, _has_lazy(summary, layer.subtree_parameters)
+            ),
             "trainable": f"{trainable:,}" if count else params_text,
             "macs": _count_cell(layer.self_macs if expanded else layer.macs),
             "flops": _count_cell(layer.self_flops if expanded else layer.flops),
         }
         out.append(Row(layer.depth, prefix, _label(layer), cells))
     return out
+
+
+def _has_lazy(summary: ModelSummary, indices: Iterable[int]) -> bool:
+    return any(not summary.parameters[i].initialized for i in indices)
+
+
+def _params_cell(count: int, lazy: bool) -> str:
+    """A parameter count; uninitialised lazy parameters (no count yet) are marked."""
+    if lazy:
+        return f"{count:,} + {LAZY}" if count else LAZY
+    return f"{count:,}" if count else "--"
+
+
+def title(summary: ModelSummary) -> str:
+    """The line above the table: the model and how it was summarised."""
+    how = "parameters only" if summary.parameters_only else f"mode={summary.mode}"
+    return f"{summary.model_type} ({how}, device={summary.device}, depth={summary.depth})"
 
 
 def _exact_count(n: int) -> str:
@@ -132,22 +157,30 @@ def footer_lines(summary: ModelSummary, table_rows: list[Row]) -> list[str]:
         f"Non-trainable params: {summary.non_trainable_params:,}",
         f"Buffers: {summary.total_buffers:,} ({format_bytes(summary.buffer_bytes)})",
         f"Parameter size: {format_bytes(summary.param_bytes)}",
-        f"Input size: {format_bytes(summary.input_bytes)}",
-        f"Output size: {format_bytes(summary.output_bytes)}",
-        f"Forward MACs: {_exact_count(summary.total_macs)}; "
-        f"FLOPs: {format_count(summary.total_flops)}"
-        + (" (all ops)" if summary.all_ops else " (2 per MAC)"),
     ]
+    if not summary.parameters_only:
+        lines += [
+            f"Input size: {format_bytes(summary.input_bytes)}",
+            f"Output size: {format_bytes(summary.output_bytes)}",
+            f"Forward MACs: {_exact_count(summary.total_macs)}; "
+            f"FLOPs: {format_count(summary.total_flops)}"
+            + (" (all ops)" if summary.all_ops else " (2 per MAC)"),
+        ]
     if summary.backward_macs is not None and summary.backward_flops is not None:
         lines.append(
             f"Backward MACs: {_exact_count(summary.backward_macs)}; "
             f"FLOPs: {format_count(summary.backward_flops)}"
         )
     lines.append(
-        "Units: 1 kB = 10^3 bytes, 1 MB = 10^6 bytes, 1 GB = 10^9 bytes; "
-        "1 M = 10^6, 1 G = 10^9, 1 T = 10^12 operations."
+        "Units: 1 kB = 10^3 bytes, 1 MB = 10^6 bytes, 1 GB = 10^9 bytes"
+        + ("." if summary.parameters_only else "; 1 M = 10^6, 1 G = 10^9, 1 T = 10^12 operations.")
     )
     markers = {row.cells["params"] for row in table_rows}
+    if summary.uninitialized:
+        lines.append(
+            f"{LAZY}: lazy parameters or buffers whose shapes the first forward pass sets; "
+            "not in the totals: " + ", ".join(summary.uninitialized)
+        )
     if REPEAT in markers:
         lines.append(
             f"{REPEAT}: a module called again; its parameters are counted at its first call."
@@ -174,7 +207,17 @@ def footer_lines(summary: ModelSummary, table_rows: list[Row]) -> list[str]:
     if summary.uncounted_ops:
         ops = ", ".join(f"{name} x{count}" for name, count in summary.uncounted_ops.items())
         lines.append(f"Ops without a FLOP formula (the totals are lower bounds): {ops}")
-    if summary.scripted:
+    if summary.scripted and summary.parameters_only:
+        lines.append(
+            "TorchScript modules (parameters read from the script): "
+            + ", ".join(name or "(root)" for name in summary.scripted)
+        )
+    elif "" in summary.scripted:
+        lines.append(
+            "TorchScript model: no hook reaches inside, so the rows under the root are its "
+            "module tree, not calls; shapes and costs are the whole model's, in the root row."
+        )
+    elif summary.scripted:
         lines.append(
             "TorchScript submodules (no hooks; parameters shown in the enclosing row): "
             + ", ".join(summary.scripted)
@@ -183,5 +226,11 @@ def footer_lines(summary: ModelSummary, table_rows: list[Row]) -> list[str]:
         lines.append(
             "Never called by forward (their parameters count in the totals): "
             + ", ".join(summary.uncalled)
+        )
+    if summary.parameters_only:
+        lines.append(
+            "Parameters only: no input was given, so the model was not run. Shapes and costs "
+            "(MACs, FLOPs, memory) need one: summary(model, x), summary(model, "
+            "input_size=(1, 3, 224, 224)), or summary(model, ()) for a forward without arguments."
         )
     return lines

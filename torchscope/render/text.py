@@ -12,6 +12,7 @@ from tabulate import tabulate
 
 from torchscope._format import format_bytes, format_duration
 from torchscope.render.table import HEADERS, NUMERIC_COLUMNS, footer_lines, rows
+from torchscope.render.table import title as summary_title
 
 if TYPE_CHECKING:
     from torchscope.records import (
@@ -70,7 +71,7 @@ def render_summary(summary: ModelSummary, *, markdown: bool = False) -> str:
         disable_numparse=True,
         preserve_whitespace=True,
     )
-    title = f"{summary.model_type} (mode={summary.mode}, device={summary.device}, depth={summary.depth})"
+    title = summary_title(summary)
     footer = footer_lines(summary, table_rows)
     if markdown:
         return "\n".join([f"**{title}**", "", table, "", *(f"- {line}" for line in footer)]) + "\n"
