@@ -343,3 +343,42 @@ def test_an_object_input_is_seen_and_neither_it_nor_its_tensors_are_changed() ->
     assert [node.label for node in graph.nodes_of("input")] == ["batch.image"]
     assert torch.equal(image, torch.ones(3, 4)) and batch.image is image
     assert vars(batch) == {"image": image, "source": "camera"}
+
+
+# --- outputs that autograd cannot reach: the reason given, and no advice that cannot help ---
+
+
+class TokensAndFrozen(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits = self.fc(x)
+        with torch.no_grad():
+            frozen = self.fc(x)
+        return logits, logits.argmax(-1), frozen
+
+
+def test_autograd_graph_of_says_why_an_output_has_no_grad_fn_without_useless_advice() -> None:
+    model = TokensAndFrozen()
+    with pytest.warns(TorchscopeWarning) as caught:
+        graph = torchscope.autograd_graph_of(model, torch.randn(2, 4))
+    messages = [str(w.message) for w in caught]
+    assert messages == list(graph.warnings)
+    tokens, frozen = graph.warnings
+    assert tokens.startswith("output[1] has no grad_fn: it is a int64 tensor")
+    assert frozen.startswith("output[2] has no grad_fn: grad mode was on")
+    # autograd_graph_of runs the forward with gradients enabled itself
+    assert not any("run the forward with gradients enabled" in m for m in messages)
+    assert [n.label for n in graph.nodes_of("output")] == ["output[0]"]
+
+
+def test_autograd_graph_of_a_forward_run_under_no_grad_still_advises_enabling_it() -> None:
+    model = TokensAndFrozen()
+    with torch.no_grad(), torchscope.capture(model) as cap:
+        outputs = model(torch.randn(2, 4))
+    with pytest.warns(
+        TorchscopeWarning, match=r"^output has no grad_fn.*run the forward with gradients"
+    ):
+        torchscope.autograd_graph(outputs[0], params=model, module=cap)

@@ -83,6 +83,8 @@ class ModuleCapture:
     def __init__(self, model: nn.Module, *, grads: bool = False) -> None:
         self.model = model
         self.grads = grads
+        # the grad mode the forward started in: advice to enable it is no help when it was on
+        self.grad_enabled = torch.is_grad_enabled()
         self.module_of: dict[Node, str] = {}  # strong keys: node identity must stay stable
         self.types: dict[str, str] = {"": type(model).__name__}
         self.received: dict[Node, torch.Tensor] = {}  # node -> [sumsq, nonfinite, max|g|]
@@ -396,7 +398,8 @@ def autograd_graph(
         if node is None and tensor.requires_grad:
             node = _accumulate_node(tensor)
         if node is None:
-            warn.append(f"{path} has no grad_fn: {_why_no_grad_fn(tensor, names)}")
+            grad_was_on = module is not None and module.grad_enabled
+            warn.append(f"{path} has no grad_fn: {_why_no_grad_fn(tensor, names, grad_was_on)}")
         else:
             roots.append(node)
         root_of_output.append((path, tensor, node))
@@ -417,9 +420,16 @@ def _accumulate_node(tensor: torch.Tensor) -> Node | None:
         return None
 
 
-def _why_no_grad_fn(tensor: torch.Tensor, names: dict[int, str]) -> str:
+def _why_no_grad_fn(tensor: torch.Tensor, names: dict[int, str], grad_was_on: bool) -> str:
+    if not (tensor.is_floating_point() or tensor.is_complex()):
+        return f"it is a {_dtype_name(tensor.dtype)} tensor, which autograd never differentiates"
     if tensor.is_inference():
         return "it was computed under torch.inference_mode(); run the forward without it"
+    if grad_was_on:  # the forward ran with gradients on: it was cut off inside
+        return (
+            "grad mode was on when the forward started; the forward computed it under "
+            "torch.no_grad(), detached it, or built it from tensors none of which require grad"
+        )
     if any(True for _ in names):
         return (
             "it was computed under torch.no_grad(), detached, or from tensors none of which "
