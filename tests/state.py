@@ -215,7 +215,8 @@ def assert_identical(before: ExactState, model: nn.Module) -> None:
         assert live is module, f"{where}: another module object"
         assert type(module) is cls, f"{where}: became a {type(module).__name__}"
         now = list(vars(module).items())
-        assert [k for k, _ in now] == [k for k, _ in attributes], f"{where}: attributes changed"
+        keys, old_keys = [k for k, _ in now], [k for k, _ in attributes]
+        assert keys == old_keys, f"{where}: attributes changed: {old_keys} -> {keys}"
         for (key, value), (_, old) in zip(now, attributes, strict=True):
             assert value is old, f"{where}: attribute {key!r} rebound"
         for key, entries in contents.items():

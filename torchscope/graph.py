@@ -737,7 +737,7 @@ def autograd_graph_of(
     model = unwrap(model)
     target = resolve_device(model_devices(model), device)
     args, kwargs = call_arguments(model, input, input_size, dtypes, device, target, forward_kwargs)
-    model = initialised(model, args, kwargs, call="autograd_graph_of", error=GraphError)
+    model = initialised(model, args, kwargs, call="autograd_graph_of")
     with instrumented(model, grad=True):
         model.eval()
         with capture(model) as cap:
@@ -937,7 +937,7 @@ def module_graph(
     model = unwrap(model)
     target = resolve_device(model_devices(model), device)
     args, kwargs = call_arguments(model, input, input_size, dtypes, device, target, forward_kwargs)
-    model = initialised(model, args, kwargs, call="module_graph", error=GraphError)
+    model = initialised(model, args, kwargs, call="module_graph")
     flow = _ModuleFlow()
     input_keys = _input_keys(model, args, kwargs)
     for key, tensor, path in input_keys:

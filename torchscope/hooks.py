@@ -15,6 +15,7 @@ import random
 import sys
 import threading
 import warnings
+import weakref
 from collections.abc import Iterator
 from copy import deepcopy
 from dataclasses import dataclass
@@ -85,13 +86,17 @@ def _lazy_listing(names: list[str]) -> str:
     return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
+# copies whose initialising forward failed, handed back for the caller to run and report
+_FAILED_COPIES: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+
+
 def initialised(
     model: nn.Module,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     *,
     call: str,
-    error: type[ForwardError] = ForwardError,
+    error: type[ForwardError] | None = None,
 ) -> nn.Module:
     """Return ``model``, or, when it has uninitialised lazy parameters, an initialised copy.
 
@@ -100,6 +105,10 @@ def initialised(
     change it, so a deep copy is initialised by one forward pass of the same arguments
     (without autograd, the global RNG restored) and inspected instead: it reports the shapes
     the model will take. Every entry point that runs the model calls this first.
+
+    When that forward pass fails before every lazy module is initialised, the copy is
+    returned all the same if ``error`` is None: the caller runs it next and reports the
+    failure as it reports any failing forward (:func:`instrumented` lets such a copy in).
 
     Raises:
         ValueError: the model cannot be copied, or the forward pass left some lazy
@@ -137,6 +146,9 @@ def initialised(
             failure = e
     left = lazy_tensor_names(copy)
     if left and failure is not None:
+        if error is None:
+            _FAILED_COPIES.add(copy)
+            return copy
         raise error(
             f"{lead}, and that forward pass failed: {type(failure).__name__}: {failure}"
         ) from failure
@@ -281,6 +293,9 @@ class _ModuleSnapshot:
         for key, value in self.attributes.items():
             if live.get(key, _MISSING) is not value:
                 live[key] = value
+        if list(live) != list(self.attributes):  # an attribute deleted and set again moved last
+            for key in self.attributes:
+                live[key] = live.pop(key)
         for key, saved in self.contents.items():
             _refill(self.attributes[key], saved)
 
@@ -475,7 +490,9 @@ def instrumented(model: nn.Module, *, grad: bool) -> Iterator[HookSet]:
         grad: whether autograd is enabled inside the block (restored on exit).
     """
     lazy = lazy_tensor_names(model)
-    if lazy:  # the one rule behind every entry point: they pass initialised(model, ...) here
+    if (
+        lazy and model not in _FAILED_COPIES
+    ):  # the one rule behind every entry point: they pass initialised(model, ...) here
         raise ValueError(
             f"the model has uninitialised lazy parameters ({_lazy_listing(lazy)}): running it "
             "would initialise them and change it; run one forward pass on it first"

@@ -25,7 +25,7 @@ from torch import nn
 
 from torchscope import _nested
 from torchscope._inputs import call_arguments, model_devices, resolve_device, unwrap
-from torchscope.errors import GraphError, TorchscopeError
+from torchscope.errors import TorchscopeError
 from torchscope.graph import capture, run_forward
 from torchscope.hooks import HookSet, initialised, instrumented, iter_modules
 from torchscope.records import LayerTiming, Measurement, TimingReport
@@ -307,7 +307,7 @@ def time_layers(
     model = unwrap(model)
     target = resolve_device(model_devices(model), device)
     args, kwargs = call_arguments(model, input, input_size, dtypes, device, target, forward_kwargs)
-    model = initialised(model, args, kwargs, call="time_layers", error=GraphError)
+    model = initialised(model, args, kwargs, call="time_layers")
     clock = _clock(target)
     params = [p for p in model.parameters() if p.requires_grad]
     backward = bool(backward and params)
