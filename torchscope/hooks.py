@@ -221,7 +221,13 @@ _CONTAINERS = (dict, collections.OrderedDict, list, set)
 
 def _contents(container: Any) -> tuple[Any, ...]:
     """A shallow copy of a container's contents: its items for a mapping, its elements else."""
-    return tuple(container.items()) if isinstance(container, dict) else tuple(container)
+    if not container:
+        return ()
+    return (
+        tuple(container.items())
+        if type(container) is not list and type(container) is not set
+        else tuple(container)
+    )
 
 
 def _same_contents(live: Any, saved: tuple[Any, ...]) -> bool:
@@ -230,14 +236,18 @@ def _same_contents(live: Any, saved: tuple[Any, ...]) -> bool:
     Identity, never ``==``: ``==`` on tensors compares them element-wise (a multi-element
     result cannot even be read as a bool) and would call user code.
     """
-    if isinstance(live, set):
-        return len(live) == len(saved) and {id(x) for x in live} == {id(x) for x in saved}
-    now = _contents(live)
-    if len(now) != len(saved):
+    if len(live) != len(saved):
         return False
-    if isinstance(live, dict):
-        return all(a[0] is b[0] and a[1] is b[1] for a, b in zip(now, saved, strict=True))
-    return all(a is b for a, b in zip(now, saved, strict=True))
+    if not saved:  # most hook tables: empty before and after
+        return True
+    if type(live) is set:
+        return {id(x) for x in live} == {id(x) for x in saved}
+    if type(live) is list:
+        return all(a is b for a, b in zip(live, saved, strict=True))
+    return all(
+        key is old[0] and value is old[1]
+        for (key, value), old in zip(live.items(), saved, strict=True)
+    )
 
 
 def _refill(live: Any, saved: tuple[Any, ...]) -> None:
@@ -303,11 +313,12 @@ class _ModuleSnapshot:
 def _storage_key(tensor: torch.Tensor) -> tuple[Any, ...] | None:
     """Where a tensor's data lives and how it is laid out, to tell a rebound ``.data``."""
     try:
+        # the address stands for the device too; one tuple of few calls: it runs twice per
+        # tensor of the model on every instrumented call
         return (
             tensor.data_ptr(),
             tensor.dtype,
-            tensor.device,
-            tuple(tensor.shape),
+            tensor.shape,
             tensor.stride(),
             tensor.storage_offset(),
         )
@@ -403,8 +414,11 @@ def preserved_state(
             # read through the tables, not the snapshot: a ScriptModule's are views
             buffers = list(module._buffers.items())
             parameters = list(module._parameters.items())
+            # tensors held as plain attributes (a mask, a cache), parameters excluded
             attributes = [
-                v for v in snapshot.attributes.values() if not isinstance(v, nn.Parameter)
+                v
+                for v in snapshot.attributes.values()
+                if isinstance(v, torch.Tensor) and not isinstance(v, nn.Parameter)
             ]
             for value in [v for _, v in buffers] + attributes:
                 if _tracked(value) and id(value) not in tensors:
