@@ -21,19 +21,26 @@ _QUANTIZED_DTYPES = frozenset(
 _INPUT_SEED = 0  # inputs made from input_size are the same on every call
 
 
-def unwrap(model: Any) -> nn.Module:
-    """The module that does the work inside DataParallel/DDP/torch.compile wrappers."""
+def unwrap(model: Any, *, caller: str = "summary", allow_script: bool = False) -> nn.Module:
+    """The module that does the work inside DataParallel/DDP/torch.compile wrappers.
+
+    ``caller`` names the public call in error messages; ``allow_script`` lets a TorchScript
+    model through (for callers that can read one without hooks).
+    """
     if not isinstance(model, nn.Module):
         raise TypeError(
-            f"summary() needs an nn.Module as its first argument, got {type(model).__name__}; "
-            "pass the model itself, e.g. summary(model, input)"
-        )
-    if isinstance(model, torch.jit.ScriptModule):
-        raise TypeError(
-            "summary() cannot hook a TorchScript module; summarise the original nn.Module "
-            "(before torch.jit.script/trace)"
+            f"{caller}() needs an nn.Module as its first argument, got {type(model).__name__}; "
+            f"pass the model itself, e.g. {caller}(model, input)"
         )
     while True:
+        if isinstance(model, torch.jit.ScriptModule):
+            if allow_script:
+                return model
+            raise TypeError(
+                f"{caller}() cannot hook a TorchScript module (torch.jit.script/trace gave "
+                f"{type(model).__name__}); pass the original nn.Module, or summary(model, ...), "
+                "which reads a TorchScript model's parameters, module tree and output shapes"
+            )
         if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
             model = model.module
         elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's wrapper

@@ -376,7 +376,7 @@ class GradientMonitor:
             )
         if isinstance(frozen, (str, nn.Module, torch.Tensor, type)):
             frozen = [frozen]
-        self._model = unwrap(model)
+        self._model = unwrap(model, caller="GradientMonitor")
         self._optimizer = optimizer
         self._accumulation_steps = accumulation_steps
         self._frozen_targets = list(frozen or ())

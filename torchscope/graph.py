@@ -34,6 +34,14 @@ from torchscope import _nested
 from torchscope._format import format_shapes
 from torchscope._graphs import check_depth, common_module, diff, find_repeats, view
 from torchscope._inputs import call_arguments, model_devices, resolve_device, unwrap
+from torchscope._torchscript import (
+    OPTIMIZED_NOTE,
+    follow_scripted_calls,
+    is_script,
+    plain_execution,
+    split_modules,
+    type_name,
+)
 from torchscope.errors import GraphError, TorchscopeWarning
 from torchscope.hooks import HookSet, initialised, instrumented, iter_modules
 from torchscope.records import (
@@ -86,7 +94,7 @@ class ModuleCapture:
         # the grad mode the forward started in: advice to enable it is no help when it was on
         self.grad_enabled = torch.is_grad_enabled()
         self.module_of: dict[Node, str] = {}  # strong keys: node identity must stay stable
-        self.types: dict[str, str] = {"": type(model).__name__}
+        self.types: dict[str, str] = {"": type_name(model)}
         self.received: dict[Node, torch.Tensor] = {}  # node -> [sumsq, nonfinite, max|g|]
         self.stack: list[_Call] = []
         self.failed: _Call | None = None
@@ -157,10 +165,22 @@ def capture(model: nn.Module, *, grads: bool = False) -> Iterator[ModuleCapture]
     hooks = HookSet()
     node_hook = getattr(torch.autograd.graph, "node_creation_hook", None)
     try:
-        for name, module in iter_modules(model):
+        hookable, scripted = split_modules(model)
+        for name, module in hookable:
             cap.types[name] = type(module).__name__
             hooks.add(module.register_forward_pre_hook(_push(cap, name), with_kwargs=True))
             hooks.add(module.register_forward_hook(_pop(cap), always_call=True))
+        # TorchScript modules take no hooks: each is one cluster, followed by global hooks;
+        # the modules inside name the clusters of their parameters
+        for name, script in scripted.values():
+            for inner, module in iter_modules(script):
+                cap.types[".".join(filter(None, (name, inner)))] = type_name(module)
+        follow_scripted_calls(
+            hooks,
+            scripted,
+            lambda name, module, args: _push(cap, name)(module, args, {}),
+            lambda name, module, args, output: _pop(cap)(module, args, output),
+        )
         with node_hook(cap._on_node) if node_hook is not None else contextlib.nullcontext():
             if node_hook is None:
                 warnings.warn(
@@ -180,8 +200,8 @@ def _push(cap: ModuleCapture, name: str) -> Callable[..., None]:
         cap._calls[name] = count + 1
         # a module called again gets its own cluster: name#1, name#2, ...
         scope = name if count == 0 else f"{name}#{count}"
-        cap.types.setdefault(scope, type(module).__name__)
-        cap.stack.append(_Call(scope, type(module).__name__, _nested.shapes((args, kwargs))))
+        cap.types.setdefault(scope, type_name(module))
+        cap.stack.append(_Call(scope, type_name(module), _nested.shapes((args, kwargs))))
 
     return pre_hook
 
@@ -565,7 +585,7 @@ def _build_autograd(
         warn.append(f"the gradient first became {_bad_below(nodes, origin)} at {origin}")
     return AutogradGraph(
         kind="autograd",
-        title=type(capture_.model).__name__ if capture_ is not None else "autograd graph",
+        title=type_name(capture_.model) if capture_ is not None else "autograd graph",
         nodes=tuple(nodes),
         edges=tuple(edges),
         clusters=clusters,
@@ -734,17 +754,20 @@ def autograd_graph_of(
     Raises:
         GraphError: the forward failed; names the module and the shapes it received.
     """
-    model = unwrap(model)
+    model = unwrap(model, caller="autograd_graph_of", allow_script=True)
     target = resolve_device(model_devices(model), device)
     args, kwargs = call_arguments(model, input, input_size, dtypes, device, target, forward_kwargs)
     model = initialised(model, args, kwargs, call="autograd_graph_of")
     with instrumented(model, grad=True):
         model.eval()
-        with capture(model) as cap:
+        with capture(model) as cap, plain_execution(_has_script(model)):
             outputs = run_forward(model, args, kwargs, cap)
         if next(_nested.tensors(outputs), None) is None:
             return _empty_autograd_graph(outputs, cap)
-        return autograd_graph(outputs, params=model, show_saved=show_saved, module=cap)
+        graph = autograd_graph(outputs, params=model, show_saved=show_saved, module=cap)
+    if any(node.op == "DifferentiableGraphBackward" for node in graph.nodes):
+        graph = dataclasses.replace(graph, warnings=(*graph.warnings, OPTIMIZED_NOTE))
+    return graph
 
 
 def _empty_autograd_graph(outputs: Any, cap: ModuleCapture) -> AutogradGraph:
@@ -762,6 +785,10 @@ def _empty_autograd_graph(outputs: Any, cap: ModuleCapture) -> AutogradGraph:
     )
     warnings.warn(note, TorchscopeWarning, stacklevel=3)
     return _build_autograd([], [], {}, cap, False, False, [note])
+
+
+def _has_script(model: nn.Module) -> bool:
+    return bool(split_modules(model)[1])
 
 
 def run_forward(
@@ -901,7 +928,8 @@ def _function_name(func: Any) -> str:
 
 
 def _is_leaf(module: nn.Module) -> bool:
-    return not any(True for _ in module.children())
+    # what a TorchScript module calls inside runs where no hook reaches: one opaque node
+    return is_script(module) or not any(True for _ in module.children())
 
 
 def module_graph(
@@ -934,7 +962,14 @@ def module_graph(
         GraphError: the forward failed; names the module and the shapes it received.
     """
     check_depth(depth)  # before the model runs
-    model = unwrap(model)
+    model = unwrap(model, caller="module_graph", allow_script=True)
+    if is_script(model):
+        raise TypeError(
+            f"module_graph() cannot see the modules inside a TorchScript model ({type_name(model)}):"
+            " its submodule calls run in the TorchScript interpreter, where no hook reaches. Pass "
+            "the eager nn.Module (before torch.jit.script/trace), or use autograd_graph_of(model, "
+            "...) for its ops or summary(model, ...) for its parameters, module tree and shapes"
+        )
     target = resolve_device(model_devices(model), device)
     args, kwargs = call_arguments(model, input, input_size, dtypes, device, target, forward_kwargs)
     model = initialised(model, args, kwargs, call="module_graph")
@@ -943,15 +978,23 @@ def module_graph(
     for key, tensor, path in input_keys:
         flow.add_node(_io_node(key, path, "input", tensor))
         flow.produce(tensor, key)
+    hookable, scripted = split_modules(model)
     with instrumented(model, grad=False) as hooks:
         model.eval()
-        for name, module in iter_modules(model):
+        for name, module in hookable:
             hooks.add(module.register_forward_pre_hook(_enter(flow, name), with_kwargs=True))
             hooks.add(
                 module.register_forward_hook(_leave(flow, name), always_call=True, with_kwargs=True)
             )
+        # TorchScript modules take no hooks: each is one opaque node, followed by global hooks
+        follow_scripted_calls(
+            hooks,
+            scripted,
+            lambda name, module, args: _enter(flow, name)(module, args, {}),
+            lambda name, module, args, output: _leave(flow, name)(module, args, {}, output),
+        )
         try:
-            with flow:
+            with flow, plain_execution(bool(scripted)):
                 outputs = model(*args, **kwargs)
         except Exception as e:
             raise _forward_error(e, flow.failed) from e
@@ -1009,13 +1052,13 @@ def _enter(flow: _ModuleFlow, name: str) -> Callable[..., None]:
         count = flow.calls.get(name, 0)
         flow.calls[name] = count + 1
         scope = (name if count == 0 else f"{name}#{count}") or type(module).__name__
-        call = _Call(scope, type(module).__name__, _nested.shapes((args, kwargs)))
+        call = _Call(scope, type_name(module), _nested.shapes((args, kwargs)))
         flow.pending.append(call)
         if _is_leaf(module):
             flow.leaf_depth = 1
             return
         parent = flow.scope()
-        label = f"{scope} ({type(module).__name__})"
+        label = f"{scope} ({type_name(module)})"
         if name:
             flow.scopes[scope] = (label, parent or None)
         flow.stack.append((scope if name else "", module, []))
@@ -1056,7 +1099,7 @@ def _leave(flow: _ModuleFlow, name: str) -> Callable[..., None]:
             )
             flow.link((args, kwargs), key)
             flow.produce(output, key)
-            params = tuple(tuple(p.shape) for p in module.parameters(recurse=False))
+            params = tuple(tuple(p.shape) for p in module.parameters(recurse=is_script(module)))
             flow.items().append(_Item(key, hash((call.type, params, flow.nodes[-1].shapes)), [key]))
             return
         # a container: its nodes are already in; it becomes one item of its caller

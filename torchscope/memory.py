@@ -305,7 +305,7 @@ def estimate_memory(
     type and settings) or a name from ``OPTIMIZER_STATE_FACTORS`` (``"adam"``, ``"sgd_momentum"``).
     Nothing is allocated and the model is left exactly as it was.
     """
-    model = unwrap(model)
+    model = unwrap(model, caller="estimate_memory")
     lazy = bool(lazy_tensor_names(model))  # their sizes are known once a copy is initialised
     state = 0 if lazy else optimizer_state_bytes(model, optimizer)  # a bad one fails first
     input_device = resolve_device(model_devices(model), device)

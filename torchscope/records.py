@@ -197,7 +197,9 @@ class ModelSummary:
         mode: ``"eval"``, ``"train"`` or ``"same"``: the mode the forward pass ran in.
         device: device of the inputs, as a string.
         scripted: TorchScript submodules, which cannot be hooked: their calls are not
-            layers, and their parameters are shown in the enclosing module's row.
+            layers, and their parameters are shown in the enclosing module's row. ``("",)``
+            when the model is TorchScript as a whole: the root's layer is its one call, the
+            layers after it are its module tree (no shapes or costs of their own).
         total_macs, total_flops: multiply-accumulates and FLOPs of the forward pass.
         backward_macs, backward_flops: the same for the backward pass of one training step
             (counted from the real backward ops with ``mode="train"``), else None.

@@ -23,6 +23,7 @@ from torchscope._inputs import (
     resolve_device,
     unwrap,
 )
+from torchscope._torchscript import is_script, plain_execution, type_name
 from torchscope.costs import CostCounter
 from torchscope.errors import SummaryError, TorchscopeWarning
 from torchscope.hooks import initialised, instrumented
@@ -113,7 +114,9 @@ def summary(
             memory=memory,
             optimizer=optimizer,
         )
-    model = unwrap(model)
+    model = unwrap(model, caller="summary", allow_script=True)
+    # a scripted or traced model takes no hooks: one call, recorded by hand, and its module tree
+    scripted_root = is_script(model)
     depth = _check_depth(depth)
     columns = _check_columns(columns)
     if mode not in MODES:
@@ -127,7 +130,7 @@ def summary(
     # a model with lazy modules is summarised as an initialised copy: it stays as found
     model = initialised(model, args, kwargs, call="summary", error=SummaryError)
     optimizer_state = optimizer_state_bytes(model, optimizer) if memory else 0
-    index = _index_model(model)
+    index = _index_model(model, hookable=not scripted_root)
 
     modules = index.modules
     recorder = _CallRecorder(modules)
@@ -143,7 +146,7 @@ def summary(
     ) -> ModelSummary:
         inclusive = _inclusive_costs(recorder.calls, counter)
         return ModelSummary(
-            model_type=type(model).__name__,
+            model_type=type_name(model),
             layers=tuple(
                 call.freeze(modules[call.module_id], counter, inclusive) for call in recorder.calls
             ),
@@ -171,7 +174,7 @@ def summary(
     with instrumented(model, grad=grad) as hooks:
         if mode != "same":
             model.train(mode == "train")
-        for module in index.module_objects:
+        for module in [] if scripted_root else index.module_objects:
             hooks.add(
                 module.register_forward_pre_hook(recorder.enter, with_kwargs=True, prepend=True)
             )
@@ -179,8 +182,8 @@ def summary(
                 module.register_forward_hook(recorder.leave, with_kwargs=True, always_call=True)
             )
         try:
-            with counter:
-                output = model(*args, **kwargs)
+            with counter, plain_execution(bool(index.scripted)):
+                output = _call_model(model, args, kwargs, recorder, hooked=not scripted_root)
         except Exception as error:
             origin = recorder.origin_of(error)
             failed_depth = max([depth, *(c.depth for c in recorder.calls if c.failed)])
@@ -205,6 +208,9 @@ def summary(
             complete=True,
             backward=backward,
         )
+        if scripted_root:  # the root's call, then the modules inside it (not calls: no hooks)
+            tree = _tree_layers(model, index.modules)
+            result = dataclasses.replace(result, layers=(result.layers[0], *tree[1:]))
         del output
     if memory:
         result = _with_memory(result, model, args, kwargs, optimizer_state)
@@ -217,6 +223,27 @@ def summary(
             stacklevel=2,
         )
     return result
+
+
+def _call_model(
+    model: nn.Module,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    recorder: _CallRecorder,
+    *,
+    hooked: bool,
+) -> Any:
+    """``model(*args, **kwargs)``; a model without hooks (TorchScript) is recorded as one call."""
+    if hooked:
+        return model(*args, **kwargs)
+    recorder.enter(model, args, kwargs)
+    try:
+        output = model(*args, **kwargs)
+    except BaseException:
+        recorder.leave_unhooked(model, args, kwargs, None, raising=True)
+        raise
+    recorder.leave_unhooked(model, args, kwargs, output, raising=False)
+    return output
 
 
 def _with_memory(
@@ -316,7 +343,7 @@ def _parameter_summary(
             raise ValueError(f"{option} applies to the forward pass, and {run_it}")
     index = _index_model(model, hookable=False)
     return ModelSummary(
-        model_type=_module_type(model),
+        model_type=type_name(model),
         layers=_tree_layers(model, index.modules),
         parameters=index.parameters,
         buffers=index.buffers,
@@ -372,13 +399,6 @@ def _tree_layers(model: nn.Module, modules: dict[int, _ModuleInfo]) -> tuple[Lay
             (prefix + local, child, depth + 1, parent_index) for local, child in reversed(children)
         )
     return tuple(layers)
-
-
-def _module_type(module: nn.Module) -> str:
-    """The class name; a TorchScript module's is that of the module it was made from."""
-    if isinstance(module, torch.jit.ScriptModule):
-        return f"scripted {getattr(module, 'original_name', type(module).__name__)}"
-    return type(module).__name__
 
 
 # -- arguments ---------------------------------------------------------------------------------
@@ -551,7 +571,7 @@ def _index_model(model: nn.Module, *, hookable: bool = True) -> _ModelIndex:
                     own.update(dict.fromkeys(position[id(p)] for p in child.parameters()))
         infos[id(module)] = _ModuleInfo(
             name=name,
-            type=type(module).__name__ if hookable else _module_type(module),
+            type=type(module).__name__ if hookable else type_name(module),
             own=tuple(own),
         )
     for _, module in reversed(order):  # children before parents
@@ -679,6 +699,21 @@ class _CallRecorder:
         self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
     ) -> None:
         raising = _in_exception_path(output)
+        try:
+            self._pop(module, args, kwargs, output, raising)
+        except Exception as e:  # never break the user's forward
+            self.internal_errors.append(e)
+
+    def leave_unhooked(
+        self,
+        module: nn.Module,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        output: Any,
+        *,
+        raising: bool,
+    ) -> None:
+        """What ``leave`` does, for a call no hook sees (a TorchScript model's)."""
         try:
             self._pop(module, args, kwargs, output, raising)
         except Exception as e:  # never break the user's forward

@@ -304,7 +304,7 @@ def time_layers(
     Inputs are given like :func:`torchscope.summary`'s.
     """
     _check_counts(warmup, repeat)
-    model = unwrap(model)
+    model = unwrap(model, caller="time_layers")
     target = resolve_device(model_devices(model), device)
     args, kwargs = call_arguments(model, input, input_size, dtypes, device, target, forward_kwargs)
     model = initialised(model, args, kwargs, call="time_layers")
