@@ -344,8 +344,11 @@ def test_failure_inside_a_forward_body_names_the_enclosing_module():
 
 def test_missing_input_gets_a_hint():
     # without any input summary() reads only the module tree (tests/test_summary_no_input.py);
-    # keyword arguments alone run the forward, which then misses its positional input
-    with pytest.raises(SummaryError, match=r"pass input=\.\.\. or input_size="):
+    # keyword arguments alone would run the forward without its positional input: refused
+    # before the model runs, naming what forward takes and how to give it
+    with pytest.raises(
+        ValueError, match=r"summary\(\) needs an input: LeNet.forward takes x\b.*input_size="
+    ):
         torchscope.summary(LeNet(), forward_kwargs={})
 
 

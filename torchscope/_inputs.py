@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -142,6 +143,34 @@ def _default_dtype(model: nn.Module) -> torch.dtype:
     return torch.get_default_dtype()
 
 
+def _required_arguments(model: nn.Module) -> list[str]:
+    """The names of the arguments ``model.forward`` cannot run without (none when unknown)."""
+    try:
+        signature = inspect.signature(model.forward)
+    except (TypeError, ValueError):  # builtins, some TorchScript methods: let the call decide
+        return []
+    return [
+        p.name
+        for p in signature.parameters.values()
+        if p.default is inspect.Parameter.empty
+        and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    ]
+
+
+def _check_forward_takes_nothing(
+    model: nn.Module, forward_kwargs: Mapping[str, Any] | None, caller: str
+) -> None:
+    """No input was given: fine for a forward that needs none, a clear error otherwise."""
+    missing = [name for name in _required_arguments(model) if name not in (forward_kwargs or {})]
+    if missing:
+        raise ValueError(
+            f"{caller}() needs an input: {type(model).__name__}.forward takes "
+            f"{', '.join(missing)}. Pass it as {caller}(model, x) (a tuple for several "
+            f"arguments, a dict for keyword arguments) or give shapes with "
+            f"input_size=(1, 3, 224, 224) for random tensors"
+        )
+
+
 def call_arguments(
     model: nn.Module,
     input: Any,
@@ -150,6 +179,8 @@ def call_arguments(
     device: DeviceLike | None,
     input_device: torch.device,
     forward_kwargs: Mapping[str, Any] | None,
+    *,
+    caller: str = "summary",
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
     if input is not None and input_size is not None:
         raise ValueError("pass either input= (real values) or input_size= (shapes), not both")
@@ -169,6 +200,7 @@ def call_arguments(
         kinds = _input_dtypes(dtypes, len(shapes), _default_dtype(model))
         args = tuple(_make_input(s, d, input_device) for s, d in zip(shapes, kinds, strict=True))
     elif input is None:
+        _check_forward_takes_nothing(model, forward_kwargs, caller)
         args = ()
     elif isinstance(input, Mapping):
         args, kwargs = (), dict(input)

@@ -756,7 +756,9 @@ def autograd_graph_of(
     """
     model = unwrap(model, caller="autograd_graph_of", allow_script=True)
     target = resolve_device(model_devices(model), device)
-    args, kwargs = call_arguments(model, input, input_size, dtypes, device, target, forward_kwargs)
+    args, kwargs = call_arguments(
+        model, input, input_size, dtypes, device, target, forward_kwargs, caller="autograd_graph_of"
+    )
     model = initialised(model, args, kwargs, call="autograd_graph_of")
     with instrumented(model, grad=True):
         model.eval()
@@ -971,7 +973,9 @@ def module_graph(
             "...) for its ops or summary(model, ...) for its parameters, module tree and shapes"
         )
     target = resolve_device(model_devices(model), device)
-    args, kwargs = call_arguments(model, input, input_size, dtypes, device, target, forward_kwargs)
+    args, kwargs = call_arguments(
+        model, input, input_size, dtypes, device, target, forward_kwargs, caller="module_graph"
+    )
     model = initialised(model, args, kwargs, call="module_graph")
     flow = _ModuleFlow()
     input_keys = _input_keys(model, args, kwargs)

@@ -310,8 +310,9 @@ def estimate_memory(
     state = 0 if lazy else optimizer_state_bytes(model, optimizer)  # a bad one fails first
     input_device = resolve_device(model_devices(model), device)
     args, kwargs = call_arguments(
-        model, input, input_size, dtypes, device, input_device, forward_kwargs
-    )
+        model, input, input_size, dtypes, device, input_device, forward_kwargs,
+        caller="estimate_memory",
+    )  # fmt: skip
     if lazy:  # the estimate is of an initialised copy: the model stays as found
         model = initialised(model, args, kwargs, call="estimate_memory")
         state = optimizer_state_bytes(model, optimizer)

@@ -306,7 +306,9 @@ def time_layers(
     _check_counts(warmup, repeat)
     model = unwrap(model, caller="time_layers")
     target = resolve_device(model_devices(model), device)
-    args, kwargs = call_arguments(model, input, input_size, dtypes, device, target, forward_kwargs)
+    args, kwargs = call_arguments(
+        model, input, input_size, dtypes, device, target, forward_kwargs, caller="time_layers"
+    )
     model = initialised(model, args, kwargs, call="time_layers")
     clock = _clock(target)
     params = [p for p in model.parameters() if p.requires_grad]
