@@ -34,6 +34,8 @@ from torchscope.models import LeNet
 from torchscope.records import Finding, GradientReport
 from torchscope.training import CHECKPOINT_NAME, fit
 
+from .ddp_jobs import RankBranch
+
 WORLD = 2
 STABLE_METRICS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr")
 
@@ -49,23 +51,6 @@ def _data(n: int = 96, seed: int = 0) -> TensorDataset:
 
 def _mlp() -> nn.Module:
     return nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 2))
-
-
-class _RankBranch(nn.Module):
-    """Rank 0 adds a second head to the output; the other ranks never call it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.body = nn.Linear(6, 4)
-        self.extra = nn.Linear(4, 2)
-        self.head = nn.Linear(4, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = torch.relu(self.body(x))
-        out = self.head(features)
-        if dist.get_rank() == 0:
-            out = out + self.extra(features)
-        return out
 
 
 def _fit_on_ranks(rank: int, folder: Path) -> dict[str, Any]:
@@ -108,7 +93,7 @@ def _fit_on_ranks(rank: int, folder: Path) -> dict[str, Any]:
 
 def _branch_on_ranks(*, find_unused_parameters: bool) -> tuple[GradientReport, str | None]:
     torch.manual_seed(0)
-    model = _RankBranch()
+    model = RankBranch()
     ddp = nn.parallel.DistributedDataParallel(model, find_unused_parameters=find_unused_parameters)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     error = None

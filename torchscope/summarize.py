@@ -698,11 +698,7 @@ class _CallRecorder:
     def leave(
         self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
     ) -> None:
-        raising = _in_exception_path(output)
-        try:
-            self._pop(module, args, kwargs, output, raising)
-        except Exception as e:  # never break the user's forward
-            self.internal_errors.append(e)
+        self.leave_unhooked(module, args, kwargs, output, raising=_in_exception_path(output))
 
     def leave_unhooked(
         self,
@@ -713,7 +709,8 @@ class _CallRecorder:
         *,
         raising: bool,
     ) -> None:
-        """What ``leave`` does, for a call no hook sees (a TorchScript model's)."""
+        """Record the end of a call whose raising state is known: a hooked call's (``leave``)
+        or one no hook sees (a TorchScript model's)."""
         try:
             self._pop(module, args, kwargs, output, raising)
         except Exception as e:  # never break the user's forward
