@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import ast
+import json
+import re
 import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
 
 import torchscope
+
+PACKAGE = Path(torchscope.__file__).parent
+ROOT = PACKAGE.parent
 
 
 def _run(code: str) -> str:
@@ -52,3 +58,121 @@ def test_unknown_attribute():
         assert "no_such_thing" in str(e)
     else:
         raise AssertionError("expected AttributeError")
+
+
+# -- the export table ----------------------------------------------------------------------
+
+
+def _type_checking_imports() -> dict[str, set[str]]:
+    """module -> names of the ``if TYPE_CHECKING:`` block of torchscope/__init__.py, with each
+    name checked to be in the explicit re-export form ``from m import X as X``."""
+    tree = ast.parse((PACKAGE / "__init__.py").read_text(encoding="utf-8"))
+    blocks = [
+        node
+        for node in tree.body
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"
+    ]
+    assert len(blocks) == 1, "torchscope/__init__.py should have one `if TYPE_CHECKING:` block"
+    found: dict[str, set[str]] = {}
+    for stmt in blocks[0].body:
+        assert isinstance(stmt, ast.ImportFrom) and stmt.module and not stmt.level, (
+            f"line {stmt.lineno}: the TYPE_CHECKING block holds only `from torchscope.m import X as X`"
+        )
+        for alias in stmt.names:
+            assert alias.asname == alias.name, (
+                f"line {stmt.lineno}: write `{alias.name} as {alias.name}`: without a literal "
+                "__all__, mypy --strict and pyright see only explicit re-exports"
+            )
+            found.setdefault(stmt.module, set()).add(alias.name)
+    return found
+
+
+def _block_for(table: dict[str, tuple[str, ...]]) -> str:
+    return "\n".join(
+        f"    from {module} import {name} as {name}"
+        for module in sorted(table)
+        for name in sorted(table[module], key=str.lower)
+    )
+
+
+def test_type_checking_block_table_and_all_agree():
+    table = torchscope._EXPORTS
+    names = [name for module_names in table.values() for name in module_names]
+    assert len(names) == len(set(names)), (
+        f"a name is exported from two modules: {sorted(n for n in names if names.count(n) > 1)}"
+    )
+    declared = {module: set(module_names) for module, module_names in table.items()}
+    assert _type_checking_imports() == declared, (
+        "the TYPE_CHECKING block of torchscope/__init__.py differs from _EXPORTS; "
+        "replace the block's imports with:\n" + _block_for(table)
+    )
+    assert torchscope.__all__ == sorted([*names, "__version__"])
+
+
+def test_every_public_name_imports_and_is_listed_in_a_fresh_interpreter():
+    # a fresh interpreter: in this one other tests have already imported the modules
+    code = """if True:
+        import json, sys, torchscope
+        listed = set(dir(torchscope))  # before any lookup
+        result = {"unlisted": [n for n in torchscope.__all__ if n not in listed], "failed": []}
+        for name in torchscope.__all__:
+            try:
+                getattr(torchscope, name)
+            except Exception as e:
+                result["failed"].append(f"{name}: {type(e).__name__}: {e}")
+        print(json.dumps(result))
+    """
+    result = json.loads(_run(code))
+    assert result == {"unlisted": [], "failed": []}
+
+
+def _markdown_code(text: str) -> str:
+    """The code in a Markdown text: fenced blocks and inline code spans."""
+    fenced = re.findall(r"^```[^\n]*\n(.*?)^```", text, flags=re.MULTILINE | re.DOTALL)
+    prose = re.sub(r"^```[^\n]*\n.*?^```", "", text, flags=re.MULTILINE | re.DOTALL)
+    return "\n".join(fenced + re.findall(r"`([^`\n]+)`", prose))
+
+
+def test_every_public_name_is_documented():
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    code = "\n".join(_markdown_code(page.read_text(encoding="utf-8")) for page in pages)
+    undocumented = [
+        name
+        for name in torchscope.__all__
+        if not re.search(rf"(?<![\w]){re.escape(name)}(?![\w])", code)
+    ]
+    assert not undocumented, f"not named in code in README.md or docs/*.md: {undocumented}"
+
+    no_docstring = []
+    for name in torchscope.__all__:
+        if name == "__version__":
+            continue
+        doc = getattr(torchscope, name).__doc__
+        # a dataclass without a docstring gets its signature, "Name(field: type, ...)"
+        if not doc or not doc.strip() or doc.startswith(f"{name}("):
+            no_docstring.append(name)
+    assert not no_docstring, f"public names without a docstring: {no_docstring}"
+
+
+def test_no_module_imports_a_sibling_through_the_package():
+    # `from torchscope import _nested` goes through torchscope/__init__.py, the surface
+    # layer, and its lazy __getattr__: an upward import. Import the module itself.
+    offending = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path == PACKAGE / "__init__.py":
+            continue
+        depth = len(path.relative_to(PACKAGE).parts)  # 1: torchscope/x.py
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            from_root = (node.level == 0 and node.module == "torchscope") or (
+                node.level == depth and not node.module
+            )
+            names = [alias.name for alias in node.names if alias.name != "__version__"]
+            if from_root and names:
+                where = f"{path.relative_to(ROOT)}:{node.lineno}"
+                offending.append(f"{where} imports {', '.join(names)} from torchscope")
+    assert not offending, (
+        "import the defining module directly (`import torchscope._nested as _nested`, "
+        "`from torchscope.graph import capture`):\n" + "\n".join(offending)
+    )

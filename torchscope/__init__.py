@@ -11,147 +11,110 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-# public name -> module that defines it
-_EXPORTS = {
-    "summary": "torchscope.summarize",
-    "ModelSummary": "torchscope.records",
-    "LayerRecord": "torchscope.records",
-    "TensorRecord": "torchscope.records",
-    "TorchscopeError": "torchscope.errors",
-    "SummaryError": "torchscope.errors",
-    "TorchscopeWarning": "torchscope.errors",
-    "TrainableReport": "torchscope.records",
-    "MemoryEstimate": "torchscope.records",
-    "estimate_memory": "torchscope.memory",
-    "freeze": "torchscope.freezing",
-    "unfreeze": "torchscope.freezing",
-    "frozen": "torchscope.freezing",
-    "freeze_until": "torchscope.freezing",
-    "trainable_report": "torchscope.freezing",
-    "GradientMonitor": "torchscope.gradients",
-    "GradientThresholds": "torchscope.gradients",
-    "check_gradients": "torchscope.gradients",
-    "GradientReport": "torchscope.records",
-    "Finding": "torchscope.records",
-    "ParameterHistory": "torchscope.records",
-    "GradientHealthError": "torchscope.errors",
-    "GraphError": "torchscope.errors",
-    "autograd_graph": "torchscope.graph",
-    "autograd_graph_of": "torchscope.graph",
-    "capture": "torchscope.graph",
-    "module_graph": "torchscope.graph",
-    "graph_diff": "torchscope.graph",
-    "ModuleCapture": "torchscope.graph",
-    "Graph": "torchscope.records",
-    "AutogradGraph": "torchscope.records",
-    "ModuleGraph": "torchscope.records",
-    "GraphNode": "torchscope.records",
-    "GraphEdge": "torchscope.records",
-    "GraphCluster": "torchscope.records",
-    "GraphFold": "torchscope.records",
-    "GraphDiff": "torchscope.records",
-    "GradInfo": "torchscope.records",
-    "benchmark": "torchscope.timing",
-    "time_layers": "torchscope.timing",
-    "Measurement": "torchscope.records",
-    "TimingReport": "torchscope.records",
-    "LayerTiming": "torchscope.records",
+# The export table: module -> the public names it defines. ``__all__``, the lazy
+# ``__getattr__`` and ``dir()`` are derived from it; a new public name is one entry here,
+# one line in the TYPE_CHECKING block below, and a mention in README.md or docs/.
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "torchscope.errors": (
+        "GradientHealthError",
+        "GraphError",
+        "SummaryError",
+        "TorchscopeError",
+        "TorchscopeWarning",
+    ),
+    "torchscope.summarize": ("summary",),
+    "torchscope.memory": ("estimate_memory",),
+    "torchscope.freezing": ("freeze", "freeze_until", "frozen", "trainable_report", "unfreeze"),
+    "torchscope.gradients": ("GradientMonitor", "GradientThresholds", "check_gradients"),
+    "torchscope.graph": (
+        "ModuleCapture",
+        "autograd_graph",
+        "autograd_graph_of",
+        "capture",
+        "graph_diff",
+        "module_graph",
+    ),
+    "torchscope.timing": ("benchmark", "time_layers"),
+    "torchscope.records": (
+        "AutogradGraph",
+        "Finding",
+        "GradInfo",
+        "GradientReport",
+        "Graph",
+        "GraphCluster",
+        "GraphDiff",
+        "GraphEdge",
+        "GraphFold",
+        "GraphNode",
+        "LayerRecord",
+        "LayerTiming",
+        "Measurement",
+        "MemoryEstimate",
+        "ModelSummary",
+        "ModuleGraph",
+        "ParameterHistory",
+        "TensorRecord",
+        "TimingReport",
+        "TrainableReport",
+    ),
 }
 
-__all__ = [
-    "AutogradGraph",
-    "Finding",
-    "GradInfo",
-    "GradientHealthError",
-    "GradientMonitor",
-    "GradientReport",
-    "GradientThresholds",
-    "Graph",
-    "GraphCluster",
-    "GraphDiff",
-    "GraphEdge",
-    "GraphError",
-    "GraphFold",
-    "GraphNode",
-    "LayerRecord",
-    "LayerTiming",
-    "Measurement",
-    "MemoryEstimate",
-    "ModelSummary",
-    "ModuleCapture",
-    "ModuleGraph",
-    "ParameterHistory",
-    "SummaryError",
-    "TensorRecord",
-    "TimingReport",
-    "TorchscopeError",
-    "TorchscopeWarning",
-    "TrainableReport",
-    "__version__",
-    "autograd_graph",
-    "autograd_graph_of",
-    "benchmark",
-    "capture",
-    "check_gradients",
-    "estimate_memory",
-    "freeze",
-    "freeze_until",
-    "frozen",
-    "graph_diff",
-    "module_graph",
-    "summary",
-    "time_layers",
-    "trainable_report",
-    "unfreeze",
-]
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted([*_MODULE_OF, "__version__"])
 
 if TYPE_CHECKING:
-    from torchscope.errors import (
-        GradientHealthError,
-        GraphError,
-        SummaryError,
-        TorchscopeError,
-        TorchscopeWarning,
-    )
-    from torchscope.freezing import freeze, freeze_until, frozen, trainable_report, unfreeze
-    from torchscope.gradients import GradientMonitor, GradientThresholds, check_gradients
-    from torchscope.graph import (
-        ModuleCapture,
-        autograd_graph,
-        autograd_graph_of,
-        capture,
-        graph_diff,
-        module_graph,
-    )
-    from torchscope.memory import estimate_memory
-    from torchscope.records import (
-        AutogradGraph,
-        Finding,
-        GradientReport,
-        GradInfo,
-        Graph,
-        GraphCluster,
-        GraphDiff,
-        GraphEdge,
-        GraphFold,
-        GraphNode,
-        LayerRecord,
-        LayerTiming,
-        Measurement,
-        MemoryEstimate,
-        ModelSummary,
-        ModuleGraph,
-        ParameterHistory,
-        TensorRecord,
-        TimingReport,
-        TrainableReport,
-    )
-    from torchscope.summarize import summary
-    from torchscope.timing import benchmark, time_layers
+    # Static type checkers cannot run the table, so the names are written out once more, in
+    # the explicit re-export form (``X as X``) that mypy --strict and pyright accept without
+    # a literal ``__all__``. tests/test_package.py checks that this block, the table and
+    # ``__all__`` name exactly the same things, and prints the block to paste when not.
+    from torchscope.errors import GradientHealthError as GradientHealthError
+    from torchscope.errors import GraphError as GraphError
+    from torchscope.errors import SummaryError as SummaryError
+    from torchscope.errors import TorchscopeError as TorchscopeError
+    from torchscope.errors import TorchscopeWarning as TorchscopeWarning
+    from torchscope.freezing import freeze as freeze
+    from torchscope.freezing import freeze_until as freeze_until
+    from torchscope.freezing import frozen as frozen
+    from torchscope.freezing import trainable_report as trainable_report
+    from torchscope.freezing import unfreeze as unfreeze
+    from torchscope.gradients import GradientMonitor as GradientMonitor
+    from torchscope.gradients import GradientThresholds as GradientThresholds
+    from torchscope.gradients import check_gradients as check_gradients
+    from torchscope.graph import ModuleCapture as ModuleCapture
+    from torchscope.graph import autograd_graph as autograd_graph
+    from torchscope.graph import autograd_graph_of as autograd_graph_of
+    from torchscope.graph import capture as capture
+    from torchscope.graph import graph_diff as graph_diff
+    from torchscope.graph import module_graph as module_graph
+    from torchscope.memory import estimate_memory as estimate_memory
+    from torchscope.records import AutogradGraph as AutogradGraph
+    from torchscope.records import Finding as Finding
+    from torchscope.records import GradientReport as GradientReport
+    from torchscope.records import GradInfo as GradInfo
+    from torchscope.records import Graph as Graph
+    from torchscope.records import GraphCluster as GraphCluster
+    from torchscope.records import GraphDiff as GraphDiff
+    from torchscope.records import GraphEdge as GraphEdge
+    from torchscope.records import GraphFold as GraphFold
+    from torchscope.records import GraphNode as GraphNode
+    from torchscope.records import LayerRecord as LayerRecord
+    from torchscope.records import LayerTiming as LayerTiming
+    from torchscope.records import Measurement as Measurement
+    from torchscope.records import MemoryEstimate as MemoryEstimate
+    from torchscope.records import ModelSummary as ModelSummary
+    from torchscope.records import ModuleGraph as ModuleGraph
+    from torchscope.records import ParameterHistory as ParameterHistory
+    from torchscope.records import TensorRecord as TensorRecord
+    from torchscope.records import TimingReport as TimingReport
+    from torchscope.records import TrainableReport as TrainableReport
+    from torchscope.summarize import summary as summary
+    from torchscope.timing import benchmark as benchmark
+    from torchscope.timing import time_layers as time_layers
 
 
 def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
+    module = _MODULE_OF.get(name)
     if module is None:
         raise AttributeError(f"module 'torchscope' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)

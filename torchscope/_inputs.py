@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchscope import _nested
+import torchscope._nested as _nested
 
 __all__ = ["DeviceLike", "ShapeLike", "call_arguments", "model_devices", "resolve_device", "unwrap"]
 

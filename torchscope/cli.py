@@ -397,7 +397,7 @@ def _process_count(text: str) -> int:
 
 
 def _demo_command(args: argparse.Namespace) -> int:
-    from torchscope import distributed
+    import torchscope.distributed as distributed
     from torchscope.demo import run_demo
 
     worker = distributed.launched_by_torchrun()  # one of N processes: train under DDP

@@ -40,7 +40,7 @@ from torch.optim.optimizer import (
 from torch.overrides import TorchFunctionMode
 from torch.utils.weak import WeakIdKeyDictionary
 
-from torchscope import _nested
+import torchscope._nested as _nested
 from torchscope._inputs import unwrap
 from torchscope.distributed import all_gather_objects, is_distributed
 from torchscope.errors import TorchscopeError

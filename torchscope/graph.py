@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from torchscope import _nested
+import torchscope._nested as _nested
 from torchscope._format import format_shapes
 from torchscope._graphs import check_depth, common_module, diff, find_repeats, view
 from torchscope._inputs import call_arguments, model_devices, resolve_device, unwrap

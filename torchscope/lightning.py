@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
-from torchscope import _nested
+import torchscope._nested as _nested
 from torchscope.errors import GradientHealthError, SummaryError
 from torchscope.freezing import Target
 from torchscope.freezing import freeze as freeze_targets

@@ -20,7 +20,7 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from torchscope import _nested
+import torchscope._nested as _nested
 from torchscope._inputs import (
     DeviceLike,
     ShapeLike,

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn.parameter import is_lazy
 
-from torchscope import _nested
+import torchscope._nested as _nested
 from torchscope._format import format_shapes
 from torchscope._inputs import (
     DeviceLike,

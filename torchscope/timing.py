@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchscope import _nested
+import torchscope._nested as _nested
 from torchscope._inputs import call_arguments, model_devices, resolve_device, unwrap
 from torchscope.errors import TorchscopeError
 from torchscope.graph import capture, run_forward

@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from torchscope import _nested
+import torchscope._nested as _nested
 from torchscope.distributed import is_distributed, is_main_process, released
 from torchscope.errors import TorchscopeError
 from torchscope.gradients import GradientMonitor
