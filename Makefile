@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.torchscope-installed
 
-.PHONY: demo test test-cpus lint bench dot clean
+.PHONY: demo test test-cpus lint bench dot chromium clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,16 +15,19 @@ $(STAMP): pyproject.toml constraints.txt
 dot:
 	@./scripts/ensure-dot
 
+chromium:
+	@./scripts/ensure-chromium
+
 demo: $(STAMP) dot
 	$(VENV)/bin/torchscope demo
 
-test: $(STAMP) dot
+test: $(STAMP) dot chromium
 	$(VENV)/bin/ruff check torchscope tests benchmarks
 	$(VENV)/bin/mypy torchscope
 	$(PY) -m pytest
 
 # float32 results differ in the last bits between CPUs: the suite must pass whatever kernels run
-test-cpus: $(STAMP) dot
+test-cpus: $(STAMP) dot chromium
 	ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 $(PY) -m pytest -q
 	ONEDNN_MAX_CPU_ISA=SSE41 ATEN_CPU_CAPABILITY=default $(PY) -m pytest -q
 

@@ -2,8 +2,9 @@
 
 Graphs are built by hand so that each test states the structure it checks. The layout is
 checked by its invariants (every node placed, no overlaps on a row, edges joining their
-nodes' boxes, clusters holding their nodes and nesting); when Node.js is installed, the
-page's JavaScript port is run and must give the same coordinates as the Python layout.
+nodes' boxes, clusters holding their nodes and nesting). The page carries the Python
+layout's positions; when Node.js is installed, its script runs in a stand-in browser
+(tests/test_graph_page.py opens it in a real one).
 """
 
 from __future__ import annotations
@@ -508,6 +509,12 @@ def parse_page(html: str) -> PageParser:
     return parser
 
 
+def embedded_layouts(script: str) -> list:
+    match = re.search(r"^const LAYOUTS = (.*);$", script, re.M)
+    assert match is not None
+    return json.loads(match.group(1))
+
+
 def embedded_graph(script: str) -> dict:
     match = re.search(r"^const GRAPH = (.*);$", script, re.M)
     assert match is not None
@@ -580,18 +587,6 @@ def test_html_options():
 # ---------------------------------------------------------------------------------------
 # the page's JavaScript, when Node.js is there to run it
 
-HARNESS = """
-const page = require(process.argv[2]);
-const result = page.layeredLayout(page.GRAPH);
-console.log(JSON.stringify({
-  nodes: Object.fromEntries(result.nodes),
-  clusters: Object.fromEntries(result.clusters),
-  edges: result.edges,
-  width: result.width,
-  height: result.height,
-}));
-"""
-
 # A stand-in for the browser: elements that record listeners and a canvas that draws nothing.
 DOM = """
 const elements = {};
@@ -599,7 +594,7 @@ function element(id) {
   if (!elements[id]) {
     elements[id] = {
       id, style: {}, hidden: false, textContent: "", value: "", width: 0, height: 0,
-      clientWidth: 1000, clientHeight: 800, listeners: {},
+      clientWidth: 1000, clientHeight: 800, listeners: {}, dataset: {},
       classList: { add() {}, remove() {} },
       addEventListener(type, fn) { (this.listeners[type] = this.listeners[type] || []).push(fn); },
       getBoundingClientRect() { return { left: 0, top: 0, width: 1000, height: 800 }; },
@@ -633,11 +628,11 @@ function click(at) {
   fire(element("view"), "mousedown", { clientX: at[0], clientY: at[1] });
   fire(windowListeners, "mouseup", { clientX: at[0], clientY: at[1] });
 }
-let layout = page.layeredLayout(page.collapseView(page.GRAPH, new Set(["enc.0", "enc.1"])));
+let layout = page.compose(new Set(["enc.0", "enc.1"]));
 click(screenOf(layout, layout.clusters.get("enc")));
 report.collapsed = element("shown").textContent;
 fire(element("fit"), "click", {});
-layout = page.layeredLayout(page.collapseView(page.GRAPH, new Set(["enc.0", "enc.1", "enc"])));
+layout = page.compose(new Set(["enc.0", "enc.1", "enc"]));
 click(screenOf(layout, layout.nodes.get("enc")));
 report.expanded = element("shown").textContent;
 
@@ -677,7 +672,7 @@ def test_page_script_parses(tmp_path):
         done = subprocess.run([NODE_JS, "--check", str(path)], capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
     else:  # no Node.js here: check at least that the pieces the page needs are in it
-        for name in ("function layeredLayout(", "function collapseView(", "function startPage("):
+        for name in ("function compose(", "function collapsedAt(", "function startPage("):
             assert name in script
 
 
@@ -691,34 +686,40 @@ def test_page_script_parses(tmp_path):
         lambda: random_dag(60, 150, seed=1),
     ],
 )
-def test_page_layout_matches_python(tmp_path, make):
+def test_page_carries_the_python_layout(make):
+    # the page lays nothing out: every position it draws is layered_layout's, rounded
     graph = make()
+    layouts = embedded_layouts(parse_page(graph_to_html(graph)).scripts[0])
+    assert layouts[0]["depth"] is None
     expected = layered_layout(view(graph))
-    if NODE_JS is None:  # the port cannot run here; the Python side still has to be sound
-        assert_valid(view(graph), expected)
-        return
-    result = run_node(tmp_path, graph_to_html(graph), HARNESS)
-    assert result["nodes"] == {
-        key: {"x": b.x, "y": b.y, "width": b.width, "height": b.height}
-        for key, b in expected.nodes.items()
-    }
-    assert result["clusters"] == {
-        key: {"x": b.x, "y": b.y, "width": b.width, "height": b.height}
+    assert_valid(view(graph), expected)
+    assert_carries(layouts[0], view(graph), expected)
+
+
+def assert_carries(data: dict, shown: Graph, expected: Layout) -> None:
+    """``data`` (one of the page's layouts) holds ``expected``'s positions to 0.01."""
+    assert [n[0] for n in data["nodes"]] == list(expected.nodes)
+    for key, x, y, width, height, label, shapes in data["nodes"]:
+        b = expected.nodes[key]
+        assert [x, y, width, height] == [round(v, 2) for v in (b.x, b.y, b.width, b.height)]
+        assert [label, shapes] == list(node_lines(next(n for n in shown.nodes if n.key == key)))
+    assert {c[0]: c[1:] for c in data["clusters"]} == {
+        key: [round(v, 2) for v in (b.x, b.y, b.width, b.height)]
         for key, b in expected.clusters.items()
     }
-    assert [(e["src"], e["dst"], e["reversed"]) for e in result["edges"]] == [
+    assert [(e[0], e[1], bool(e[2])) for e in data["edges"]] == [
         (p.src, p.dst, p.reversed) for p in expected.edges
     ]
-    assert [e["points"] for e in result["edges"]] == [
-        [list(point) for point in p.points] for p in expected.edges
+    assert [e[3] for e in data["edges"]] == [
+        [round(v, 2) for point in p.points for v in point] for p in expected.edges
     ]
-    assert (result["width"], result["height"]) == (expected.width, expected.height)
+    assert (data["width"], data["height"]) == (round(expected.width, 2), round(expected.height, 2))
 
 
 def test_page_collapses_expands_and_searches(tmp_path):
     html = graph_to_html(encoder(), depth=2)
     if NODE_JS is None:
-        assert "collapseView(GRAPH, collapsed)" in html
+        assert "compose(collapsed)" in html
         return
     report = run_node(tmp_path, html, DOM)
     # depth=2: enc.0 and enc.1 start collapsed, as view() collapses them
@@ -728,3 +729,73 @@ def test_page_collapses_expands_and_searches(tmp_path):
     assert report["expanded"] == "showing 9 nodes, 2 modules collapsed"
     assert report["matches"] == "3 matches"  # two collapsed blocks and the head
     assert report["reset"] == report["initial"]
+
+
+def test_page_embeds_a_layout_per_collapse_depth():
+    graph = encoder()
+    layouts = embedded_layouts(parse_page(graph_to_html(graph, depth=2)).scripts[0])
+    # all expanded, the starting depth, then the other depths (smallest view first)
+    assert [data["depth"] for data in layouts] == [None, 2, 1]
+    for data in layouts:
+        shown = view(graph, depth=data["depth"])
+        assert_carries(data, shown, layered_layout(shown))
+    # nodes that stand for a collapsed module travel with their layout, with their shapes
+    modules = {node["key"]: node for node in layouts[1]["modules"]}
+    assert set(modules) == {"enc.0", "enc.1"}
+    assert modules["enc.0"]["kind"] == "module"
+
+
+def test_page_layouts_stay_within_the_budget(monkeypatch):
+    from torchscope.render import graph_html
+
+    monkeypatch.setattr(graph_html, "LAYOUT_BUDGET", 0.0)
+    assert [data["depth"] for data in graph_html.page_layouts(encoder(), depth=2)] == [None, 2]
+    assert [data["depth"] for data in graph_html.page_layouts(encoder())] == [None]
+    # a depth past the deepest module is the expanded view: nothing more to carry
+    assert [data["depth"] for data in graph_html.page_layouts(encoder(), depth=9)] == [None]
+
+
+COLLAPSE_IN_PLACE = """
+global.document = undefined;
+const page = require(process.argv[2]);
+const full = page.compose(new Set());
+const shown = page.compose(new Set(["enc.0"]));
+const box = shown.nodes.get("enc.0");
+console.log(JSON.stringify({
+  full: full.nodes.size,
+  shown: shown.nodes.size,
+  folded: shown.folded,
+  box: [box.x, box.y, box.width, box.height],
+  cluster: full.clusters.get("enc.0"),
+  clusters: [...shown.clusters.keys()],
+  edges: shown.edges.map((edge) => [edge.src, edge.dst, edge.points]),
+  mm: shown.shownAs.get("enc.0/MmBackward0"),
+}));
+"""
+
+
+def test_page_collapses_a_module_in_place_without_a_layout(tmp_path):
+    # no embedded layout collapses enc.0 alone: the page draws it as one node over its box
+    graph = encoder()
+    html = graph_to_html(graph)
+    if NODE_JS is None:
+        assert "function leave(" in html
+        return
+    report = run_node(tmp_path, html, COLLAPSE_IN_PLACE)
+    assert report["full"] == len(view(graph).nodes) == 13
+    assert (report["shown"], report["folded"]) == (11, 1)  # enc.0's three nodes -> one
+    cluster = report["cluster"]
+    assert report["box"] == [cluster["x"], cluster["y"], cluster["width"], cluster["height"]]
+    assert "enc.0" not in report["clusters"] and "enc" in report["clusters"]
+    assert report["mm"] == "enc.0"
+    x0, y0, width, height = report["box"]
+    touching = [(src, dst, points) for src, dst, points in report["edges"] if "enc.0" in (src, dst)]
+    assert {(src, dst) for src, dst, _ in touching} == {
+        ("x", "enc.0"),
+        ("enc.0", "enc/AddBackward0"),
+    }
+    for src, _, points in touching:
+        # no point inside the collapsed box; the end at it lies on its border
+        assert not any(x0 < x < x0 + width and y0 < y < y0 + height for x, y in points)
+        x, y = points[0] if src == "enc.0" else points[-1]
+        assert x0 <= x <= x0 + width and y in (y0, y0 + height)

@@ -24,8 +24,9 @@ top to bottom in five steps, each close to linear in the size of the graph:
    the median of where its edges lead. Because a cluster is packed as one rectangle into
    its parent, cluster boxes nest and siblings never overlap.
 
-The JavaScript in :mod:`torchscope.render.graph_html` is a line-by-line port of this module
-(it lays out again in the browser when a cluster is collapsed); change both together.
+This is torchscope's one layout: the SVG draws it, and the interactive HTML page
+(:mod:`torchscope.render.graph_html`) embeds its positions for each collapse depth and only
+draws them.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Box", "EdgePath", "Layout", "layered_layout", "node_lines"]
 
-# Geometry, in SVG user units (pixels at 100% zoom). graph_html exports these to its port.
+# Geometry, in SVG user units (pixels at 100% zoom).
 NODE_HEIGHT = 34.0
 LABEL_CHAR_WIDTH = 7.0  # 12px sans-serif, a little generous so text stays inside its box
 SHAPE_CHAR_WIDTH = 6.0  # 10px monospace
