@@ -14,9 +14,8 @@ use the fixture do not pay for it. Only the fixture imports the rest of torchsco
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -267,41 +266,8 @@ def _marker_settings(node: pytest.Item) -> tuple[int | None, tuple[str, ...]]:
 
 
 def _with_marker_allow(report: GradientReport, allow: tuple[str, ...]) -> GradientReport:
+    # imported here: pytest start-up loads no record (see the module docstring)
+    from torchscope._pytest_report import MarkedGradientReport
+
     fields = {field.name: getattr(report, field.name) for field in dataclasses.fields(report)}
-    # typed as a callable: mypy does not see the subclass's extra field through type[...]
-    make: Callable[..., GradientReport] = _marked_report_class()
-    return make(**fields, allowed_by_marker=allow)
-
-
-@functools.cache
-def _marked_report_class() -> type[GradientReport]:
-    # built on first use: records imports the renderers, which pytest start-up does not need
-    from torchscope.records import GradientReport
-
-    # repr=False: keep GradientReport's one-line repr (a generated one lists every field)
-    @dataclasses.dataclass(frozen=True, eq=False, repr=False)
-    class MarkedGradientReport(GradientReport):
-        """A :class:`GradientReport` whose ``assert_healthy`` also ignores the kinds that the
-        test's ``gradient_health`` marker allows."""
-
-        allowed_by_marker: tuple[str, ...] = dataclasses.field(default=(), repr=False)
-
-        def assert_healthy(self, allow: Sequence[str] = ()) -> None:
-            __tracebackhide__ = True  # the failure shows the test's line, not the plugin's
-            super().assert_healthy((*allow, *self.allowed_by_marker))
-
-        def to_dict(self) -> dict[str, Any]:
-            data = super().to_dict()
-            del data["allowed_by_marker"]  # the layout stays that of GradientReport
-            return data
-
-    # found again by name (module __getattr__ below), so that pickling works
-    MarkedGradientReport.__qualname__ = MarkedGradientReport.__name__
-    MarkedGradientReport.__module__ = __name__
-    return MarkedGradientReport
-
-
-def __getattr__(name: str) -> Any:
-    if name == "MarkedGradientReport":
-        return _marked_report_class()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return MarkedGradientReport(**fields, allowed_by_marker=allow)

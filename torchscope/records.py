@@ -1,7 +1,10 @@
 """Plain-data records produced by torchscope's collectors.
 
 Frozen dataclasses that know nothing about terminals or Jupyter: they compare in tests,
-round-trip through JSON, and are turned into text by :mod:`torchscope.render`.
+round-trip through JSON, and show themselves as text, Markdown and HTML tables through the
+record layer's own :mod:`torchscope._records_text` and :mod:`torchscope._records_html`. They
+import no exporter: the drawing methods (``Graph.render``, ``GradientReport.plot``, ...) find
+theirs by name at call time in :mod:`torchscope._exporters`.
 """
 
 from __future__ import annotations
@@ -9,14 +12,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torchscope._records_html as records_html
+import torchscope._records_text as records_text
+from torchscope._exporters import exporter
 from torchscope._format import format_bytes, format_count, format_duration, format_shapes
 from torchscope.errors import GradientHealthError
-from torchscope.render import html as render_html
-from torchscope.render import text as render_text
 
 __all__ = [
     "FINDING_KINDS",
@@ -49,6 +53,7 @@ __all__ = [
     "TrainableReport",
     "TrainableRow",
     "finding_kinds",
+    "graph_json",
 ]
 
 #: The columns a summary table can show, in their default order of appearance.
@@ -345,9 +350,9 @@ class ModelSummary:
             parameters_only=data.get("parameters_only", False),
         )
 
-    # -- rendering (delegates to torchscope.render) ----------------------------------------
+    # -- text faces (torchscope._records_text and _records_html) ------------------------------
     def __str__(self) -> str:
-        return render_text.render_summary(self)
+        return records_text.render_summary(self)
 
     def __repr__(self) -> str:
         macs = f", {format_count(self.total_macs)} MACs" if self.total_macs else ""
@@ -366,10 +371,10 @@ class ModelSummary:
 
     def to_markdown(self) -> str:
         """The table as GitHub-flavoured Markdown, totals as a list under it."""
-        return render_text.render_summary(self, markdown=True)
+        return records_text.render_summary(self, markdown=True)
 
     def _repr_html_(self) -> str:
-        return render_html.render_summary(self)
+        return records_html.render_summary(self)
 
 
 @dataclass(frozen=True)
@@ -406,7 +411,7 @@ class MemoryEstimate:
         return dataclasses.asdict(self)
 
     def __str__(self) -> str:
-        return render_text.render_memory(self)
+        return records_text.render_memory(self)
 
     def __repr__(self) -> str:
         return (
@@ -419,7 +424,7 @@ class MemoryEstimate:
         _pretty(self, printer, cycle)
 
     def _repr_html_(self) -> str:
-        return render_html.render_memory(self)
+        return records_html.render_memory(self)
 
 
 @dataclass(frozen=True)
@@ -466,7 +471,7 @@ class TrainableReport:
         return dataclasses.asdict(self)
 
     def __str__(self) -> str:
-        return render_text.render_trainable_report(self)
+        return records_text.render_trainable_report(self)
 
     def __repr__(self) -> str:
         root = self.rows[0]
@@ -485,7 +490,7 @@ class TrainableReport:
         _pretty(self, printer, cycle)
 
     def _repr_html_(self) -> str:
-        return render_html.render_trainable_report(self)
+        return records_html.render_trainable_report(self)
 
 
 #: The kinds of gradient-health finding, as stable strings (see docs/gradients.md).
@@ -644,7 +649,7 @@ class GradientReport:
         # a failing test shows the user's line and the findings table, not this frame (pytest)
         __tracebackhide__ = True
         if not self.ok:
-            raise GradientHealthError(render_text.render_gradient_report(self), self)
+            raise GradientHealthError(records_text.render_gradient_report(self), self)
 
     def assert_healthy(self, allow: Sequence[str] = ()) -> None:
         """Like :meth:`raise_if_unhealthy`, ignoring the finding kinds in ``allow``."""
@@ -675,7 +680,7 @@ class GradientReport:
         )
 
     def __str__(self) -> str:
-        return render_text.render_gradient_report(self)
+        return records_text.render_gradient_report(self)
 
     def __repr__(self) -> str:
         counts = [
@@ -701,21 +706,19 @@ class GradientReport:
         _pretty(self, printer, cycle)
 
     def _repr_html_(self) -> str:
-        return render_html.render_gradient_report(self)
+        return records_html.render_gradient_report(self)
 
     def plot(self, path: str | os.PathLike[str]) -> str:
         """Draw the gradient-flow chart (per-layer mean and max |grad|) to ``path``; needs
         matplotlib. The format follows the suffix (png, svg, pdf). Returns the path."""
-        from torchscope.render import plots  # matplotlib is optional: load it only when asked
-
-        return plots.plot_gradient_flow(self, path)
+        # matplotlib is optional: the exporter (and matplotlib) load only when asked
+        plot: Callable[..., str] = exporter("gradients.plot")
+        return plot(self, path)
 
     def log_to(self, writer: Any) -> None:
         """Write per-parameter scalars, histograms and the findings to a TensorBoard
         ``SummaryWriter`` (or anything with ``add_scalar``/``add_histogram``/``add_text``)."""
-        from torchscope.render import tensorboard  # tensorboard is optional
-
-        tensorboard.log_gradient_report(self, writer)
+        exporter("gradients.tensorboard")(self, writer)  # tensorboard is optional
 
 
 def _memory(data: dict[str, Any] | None) -> MemoryEstimate | None:
@@ -880,7 +883,7 @@ class Graph:
 
     def to_json(self, *, indent: int | None = 1) -> str:
         """JSON text; byte-identical for the same model and input."""
-        return json.dumps(self.to_dict(), indent=indent, allow_nan=True)
+        return graph_json(self, indent=indent)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Graph:
@@ -920,16 +923,14 @@ class Graph:
 
     def to_dot(self, *, fold: bool = True, depth: int | None = None) -> str:
         """Graphviz DOT text (no Graphviz needed to produce it)."""
-        from torchscope.render import dot
-
-        return dot.graph_to_dot(self, fold=fold, depth=depth)
+        to_dot: Callable[..., str] = exporter("graph.dot")
+        return to_dot(self, fold=fold, depth=depth)
 
     def to_html(self, *, fold: bool = True, depth: int | None = None) -> str:
         """A self-contained HTML page: pan, zoom, expand/collapse clusters, search by name.
         Needs no Graphviz and no network."""
-        from torchscope.render import graph_html
-
-        return graph_html.graph_to_html(self, fold=fold, depth=depth)
+        to_html: Callable[..., str] = exporter("graph.html")
+        return to_html(self, fold=fold, depth=depth)
 
     def render(
         self,
@@ -941,19 +942,16 @@ class Graph:
         """Write the graph to ``path`` in the format its suffix names: ``.svg``, ``.png``,
         ``.pdf`` (Graphviz's ``dot``, or torchscope's own layout when the graph is too big
         for dot to lay out quickly), ``.dot``, ``.html`` or ``.json``. Returns the path."""
-        from torchscope.render import dot
-
-        return dot.render_graph(self, path, fold=fold, depth=depth)
+        write: Callable[..., str] = exporter("graph.file")
+        return write(self, path, fold=fold, depth=depth)
 
     def log_to(self, writer: Any, *, fold: bool = True) -> None:
         """Write the graph to TensorBoard's graph tab through a ``SummaryWriter``; with
         ``fold``, each run of repeated steps is one box named with its count."""
-        from torchscope.render import tensorboard
-
-        tensorboard.log_graph(self, writer, fold=fold)
+        exporter("graph.tensorboard")(self, writer, fold=fold)
 
     def __str__(self) -> str:
-        return render_text.render_graph(self)
+        return records_text.render_graph(self)
 
     def __repr__(self) -> str:
         folds = "".join(f", {fold.label} ×{fold.count}" for fold in self.folds[:3])
@@ -966,9 +964,18 @@ class Graph:
         _pretty(self, printer, cycle)
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
-        from torchscope.render import dot
+        bundle: dict[str, str] = exporter("graph.display")(self)
+        return bundle
 
-        return dot.mimebundle(self)
+
+def graph_json(graph: Graph, *, indent: int | None = 1) -> str:
+    """``graph`` as JSON text (what :meth:`Graph.to_json` returns), for exporters that write it
+    without calling back into the record."""
+    return json.dumps(
+        {"schema_version": SCHEMA_VERSION, **dataclasses.asdict(graph)},
+        indent=indent,
+        allow_nan=True,
+    )
 
 
 @dataclass(frozen=True, repr=False)  # repr=False: keep Graph's short repr
@@ -1003,7 +1010,7 @@ class GraphDiff:
         return dataclasses.asdict(self)
 
     def __str__(self) -> str:
-        return render_text.render_graph_diff(self)
+        return records_text.render_graph_diff(self)
 
     def __repr__(self) -> str:
         if not self:
@@ -1017,7 +1024,7 @@ class GraphDiff:
         _pretty(self, printer, cycle)
 
     def _repr_html_(self) -> str:
-        return render_html.render_graph_diff(self)
+        return records_html.render_graph_diff(self)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1058,7 +1065,7 @@ class Measurement:
         return cls(**{**data, "times": tuple(data.get("times", ()))})
 
     def __str__(self) -> str:
-        return render_text.render_measurement(self)
+        return records_text.render_measurement(self)
 
     def __repr__(self) -> str:
         label = f" {self.label}" if self.label else ""
@@ -1071,7 +1078,7 @@ class Measurement:
         _pretty(self, printer, cycle)
 
     def _repr_html_(self) -> str:
-        return render_html.render_measurement(self)
+        return records_html.render_measurement(self)
 
 
 @dataclass(frozen=True)
@@ -1179,7 +1186,7 @@ class TimingReport:
         )
 
     def __str__(self) -> str:
-        return render_text.render_timing(self)
+        return records_text.render_timing(self)
 
     def __repr__(self) -> str:
         what = "forward + backward" if self.backward else "forward"
@@ -1193,14 +1200,12 @@ class TimingReport:
         _pretty(self, printer, cycle)
 
     def _repr_html_(self) -> str:
-        return render_html.render_timing(self)
+        return records_html.render_timing(self)
 
     def log_to(self, writer: Any, step: int = 0) -> None:
         """Write per-module times (``timing/forward/<name>``, ``timing/backward/<name>``, in
         ms) and the table as text to a TensorBoard ``SummaryWriter``."""
-        from torchscope.render import tensorboard
-
-        tensorboard.log_timing(self, writer, step)
+        exporter("timing.tensorboard")(self, writer, step)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1278,7 +1283,7 @@ class History:
         return {"schema_version": SCHEMA_VERSION, **dataclasses.asdict(self)}
 
     def __str__(self) -> str:
-        return render_text.render_history(self)
+        return records_text.render_history(self)
 
     def __repr__(self) -> str:
         parts = [_plural(len(self.epochs), "epoch")]
@@ -1297,4 +1302,4 @@ class History:
         _pretty(self, printer, cycle)
 
     def _repr_html_(self) -> str:
-        return render_html.render_history(self)
+        return records_html.render_history(self)

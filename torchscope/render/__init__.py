@@ -1,4 +1,5 @@
-"""Renderers: pure functions from torchscope's records to text, Markdown and HTML.
+"""Exporters: functions from records to DOT, SVG, the HTML page, TensorBoard events and plots.
 
-They import record types only for type checking, so records can delegate to them.
+Records never import this package: their drawing methods (``Graph.render``, ``to_dot``, ...)
+look their exporter up by name in :mod:`torchscope._exporters` when called.
 """

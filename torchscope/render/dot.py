@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from torchscope._graphs import view
+from torchscope._records_text import render_graph as render_graph_text
 from torchscope.errors import TorchscopeError
+from torchscope.records import graph_json
 from torchscope.render.svg import node_style
 
 if TYPE_CHECKING:
@@ -254,7 +256,7 @@ def render_graph(
     if suffix in (".dot", ".gv"):
         target.write_text(graph_to_dot(graph, fold=fold, depth=depth), encoding="utf-8")
     elif suffix == ".json":
-        target.write_text(graph.to_json(), encoding="utf-8")
+        target.write_text(graph_json(graph), encoding="utf-8")
     elif suffix == ".html":
         from torchscope.render.graph_html import graph_to_html
 
@@ -324,9 +326,7 @@ def positioned_dot(graph: Graph) -> str:
 def mimebundle(graph: Graph) -> dict[str, str]:
     """Jupyter's display data: an SVG picture when Graphviz is there and the graph fits its
     budget, the interactive HTML view otherwise, and a text summary."""
-    from torchscope.render.text import render_graph as text
-
-    bundle = {"text/plain": text(graph)}
+    bundle = {"text/plain": render_graph_text(graph)}
     shown = view(graph)
     if shutil.which("dot") is not None and fits_dot_budget(shown):
         try:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from torchscope._graphs import common_module
-from torchscope.render.text import render_gradient_report
+from torchscope._records_text import render_gradient_report, render_timing
 
 if TYPE_CHECKING:
     from torchscope.records import GradientReport, Graph, GraphNode, TimingReport
@@ -288,8 +288,6 @@ def log_graph(graph: Graph, writer: Any, *, fold: bool = True) -> None:
 def log_timing(report: TimingReport, writer: Any, step: int = 0) -> None:
     """Per module ``timing/forward_ms/<name>`` and ``timing/backward_ms/<name>`` (inclusive
     medians), ``timing/step_ms`` (the step without hooks) and the table as text."""
-    from torchscope.render.text import render_timing
-
     for row in report.layers:
         name = row.name or "(root)"
         writer.add_scalar(f"timing/forward_ms/{name}", row.forward * 1e3, step)
