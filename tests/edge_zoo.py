@@ -42,9 +42,6 @@ class EdgeCase:
         make_input: the arguments of the call; None: the model is inspected without an input.
         refusals: call name -> regex of the clear error that call may give instead of a
             result (the model must still be left as found).
-        edits_parameters: parameters the forward edits in place. torchscope does not copy
-            parameter values (docs/summary.md): it must name each in a TorchscopeWarning,
-            and nothing else may change.
     """
 
     name: str
@@ -52,7 +49,6 @@ class EdgeCase:
     make_input: Callable[[], Inputs] | None
     issue_class: int | None = None
     refusals: Mapping[str, str] = field(default_factory=dict)
-    edits_parameters: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         return self.name
@@ -126,6 +122,36 @@ class ActNorm(nn.Module):
                 self.log_scale.copy_(-torch.log(x.std(0, keepdim=True) + 1e-6))
                 self.initialized.fill_(1)
         return (x + self.loc) * torch.exp(self.log_scale)
+
+
+class OptimizerInForward(nn.Module):
+    """Takes an optimizer step on its own weights inside forward (test-time adaptation)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            loss = self.lin(x.detach()).pow(2).mean()
+            grads = torch.autograd.grad(loss, list(self.lin.parameters()))
+        with torch.no_grad():
+            for p, g in zip(self.lin.parameters(), grads, strict=True):
+                p.data.add_(g, alpha=-0.1)
+        return self.lin(x)
+
+
+class ReinitialisesInForward(nn.Module):
+    """Re-initialises part of its weight in forward (dead-unit resets), through ``.data``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        nn.init.kaiming_uniform_(self.lin.weight.data[:1])  # draws from the global RNG
+        self.lin.bias.data[1:] = 0.0
+        return self.lin(x)
 
 
 class RebindsParameter(nn.Module):
@@ -863,7 +889,9 @@ EDGE_ZOO: tuple[EdgeCase, ...] = (
     # 1
     EdgeCase("step_counter_buffer", StepCounter, _x(2, 4), 1),
     EdgeCase("ema_buffer", EmaBuffer, _x(3, 4), 1),
-    EdgeCase("actnorm_data_init", ActNorm, _x(5, 4), 1, edits_parameters=("loc", "log_scale")),
+    EdgeCase("actnorm_data_init", ActNorm, _x(5, 4), 1),
+    EdgeCase("optimizer_in_forward", OptimizerInForward, _x(3, 4), 1),
+    EdgeCase("reinitialises_in_forward", ReinitialisesInForward, _x(2, 4), 1),
     EdgeCase("rebinds_parameter", RebindsParameter, _x(2, 4), 1),
     EdgeCase("caches_and_counts", CachesAndCounts, _x(2, 4), 1),
     EdgeCase("frees_init_cache", FreesInitCache, _x(2, 4), 1),

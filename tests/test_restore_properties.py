@@ -1,7 +1,7 @@
 """Hypothesis: whatever a forward does to its own module, every call leaves it bit for bit.
 
-Random modules whose forward rebinds, mutates in place, deletes or adds parameters, buffers
-and attributes (0-, 1- and n-element tensors, NaN among the values, uninitialised lazy ones,
+Random modules whose forward rebinds, mutates in place (parameters too: through ``.data``, a
+slice or a view), deletes or adds parameters, buffers and attributes (0-, 1- and n-element tensors, NaN among the values, uninitialised lazy ones,
 ``register_buffer(name, None)`` slots), rebinds a tensor's ``.data``, registers submodules,
 flips ``training`` and swaps its own tables, and then returns or raises. ``summary``,
 ``module_graph`` and ``autograd_graph_of`` run on each; afterwards the model must hold the
@@ -111,7 +111,16 @@ def _act(module: nn.Module, action: str, name: str, slot: Slot, step: int) -> No
         else:
             setattr(module, name, torch.full((slot.size,), 7.0))
     elif action == "in_place":  # a step counter or an EMA updated in place
-        if tensor is not None and not isinstance(value, nn.Parameter):
+        if isinstance(value, nn.Parameter) and tensor is not None:
+            # ActNorm's initialisation, an optimizer step: through .data, a slice or directly
+            with torch.no_grad():
+                if step % 3 == 0:
+                    tensor.data.add_(1)
+                elif step % 3 == 1:
+                    tensor.data[:2] = 5
+                else:
+                    tensor.view(-1).mul_(2)
+        elif tensor is not None:
             tensor.add_(1)
         elif isinstance(value, list):
             value.append(step)
@@ -181,6 +190,8 @@ FLOAT = torch.float32
 @given(model=models())
 # the issue's step counter: a buffer of several elements rebound (`==` on it raised)
 @example(model=Mutant(Plan((Slot("buffer", 4, FLOAT),), (("rebind", 0),), None), 2, None))
+# a parameter edited in place through .data: copied before the write, put back, no warning
+@example(model=Mutant(Plan((Slot("param", 4, FLOAT),), (("in_place", 0),), None), 2, None))
 # an attribute deleted comes back in its place in __dict__, not last
 @example(
     model=Mutant(

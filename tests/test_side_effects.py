@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import random
 import threading
+import warnings
 from typing import Any
 
 import pytest
 import torch
 from torch import nn
 from torch.nn.parameter import is_lazy
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import torchscope
 from torchscope import SummaryError, TorchscopeWarning
@@ -148,21 +150,6 @@ def test_user_hooks_still_work_and_stay():
     handle.remove()
 
 
-def test_a_forward_that_edits_parameters_in_place_is_reported():
-    class EditsWeights(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.lin = nn.Linear(2, 2)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad():
-                self.lin.weight.mul_(2)
-            return self.lin(x)
-
-    with pytest.warns(TorchscopeWarning, match=r"lin\.weight"):
-        torchscope.summary(EditsWeights(), torch.ones(1, 2))
-
-
 def test_caller_input_tensors_are_not_modified_or_moved():
     x = torch.ones(2, 3, 8, 8)
     before = x.clone()
@@ -261,6 +248,202 @@ def test_unchanged_buffers_are_not_written_so_a_pending_backward_still_runs():
     torchscope.summary(model, torch.ones(2, 3), mode="train")
     assert model.scale._version == version
     loss.backward()  # raised "modified by an inplace operation" when the buffer was rewritten
+    assert model.lin.weight.grad is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# a forward that edits its parameters in place: copied before the first write, put back
+
+
+class EditsParameters(nn.Module):
+    """Every way people write to their parameters inside forward (one at a time, by ``how``)."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.lin = nn.Linear(3, 3)
+        self.loc = nn.Parameter(torch.zeros(1, 3))
+        self.untouched = nn.Parameter(torch.ones(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight, how = self.lin.weight, self.how
+        with torch.no_grad():
+            if how == "copy_":  # Glow's ActNorm: data-dependent initialisation
+                self.loc.copy_(-x.mean(0, keepdim=True))
+            elif how == "data.mul_":
+                weight.data.mul_(2)
+            elif how == "fill_":
+                self.lin.bias.fill_(1)
+            elif how == "add_":
+                weight.add_(torch.ones_like(weight))
+            elif how == "data_slice":
+                weight.data[1:, :2] = 5.0
+            elif how == "view":
+                weight.view(-1)[0] = -1.0
+            elif how == "out=":
+                torch.add(weight, 1, out=weight.data)
+            elif how == "nn.init":  # draws from the global RNG too: rewound
+                nn.init.normal_(weight)
+            elif how == "optimizer":  # an optimizer step inside forward (foreach kernels)
+                for p in (weight, self.loc):
+                    p.grad = torch.ones_like(p)
+                torch.optim.SGD([weight, self.loc], lr=0.1, momentum=0.9).step()
+            elif how == "set_":
+                weight.set_(torch.zeros(3, 3))  # another storage
+        return self.lin(x + self.loc) * self.untouched
+
+
+PARAMETER_WRITES = (
+    "copy_", "data.mul_", "fill_", "add_", "data_slice", "view", "out=", "nn.init", "optimizer",
+    "set_",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("how", PARAMETER_WRITES)
+@pytest.mark.parametrize("call", ["summary", "module_graph", "autograd_graph_of", "time_layers"])
+def test_a_forward_that_edits_parameters_in_place_is_undone_bit_for_bit(call, how):
+    model = EditsParameters(how)
+    model.lin.weight.grad = torch.full((3, 3), 0.5)  # an existing .grad stays, values included
+    before = exact_snapshot(model)
+    weight = model.lin.weight
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _call(call, model, torch.ones(2, 3))
+    assert model.lin.weight is weight
+    assert_identical(before, model)  # values, identity, .grad, requires_grad, RNG, grad mode
+    assert not [w for w in caught if issubclass(w.category, TorchscopeWarning)]
+
+
+@pytest.mark.parametrize("call", GRAPH_CALLS)
+def test_parameter_edits_are_undone_when_the_forward_raises_after_them(call):
+    class EditsThenFails(EditsParameters):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            super().forward(x)
+            raise RuntimeError("boom")
+
+    model = EditsThenFails("data_slice")
+    before = exact_snapshot(model)
+    with pytest.raises(torchscope.TorchscopeError, match="boom"):
+        _call(call, model, torch.ones(2, 3))
+    assert_identical(before, model)
+
+
+class _ParameterCopies(TorchDispatchMode):
+    """Counts clones of the model's parameter storages (torchscope's copies run below it)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        self.copies = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten.clone.default:
+            self.copies += args[0].untyped_storage().data_ptr() in self.storages
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize(("how", "copies"), [("none", 0), ("data_slice", 1), ("optimizer", 2)])
+def test_only_the_parameters_written_are_copied_once_each(how, copies):
+    class WritesTwice(EditsParameters):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            super().forward(x)
+            return super().forward(x)  # a second write to the same parameter: no second copy
+
+    model = WritesTwice(how)
+    counter = _ParameterCopies(model)
+    with counter:
+        torchscope.module_graph(model, torch.ones(2, 3))
+    assert counter.copies == copies
+
+
+def test_a_write_from_another_thread_cannot_be_undone_and_is_named():
+    class WritesInAThread(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(2, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            def write() -> None:
+                with torch.no_grad():
+                    self.lin.weight.mul_(2)
+
+            thread = threading.Thread(target=write)  # dispatch modes are per thread
+            thread.start()
+            thread.join()
+            return self.lin(x)
+
+    model = WritesInAThread()
+    weight = model.lin.weight.detach().clone()
+    with pytest.warns(TorchscopeWarning, match=r"lin\.weight.*could not undo"):
+        torchscope.summary(model, torch.ones(1, 2))
+    assert torch.equal(model.lin.weight, 2 * weight)  # the documented exception
+
+
+def test_scripted_code_that_edits_its_parameters_is_undone():
+    class Bump(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(3), requires_grad=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.scale.add_(1)  # TorchScript calls the same aten ops
+            return x * self.scale
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated
+        warnings.simplefilter("ignore", DeprecationWarning)
+        scripted = torch.jit.script(Bump())
+    inside = nn.Sequential(nn.Linear(3, 3), scripted)
+    for model, calls in ((inside, GRAPH_CALLS[:3]), (scripted, ("summary",))):
+        before = exact_snapshot(model)
+        for call in calls:
+            _call(call, model, torch.ones(2, 3))
+            assert_identical(before, model)
+
+
+def test_a_compiled_submodule_still_runs_and_its_edits_are_undone():
+    class Writes(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(3), requires_grad=False)
+            self.lin = nn.Linear(3, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.scale.add_(1)
+            return self.lin(x * self.scale)
+
+    class Outer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            # aot_eager: AOTAutograd's functionalisation and fake tensors, without compiling C++
+            self.inner = torch.compile(Writes(), backend="aot_eager")
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inner(x)
+
+    model = Outer()
+    model(torch.ones(2, 3))
+    with torch.no_grad():
+        model.inner.scale.fill_(1)
+    expected = Writes()
+    expected.load_state_dict(model.inner._orig_mod.state_dict())
+    before = exact_snapshot(model)
+    for call in GRAPH_CALLS[:3]:
+        _call(call, model, torch.ones(2, 3))
+        assert_identical(before, model)
+    # the compiled module still computes what its eager twin does, from the restored scale
+    assert torch.equal(model(torch.ones(2, 3)), expected(torch.ones(2, 3)))
+
+
+def test_the_memory_estimate_leaves_parameter_version_counters_alone():
+    model = EditsParameters("add_")
+    pending = (model.lin.weight**2).sum()  # autograd saved the weight for this backward
+    version = model.lin.weight._version
+    torchscope.estimate_memory(model, torch.ones(2, 3))
+    # the fake twins shared the real parameters' version counters: the fake pass's add_
+    # bumped the real weight's, and this backward refused to run
+    assert model.lin.weight._version == version
+    pending.backward()
     assert model.lin.weight.grad is not None
 
 

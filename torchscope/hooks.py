@@ -24,6 +24,7 @@ from typing import Any, TypeGuard
 import torch
 from torch import nn
 from torch.nn.parameter import UninitializedBuffer, is_lazy
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.hooks import RemovableHandle
 
 from torchscope.errors import ForwardError, TorchscopeWarning
@@ -347,12 +348,14 @@ def _same_bits(live: torch.Tensor, saved: torch.Tensor) -> bool:
 
 @dataclass
 class _TensorState:
-    """A buffer (or tensor attribute) and what a forward could change about it."""
+    """A parameter, buffer or tensor attribute and what a forward could change about it."""
 
     tensor: torch.Tensor
     data: torch.Tensor  # an alias of its storage, to put back a rebound ``.data``
     storage: tuple[Any, ...] | None
-    values: torch.Tensor | None  # a copy of its values (buffers are small; always compared)
+    # a copy of its values: taken up front for buffers (small; always compared), before the
+    # first write for parameters (by _ParameterWriteGuard), None while nothing wrote to one
+    values: torch.Tensor | None
 
     @classmethod
     def take(cls, tensor: torch.Tensor, *, copy: bool) -> _TensorState:
@@ -374,8 +377,78 @@ class _TensorState:
             if self.tensor.is_inference():
                 with torch.inference_mode():
                     self.tensor.copy_(self.values)
-            # else: an expanded or otherwise overlapping buffer, which no in-place op can have
+            # else: an expanded or otherwise overlapping tensor, which no in-place op can have
             # written
+
+
+def _plain(tensor: Any) -> bool:
+    """Whether ``tensor`` is a tensor with storage of its own: not a fake, meta or wrapper
+    subclass tensor (FakeTensor, DTensor, functionalisation), whose storage must not be read."""
+    return (
+        isinstance(tensor, torch.Tensor)
+        and type(tensor).__torch_dispatch__ is torch.Tensor.__torch_dispatch__
+        and tensor.device.type != "meta"
+    )
+
+
+def _storage_address(tensor: torch.Tensor) -> int:
+    """The address of the storage ``tensor`` views (shared by ``p.data``, slices, ``view``);
+    0 for none (an empty tensor, a layout without storage)."""
+    try:
+        return int(tensor.untyped_storage().data_ptr())
+    except Exception:  # sparse, nested and other layouts without one storage
+        return 0
+
+
+def _written_arguments(func: Any) -> tuple[tuple[int, str], ...]:
+    """(position, name) of each argument an aten op writes to (``Tensor(a!)``: ``self`` of
+    ``add_``, ``out=``, the lists of ``_foreach_add_``), from its schema."""
+    try:
+        arguments = func._schema.arguments
+    except AttributeError:  # not an OpOverload: nothing declared
+        return ()
+    return tuple(
+        (position, argument.name)
+        for position, argument in enumerate(arguments)
+        if argument.alias_info is not None and argument.alias_info.is_write
+    )
+
+
+class _ParameterWriteGuard(TorchDispatchMode):
+    """Copies a parameter's values just before the first aten op that writes to its storage.
+
+    Active while an instrumented forward runs, so that :func:`preserved_state` can put back
+    what the forward edited in place (ActNorm's data-dependent initialisation, an optimizer
+    step, ``nn.init`` on a weight, ``p.data[...] = ...``) without copying every parameter up
+    front. A write is known by the op's schema, so the cost is one dictionary look-up per op
+    and a storage look-up per written argument. Scripted code dispatches through the same
+    ops; fake and meta tensors (the memory estimate's) are passed over.
+    """
+
+    def __init__(self, parameters: dict[int, list[_TensorState]]) -> None:
+        super().__init__()
+        self.unsaved = parameters  # storage address -> parameters viewing it, not yet copied
+        self._writes: dict[Any, tuple[tuple[int, str], ...]] = {}
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if self.unsaved:
+            written = self._writes.get(func)
+            if written is None:
+                written = self._writes[func] = _written_arguments(func)
+            for position, name in written:
+                value = args[position] if position < len(args) else (kwargs or {}).get(name)
+                for tensor in value if isinstance(value, (list, tuple)) else (value,):
+                    if _plain(tensor):
+                        self._save(tensor)
+        return func(*args, **kwargs) if kwargs else func(*args)
+
+    def _save(self, tensor: torch.Tensor) -> None:
+        states = self.unsaved.pop(_storage_address(tensor), None)
+        # this handler runs below autograd and with this mode off: the copy is not recorded,
+        # consumes no randomness and goes to the kernel
+        for state in states or ():
+            if state.values is None:
+                state.values = state.data.clone()
 
 
 def _tracked(tensor: Any) -> TypeGuard[torch.Tensor]:
@@ -396,11 +469,13 @@ def preserved_state(
     buffer and tensor attribute, copied back into the same tensors so their identity and
     aliasing are kept (compared bit for bit first, since some kernels, BatchNorm's running
     statistics on the CPU among them, update buffers without bumping their version counter;
-    unchanged ones are not written); every parameter's ``requires_grad`` and ``.grad``.
-    Parameter values are not copied (that would double the model's memory); one that the
-    forward pass modified in place is reported with a
-    :class:`~torchscope.errors.TorchscopeWarning`. Every step of the restore runs even when
-    another fails; the first failure is raised at the end.
+    unchanged ones are not written); the values of every parameter an aten op wrote to in
+    place (through the parameter, ``.data``, a slice or a view: a dispatch mode copies each
+    such parameter once, just before the first write, so the others cost no memory); every
+    parameter's ``requires_grad`` and ``.grad``. A parameter whose version counter moved
+    without an op declaring the write (a custom kernel that does not say it writes) cannot be
+    put back and is reported with a :class:`~torchscope.errors.TorchscopeWarning`. Every step
+    of the restore runs even when another fails; the first failure is raised at the end.
 
     ``modules`` may pass ``list(iter_modules(model))`` when the caller already has it.
     """
@@ -408,6 +483,7 @@ def preserved_state(
     snapshots = [_ModuleSnapshot.take(module) for _, module in named]
     tensors: dict[int, _TensorState] = {}
     params: dict[int, tuple[str, nn.Parameter, int | None, bool, torch.Tensor | None]] = {}
+    by_storage: dict[int, list[_TensorState]] = {}
     with torch.no_grad():
         for (name, module), snapshot in zip(named, snapshots, strict=True):
             prefix = f"{name}." if name else ""
@@ -425,7 +501,10 @@ def preserved_state(
                     tensors[id(value)] = _TensorState.take(value, copy=True)
             for param_name, param in parameters:
                 if param is not None and not is_lazy(param) and id(param) not in params:
-                    tensors.setdefault(id(param), _TensorState.take(param, copy=False))
+                    state = tensors.setdefault(id(param), _TensorState.take(param, copy=False))
+                    address = _storage_address(param) if _plain(param) else 0
+                    if address and state.values is None:  # not also a buffer (copied already)
+                        by_storage.setdefault(address, []).append(state)
                     params[id(param)] = (
                         prefix + param_name,
                         param,
@@ -433,8 +512,10 @@ def preserved_state(
                         param.requires_grad,
                         param.grad,
                     )
+    guard = _ParameterWriteGuard(by_storage)
     try:
-        yield
+        with guard:
+            yield
     finally:
         errors: list[Exception] = []
         for snapshot in snapshots:
@@ -458,13 +539,18 @@ def preserved_state(
                     param.grad = grad
             except Exception as e:
                 errors.append(e)
-            if version is not None and _version(param) != version:
+            # a copy put back bumped the counter too: only an unseen write is left to report
+            if (
+                version is not None
+                and tensors[id(param)].values is None
+                and _version(param) != version
+            ):
                 changed.append(name)
         if changed:
             warnings.warn(
-                f"the model's forward pass modified parameter(s) in place: {', '.join(changed[:5])}"
-                f"{' ...' if len(changed) > 5 else ''}; torchscope does not copy parameters, so this "
-                "change could not be undone",
+                f"the model's forward pass modified parameter(s) in place without declaring "
+                f"the write to PyTorch's dispatcher: {', '.join(changed[:5])}"
+                f"{' ...' if len(changed) > 5 else ''}; torchscope could not undo this change",
                 TorchscopeWarning,
                 stacklevel=3,
             )
