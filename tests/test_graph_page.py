@@ -25,7 +25,7 @@ from torchscope._graphs import view
 from torchscope.records import Graph
 from torchscope.render.graph_html import graph_to_html
 
-from .test_render_layout import encoder, random_dag
+from .test_render_layout import encoder, hostile, random_dag
 
 PROBE = """<script>
 "use strict";
@@ -136,7 +136,12 @@ def real_graph() -> Graph:
 
 @pytest.mark.parametrize(
     ("make", "depth"),
-    [(encoder, 2), (lambda: random_dag(120, 260, seed=5, clusters=True), None), (real_graph, 1)],
+    [
+        (encoder, 2),
+        (hostile, 1),
+        (lambda: random_dag(120, 260, seed=5, clusters=True), None),
+        (real_graph, 1),
+    ],
 )
 def test_page_draws_in_a_browser_without_errors_or_fetches(tmp_path, make, depth):
     graph = make()
