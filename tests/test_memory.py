@@ -181,3 +181,44 @@ def test_fused_attention_and_lstm_training_within_reach():
     real = measured_peak(model, x, train=True)
     predicted = torchscope.estimate_memory(model, x).training_peak
     assert abs(predicted - real) / real < 0.15  # oneDNN's workspace is an empirical fit
+
+
+def test_the_model_is_made_fake_once_for_both_passes(monkeypatch):
+    """Converting every parameter to a fake tensor takes about twice as long as a
+    fake forward (resnet50): the inference and training passes share one set of fake twins."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    import torchscope.memory
+
+    converted: list[int] = []
+
+    class CountingMode(FakeTensorMode):
+        def from_tensor(self, tensor: torch.Tensor, **kwargs: object) -> torch.Tensor:
+            converted.append(id(tensor))
+            return super().from_tensor(tensor, **kwargs)
+
+    monkeypatch.setattr(torchscope.memory, "FakeTensorMode", CountingMode)
+    model = nn.Sequential(nn.Linear(16, 32), nn.BatchNorm1d(32), nn.Linear(32, 4))
+    x = torch.randn(8, 16)
+    estimate = torchscope.estimate_memory(model, x)
+    real = [*model.parameters(), *model.buffers(), x]
+    assert len(converted) == len(real)  # each parameter, buffer and input once
+    assert estimate.training_peak > estimate.inference_peak > 0
+    converted.clear()
+    assert torchscope.summary(model, x, memory=True).memory == estimate
+    assert len(converted) == len(real)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_summary_estimates_the_model_unhooked():
+    """summary's hooks turn off TransformerEncoderLayer's fused fast path; the estimate runs
+    the model as a user would (unhooked), so it matches estimate_memory and the real peak."""
+    torch.manual_seed(0)
+    encoder = nn.TransformerEncoder(
+        nn.TransformerEncoderLayer(64, 4, 256, batch_first=True), 2, enable_nested_tensor=False
+    )
+    x = torch.randn(8, 32, 64)
+    estimate = torchscope.estimate_memory(encoder, x)
+    assert torchscope.summary(encoder, x, memory=True).memory == estimate
+    real = measured_peak(encoder, x, train=False)
+    assert abs(estimate.inference_peak - real) / real < 0.05, (estimate.inference_peak, real)

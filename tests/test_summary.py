@@ -398,3 +398,41 @@ def test_lazy_modules_are_not_initialised():
     result = torchscope.summary(model, torch.ones(2, 3))  # of an initialised copy
     assert result.total_params == 3 * 4 + 4
     assert isinstance(model[0].weight, nn.parameter.UninitializedParameter)
+
+
+def test_memory_option_runs_one_real_pass_and_two_fake_ones(monkeypatch):
+    """What ``summary(memory=True)`` runs, counted by a hook of the test's own: the summary's
+    real forward, then the memory estimate's inference and training passes on fake tensors,
+    each instrumented once. The estimate cannot ride on the summary's forward: its per-module
+    hooks turn off PyTorch's fused fast paths (TransformerEncoderLayer's), so the kernels,
+    and the peak, would be those of the hooked model (docs/costs.md)."""
+    import contextlib
+
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    import torchscope.hooks
+    import torchscope.memory
+    import torchscope.summarize
+
+    entries: list[bool] = []
+    real_instrumented = torchscope.hooks.instrumented
+
+    @contextlib.contextmanager
+    def counted(model: nn.Module, *, grad: bool) -> Any:
+        entries.append(grad)
+        with real_instrumented(model, grad=grad) as hooks:
+            yield hooks
+
+    for module in (torchscope.summarize, torchscope.memory):
+        monkeypatch.setattr(module, "instrumented", counted)
+    model = LeNet()
+    passes: list[tuple[str, bool]] = []
+    model.register_forward_pre_hook(
+        lambda _, args: passes.append(
+            ("fake" if isinstance(args[0], FakeTensor) else "real", torch.is_grad_enabled())
+        )
+    )
+    result = torchscope.summary(model, input_size=(2, 1, 28, 28), memory=True)
+    assert result.memory is not None
+    assert passes == [("real", False), ("fake", False), ("fake", True)]
+    assert entries == [False, False, True]
