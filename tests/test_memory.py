@@ -222,3 +222,26 @@ def test_summary_estimates_the_model_unhooked():
     assert torchscope.summary(encoder, x, memory=True).memory == estimate
     real = measured_peak(encoder, x, train=False)
     assert abs(estimate.inference_peak - real) / real < 0.05, (estimate.inference_peak, real)
+
+
+def test_tensors_held_in_a_reference_cycle_are_estimated_the_same_every_time():
+    """An output that refers back to its container (Hugging Face's layered caches) keeps its
+    tensors alive until Python's cycle collector runs: the estimate must not depend on
+    when that happens (it did: the training peak moved with the collector's thresholds)."""
+    import gc
+
+    from .edge_zoo import LayeredCacheDecoder
+
+    model = LayeredCacheDecoder()
+    tokens = torch.randint(0, 20, (2, 6), generator=torch.Generator().manual_seed(1))
+    thresholds = gc.get_threshold()
+    peaks = []
+    try:
+        for threshold in (100, 700, 1_000_000):  # collect often, as by default, or never
+            gc.set_threshold(threshold)
+            gc.collect()
+            peaks.append(torchscope.estimate_memory(model, tokens).training_peak)
+    finally:
+        gc.set_threshold(*thresholds)
+    assert len(set(peaks)) == 1, peaks
+    assert gc.isenabled()

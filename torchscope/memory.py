@@ -11,8 +11,10 @@ CPU oneDNN convolution, forward or backward, reorders its weight into a transien
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -251,6 +253,24 @@ def _fake_copy(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) 
     return _FakeCopy(mode, state, persistent, fake_args, fake_kwargs)
 
 
+@contextlib.contextmanager
+def _cycles_kept() -> Iterator[None]:
+    """Python's cycle collector held off for one pass (then put back as it was).
+
+    Tensors that a reference cycle holds (an output object that points back to its
+    container, as Hugging Face caches do) are then alive until the pass ends in every run;
+    with the collector on they were freed whenever it happened to run, so the same model's
+    training peak changed with what the process had done before.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def _run(model: nn.Module, fake: _FakeCopy, *, train: bool) -> tuple[int, int, int]:
     """(peak, bytes live after the forward, bytes live before it) of one fake pass.
 
@@ -261,7 +281,7 @@ def _run(model: nn.Module, fake: _FakeCopy, *, train: bool) -> tuple[int, int, i
     for tensor in [*fake.persistent, *_nested.tensors((fake.args, fake.kwargs))]:
         live.track(tensor)
     before = live.live
-    with instrumented(model, grad=train), fake.mode, live:
+    with instrumented(model, grad=train), _cycles_kept(), fake.mode, live:
         model.train(train)
         # a copy of the name table: a forward that rebinds a parameter changes this pass only
         state = dict(fake.state)
