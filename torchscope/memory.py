@@ -223,7 +223,9 @@ def _fake_state(
     for name, tensor in named:
         twin = twins.get(id(tensor))
         if twin is None:
-            twin = fake.from_tensor(tensor.detach())
+            # .data, not .detach(): a detached tensor shares the version counter, and a
+            # forward's in-place write to the twin would bump the real parameter's
+            twin = fake.from_tensor(tensor.data)
             if isinstance(tensor, nn.Parameter) and tensor.requires_grad:
                 twin.requires_grad_(True)
             twins[id(tensor)] = twin
