@@ -131,9 +131,10 @@ def _graph() -> ModuleGraph:
         nodes=(
             GraphNode(key="input:0", label="x", kind="input", shapes=((2, 3),), order=0),
             GraphNode(key="fc", label="fc (Linear)", kind="module", op="Linear", module="fc"),
+            GraphNode(key="fc/relu", label="relu", kind="op", op="relu", module="fc"),
         ),
-        edges=(GraphEdge("input:0", "fc"),),
-        clusters=(GraphCluster(key="", label="Tiny"),),
+        edges=(GraphEdge("input:0", "fc"), GraphEdge("fc", "fc/relu")),
+        clusters=(GraphCluster(key="fc", label="fc (Linear)"),),
     )
 
 
