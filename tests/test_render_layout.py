@@ -799,3 +799,21 @@ def test_page_collapses_a_module_in_place_without_a_layout(tmp_path):
         assert not any(x0 < x < x0 + width and y0 < y < y0 + height for x, y in points)
         x, y = points[0] if src == "enc.0" else points[-1]
         assert x0 <= x <= x0 + width and y in (y0, y0 + height)
+
+
+def test_page_of_a_graph_with_an_empty_cluster_is_written():
+    # a cluster holding no node of its own (from JSON, or a root cluster over a leaf) makes
+    # view() differ from the unfolded graph at every depth: the page must still be written
+    from torchscope.records import ModuleGraph
+    from torchscope.render.graph_html import page_layouts
+
+    graph = ModuleGraph(
+        kind="module",
+        title="Tiny",
+        nodes=(GraphNode("in", "input", "input"), GraphNode("fc", "fc", "module", module="fc")),
+        edges=(GraphEdge("in", "fc"),),
+        clusters=(GraphCluster(key="", label="Tiny"),),
+    )
+    layouts = page_layouts(graph)  # it never returned before
+    assert layouts[0]["depth"] is None and len(layouts) <= 3
+    assert "fc" in graph_to_html(graph)

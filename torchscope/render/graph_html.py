@@ -150,9 +150,22 @@ def page_layouts(
     graph_nodes = {node.key: _node_dict(node) for node in shown.nodes}
     result = [_layout_data(shown, layered_layout(shown), None, graph_nodes)]
     # the depths at which view() collapses something; past the deepest module nothing changes
+    # a module's nesting level is at most the length of its dotted path, so past the longest
+    # path nothing collapses (bounded: a cluster with no node of its own can make view()
+    # differ from `shown` at every depth)
+    deepest = max(
+        (len(path.split(".")) for path in (
+            *(node.module for node in graph.nodes if node.module),
+            *(cluster.key for cluster in graph.clusters if cluster.key),
+        )),
+        default=0,
+    )  # fmt: skip
     views: dict[int, Graph] = {}
-    while (collapsed := view(graph, fold=fold, depth=len(views) + 1)) != shown:
-        views[len(views) + 1] = collapsed
+    for level in range(1, deepest + 2):
+        collapsed = view(graph, fold=fold, depth=level)
+        if collapsed == shown:
+            break
+        views[level] = collapsed
     budget = LAYOUT_BUDGET * _weight(shown)
     # the starting depth always; then the smallest views first: they are the overviews
     chosen = [depth] if depth in views else []
