@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 
 import pytest
 import torch
@@ -210,3 +211,38 @@ def test_measurement_text():
     assert str(m) == (
         "mm: median 1.2 ms (IQR 100 us, mean 1.3 ms, min 1.1 ms, n=20, cuda:0, L2 flushed)"
     )
+
+
+def test_timed_steps_run_without_the_parameter_write_guard():
+    # the guard that undoes in-place parameter writes intercepts every op: it must not be on
+    # the clock for a model that writes no parameter, and must stay for one that does
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    class Probe(nn.Module):
+        def __init__(self, writes: bool, modes: list[str]) -> None:
+            super().__init__()
+            self.fc = nn.Linear(8, 8)
+            self.writes = writes
+            # a callable, not the list: the restore puts a model's own lists back as they were
+            self.record = modes.append
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.record(type(_get_current_dispatch_mode()).__name__)
+            if self.writes:
+                with torch.no_grad():
+                    self.fc.bias.add_(1.0)  # an update inside forward, every call
+            return self.fc(x)
+
+    seen: list[str] = []
+    torchscope.time_layers(Probe(False, seen), torch.randn(4, 8), warmup=1, repeat=3)
+    # the first, untimed pass is guarded; the 2 x (warmup + repeat) timed steps are not
+    assert seen == ["_ParameterWriteGuard"] + ["NoneType"] * 8
+
+    written: list[str] = []
+    writer = Probe(True, written)
+    bias = writer.fc.bias.detach().clone()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing left undone to warn about
+        torchscope.time_layers(writer, torch.randn(4, 8), warmup=1, repeat=3)
+    assert written == ["_ParameterWriteGuard"] * 9
+    assert torch.equal(writer.fc.bias, bias)

@@ -24,7 +24,11 @@ from typing import Any, TypeGuard
 import torch
 from torch import nn
 from torch.nn.parameter import UninitializedBuffer, is_lazy
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import (
+    TorchDispatchMode,
+    _get_current_dispatch_mode,
+    _pop_mode_temporarily,
+)
 from torch.utils.hooks import RemovableHandle
 
 from torchscope.errors import ForwardError, TorchscopeWarning
@@ -428,6 +432,7 @@ class _ParameterWriteGuard(TorchDispatchMode):
     def __init__(self, parameters: dict[int, list[_TensorState]]) -> None:
         super().__init__()
         self.unsaved = parameters  # storage address -> parameters viewing it, not yet copied
+        self.saved_any = False  # whether some op wrote to a parameter
         self._writes: dict[Any, tuple[tuple[int, str], ...]] = {}
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
@@ -444,11 +449,35 @@ class _ParameterWriteGuard(TorchDispatchMode):
 
     def _save(self, tensor: torch.Tensor) -> None:
         states = self.unsaved.pop(_storage_address(tensor), None)
+        self.saved_any = self.saved_any or bool(states)
         # this handler runs below autograd and with this mode off: the copy is not recorded,
         # consumes no randomness and goes to the kernel
         for state in states or ():
             if state.values is None:
                 state.values = state.data.clone()
+
+
+# the guards of the instrumented blocks running now, innermost last (blocks of different
+# threads take turns: _INSTRUMENTATION_LOCK)
+_GUARDS: list[_ParameterWriteGuard] = []
+
+
+@contextlib.contextmanager
+def parameter_writes_unwatched() -> Iterator[None]:
+    """Run a block without the innermost instrumented block's parameter-write guard, when
+    nothing wrote to a parameter so far and the guard is the innermost dispatch mode.
+
+    For timed loops: the guard intercepts every op (about 10 us each), which would be timed
+    too. A model whose earlier passes wrote to a parameter keeps the guard (such writes
+    recur); a write that first happens inside the block is left undone and reported by
+    :func:`preserved_state`'s version check, like any write it could not see.
+    """
+    guard = _GUARDS[-1] if _GUARDS else None
+    if guard is None or guard.saved_any or _get_current_dispatch_mode() is not guard:
+        yield
+        return
+    with _pop_mode_temporarily():
+        yield
 
 
 def _tracked(tensor: Any) -> TypeGuard[torch.Tensor]:
@@ -513,10 +542,12 @@ def preserved_state(
                         param.grad,
                     )
     guard = _ParameterWriteGuard(by_storage)
+    _GUARDS.append(guard)
     try:
         with guard:
             yield
     finally:
+        _GUARDS.remove(guard)
         errors: list[Exception] = []
         for snapshot in snapshots:
             try:

@@ -27,7 +27,13 @@ import torchscope._nested as _nested
 from torchscope._inputs import call_arguments, model_devices, resolve_device, unwrap
 from torchscope.errors import TorchscopeError
 from torchscope.graph import capture, run_forward
-from torchscope.hooks import HookSet, initialised, instrumented, iter_modules
+from torchscope.hooks import (
+    HookSet,
+    initialised,
+    instrumented,
+    iter_modules,
+    parameter_writes_unwatched,
+)
 from torchscope.records import LayerTiming, Measurement, TimingReport
 
 __all__ = ["benchmark", "time_layers"]
@@ -339,35 +345,37 @@ def time_layers(
             raise TorchscopeError(f"the backward pass failed: {type(e).__name__}: {e}") from e
         del outputs
         # bare and instrumented steps alternate, so that drift (clocks, other processes,
-        # thermal limits) hits both alike; each is settled once, after its last mark
-        for k in range(warmup + repeat):
-            start = clock.mark()
-            step()
-            end = clock.mark()
-            clock.settle()
-            if k >= warmup:
-                bare_times.append(clock.seconds(start, end))
-            handles = HookSet()
-            timer.attach(model, handles)
-            timer.current = _Repetition()
-            try:
-                # the step's backward creates no nodes: the hook only sees the forward's
-                creation = (
-                    node_hook(timer.on_node)
-                    if backward and node_hook is not None
-                    else contextlib.nullcontext()
-                )
+        # thermal limits) hits both alike; each is settled once, after its last mark. The
+        # guard that undoes parameter writes stays off the clock unless the model wrote one
+        with parameter_writes_unwatched():
+            for k in range(warmup + repeat):
                 start = clock.mark()
-                with creation:
-                    step()
+                step()
                 end = clock.mark()
                 clock.settle()
-            finally:
-                handles.remove_all()
-            if k >= warmup:
-                repetitions.append(timer.current)
-                hooked_times.append(clock.seconds(start, end))
-            timer.current = _Repetition()  # drop the step's nodes (and their hooks)
+                if k >= warmup:
+                    bare_times.append(clock.seconds(start, end))
+                handles = HookSet()
+                timer.attach(model, handles)
+                timer.current = _Repetition()
+                try:
+                    # the step's backward creates no nodes: the hook only sees the forward's
+                    creation = (
+                        node_hook(timer.on_node)
+                        if backward and node_hook is not None
+                        else contextlib.nullcontext()
+                    )
+                    start = clock.mark()
+                    with creation:
+                        step()
+                    end = clock.mark()
+                    clock.settle()
+                finally:
+                    handles.remove_all()
+                if k >= warmup:
+                    repetitions.append(timer.current)
+                    hooked_times.append(clock.seconds(start, end))
+                timer.current = _Repetition()  # drop the step's nodes (and their hooks)
     calls_per_step = timer.calls / (warmup + repeat)
     bare = _measurement(bare_times, clock.device, "step without hooks", False)
     instrumented_step = _measurement(hooked_times, clock.device, "step with timing hooks", False)
