@@ -22,7 +22,7 @@ from torchscope.freezing import freeze as freeze_targets
 from torchscope.gradients import GradientMonitor
 from torchscope.hooks import preserved_rng
 from torchscope.records import GradientReport, ModelSummary
-from torchscope.render.text import render_gradient_report
+from torchscope._records_text import render_gradient_report
 from torchscope.summarize import summary as summarize
 
 try:

@@ -6,26 +6,5 @@ Kept so that old imports keep working; records show themselves without importing
 
 from __future__ import annotations
 
-from torchscope._records_html import (
-    render_gradient_report,
-    render_graph_diff,
-    render_history,
-    render_measurement,
-    render_memory,
-    render_summary,
-    render_timing,
-    render_trainable_report,
-    table,
-)
-
-__all__ = [
-    "render_gradient_report",
-    "render_graph_diff",
-    "render_history",
-    "render_measurement",
-    "render_memory",
-    "render_summary",
-    "render_timing",
-    "render_trainable_report",
-    "table",
-]
+from torchscope._records_html import *  # noqa: F403  (the same names, from where they live now)
+from torchscope._records_html import __all__ as __all__

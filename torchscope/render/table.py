@@ -6,20 +6,5 @@ Kept so that old imports keep working; records show themselves without importing
 
 from __future__ import annotations
 
-from torchscope._records_table import (
-    HEADERS,
-    NUMERIC_COLUMNS,
-    Row,
-    footer_lines,
-    rows,
-    title,
-)
-
-__all__ = [
-    "HEADERS",
-    "NUMERIC_COLUMNS",
-    "Row",
-    "footer_lines",
-    "rows",
-    "title",
-]
+from torchscope._records_table import *  # noqa: F403  (the same names, from where they live now)
+from torchscope._records_table import __all__ as __all__
