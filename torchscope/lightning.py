@@ -16,13 +16,13 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
 import torchscope._nested as _nested
+from torchscope._records_text import render_gradient_report
 from torchscope.errors import GradientHealthError, SummaryError
 from torchscope.freezing import Target
 from torchscope.freezing import freeze as freeze_targets
 from torchscope.gradients import GradientMonitor
 from torchscope.hooks import preserved_rng
 from torchscope.records import GradientReport, ModelSummary
-from torchscope._records_text import render_gradient_report
 from torchscope.summarize import summary as summarize
 
 try:
