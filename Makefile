@@ -24,6 +24,7 @@ demo: $(STAMP) dot
 test: $(STAMP) dot chromium
 	$(VENV)/bin/ruff check torchscope tests benchmarks
 	$(VENV)/bin/mypy torchscope
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
 
 # float32 results differ in the last bits between CPUs: the suite must pass whatever kernels run
@@ -34,6 +35,7 @@ test-cpus: $(STAMP) dot chromium
 lint: $(STAMP)
 	$(VENV)/bin/ruff check torchscope tests benchmarks
 	$(VENV)/bin/mypy torchscope
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/ruff format --check torchscope tests benchmarks
 
 bench: $(STAMP)

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torchscope
 from benchmarks._common import ms, quietly, table
-from torchscope.memory import measure_step_peak
+from torchscope.collect.memory import measure_step_peak
 
 VISION = {
     "resnet18": torchvision.models.ResNet18_Weights.IMAGENET1K_V1,
@@ -294,7 +294,7 @@ def memory_table(quick: bool) -> list[list[str]]:
 
 
 BIG_MODEL_SCRIPT = """
-import time, torch, torchscope, torchscope.summarize, torchscope.memory
+import time, torch, torchscope, torchscope.collect.summary, torchscope.collect.memory
 from torchscope.models import DecoderOnly
 
 def status(key):  # kB, from the kernel's view of this process

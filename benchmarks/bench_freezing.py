@@ -58,7 +58,7 @@ def _timm(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
 
 def methods() -> dict[str, Freeze | None]:
     """The contenders; peers are imported here, so that import time is not timed as freezing."""
-    importlib.import_module("torchscope.freezing")
+    importlib.import_module("torchscope.collect.freezing")
     for peer in ("lightning.pytorch.callbacks", "timm.utils.model"):
         if importlib.util.find_spec(peer.split(".")[0]):
             with warnings.catch_warnings():

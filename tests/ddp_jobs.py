@@ -21,8 +21,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, TensorDataset
 
 from torchscope import distributed
+from torchscope.collect.gradients import GradientMonitor
 from torchscope.errors import TorchscopeError
-from torchscope.gradients import GradientMonitor
 from torchscope.training import CHECKPOINT_NAME, fit, load_checkpoint
 
 

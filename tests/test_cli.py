@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from torchscope.cli import main
+from torchscope.cli.main import main
 
 MODELS = Path(__file__).parent / "cli_models"
 TORCHSCOPE = Path(sys.executable).parent / "torchscope"  # the console script
@@ -224,7 +224,7 @@ def test_several_inputs_in_one_option_or_repeated(capsys):
 def test_legacy_load_model_still_answers():
     from torch import nn
 
-    from torchscope.loading import load_model
+    from torchscope.cli.loading import load_model
 
     found, module = load_model(model("factory.py"))
     assert isinstance(found, nn.Module) and type(found).__name__ == "Net"
@@ -491,7 +491,7 @@ def test_console_script_reports_a_mistake_without_traceback(tmp_path):
 @pytest.mark.parametrize("argv", [["--help"], ["graph", "--help"], ["diff", "--help"]])
 def test_console_script_help_does_not_import_torch(argv):
     code = (
-        "import sys; from torchscope.cli import main\n"
+        "import sys; from torchscope.cli.main import main\n"
         f"try: main({argv!r})\n"
         "except SystemExit: pass\n"
         "print('torch' in sys.modules)"

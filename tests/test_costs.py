@@ -8,7 +8,7 @@ import torchvision
 from torch import nn
 
 import torchscope
-from torchscope.costs import op_cost
+from torchscope.collect.costs import op_cost
 from torchscope.render.table import rows
 
 from .zoo import BY_NAME

@@ -9,8 +9,8 @@ import xml.etree.ElementTree as ET
 import pytest
 import torch
 
-from torchscope.cli import main
-from torchscope.demo import BUGS, run_demo
+from torchscope.cli.demo import BUGS, run_demo
+from torchscope.cli.main import main
 from torchscope.training import load_checkpoint
 
 

@@ -27,9 +27,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import torchscope
 from torchscope import distributed
+from torchscope.collect.freezing import freeze
+from torchscope.collect.gradients import GradientMonitor, _merge_ranks, _RankView
 from torchscope.errors import TorchscopeError
-from torchscope.freezing import freeze
-from torchscope.gradients import GradientMonitor, _merge_ranks, _RankView
 from torchscope.models import LeNet
 from torchscope.records import Finding, GradientReport
 from torchscope.training import CHECKPOINT_NAME, fit

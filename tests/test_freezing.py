@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import torchscope
-from torchscope.freezing import is_frozen
+from torchscope.collect.freezing import is_frozen
 
 
 def resnet() -> nn.Module:
@@ -429,7 +429,7 @@ def test_unfreeze_with_lr_but_no_optimizer_changes_nothing():
 
 
 def test_frozen_parameters_survive_copies(tmp_path):
-    from torchscope.freezing import frozen_parameters
+    from torchscope.collect.freezing import frozen_parameters
 
     model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
     torchscope.freeze(model, "0")

@@ -22,7 +22,7 @@ from torch import nn
 
 import torchscope
 from torchscope import GraphError, TorchscopeWarning
-from torchscope._graphs import find_repeats, view
+from torchscope.records.graph_views import find_repeats, view
 from torchscope.render import dot as render_dot
 
 from .state import assert_unchanged, snapshot
@@ -100,7 +100,7 @@ def test_parameters_are_those_backward_reaches(entry):
     shown = {n.label for n in graph.nodes_of("parameter")}
     model.eval()
     outputs = call(model, inputs)
-    loss = sum(t.float().sum() for t in torchscope._nested.tensors(outputs) if t.requires_grad)
+    loss = sum(t.float().sum() for t in torchscope._util.nested.tensors(outputs) if t.requires_grad)
     loss.backward()
     reached = {name for name, p in model.named_parameters() if p.grad is not None}
     assert shown == reached

@@ -21,8 +21,8 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 import torchscope
-from torchscope._graphs import view
 from torchscope.records import Graph
+from torchscope.records.graph_views import view
 from torchscope.render.dot import graph_to_dot
 from torchscope.render.graph_html import graph_to_html
 from torchscope.render.svg import graph_to_svg

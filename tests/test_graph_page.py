@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 import torchscope
-from torchscope._graphs import view
 from torchscope.records import Graph
+from torchscope.records.graph_views import view
 from torchscope.render.graph_html import graph_to_html
 
 from .test_render_layout import encoder, hostile, random_dag

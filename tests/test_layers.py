@@ -1,14 +1,13 @@
 """Records import no exporter: the record layer loads without torchscope.render, at any level.
 
 Records show themselves as text, Markdown and HTML tables through the record layer's own
-modules; their drawing methods find an exporter by name in ``torchscope._exporters`` at call
+modules; their drawing methods find an exporter by name in ``torchscope.records._exporters`` at call
 time. These tests hold that line, and check that the old import paths and the drawing
 methods still work through it.
 """
 
 from __future__ import annotations
 
-import ast
 import inspect
 import json
 import subprocess
@@ -18,84 +17,41 @@ from pathlib import Path
 import pytest
 
 import torchscope
-import torchscope._exporters as _exporters
-import torchscope._records_html as _records_html
-import torchscope._records_table as _records_table
-import torchscope._records_text as _records_text
+import torchscope.records._exporters as _exporters
+import torchscope.records._html as _records_html
+import torchscope.records._table as _records_table
+import torchscope.records._text as _records_text
 from torchscope.records import Graph, GraphCluster, GraphEdge, GraphNode, ModuleGraph, graph_json
 
 PACKAGE = Path(torchscope.__file__).parent
-
-#: The record layer: plain data and its text faces. None of these may import torchscope.render.
-RECORD_LAYER = (
-    "torchscope/records.py",
-    "torchscope/_graphs.py",
-    "torchscope/_records_table.py",
-    "torchscope/_records_text.py",
-    "torchscope/_records_html.py",
-    "torchscope/_exporters.py",
-)
+ROOT = PACKAGE.parent
 
 
-def _module_name(path: Path) -> str:
-    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+def _known_modules() -> list[str]:
+    return sorted(
+        ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        for path in PACKAGE.rglob("*.py")
+    )
 
 
-def _imports(path: Path) -> set[str]:
-    """Every torchscope module ``path`` imports, at any level (functions included), except
-    under ``if TYPE_CHECKING:`` (never run)."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    package = _module_name(path).rsplit(".", 1)[0] if path.name != "__init__.py" else None
-    checking_only: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and ast.unparse(node.test).endswith("TYPE_CHECKING"):
-            checking_only.update(id(child) for stmt in node.body for child in ast.walk(stmt))
-    found: set[str] = set()
-    for node in ast.walk(tree):
-        if id(node) in checking_only:
-            continue
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:  # relative: resolve against this module's package
-                anchor = (package or _module_name(path)).split(".")
-                anchor = anchor[: len(anchor) - (node.level - 1)]
-                base = ".".join([*anchor, base] if base else anchor)
-            found.add(base)
-            # ``from torchscope import render`` imports torchscope.render
-            found.update(f"{base}.{alias.name}" for alias in node.names)
-    return {name for name in found if name == "torchscope" or name.startswith("torchscope.")}
+def test_import_linter_keeps_the_layer_contracts() -> None:
+    # the same check as `make test`'s `lint-imports`, so that a plain pytest run holds it too:
+    # imports only go down the layers of pyproject.toml, and no package has an import circle
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from importlinter.cli import lint_imports_command; lint_imports_command()",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 kept, 0 broken" in result.stdout
 
 
-def _known_modules() -> dict[str, Path]:
-    return {_module_name(path): path for path in PACKAGE.rglob("*.py")}
-
-
-@pytest.mark.parametrize("relative", RECORD_LAYER)
-def test_record_layer_never_imports_the_render_layer(relative: str) -> None:
-    imported = _imports(PACKAGE.parent / relative)
-    upward = sorted(name for name in imported if name.startswith("torchscope.render"))
-    assert not upward, f"{relative} imports {upward}: records must not import exporters"
-
-
-def test_nothing_the_records_import_leads_back_to_them_or_up_to_the_renderers() -> None:
-    # follow imports at every level (deferred ones too) from records.py: no circle, no renderer
-    known = _known_modules()
-    seen: set[str] = set()
-    todo = ["torchscope.records"]
-    while todo:
-        name = todo.pop()
-        if name in seen or name not in known:
-            continue
-        seen.add(name)
-        todo.extend(_imports(known[name]))
-    assert not sorted(m for m in seen if m.startswith("torchscope.render"))
-    assert not {"torchscope.graph", "torchscope.gradients", "torchscope.summarize"} & seen
-
-
-@pytest.mark.parametrize("module", ["torchscope.records", "torchscope._graphs"])
+@pytest.mark.parametrize("module", ["torchscope.records", "torchscope.records.graph_views"])
 def test_importing_the_record_layer_loads_no_renderer(module: str) -> None:
     code = (
         f"import sys, {module}; "
@@ -110,8 +66,12 @@ def test_importing_the_record_layer_loads_no_renderer(module: str) -> None:
 def test_every_render_module_imports_first_in_a_fresh_interpreter() -> None:
     # an import circle shows as a failure that depends on which module comes first: import
     # each one first, with every torchscope module forgotten in between
-    modules = sorted(m for m in _known_modules() if m.startswith("torchscope.render"))
-    modules += ["torchscope.records", "torchscope._graphs", "torchscope._pytest_report"]
+    modules = [m for m in _known_modules() if m.startswith("torchscope.render")]
+    modules += [
+        "torchscope.records",
+        "torchscope.records.graph_views",
+        "torchscope.integrations._pytest_report",
+    ]
     code = (
         "import importlib, sys\n"
         f"for name in {modules!r}:\n"

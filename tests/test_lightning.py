@@ -20,7 +20,7 @@ pl = pytest.importorskip("lightning.pytorch")
 from lightning.pytorch.plugins.precision import MixedPrecision  # noqa: E402
 
 from torchscope import GradientHealthError  # noqa: E402
-from torchscope.lightning import TorchscopeCallback  # noqa: E402
+from torchscope.integrations.lightning import TorchscopeCallback  # noqa: E402
 
 # Lightning's own notices, not ours: few dataloader workers on a tiny CPU run, and its use of
 # a torch pytree API that torch deprecates
@@ -443,19 +443,19 @@ def test_lightning_is_optional_and_pytorch_lightning_is_a_fallback():
     script = textwrap.dedent(
         """
         import sys
-        import torchscope, torchscope.gradients
+        import torchscope, torchscope.collect.gradients
         assert not {"lightning", "pytorch_lightning"} & set(sys.modules), "imported lightning"
 
         sys.modules.update({"lightning": None, "lightning.pytorch": None, "pytorch_lightning": None})
         try:
-            import torchscope.lightning
+            import torchscope.integrations.lightning
         except ImportError as e:
             assert "pip install lightning" in str(e), e
         else:
             raise AssertionError("no ImportError without lightning")
 
         del sys.modules["pytorch_lightning"]
-        from torchscope.lightning import TorchscopeCallback
+        from torchscope.integrations.lightning import TorchscopeCallback
         import pytorch_lightning
         assert issubclass(TorchscopeCallback, pytorch_lightning.Callback)
         print("ok")

@@ -13,7 +13,7 @@ from torch import nn
 
 import torchscope
 from torchscope import MemoryEstimate
-from torchscope.memory import measure_step_peak
+from torchscope.collect.memory import measure_step_peak
 
 from .state import assert_unchanged, snapshot
 from .zoo import small_vit
@@ -188,7 +188,7 @@ def test_the_model_is_made_fake_once_for_both_passes(monkeypatch):
     fake forward (resnet50): the inference and training passes share one set of fake twins."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    import torchscope.memory
+    import torchscope.collect.memory
 
     converted: list[int] = []
 
@@ -197,7 +197,7 @@ def test_the_model_is_made_fake_once_for_both_passes(monkeypatch):
             converted.append(id(tensor))
             return super().from_tensor(tensor, **kwargs)
 
-    monkeypatch.setattr(torchscope.memory, "FakeTensorMode", CountingMode)
+    monkeypatch.setattr(torchscope.collect.memory, "FakeTensorMode", CountingMode)
     model = nn.Sequential(nn.Linear(16, 32), nn.BatchNorm1d(32), nn.Linear(32, 4))
     x = torch.randn(8, 16)
     estimate = torchscope.estimate_memory(model, x)

@@ -17,7 +17,7 @@ from torch.distributions import (
 )
 from torch.utils import _pytree
 
-from torchscope import _nested
+from torchscope._util import nested as _nested
 
 
 class Point(NamedTuple):

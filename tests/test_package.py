@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import importlib
 import json
 import re
 import subprocess
@@ -10,7 +11,10 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+import pytest
+
 import torchscope
+from torchscope import _moved
 
 PACKAGE = Path(torchscope.__file__).parent
 ROOT = PACKAGE.parent
@@ -24,7 +28,9 @@ def _run(code: str) -> str:
 
 def test_import_and_pytest_plugin_do_not_import_torch():
     assert (
-        _run("import sys, torchscope, torchscope.pytest_plugin; print('torch' in sys.modules)")
+        _run(
+            "import sys, torchscope, torchscope.integrations.pytest_plugin; print('torch' in sys.modules)"
+        )
         == "False"
     )
 
@@ -38,15 +44,15 @@ def test_public_names_resolve():
 
 
 def test_summary_function_is_not_shadowed_by_a_submodule():
-    code = "import torchscope.summarize, torchscope; print(callable(torchscope.summary))"
+    code = "import torchscope.collect.summary, torchscope; print(callable(torchscope.summary))"
     assert _run(code) == "True"
 
 
 def test_entry_points_and_typing_marker():
     dist = metadata.distribution("torchscope")
     entry_points = {(ep.group, ep.name): ep.value for ep in dist.entry_points}
-    assert entry_points[("console_scripts", "torchscope")] == "torchscope.cli:main"
-    assert entry_points[("pytest11", "torchscope")] == "torchscope.pytest_plugin"
+    assert entry_points[("console_scripts", "torchscope")] == "torchscope.cli.main:main"
+    assert entry_points[("pytest11", "torchscope")] == "torchscope.integrations.pytest_plugin"
     assert (Path(torchscope.__file__).parent / "py.typed").exists()
     assert dist.version == torchscope.__version__
 
@@ -173,6 +179,41 @@ def test_no_module_imports_a_sibling_through_the_package():
                 where = f"{path.relative_to(ROOT)}:{node.lineno}"
                 offending.append(f"{where} imports {', '.join(names)} from torchscope")
     assert not offending, (
-        "import the defining module directly (`import torchscope._nested as _nested`, "
-        "`from torchscope.graph import capture`):\n" + "\n".join(offending)
+        "import the defining module directly (`import torchscope._util.nested as _nested`, "
+        "`from torchscope.collect.graph import capture`):\n" + "\n".join(offending)
     )
+
+
+@pytest.mark.parametrize("old", sorted(_moved.MOVED))
+def test_a_moved_module_still_imports_by_its_old_name_with_a_deprecation(old: str) -> None:
+    new = importlib.import_module(_moved.MOVED[old])
+    code = (
+        "import importlib, warnings\n"
+        "warnings.simplefilter('always')\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        f"    module = importlib.import_module({old!r})\n"
+        "print([str(w.message) for w in caught if w.category is DeprecationWarning])\n"
+        f"new = importlib.import_module({_moved.MOVED[old]!r})\n"
+        "public = [n for n in dir(new) if not n.startswith('__')]\n"
+        "print(all(getattr(module, n) is getattr(new, n) for n in public), len(public))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True
+    ).stdout.splitlines()
+    assert f"{old} moved to {new.__name__}" in out[0]
+    same, count = out[1].split()
+    assert same == "True" and int(count) > 3  # every attribute, and the module is not empty
+
+
+def test_from_an_old_name_import_works_and_gives_the_same_object(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delitem(sys.modules, "torchscope.gradients", raising=False)
+    with pytest.warns(DeprecationWarning, match=r"torchscope\.gradients moved to"):
+        from torchscope.gradients import GradientMonitor  # type: ignore[import-not-found]
+    assert GradientMonitor is torchscope.GradientMonitor
+
+
+def test_an_unknown_submodule_is_still_an_import_error() -> None:
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("torchscope.no_such_module")

@@ -78,7 +78,7 @@ def make_tests(pytester: pytest.Pytester, body: str) -> None:
 
 def test_importing_the_plugin_does_not_import_torch() -> None:
     code = (
-        "import sys, torchscope.pytest_plugin; "
+        "import sys, torchscope.integrations.pytest_plugin; "
         "loaded = [m for m in ('torch', 'torchscope.records') if m in sys.modules]; "
         "assert not loaded, loaded"
     )

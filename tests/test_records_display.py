@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from traitlets.config import Config
 
 import torchscope
-from torchscope._format import format_bytes
+from torchscope._util.format import format_bytes
 from torchscope.models import LeNet
 from torchscope.records import Finding, GradientReport, GraphFold
 from torchscope.training import fit

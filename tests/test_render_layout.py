@@ -23,7 +23,6 @@ from pathlib import Path
 
 import pytest
 
-from torchscope._graphs import view
 from torchscope.records import (
     AutogradGraph,
     GradInfo,
@@ -33,6 +32,7 @@ from torchscope.records import (
     GraphFold,
     GraphNode,
 )
+from torchscope.records.graph_views import view
 from torchscope.render import layout as layout_module
 from torchscope.render.graph_html import graph_to_html, script_json
 from torchscope.render.layout import Box, Layout, layered_layout, node_lines

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 import torchscope
-from torchscope.cli import main
+from torchscope.cli.main import main
 from torchscope.render import dot as render_dot
 
 CLI_MODELS = Path(__file__).parent / "cli_models"

@@ -15,7 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import torchscope
 from torchscope import SummaryError, TorchscopeWarning
-from torchscope.hooks import instrumented
+from torchscope.collect.hooks import instrumented
 
 from .state import assert_identical, assert_unchanged, exact_snapshot, snapshot
 from .zoo import ZOO

@@ -410,12 +410,12 @@ def test_memory_option_runs_one_real_pass_and_two_fake_ones(monkeypatch):
 
     from torch._subclasses.fake_tensor import FakeTensor
 
-    import torchscope.hooks
-    import torchscope.memory
-    import torchscope.summarize
+    import torchscope.collect.hooks
+    import torchscope.collect.memory
+    import torchscope.collect.summary
 
     entries: list[bool] = []
-    real_instrumented = torchscope.hooks.instrumented
+    real_instrumented = torchscope.collect.hooks.instrumented
 
     @contextlib.contextmanager
     def counted(model: nn.Module, *, grad: bool) -> Any:
@@ -423,7 +423,7 @@ def test_memory_option_runs_one_real_pass_and_two_fake_ones(monkeypatch):
         with real_instrumented(model, grad=grad) as hooks:
             yield hooks
 
-    for module in (torchscope.summarize, torchscope.memory):
+    for module in (torchscope.collect.summary, torchscope.collect.memory):
         monkeypatch.setattr(module, "instrumented", counted)
     model = LeNet()
     passes: list[tuple[str, bool]] = []

@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.parameter import is_lazy
 
 import torchscope
-from torchscope.cli import main
+from torchscope.cli.main import main
 from torchscope.models import LeNet
 from torchscope.records import ModelSummary
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 import torchscope
-from torchscope import timing
+from torchscope.collect import timing
 from torchscope.records import Measurement, TimingReport
 
 from .state import assert_unchanged, snapshot

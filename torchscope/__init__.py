@@ -9,7 +9,11 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from torchscope import _moved
+
 __version__ = "0.1.0"
+
+_moved.install()  # modules that moved into the layered tree keep their old names for a release
 
 # The export table: module -> the public names it defines. ``__all__``, the lazy
 # ``__getattr__`` and ``dir()`` are derived from it; a new public name is one entry here,
@@ -22,11 +26,17 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "TorchscopeError",
         "TorchscopeWarning",
     ),
-    "torchscope.summarize": ("summary",),
-    "torchscope.memory": ("estimate_memory",),
-    "torchscope.freezing": ("freeze", "freeze_until", "frozen", "trainable_report", "unfreeze"),
-    "torchscope.gradients": ("GradientMonitor", "GradientThresholds", "check_gradients"),
-    "torchscope.graph": (
+    "torchscope.collect.summary": ("summary",),
+    "torchscope.collect.memory": ("estimate_memory",),
+    "torchscope.collect.freezing": (
+        "freeze",
+        "freeze_until",
+        "frozen",
+        "trainable_report",
+        "unfreeze",
+    ),
+    "torchscope.collect.gradients": ("GradientMonitor", "GradientThresholds", "check_gradients"),
+    "torchscope.collect.graph": (
         "ModuleCapture",
         "autograd_graph",
         "autograd_graph_of",
@@ -34,7 +44,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "graph_diff",
         "module_graph",
     ),
-    "torchscope.timing": ("benchmark", "time_layers"),
+    "torchscope.collect.timing": ("benchmark", "time_layers"),
     "torchscope.records": (
         "AutogradGraph",
         "Finding",
@@ -68,26 +78,29 @@ if TYPE_CHECKING:
     # the explicit re-export form (``X as X``) that mypy --strict and pyright accept without
     # a literal ``__all__``. tests/test_package.py checks that this block, the table and
     # ``__all__`` name exactly the same things, and prints the block to paste when not.
+    from torchscope.collect.freezing import freeze as freeze
+    from torchscope.collect.freezing import freeze_until as freeze_until
+    from torchscope.collect.freezing import frozen as frozen
+    from torchscope.collect.freezing import trainable_report as trainable_report
+    from torchscope.collect.freezing import unfreeze as unfreeze
+    from torchscope.collect.gradients import GradientMonitor as GradientMonitor
+    from torchscope.collect.gradients import GradientThresholds as GradientThresholds
+    from torchscope.collect.gradients import check_gradients as check_gradients
+    from torchscope.collect.graph import ModuleCapture as ModuleCapture
+    from torchscope.collect.graph import autograd_graph as autograd_graph
+    from torchscope.collect.graph import autograd_graph_of as autograd_graph_of
+    from torchscope.collect.graph import capture as capture
+    from torchscope.collect.graph import graph_diff as graph_diff
+    from torchscope.collect.graph import module_graph as module_graph
+    from torchscope.collect.memory import estimate_memory as estimate_memory
+    from torchscope.collect.summary import summary as summary
+    from torchscope.collect.timing import benchmark as benchmark
+    from torchscope.collect.timing import time_layers as time_layers
     from torchscope.errors import GradientHealthError as GradientHealthError
     from torchscope.errors import GraphError as GraphError
     from torchscope.errors import SummaryError as SummaryError
     from torchscope.errors import TorchscopeError as TorchscopeError
     from torchscope.errors import TorchscopeWarning as TorchscopeWarning
-    from torchscope.freezing import freeze as freeze
-    from torchscope.freezing import freeze_until as freeze_until
-    from torchscope.freezing import frozen as frozen
-    from torchscope.freezing import trainable_report as trainable_report
-    from torchscope.freezing import unfreeze as unfreeze
-    from torchscope.gradients import GradientMonitor as GradientMonitor
-    from torchscope.gradients import GradientThresholds as GradientThresholds
-    from torchscope.gradients import check_gradients as check_gradients
-    from torchscope.graph import ModuleCapture as ModuleCapture
-    from torchscope.graph import autograd_graph as autograd_graph
-    from torchscope.graph import autograd_graph_of as autograd_graph_of
-    from torchscope.graph import capture as capture
-    from torchscope.graph import graph_diff as graph_diff
-    from torchscope.graph import module_graph as module_graph
-    from torchscope.memory import estimate_memory as estimate_memory
     from torchscope.records import AutogradGraph as AutogradGraph
     from torchscope.records import Finding as Finding
     from torchscope.records import GradientReport as GradientReport
@@ -108,9 +121,6 @@ if TYPE_CHECKING:
     from torchscope.records import TensorRecord as TensorRecord
     from torchscope.records import TimingReport as TimingReport
     from torchscope.records import TrainableReport as TrainableReport
-    from torchscope.summarize import summary as summary
-    from torchscope.timing import benchmark as benchmark
-    from torchscope.timing import time_layers as time_layers
 
 
 def __getattr__(name: str) -> Any:

@@ -2,6 +2,6 @@
 
 import sys
 
-from torchscope.cli import main
+from torchscope.cli.main import main
 
 sys.exit(main())

@@ -1,6 +1,6 @@
 """Assertions for test suites, with or without pytest.
 
-Inside pytest, the ``gradient_health`` fixture of :mod:`torchscope.pytest_plugin` does the same
+Inside pytest, the ``gradient_health`` fixture of :mod:`torchscope.integrations.pytest_plugin` does the same
 with per-test settings from the ``gradient_health`` marker; this module serves other runners
 (unittest, a script, a notebook).
 """
@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchscope.gradients import check_gradients
+from torchscope.collect.gradients import check_gradients
 from torchscope.records import GradientReport, finding_kinds
 
 __all__ = ["assert_gradients_healthy"]

@@ -29,10 +29,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-import torchscope._nested as _nested
+import torchscope._util.nested as _nested
+from torchscope.collect.gradients import GradientMonitor
 from torchscope.distributed import is_distributed, is_main_process, released
 from torchscope.errors import TorchscopeError
-from torchscope.gradients import GradientMonitor
 from torchscope.records import EpochRecord, GradientReport, History
 
 __all__ = ["CHECKPOINT_NAME", "fit", "load_checkpoint", "save_checkpoint"]

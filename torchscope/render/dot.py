@@ -24,10 +24,10 @@ import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from torchscope._graphs import view
-from torchscope._records_text import render_graph as render_graph_text
 from torchscope.errors import TorchscopeError
 from torchscope.records import graph_json
+from torchscope.records._text import render_graph as render_graph_text
+from torchscope.records.graph_views import view
 from torchscope.render.svg import node_style
 
 if TYPE_CHECKING:

@@ -1,6 +1,6 @@
 """A self-contained HTML page for graphs too big for a static picture.
 
-The page embeds the graph (folded, as :func:`torchscope._graphs.view` returns it) and the
+The page embeds the graph (folded, as :func:`torchscope.records.graph_views.view` returns it) and the
 positions :func:`torchscope.render.layout.layered_layout` gives it, as JSON: one layout with
 every module expanded, one per collapse depth (``view(graph, depth=d)``) within a size
 budget. Its script (``page/graph.js``, package data) only draws and interacts: click a
@@ -20,7 +20,7 @@ from importlib import resources
 from string import Template
 from typing import TYPE_CHECKING, Any
 
-from torchscope._graphs import check_depth, view
+from torchscope.records.graph_views import check_depth, view
 from torchscope.render.layout import NODE_HEIGHT, Layout, layered_layout, node_lines
 from torchscope.render.svg import GRAD_LOG_RANGE, PALETTE, grad_fill
 

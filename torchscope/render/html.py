@@ -1,4 +1,4 @@
-"""HTML tables for ``_repr_html_``: moved to :mod:`torchscope._records_html` (the record layer).
+"""HTML tables for ``_repr_html_``: moved to :mod:`torchscope.records._html` (the record layer).
 
 Kept so that old imports keep working; records show themselves without importing
 :mod:`torchscope.render`.
@@ -6,5 +6,5 @@ Kept so that old imports keep working; records show themselves without importing
 
 from __future__ import annotations
 
-from torchscope._records_html import *  # noqa: F403  (the same names, from where they live now)
-from torchscope._records_html import __all__ as __all__
+from torchscope.records._html import *  # noqa: F403  (the same names, from where they live now)
+from torchscope.records._html import __all__ as __all__

@@ -153,7 +153,7 @@ def _node_width(node: GraphNode) -> float:
 
 
 def layered_layout(graph: Graph) -> Layout:
-    """The layout of ``graph`` as it is (call :func:`torchscope._graphs.view` first to fold
+    """The layout of ``graph`` as it is (call :func:`torchscope.records.graph_views.view` first to fold
     and collapse): a box per node, a polyline per edge, a box per cluster.
 
     Deterministic: the same graph gives an identical layout. Nodes with the same key after

@@ -24,7 +24,7 @@ import math
 import re
 from typing import TYPE_CHECKING
 
-from torchscope._graphs import view
+from torchscope.records.graph_views import view
 from torchscope.render.layout import NODE_HEIGHT, Layout, layered_layout, node_lines
 
 if TYPE_CHECKING:
@@ -109,7 +109,7 @@ def graph_to_svg(graph: Graph, *, fold: bool = True, depth: int | None = None) -
     """An SVG document of ``graph``, laid out by
     :func:`~torchscope.render.layout.layered_layout`: repeated steps folded (``fold``) and,
     with ``depth``, the modules at that nesting level (1: the model's direct children)
-    collapsed into one node each, as :func:`torchscope._graphs.view` does."""
+    collapsed into one node each, as :func:`torchscope.records.graph_views.view` does."""
     shown = view(graph, fold=fold, depth=depth)
     return layout_to_svg(shown, layered_layout(shown))
 

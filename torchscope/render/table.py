@@ -1,4 +1,4 @@
-"""The rows of a summary table: moved to :mod:`torchscope._records_table` (the record layer).
+"""The rows of a summary table: moved to :mod:`torchscope.records._table` (the record layer).
 
 Kept so that old imports keep working; records show themselves without importing
 :mod:`torchscope.render`.
@@ -6,5 +6,5 @@ Kept so that old imports keep working; records show themselves without importing
 
 from __future__ import annotations
 
-from torchscope._records_table import *  # noqa: F403  (the same names, from where they live now)
-from torchscope._records_table import __all__ as __all__
+from torchscope.records._table import *  # noqa: F403  (the same names, from where they live now)
+from torchscope.records._table import __all__ as __all__

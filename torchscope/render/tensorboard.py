@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from torchscope._graphs import common_module
-from torchscope._records_text import render_gradient_report, render_timing
+from torchscope.records._text import render_gradient_report, render_timing
+from torchscope.records.graph_views import common_module
 
 if TYPE_CHECKING:
     from torchscope.records import GradientReport, Graph, GraphNode, TimingReport

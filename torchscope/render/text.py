@@ -1,4 +1,4 @@
-"""Plain-text and Markdown tables: moved to :mod:`torchscope._records_text` (the record layer).
+"""Plain-text and Markdown tables: moved to :mod:`torchscope.records._text` (the record layer).
 
 Kept so that old imports keep working; records show themselves without importing
 :mod:`torchscope.render`.
@@ -6,5 +6,5 @@ Kept so that old imports keep working; records show themselves without importing
 
 from __future__ import annotations
 
-from torchscope._records_text import *  # noqa: F403  (the same names, from where they live now)
-from torchscope._records_text import __all__ as __all__
+from torchscope.records._text import *  # noqa: F403  (the same names, from where they live now)
+from torchscope.records._text import __all__ as __all__

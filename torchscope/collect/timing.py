@@ -23,17 +23,17 @@ from typing import Any
 import torch
 from torch import nn
 
-import torchscope._nested as _nested
-from torchscope._inputs import call_arguments, model_devices, resolve_device, unwrap
-from torchscope.errors import TorchscopeError
-from torchscope.graph import capture, run_forward
-from torchscope.hooks import (
+import torchscope._util.nested as _nested
+from torchscope._util.inputs import call_arguments, model_devices, resolve_device, unwrap
+from torchscope.collect.graph import capture, run_forward
+from torchscope.collect.hooks import (
     HookSet,
     initialised,
     instrumented,
     iter_modules,
     parameter_writes_unwatched,
 )
+from torchscope.errors import TorchscopeError
 from torchscope.records import LayerTiming, Measurement, TimingReport
 
 __all__ = ["benchmark", "time_layers"]

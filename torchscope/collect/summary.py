@@ -13,9 +13,9 @@ import torch
 from torch import nn
 from torch.nn.parameter import is_lazy
 
-import torchscope._nested as _nested
-from torchscope._format import format_shapes
-from torchscope._inputs import (
+import torchscope._util.nested as _nested
+from torchscope._util.format import format_shapes
+from torchscope._util.inputs import (
     DeviceLike,
     ShapeLike,
     call_arguments,
@@ -23,11 +23,11 @@ from torchscope._inputs import (
     resolve_device,
     unwrap,
 )
-from torchscope._torchscript import is_script, plain_execution, type_name
-from torchscope.costs import CostCounter
+from torchscope.collect._torchscript import is_script, plain_execution, type_name
+from torchscope.collect.costs import CostCounter
+from torchscope.collect.hooks import initialised, instrumented
+from torchscope.collect.memory import estimate_from_arguments, optimizer_state_bytes
 from torchscope.errors import SummaryError, TorchscopeWarning
-from torchscope.hooks import initialised, instrumented
-from torchscope.memory import estimate_from_arguments, optimizer_state_bytes
 from torchscope.records import SUMMARY_COLUMNS, LayerRecord, ModelSummary, TensorRecord
 
 __all__ = ["DEFAULT_COLUMNS", "summary"]

@@ -27,14 +27,14 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from torchscope.collect.freezing import freeze
+from torchscope.collect.graph import module_graph
+from torchscope.collect.summary import summary
+from torchscope.collect.timing import time_layers
 from torchscope.distributed import is_distributed, is_main_process
 from torchscope.errors import TorchscopeError
-from torchscope.freezing import freeze
-from torchscope.graph import module_graph
 from torchscope.models import LeNet
 from torchscope.records import History
-from torchscope.summarize import summary
-from torchscope.timing import time_layers
 from torchscope.training import fit
 
 __all__ = ["BUGS", "DemoResult", "digits_loaders", "run_demo"]

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchscope.hooks import HookSet
+from torchscope.collect.hooks import HookSet
 
 __all__ = [
     "OPTIMIZED_NOTE",
@@ -54,7 +54,7 @@ def split_modules(
 ) -> tuple[list[tuple[str, nn.Module]], dict[int, tuple[str, nn.Module]]]:
     """The modules that can be hooked, and the outermost TorchScript modules (by ``id``).
 
-    The first list has the names and order of :func:`torchscope.hooks.iter_modules` without
+    The first list has the names and order of :func:`torchscope.collect.hooks.iter_modules` without
     the TorchScript modules and everything inside them; the second maps each outermost
     TorchScript module to its (first) qualified name and itself. A scripted or traced
     ``model`` gives ``([], {id(model): ("", model)})``.

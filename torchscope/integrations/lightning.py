@@ -15,15 +15,15 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
-import torchscope._nested as _nested
-from torchscope._records_text import render_gradient_report
+import torchscope._util.nested as _nested
+from torchscope.collect.freezing import Target
+from torchscope.collect.freezing import freeze as freeze_targets
+from torchscope.collect.gradients import GradientMonitor
+from torchscope.collect.hooks import preserved_rng
+from torchscope.collect.summary import summary as summarize
 from torchscope.errors import GradientHealthError, SummaryError
-from torchscope.freezing import Target
-from torchscope.freezing import freeze as freeze_targets
-from torchscope.gradients import GradientMonitor
-from torchscope.hooks import preserved_rng
 from torchscope.records import GradientReport, ModelSummary
-from torchscope.summarize import summary as summarize
+from torchscope.records._text import render_gradient_report
 
 try:
     from lightning.pytorch import Callback, LightningModule, Trainer
@@ -40,7 +40,7 @@ except ImportError:
         )
     except ImportError as e:
         raise ImportError(
-            "torchscope.lightning needs Lightning (lightning.pytorch or pytorch_lightning "
+            "torchscope.integrations.lightning needs Lightning (lightning.pytorch or pytorch_lightning "
             ">= 2.0): pip install lightning"
         ) from e
 

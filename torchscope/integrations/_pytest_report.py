@@ -1,6 +1,6 @@
 """The gradient report that the pytest plugin's fixture returns: it honours the test's marker.
 
-A module of its own so that pytest start-up (which loads :mod:`torchscope.pytest_plugin`)
+A module of its own so that pytest start-up (which loads :mod:`torchscope.integrations.pytest_plugin`)
 imports no record, and so that pickle finds the class by its plain module path.
 """
 

@@ -2,7 +2,7 @@
 
 Part of the record layer; it imports no exporter. Each is a self-contained ``<div>`` (no
 script, no external style sheet) that shows the same cells as the text table of
-:mod:`torchscope._records_text`.
+:mod:`torchscope.records._text`.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from collections.abc import Sequence
 from html import escape
 from typing import TYPE_CHECKING
 
-import torchscope._records_text as text
-from torchscope._format import format_duration
-from torchscope._records_table import HEADERS, NUMERIC_COLUMNS, footer_lines, rows
-from torchscope._records_table import title as summary_title
+import torchscope.records._text as text
+from torchscope._util.format import format_duration
+from torchscope.records._table import HEADERS, NUMERIC_COLUMNS, footer_lines, rows
+from torchscope.records._table import title as summary_title
 
 if TYPE_CHECKING:
     from torchscope.records import (

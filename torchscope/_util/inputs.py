@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-import torchscope._nested as _nested
+import torchscope._util.nested as _nested
 
 __all__ = ["DeviceLike", "ShapeLike", "call_arguments", "model_devices", "resolve_device", "unwrap"]
 

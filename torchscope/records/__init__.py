@@ -2,9 +2,9 @@
 
 Frozen dataclasses that know nothing about terminals or Jupyter: they compare in tests,
 round-trip through JSON, and show themselves as text, Markdown and HTML tables through the
-record layer's own :mod:`torchscope._records_text` and :mod:`torchscope._records_html`. They
+record layer's own :mod:`torchscope.records._text` and :mod:`torchscope.records._html`. They
 import no exporter: the drawing methods (``Graph.render``, ``GradientReport.plot``, ...) find
-theirs by name at call time in :mod:`torchscope._exporters`.
+theirs by name at call time in :mod:`torchscope.records._exporters`.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torchscope._records_html as records_html
-import torchscope._records_text as records_text
-from torchscope._exporters import exporter
-from torchscope._format import format_bytes, format_count, format_duration, format_shapes
+import torchscope.records._html as records_html
+import torchscope.records._text as records_text
+from torchscope._util.format import format_bytes, format_count, format_duration, format_shapes
 from torchscope.errors import GradientHealthError
+from torchscope.records._exporters import exporter
 
 __all__ = [
     "FINDING_KINDS",
@@ -350,7 +350,7 @@ class ModelSummary:
             parameters_only=data.get("parameters_only", False),
         )
 
-    # -- text faces (torchscope._records_text and _records_html) ------------------------------
+    # -- text faces (torchscope.records._text and _records_html) ------------------------------
     def __str__(self) -> str:
         return records_text.render_summary(self)
 
@@ -605,7 +605,7 @@ class ParameterHistory:
 
 @dataclass(frozen=True)
 class GradientReport:
-    """What a :class:`~torchscope.gradients.GradientMonitor` saw; ``str()`` gives a table.
+    """What a :class:`~torchscope.collect.gradients.GradientMonitor` saw; ``str()`` gives a table.
 
     Attributes:
         findings: most severe first, then by step.

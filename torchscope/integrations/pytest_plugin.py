@@ -173,7 +173,7 @@ class GradientHealthCheck:
         ignores the kinds the marker allows."""
         __tracebackhide__ = True
         # imported on use, not at module level: pytest loads this plugin at start-up
-        from torchscope.gradients import check_gradients
+        from torchscope.collect.gradients import check_gradients
 
         report = check_gradients(
             model,
@@ -267,7 +267,7 @@ def _marker_settings(node: pytest.Item) -> tuple[int | None, tuple[str, ...]]:
 
 def _with_marker_allow(report: GradientReport, allow: tuple[str, ...]) -> GradientReport:
     # imported here: pytest start-up loads no record (see the module docstring)
-    from torchscope._pytest_report import MarkedGradientReport
+    from torchscope.integrations._pytest_report import MarkedGradientReport
 
     fields = {field.name: getattr(report, field.name) for field in dataclasses.fields(report)}
     return MarkedGradientReport(**fields, allowed_by_marker=allow)

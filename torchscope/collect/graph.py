@@ -12,7 +12,7 @@
 
 Node keys are stable: the same model and input give the same keys, DOT and JSON in every run
 and process (they come from module names, op names and execution order, never from ``id()``).
-Repeated computation is found with :func:`torchscope._graphs.find_repeats` and recorded as
+Repeated computation is found with :func:`torchscope.records.graph_views.find_repeats` and recorded as
 :class:`~torchscope.records.GraphFold`.
 """
 
@@ -30,11 +30,10 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-import torchscope._nested as _nested
-from torchscope._format import format_shapes
-from torchscope._graphs import check_depth, common_module, diff, find_repeats, view
-from torchscope._inputs import call_arguments, model_devices, resolve_device, unwrap
-from torchscope._torchscript import (
+import torchscope._util.nested as _nested
+from torchscope._util.format import format_shapes
+from torchscope._util.inputs import call_arguments, model_devices, resolve_device, unwrap
+from torchscope.collect._torchscript import (
     OPTIMIZED_NOTE,
     follow_scripted_calls,
     is_script,
@@ -42,8 +41,8 @@ from torchscope._torchscript import (
     split_modules,
     type_name,
 )
+from torchscope.collect.hooks import HookSet, initialised, instrumented, iter_modules
 from torchscope.errors import GraphError, TorchscopeWarning
-from torchscope.hooks import HookSet, initialised, instrumented, iter_modules
 from torchscope.records import (
     AutogradGraph,
     GradInfo,
@@ -54,6 +53,7 @@ from torchscope.records import (
     GraphNode,
     ModuleGraph,
 )
+from torchscope.records.graph_views import check_depth, common_module, diff, find_repeats, view
 
 __all__ = [
     "ModuleCapture",

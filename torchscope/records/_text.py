@@ -2,7 +2,7 @@
 
 Part of the record layer (records call it for ``str()`` and ``to_markdown()``); it imports no
 exporter. The pieces of each table (rows, title, notes) are public so that
-:mod:`torchscope._records_html` draws the same cells.
+:mod:`torchscope.records._html` draws the same cells.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING
 
 from tabulate import tabulate
 
-from torchscope._format import format_bytes, format_duration
-from torchscope._records_table import HEADERS, NUMERIC_COLUMNS, footer_lines, rows
-from torchscope._records_table import title as summary_title
+from torchscope._util.format import format_bytes, format_duration
+from torchscope.records._table import HEADERS, NUMERIC_COLUMNS, footer_lines, rows
+from torchscope.records._table import title as summary_title
 
 if TYPE_CHECKING:
     from torchscope.records import (

@@ -3,7 +3,7 @@
 ``torchscope demo``, ``torchscope summary TARGET``, ``torchscope graph FILE`` and
 ``torchscope diff A.py B.py``. TARGET and FILE are ``model.py``, ``model.py:NAME`` or
 ``package.module:NAME``; how a file's model and input are found is
-:func:`torchscope.loading.find_model` and :func:`torchscope.loading.example_input`.
+:func:`torchscope.cli.loading.find_model` and :func:`torchscope.cli.loading.example_input`.
 
 A user mistake ends in a short message on stderr, never in a traceback (``--debug`` adds it).
 Exit status: 0 done; 1 the model's forward failed (``summary``, ``graph``) or the graphs
@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from torchscope import __version__
 
 if TYPE_CHECKING:
-    from torchscope.loading import LoadedModel
+    from torchscope.cli.loading import LoadedModel
     from torchscope.records import Graph
 
 __all__ = ["main"]
@@ -229,7 +229,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _model_input(args: argparse.Namespace, loaded: LoadedModel) -> dict[str, Any]:
     """``input``, ``input_size`` and ``dtypes`` for a collector: the options', else the file's."""
-    from torchscope.loading import ModelLoadError
+    from torchscope.cli.loading import ModelLoadError
 
     given = _known_input(args, loaded)
     if given is None:
@@ -242,7 +242,7 @@ def _known_input(args: argparse.Namespace, loaded: LoadedModel) -> dict[str, Any
     an input."""
     import torch
 
-    from torchscope.loading import example_input
+    from torchscope.cli.loading import example_input
 
     dtypes = getattr(torch, args.dtype) if args.dtype else None
     if args.input_size:
@@ -258,7 +258,7 @@ def _known_input(args: argparse.Namespace, loaded: LoadedModel) -> dict[str, Any
 
 
 def _no_input_message(loaded: LoadedModel, *, what: str = "") -> str:
-    from torchscope.loading import input_hint
+    from torchscope.cli.loading import input_hint
 
     hint = input_hint(loaded.model)
     return (
@@ -270,8 +270,8 @@ def _no_input_message(loaded: LoadedModel, *, what: str = "") -> str:
 
 
 def _graph_of(args: argparse.Namespace, target: str) -> tuple[Graph, LoadedModel]:
-    from torchscope.graph import autograd_graph_of, module_graph
-    from torchscope.loading import load
+    from torchscope.cli.loading import load
+    from torchscope.collect.graph import autograd_graph_of, module_graph
 
     loaded = load(target, name=args.model)
     given = _model_input(args, loaded)
@@ -302,8 +302,8 @@ def _check_output(output: str) -> None:
 
 
 def _summary_command(args: argparse.Namespace) -> int:
-    from torchscope.loading import load
-    from torchscope.summarize import FORWARD_COLUMNS, summary
+    from torchscope.cli.loading import load
+    from torchscope.collect.summary import FORWARD_COLUMNS, summary
 
     loaded = load(args.target, name=args.model)
     columns = args.columns.split(",") if args.columns else None
@@ -352,7 +352,7 @@ def _graph_command(args: argparse.Namespace) -> int:
 
 
 def _diff_command(args: argparse.Namespace) -> int:
-    from torchscope.graph import graph_diff
+    from torchscope.collect.graph import graph_diff
 
     before, _ = _graph_of(args, args.a)
     after, _ = _graph_of(args, args.b)
@@ -365,8 +365,8 @@ def _diff_command(args: argparse.Namespace) -> int:
 
 
 def _time_command(args: argparse.Namespace) -> int:
-    from torchscope.loading import load
-    from torchscope.timing import time_layers
+    from torchscope.cli.loading import load
+    from torchscope.collect.timing import time_layers
 
     loaded = load(args.file, name=args.model)
     given = _model_input(args, loaded)
@@ -398,7 +398,7 @@ def _process_count(text: str) -> int:
 
 def _demo_command(args: argparse.Namespace) -> int:
     import torchscope.distributed as distributed
-    from torchscope.demo import run_demo
+    from torchscope.cli.demo import run_demo
 
     worker = distributed.launched_by_torchrun()  # one of N processes: train under DDP
     if args.nproc > 1 and not worker:  # start them; each runs this command as a worker

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from torchscope._format import format_bytes, format_count, format_shapes
+from torchscope._util.format import format_bytes, format_count, format_shapes
 
 if TYPE_CHECKING:
     from torchscope.records import LayerRecord, ModelSummary

@@ -23,8 +23,8 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import torchscope._nested as _nested
-from torchscope._inputs import (
+import torchscope._util.nested as _nested
+from torchscope._util.inputs import (
     DeviceLike,
     ShapeLike,
     call_arguments,
@@ -32,7 +32,7 @@ from torchscope._inputs import (
     resolve_device,
     unwrap,
 )
-from torchscope.hooks import initialised, instrumented, lazy_tensor_names
+from torchscope.collect.hooks import initialised, instrumented, lazy_tensor_names
 from torchscope.records import MemoryEstimate
 
 __all__ = [

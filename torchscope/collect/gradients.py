@@ -40,12 +40,12 @@ from torch.optim.optimizer import (
 from torch.overrides import TorchFunctionMode
 from torch.utils.weak import WeakIdKeyDictionary
 
-import torchscope._nested as _nested
-from torchscope._inputs import unwrap
+import torchscope._util.nested as _nested
+from torchscope._util.inputs import unwrap
+from torchscope.collect.freezing import close_names, frozen_parameters, is_frozen, is_pinned
+from torchscope.collect.hooks import HookSet, iter_modules, preserved_rng
 from torchscope.distributed import all_gather_objects, is_distributed
 from torchscope.errors import TorchscopeError
-from torchscope.freezing import close_names, frozen_parameters, is_frozen, is_pinned
-from torchscope.hooks import HookSet, iter_modules, preserved_rng
 from torchscope.records import SEVERITIES, Finding, GradientReport, ParameterHistory
 
 __all__ = ["GradientMonitor", "GradientThresholds", "check_gradients"]

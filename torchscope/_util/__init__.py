@@ -1,0 +1,1 @@
+"""Small shared utilities below every layer: nested containers, number formatting, call inputs."""

@@ -1,0 +1,1 @@
+"""Collectors: run the user's model under instrumentation and produce records."""

@@ -1,0 +1,1 @@
+"""Front ends that plug torchscope into other tools: the pytest plugin, the Lightning callback."""
