@@ -1,0 +1,356 @@
+"""autograd_graph and autograd_graph_of: the autograd graph behind tensors, or of one forward.
+
+:func:`autograd_graph_of` runs the forward under :func:`~torchscope.collect.graph.capture` so
+that op nodes are clustered by the module that created them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+import torchscope._util.nested as _nested
+from torchscope._util.inputs import call_arguments, model_devices, resolve_device, unwrap
+from torchscope.collect._torchscript import (
+    OPTIMIZED_NOTE,
+    plain_execution,
+    split_modules,
+    type_name,
+)
+from torchscope.collect.graph._common import Node, _dtype_name
+from torchscope.collect.graph.autograd_structure import (
+    _autograd_folds,
+    _bad_below,
+    _grad_origin,
+    _module_clusters,
+)
+from torchscope.collect.graph.capturing import ModuleCapture, _grad_stats, capture, run_forward
+from torchscope.collect.graph.walk import _saved, _walk, _Walked
+from torchscope.collect.hooks import initialised, instrumented, iter_modules
+from torchscope.errors import TorchscopeWarning
+from torchscope.records import AutogradGraph, GradInfo, GraphEdge, GraphNode
+
+
+def _parameter_names(params: nn.Module | Mapping[str, torch.Tensor] | None) -> dict[int, str]:
+    if params is None:
+        return {}
+    if isinstance(params, nn.Module):
+        named: list[tuple[str, Any]] = []
+        for prefix, module in iter_modules(params):
+            for pname, p in module._parameters.items():
+                if p is not None:
+                    named.append((f"{prefix}.{pname}" if prefix else pname, p))
+    elif isinstance(params, Mapping):
+        named = list(params.items())
+        for name, p in named:
+            if not isinstance(p, torch.Tensor):
+                raise TypeError(
+                    f"params[{name!r}] is a {type(p).__name__}; params maps names to tensors "
+                    "(pass dict(model.named_parameters()) or the model itself)"
+                )
+    else:
+        raise TypeError(
+            f"params must be an nn.Module or a dict of name -> tensor, got {type(params).__name__}"
+        )
+    names: dict[int, str] = {}
+    for name, p in named:
+        names.setdefault(id(p), name)
+    return names
+
+
+def _tensor_grad(tensor: torch.Tensor) -> GradInfo:
+    grad = tensor.grad
+    if grad is None:
+        return GradInfo(None, "none")
+    return _grad_info(_grad_stats((grad,)))
+
+
+def _grad_info(stats: torch.Tensor) -> GradInfo:
+    sumsq, nonfinite, max_abs, nans = (float(v) for v in stats)
+    if nans:
+        return GradInfo(math.sqrt(sumsq), "nan")
+    if nonfinite:
+        return GradInfo(math.sqrt(sumsq), "inf")
+    if max_abs == 0:
+        return GradInfo(0.0, "zero")
+    return GradInfo(math.sqrt(sumsq), "ok")
+
+
+def autograd_graph(
+    outputs: Any,
+    params: nn.Module | Mapping[str, torch.Tensor] | None = None,
+    *,
+    grads: bool = False,
+    show_saved: bool = False,
+    module: ModuleCapture | None = None,
+) -> AutogradGraph:
+    """Return the autograd graph behind ``outputs``: what ``backward()`` will run.
+
+    Args:
+        outputs: a tensor or any nesting of tensors (tuple, list, dict, dataclass). Every
+            output that requires grad appears; one without a ``grad_fn`` gives a warning.
+        params: a module or a ``name -> tensor`` mapping, so that parameter leaves carry their
+            qualified names (``layer1.0.conv1.weight``).
+        grads: after ``backward()``: record each parameter's gradient (and, with a
+            ``capture(grads=True)``, each op's) and find where it first became zero or
+            non-finite (``graph.grad_origin``).
+        show_saved: list the tensors each op saved for backward in its ``attrs``.
+        module: a :func:`capture` of the forward, to cluster op nodes by module.
+
+    Keys are stable across runs and processes; the walk is iterative and linear in the size
+    of the graph, with no recursion limit.
+    """
+    names = _parameter_names(params)
+    named_outputs = list(_nested.named_tensors(outputs, "output"))
+    if not named_outputs:
+        raise TypeError(
+            f"outputs contains no tensor (got {type(outputs).__name__}); pass the tensor(s) "
+            "whose graph you want, e.g. autograd_graph(model(x))"
+        )
+    warn: list[str] = []
+    roots: list[Node] = []
+    root_of_output: list[tuple[str, torch.Tensor, Node | None]] = []
+    for path, tensor in named_outputs:
+        node = tensor.grad_fn
+        if node is None and tensor.requires_grad:
+            node = _accumulate_node(tensor)
+        if node is None:
+            grad_was_on = module is not None and module.grad_enabled
+            warn.append(f"{path} has no grad_fn: {_why_no_grad_fn(tensor, names, grad_was_on)}")
+        else:
+            roots.append(node)
+        root_of_output.append((path, tensor, node))
+    walked = _walk(roots)
+    graph = _build_autograd(walked, root_of_output, names, module, grads, show_saved, warn)
+    for message in warn[: len(warn) - (graph.grad_origin is not None)]:
+        warnings.warn(message, TorchscopeWarning, stacklevel=2)
+    if module is not None and grads:
+        module.remove_node_hooks()
+    return graph
+
+
+def _accumulate_node(tensor: torch.Tensor) -> Node | None:
+    """The AccumulateGrad node of a leaf that requires grad (an output that is a parameter)."""
+    try:
+        return torch.autograd.graph.get_gradient_edge(tensor).node
+    except (RuntimeError, AttributeError):
+        return None
+
+
+def _why_no_grad_fn(tensor: torch.Tensor, names: dict[int, str], grad_was_on: bool) -> str:
+    if not (tensor.is_floating_point() or tensor.is_complex()):
+        return f"it is a {_dtype_name(tensor.dtype)} tensor, which autograd never differentiates"
+    if tensor.is_inference():
+        return "it was computed under torch.inference_mode(); run the forward without it"
+    if grad_was_on:  # the forward ran with gradients on: it was cut off inside
+        return (
+            "grad mode was on when the forward started; the forward computed it under "
+            "torch.no_grad(), detached it, or built it from tensors none of which require grad"
+        )
+    if any(True for _ in names):
+        return (
+            "it was computed under torch.no_grad(), detached, or from tensors none of which "
+            "require grad; run the forward with gradients enabled"
+        )
+    return (
+        "it was computed under torch.no_grad(), detached, or from tensors none of which "
+        "require grad"
+    )
+
+
+def _build_autograd(
+    walked: list[_Walked],
+    outputs: list[tuple[str, torch.Tensor, Node | None]],
+    names: dict[int, str],
+    capture_: ModuleCapture | None,
+    grads: bool,
+    show_saved: bool,
+    warn: list[str],
+) -> AutogradGraph:
+    # forward (execution) order: op nodes by sequence number; a leaf just before its first user
+    consumers: list[list[int]] = [[] for _ in walked]
+    for i, entry in enumerate(walked):
+        for child in entry.children:
+            consumers[child].append(i)
+    unsequenced = 2**63
+
+    def position(i: int) -> tuple[int, int, int]:
+        entry = walked[i]
+        if entry.seq >= 0 and entry.seq < unsequenced:
+            return (entry.seq, 1, entry.discovered)
+        first_user = min(
+            (walked[c].seq for c in consumers[i] if 0 <= walked[c].seq < unsequenced), default=-1
+        )
+        return (first_user, 0, entry.discovered)
+
+    order = sorted(range(len(walked)), key=position)
+    module_of = capture_.module_of if capture_ is not None else {}
+    # parameter leaves go in the cluster of the module owning them
+    keys: list[str] = [""] * len(walked)
+    modules: list[str | None] = [None] * len(walked)
+    kinds: list[str] = [""] * len(walked)
+    labels: list[str] = [""] * len(walked)
+    counters: dict[tuple[str | None, str], int] = {}
+    input_count = 0
+    for i in order:
+        entry = walked[i]
+        if entry.leaf is not None:
+            name = names.get(id(entry.leaf))
+            if name is not None:
+                keys[i], kinds[i], labels[i] = f"param:{name}", "parameter", name
+                owner = name.rpartition(".")[0]
+                modules[i] = owner if capture_ is not None else None
+            else:
+                keys[i], kinds[i] = f"input:{input_count}", "input"
+                labels[i] = f"input {input_count}"
+                input_count += 1
+            continue
+        module = module_of.get(entry.node) if capture_ is not None else None
+        count = counters.get((module, entry.name), 0)
+        counters[(module, entry.name)] = count + 1
+        prefix = f"{module}/" if module else ""
+        keys[i], kinds[i], labels[i], modules[i] = (
+            f"{prefix}{entry.name}#{count}",
+            "op",
+            entry.name,
+            module,
+        )
+    received = capture_.received if capture_ is not None else {}
+    nodes: list[GraphNode] = []
+    grad_of: dict[int, GradInfo] = {}
+    for r, i in enumerate(order):
+        entry = walked[i]
+        if entry.leaf is not None:
+            shapes: tuple[tuple[int, ...], ...] = (tuple(entry.leaf.shape),)
+            dtypes: tuple[str, ...] = (_dtype_name(entry.leaf.dtype),)
+        else:
+            shapes, dtypes = entry.shapes_and_dtypes()
+        grad: GradInfo | None = None
+        if grads:
+            if entry.leaf is not None:
+                grad = _tensor_grad(entry.leaf)
+            elif capture_ is not None and capture_.grads:
+                stats = received.get(entry.node)
+                grad = _grad_info(stats) if stats is not None else GradInfo(None, "none")
+            if grad is not None:
+                grad_of[i] = grad
+        nodes.append(
+            GraphNode(
+                key=keys[i],
+                label=labels[i],
+                kind=kinds[i],
+                op=entry.name,
+                shapes=shapes,
+                dtypes=dtypes,
+                module=modules[i],
+                order=r,
+                grad=grad,
+                attrs=_saved(entry.node) if show_saved and entry.leaf is None else (),
+            )
+        )
+    edges = [
+        GraphEdge(keys[child], keys[i])
+        for i in order
+        for child in dict.fromkeys(walked[i].children)
+    ]
+    index_of_node = {entry.node: i for i, entry in enumerate(walked)}
+    next_order = len(nodes)
+    for path, tensor, node in outputs:
+        if node is None:
+            continue
+        key = path if path == "output" else f"output:{path.removeprefix('output')}"
+        nodes.append(
+            GraphNode(
+                key=key,
+                label=path,
+                kind="output",
+                op="output",
+                shapes=(tuple(tensor.shape),),
+                dtypes=(_dtype_name(tensor.dtype),),
+                module=None,
+                order=next_order,
+            )
+        )
+        next_order += 1
+        edges.append(GraphEdge(keys[index_of_node[node]], key))
+    clusters = _module_clusters(
+        {m for m in modules if m}, capture_.types if capture_ is not None else {}
+    )
+    folds = _autograd_folds(walked, order, keys, kinds, consumers, modules, capture_)
+    origin = _grad_origin(walked, order, grad_of, keys) if grads else None
+    if grads and origin is not None:
+        warn.append(f"the gradient first became {_bad_below(nodes, origin)} at {origin}")
+    return AutogradGraph(
+        kind="autograd",
+        title=type_name(capture_.model) if capture_ is not None else "autograd graph",
+        nodes=tuple(nodes),
+        edges=tuple(edges),
+        clusters=clusters,
+        folds=folds,
+        warnings=tuple(warn),
+        grad_origin=origin,
+    )
+
+
+def autograd_graph_of(
+    model: nn.Module,
+    input: Any = None,
+    *,
+    input_size: Any = None,
+    dtypes: Any = None,
+    device: Any = None,
+    forward_kwargs: Mapping[str, Any] | None = None,
+    show_saved: bool = False,
+) -> AutogradGraph:
+    """Return the autograd graph of one forward pass of ``model``, clustered by module.
+
+    Inputs are given like :func:`torchscope.summary`'s (``input=`` values or
+    ``input_size=`` shapes). The model is left as found (state, flags, hooks, RNG); the
+    forward runs in ``eval`` mode with gradients enabled.
+
+    Raises:
+        GraphError: the forward failed; names the module and the shapes it received.
+    """
+    model = unwrap(model, caller="autograd_graph_of", allow_script=True)
+    target = resolve_device(model_devices(model), device)
+    args, kwargs = call_arguments(
+        model, input, input_size, dtypes, device, target, forward_kwargs, caller="autograd_graph_of"
+    )
+    model = initialised(model, args, kwargs, call="autograd_graph_of")
+    with instrumented(model, grad=True):
+        model.eval()
+        with capture(model) as cap, plain_execution(_has_script(model)):
+            outputs = run_forward(model, args, kwargs, cap)
+        if next(_nested.tensors(outputs), None) is None:
+            return _empty_autograd_graph(outputs, cap)
+        graph = autograd_graph(outputs, params=model, show_saved=show_saved, module=cap)
+    if any(node.op == "DifferentiableGraphBackward" for node in graph.nodes):
+        graph = dataclasses.replace(graph, warnings=(*graph.warnings, OPTIMIZED_NOTE))
+    return graph
+
+
+def _empty_autograd_graph(outputs: Any, cap: ModuleCapture) -> AutogradGraph:
+    """The graph of a forward that returned no tensor (None, a string, a class): no nodes,
+    and a note (also given as a warning) that says why."""
+    if outputs is None or isinstance(outputs, type):
+        got = repr(outputs) if outputs is None else f"the class {outputs.__qualname__}"
+    elif isinstance(outputs, (str, bytes, int, float, complex)):
+        got = f"a {type(outputs).__name__}"
+    else:
+        got = f"a {type(outputs).__name__} holding no tensor"
+    note = (
+        f"the forward returned {got}, so backward() has nothing to run and the autograd graph "
+        "is empty; module_graph() and summary() show the modules it called"
+    )
+    warnings.warn(note, TorchscopeWarning, stacklevel=3)
+    return _build_autograd([], [], {}, cap, False, False, [note])
+
+
+def _has_script(model: nn.Module) -> bool:
+    return bool(split_modules(model)[1])
