@@ -17,16 +17,12 @@ from torchscope.records._table import HEADERS, NUMERIC_COLUMNS, footer_lines, ro
 from torchscope.records._table import title as summary_title
 
 if TYPE_CHECKING:
-    from torchscope.records import (
-        GradientReport,
-        GraphDiff,
-        History,
-        Measurement,
-        MemoryEstimate,
-        ModelSummary,
-        TimingReport,
-        TrainableReport,
-    )
+    from torchscope.records.freezing import TrainableReport
+    from torchscope.records.gradients import GradientReport
+    from torchscope.records.graph import GraphDiff
+    from torchscope.records.summary import MemoryEstimate, ModelSummary
+    from torchscope.records.timing import Measurement, TimingReport
+    from torchscope.records.training import History
 
 __all__ = [
     "render_gradient_report",

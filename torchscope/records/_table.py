@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from torchscope._util.format import format_bytes, format_count, format_shapes
 
 if TYPE_CHECKING:
-    from torchscope.records import LayerRecord, ModelSummary
+    from torchscope.records.summary import LayerRecord, ModelSummary
 
 __all__ = ["HEADERS", "NUMERIC_COLUMNS", "Row", "footer_lines", "rows", "title"]
 

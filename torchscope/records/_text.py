@@ -16,18 +16,12 @@ from torchscope.records._table import HEADERS, NUMERIC_COLUMNS, footer_lines, ro
 from torchscope.records._table import title as summary_title
 
 if TYPE_CHECKING:
-    from torchscope.records import (
-        GradientReport,
-        Graph,
-        GraphDiff,
-        History,
-        Measurement,
-        MemoryEstimate,
-        ModelSummary,
-        TimingReport,
-        TrainableReport,
-        TrainableRow,
-    )
+    from torchscope.records.freezing import TrainableReport, TrainableRow
+    from torchscope.records.gradients import GradientReport
+    from torchscope.records.graph import Graph, GraphDiff
+    from torchscope.records.summary import MemoryEstimate, ModelSummary
+    from torchscope.records.timing import Measurement, TimingReport
+    from torchscope.records.training import History
 
 __all__ = [
     "FINDING_HEADERS",

@@ -1,8 +1,8 @@
 """Pure transformations of graph records: folding repeated steps, collapsing clusters to a
 depth, finding repeats in a sequence, and diffing two graphs.
 
-Imports only :mod:`torchscope.records` and :mod:`torchscope._util.format`, so collectors and
-renderers can both use it.
+Imports only :mod:`torchscope.records.graph` and :mod:`torchscope._util.format`, so
+collectors and renderers can both use it.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Collection, Hashable, Iterable, Sequence
 import torch
 
 from torchscope._util.format import format_shapes
-from torchscope.records import Graph, GraphCluster, GraphDiff, GraphEdge, GraphFold, GraphNode
+from torchscope.records.graph import Graph, GraphCluster, GraphDiff, GraphEdge, GraphFold, GraphNode
 
 __all__ = ["check_depth", "common_module", "diff", "find_repeats", "view"]
 
