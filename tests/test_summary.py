@@ -436,3 +436,31 @@ def test_memory_option_runs_one_real_pass_and_two_fake_ones(monkeypatch):
     assert result.memory is not None
     assert passes == [("real", False), ("fake", False), ("fake", True)]
     assert entries == [False, False, True]
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_memory_option_calls_the_models_forward_three_times(mode: str):
+    """The user's ``forward`` runs once for the summary and once per fake pass of the
+    estimate (inference, training), counted by the model itself with no hook of the test's.
+    Fewer cannot give today's figures: the summary's pass is hooked and on real tensors
+    (hooks turn off fused fast paths, and the summary must succeed where fake tensors
+    cannot run), and the two fake passes differ in train flag, autograd and backward. The
+    summary's own backward (``mode="train"``) runs no forward."""
+
+    class Counting(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = nn.Linear(8, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            calls.append(torch.is_grad_enabled())
+            return self.linear(x).relu()
+
+    calls: list[bool] = []
+    model = Counting()
+    result = torchscope.summary(model, torch.randn(2, 8), mode=mode, memory=True)
+    assert result.memory is not None
+    assert calls == [mode == "train", False, True]  # the summary's, inference, training
+    calls.clear()
+    torchscope.summary(model, torch.randn(2, 8), mode=mode)
+    assert len(calls) == 1

@@ -1,20 +1,22 @@
-"""Collector behind ``torchscope.summary``: exact parameters, shapes and costs, no side effects."""
+"""Collector behind ``torchscope.summary``: exact parameters, shapes and costs, no side effects.
+
+The entry point and its forward pass live here; the pieces it is built from sit beside it:
+``_summary_args`` (modes, column sets, argument checks), ``_module_tree`` (one walk over the
+module tree), ``_call_recorder`` (the hooks that record module calls, and the failure
+message) and ``_parameter_summary`` (``summary(model)`` without an input).
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import sys
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.parameter import is_lazy
 
 import torchscope._util.nested as _nested
-from torchscope._util.format import format_shapes
 from torchscope._util.inputs import (
     DeviceLike,
     ShapeLike,
@@ -23,21 +25,34 @@ from torchscope._util.inputs import (
     resolve_device,
     unwrap,
 )
+from torchscope.collect._call_recorder import (
+    CallRecorder,
+    failure_message,
+    inclusive_costs,
+    uncalled,
+)
+from torchscope.collect._module_tree import index_model, tree_layers
+from torchscope.collect._parameter_summary import parameter_summary
+from torchscope.collect._summary_args import (
+    DEFAULT_COLUMNS,
+    MODES,
+    Mode,
+    check_columns,
+    check_depth,
+)
+from torchscope.collect._summary_args import FORWARD_COLUMNS as FORWARD_COLUMNS
+from torchscope.collect._summary_args import PARAMETER_COLUMNS as PARAMETER_COLUMNS
+from torchscope.collect._summary_args import (
+    PARAMETER_DEFAULT_COLUMNS as PARAMETER_DEFAULT_COLUMNS,
+)
 from torchscope.collect._torchscript import is_script, plain_execution, type_name
 from torchscope.collect.costs import CostCounter
 from torchscope.collect.hooks import initialised, instrumented
 from torchscope.collect.memory import estimate_from_arguments, optimizer_state_bytes
 from torchscope.errors import SummaryError, TorchscopeWarning
-from torchscope.records import SUMMARY_COLUMNS, LayerRecord, ModelSummary, TensorRecord
+from torchscope.records import ModelSummary
 
 __all__ = ["DEFAULT_COLUMNS", "summary"]
-
-Mode = Literal["eval", "train", "same"]
-MODES: tuple[str, ...] = ("eval", "train", "same")
-DEFAULT_COLUMNS: tuple[str, ...] = ("input_shape", "output_shape", "params", "macs")
-#: The columns of a summary made without an input (``summary(model)``), and its default.
-PARAMETER_COLUMNS: tuple[str, ...] = ("params", "params_percent", "subtree_params", "trainable")
-PARAMETER_DEFAULT_COLUMNS: tuple[str, ...] = ("params", "subtree_params", "trainable")
 
 
 def summary(
@@ -103,7 +118,7 @@ def summary(
         TypeError, ValueError: the arguments are wrong; the message says how to fix them.
     """
     if input is None and input_size is None and forward_kwargs is None:
-        return _parameter_summary(
+        return parameter_summary(
             model,
             depth=depth,
             columns=columns,
@@ -117,8 +132,8 @@ def summary(
     model = unwrap(model, caller="summary", allow_script=True)
     # a scripted or traced model takes no hooks: one call, recorded by hand, and its module tree
     scripted_root = is_script(model)
-    depth = _check_depth(depth)
-    columns = _check_columns(columns)
+    depth = check_depth(depth)
+    columns = check_columns(columns)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}; got {mode!r}")
     if optimizer is not None and not memory:
@@ -130,10 +145,10 @@ def summary(
     # a model with lazy modules is summarised as an initialised copy: it stays as found
     model = initialised(model, args, kwargs, call="summary", error=SummaryError)
     optimizer_state = optimizer_state_bytes(model, optimizer) if memory else 0
-    index = _index_model(model, hookable=not scripted_root)
+    index = index_model(model, hookable=not scripted_root)
 
     modules = index.modules
-    recorder = _CallRecorder(modules)
+    recorder = CallRecorder(modules)
     counter = CostCounter(recorder.current_call, all_ops=bool(all_ops))
 
     def build(
@@ -144,7 +159,7 @@ def summary(
         complete: bool,
         backward: tuple[int, int] | None = None,
     ) -> ModelSummary:
-        inclusive = _inclusive_costs(recorder.calls, counter)
+        inclusive = inclusive_costs(recorder.calls, counter)
         return ModelSummary(
             model_type=type_name(model),
             layers=tuple(
@@ -156,7 +171,7 @@ def summary(
             output_shapes=output_shapes,
             input_bytes=_nested.tensor_bytes((args, kwargs)),
             output_bytes=output_bytes,
-            uncalled=_uncalled(modules, recorder.calls) if complete else (),
+            uncalled=uncalled(modules, recorder.calls) if complete else (),
             scripted=index.scripted,
             depth=table_depth,
             columns=columns,
@@ -189,7 +204,7 @@ def summary(
             failed_depth = max([depth, *(c.depth for c in recorder.calls if c.failed)])
             partial = build((), 0, failed_depth, complete=False)
             raise SummaryError(
-                _failure_message(
+                failure_message(
                     error, origin, partial, no_input=input is None and input_size is None
                 ),
                 module_name=origin.name if origin else "",
@@ -209,7 +224,7 @@ def summary(
             backward=backward,
         )
         if scripted_root:  # the root's call, then the modules inside it (not calls: no hooks)
-            tree = _tree_layers(model, index.modules)
+            tree = tree_layers(model, index.modules)
             result = dataclasses.replace(result, layers=(result.layers[0], *tree[1:]))
         del output
     if memory:
@@ -229,7 +244,7 @@ def _call_model(
     model: nn.Module,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
-    recorder: _CallRecorder,
+    recorder: CallRecorder,
     *,
     hooked: bool,
 ) -> Any:
@@ -283,515 +298,3 @@ def _count_backward(model: nn.Module, output: Any, counter: CostCounter) -> tupl
     finally:
         counter.backward = False
     return counter.backward_macs, counter.backward_flops
-
-
-def _inclusive_costs(calls: list[_Call], counter: CostCounter) -> dict[int, tuple[int, int]]:
-    """Per call index: MACs and FLOPs of the call and everything it called."""
-    totals = {call.index: [counter.macs[call.index], counter.flops[call.index]] for call in calls}
-    for call in reversed(calls):  # children come after their parent
-        if call.parent is not None:
-            totals[call.parent][0] += totals[call.index][0]
-            totals[call.parent][1] += totals[call.index][1]
-    return {index: (macs, flops) for index, (macs, flops) in totals.items()}
-
-
-# -- without an input: the module tree ----------------------------------------------------------
-
-#: Columns that need a forward pass: refused in a summary without an input.
-FORWARD_COLUMNS = ("input_shape", "output_shape", "macs", "flops")
-
-
-def _parameter_summary(
-    model: nn.Module,
-    *,
-    depth: int,
-    columns: Iterable[str] | str | None,
-    mode: str,
-    dtypes: Any,
-    device: DeviceLike | None,
-    all_ops: bool,
-    memory: bool,
-    optimizer: Any,
-) -> ModelSummary:
-    """The summary of ``summary(model)``: read from the module tree, the model never runs."""
-    if not isinstance(model, torch.jit.ScriptModule):  # its parameters are readable: no unwrap
-        model = unwrap(model)
-    depth = _check_depth(depth)
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}; got {mode!r}")
-    run_it = (
-        "no input was given, so the model is not run: pass one, e.g. summary(model, x) or "
-        "summary(model, input_size=(1, 3, 224, 224))"
-    )
-    if columns is None:
-        chosen = PARAMETER_DEFAULT_COLUMNS
-    else:
-        chosen = _check_columns(columns)
-        needing = [c for c in chosen if c in FORWARD_COLUMNS]
-        if needing:
-            raise ValueError(
-                f"column(s) {', '.join(map(repr, needing))} need a forward pass, and {run_it}; "
-                f"or choose from {', '.join(map(repr, PARAMETER_COLUMNS))}"
-            )
-    for option, given in (
-        ("dtypes=", dtypes is not None),
-        ("all_ops=True", bool(all_ops)),
-        ("memory=True", bool(memory)),
-        ("optimizer=", optimizer is not None),
-    ):
-        if given:
-            raise ValueError(f"{option} applies to the forward pass, and {run_it}")
-    index = _index_model(model, hookable=False)
-    return ModelSummary(
-        model_type=type_name(model),
-        layers=_tree_layers(model, index.modules),
-        parameters=index.parameters,
-        buffers=index.buffers,
-        input_shapes=(),
-        output_shapes=(),
-        input_bytes=0,
-        output_bytes=0,
-        uncalled=(),
-        scripted=index.scripted,
-        depth=depth,
-        columns=chosen,
-        mode=mode,
-        device=str(resolve_device(index.devices, device)),
-        parameters_only=True,
-    )
-
-
-def _tree_layers(model: nn.Module, modules: dict[int, _ModuleInfo]) -> tuple[LayerRecord, ...]:
-    """One row per module of the tree, parents before children, iteratively.
-
-    A module held under several names gets a row under each, but its submodules are drawn
-    only under the first: the rows stay as many as the tree's edges however modules share.
-    """
-    layers: list[LayerRecord] = []
-    drawn: set[int] = set()
-    stack: list[tuple[str, nn.Module, int, int | None]] = [("", model, 0, None)]
-    while stack:
-        name, module, depth, parent = stack.pop()
-        info = modules[id(module)]
-        layers.append(
-            LayerRecord(
-                index=len(layers),
-                name=name,
-                type=info.type,
-                depth=depth,
-                parent=parent,
-                input_shapes=(),
-                output_shapes=(),
-                params=info.params,
-                trainable_params=info.trainable,
-                own_parameters=info.own,
-                subtree_parameters=info.subtree,
-                is_repeat=False,
-            )
-        )
-        if id(module) in drawn:
-            continue
-        drawn.add(id(module))
-        prefix = f"{name}." if name else ""
-        children = [(k, c) for k, c in module._modules.items() if c is not None]
-        parent_index = len(layers) - 1
-        stack.extend(
-            (prefix + local, child, depth + 1, parent_index) for local, child in reversed(children)
-        )
-    return tuple(layers)
-
-
-# -- arguments ---------------------------------------------------------------------------------
-
-
-def _check_depth(depth: Any) -> int:
-    if isinstance(depth, bool) or not isinstance(depth, int):
-        raise TypeError(
-            f"depth must be an int (levels of nesting to show), got {type(depth).__name__}"
-        )
-    if depth < 0:
-        raise ValueError(f"depth must be >= 0, got {depth}")
-    return depth
-
-
-def _check_columns(columns: Iterable[str] | str | None) -> tuple[str, ...]:
-    if columns is None:
-        return DEFAULT_COLUMNS
-    names = (columns,) if isinstance(columns, str) else tuple(columns)
-    unknown = [c for c in names if c not in SUMMARY_COLUMNS]
-    if unknown:
-        raise ValueError(
-            f"unknown column(s) {', '.join(map(repr, unknown))}; choose from "
-            f"{', '.join(map(repr, SUMMARY_COLUMNS))}"
-        )
-    if len(set(names)) != len(names):
-        raise ValueError(f"columns must not repeat a name, got {names}")
-    return names
-
-
-# -- the model's tensors and modules -----------------------------------------------------------
-
-
-@dataclass
-class _ModuleInfo:
-    name: str
-    type: str
-    own: tuple[int, ...] = ()
-    subtree: tuple[int, ...] = ()
-    params: int = 0
-    trainable: int = 0
-
-
-@dataclass
-class _ModelIndex:
-    """What one walk over the module tree learns: tensors (with all their names) and modules."""
-
-    parameters: tuple[TensorRecord, ...]
-    buffers: tuple[TensorRecord, ...]
-    modules: dict[int, _ModuleInfo]  # by id(module), parents before children
-    module_objects: list[nn.Module]  # the same order
-    devices: list[torch.device]  # where parameters and buffers live, in order of appearance
-    scripted: tuple[str, ...]  # TorchScript submodules, which cannot be hooked
-
-
-def _tensor_records(
-    names: dict[int, list[str]], tensors: dict[int, torch.Tensor], *, parameters: bool
-) -> list[TensorRecord]:
-    records = []
-    for key, tensor_names in names.items():
-        tensor = tensors[key]
-        if is_lazy(tensor):  # no shape to read until the first forward
-            records.append(
-                TensorRecord(
-                    name=tensor_names[0],
-                    aliases=tuple(tensor_names[1:]),
-                    shape=(),
-                    dtype=str(tensor.dtype),
-                    numel=0,
-                    nbytes=0,
-                    trainable=parameters and tensor.requires_grad,
-                    initialized=False,
-                )
-            )
-            continue
-        numel = tensor.numel()
-        records.append(
-            TensorRecord(
-                name=tensor_names[0],
-                aliases=tuple(tensor_names[1:]),
-                shape=tuple(tensor.shape),
-                dtype=str(tensor.dtype),
-                numel=numel,
-                nbytes=numel * tensor.element_size(),
-                trainable=parameters and tensor.requires_grad,
-            )
-        )
-    return records
-
-
-def _index_model(model: nn.Module, *, hookable: bool = True) -> _ModelIndex:
-    """Walk the module tree once, iteratively, visiting shared modules under each of their names.
-
-    Every name under which a parameter or buffer is reachable is kept (the first is its
-    name, the others its aliases), in ``named_parameters(remove_duplicate=False)`` order.
-    With ``hookable=False`` (the tree is only read, for a summary without an input),
-    TorchScript modules are walked like the others and lazy tensors are not refused.
-    """
-    param_names: dict[int, list[str]] = {}
-    buffer_names: dict[int, list[str]] = {}
-    tensors: dict[int, torch.Tensor] = {}
-    order: list[tuple[str, nn.Module]] = []
-    first_seen: set[int] = set()
-    opaque: dict[int, str] = {}  # TorchScript submodules: no hooks, counted in their parent's row
-    scripts: list[str] = []  # with hookable=False: TorchScript modules, walked like the others
-    stack: list[tuple[str, nn.Module]] = [("", model)]
-    while stack:
-        name, module = stack.pop()
-        if id(module) not in first_seen:
-            first_seen.add(id(module))
-            order.append((name, module))
-        prefix = f"{name}." if name else ""
-        if not hookable and isinstance(module, torch.jit.ScriptModule):
-            if not any(name.startswith(f"{outer}.") or not outer for outer in scripts):
-                scripts.append(name)  # outermost only: the footer names whole scripts
-        elif isinstance(module, torch.jit.ScriptModule):
-            opaque.setdefault(id(module), name)
-            for named, names in (
-                (module.named_parameters(prefix=name), param_names),
-                (module.named_buffers(prefix=name), buffer_names),
-            ):
-                for full_name, tensor in named:
-                    names.setdefault(id(tensor), []).append(full_name)
-                    tensors[id(tensor)] = tensor
-            continue  # its submodules cannot be hooked either
-        tables: tuple[tuple[dict[str, Any], dict[int, list[str]]], ...] = (
-            (module._parameters, param_names),
-            (module._buffers, buffer_names),
-        )
-        for table, names in tables:
-            for local, tensor in table.items():
-                if tensor is not None:
-                    names.setdefault(id(tensor), []).append(prefix + local)
-                    tensors[id(tensor)] = tensor
-        stack.extend(
-            reversed(
-                [
-                    (prefix + local, child)
-                    for local, child in module._modules.items()
-                    if child is not None
-                ]
-            )
-        )
-
-    lazy = [
-        names[key][0]
-        for names in (param_names, buffer_names)
-        for key in names
-        if is_lazy(tensors[key])
-    ]
-    if lazy and hookable:  # their shapes cannot even be read
-        raise ValueError(
-            f"the model has uninitialised lazy parameters ({', '.join(lazy[:3])}); summary "
-            "never initialises them, since that would change the model: run one forward pass first"
-        )
-    parameters = tuple(_tensor_records(param_names, tensors, parameters=True))
-    numels = [p.numel for p in parameters]
-    trainable = [p.trainable for p in parameters]
-    position = {key: i for i, key in enumerate(param_names)}
-    infos: dict[int, _ModuleInfo] = {}
-    for name, module in order:
-        if id(module) in opaque:
-            own = dict.fromkeys(position[id(p)] for p in module.parameters())
-        else:
-            own = dict.fromkeys(
-                position[id(p)] for p in module._parameters.values() if p is not None
-            )
-            for child in module._modules.values():  # what unhookable children hold shows here
-                if child is not None and id(child) in opaque:
-                    own.update(dict.fromkeys(position[id(p)] for p in child.parameters()))
-        infos[id(module)] = _ModuleInfo(
-            name=name,
-            type=type(module).__name__ if hookable else type_name(module),
-            own=tuple(own),
-        )
-    for _, module in reversed(order):  # children before parents
-        info = infos[id(module)]
-        subtree = dict.fromkeys(info.own)
-        if id(module) not in opaque:
-            for child in module._modules.values():
-                if child is not None:
-                    subtree.update(dict.fromkeys(infos[id(child)].subtree))
-        info.subtree = tuple(subtree)
-        info.params = sum(numels[i] for i in info.subtree)
-        info.trainable = sum(numels[i] for i in info.subtree if trainable[i])
-    devices = list(dict.fromkeys(t.device for t in tensors.values()))
-    return _ModelIndex(
-        parameters=parameters,
-        buffers=tuple(_tensor_records(buffer_names, tensors, parameters=False)),
-        modules=infos,
-        module_objects=[module for _, module in order if id(module) not in opaque],
-        devices=devices,
-        scripted=tuple(opaque.values()) if hookable else tuple(scripts),
-    )
-
-
-def _uncalled(modules: dict[int, _ModuleInfo], calls: list[_Call]) -> tuple[str, ...]:
-    """Outermost modules whose parameters no call of the forward pass accounts for.
-
-    A call accounts for the parameters its module holds directly and, when none of its
-    submodules was called (a leaf call, or a fused fast path), for its whole subtree.
-    """
-    parents = {call.parent for call in calls}
-    covered: set[int] = set()
-    for call in calls:
-        info = modules[call.module_id]
-        covered.update(info.own if call.index in parents else info.subtree)
-    names: list[str] = []
-    for info in modules.values():  # parents before children
-        if not info.subtree or any(info.name.startswith(outer + ".") for outer in names):
-            continue
-        if covered.isdisjoint(info.subtree):
-            names.append(info.name)  # never the root: its call covers what it holds
-    return tuple(names)
-
-
-# -- recording calls ----------------------------------------------------------------------------
-
-
-@dataclass
-class _Call:
-    index: int
-    module_id: int
-    depth: int
-    parent: int | None
-    is_repeat: bool
-    input_shapes: tuple[_nested.Shape, ...] = ()
-    output_shapes: tuple[_nested.Shape, ...] = ()
-    failed: bool = False
-
-    def freeze(
-        self, info: _ModuleInfo, counter: CostCounter, inclusive: dict[int, tuple[int, int]]
-    ) -> LayerRecord:
-        return LayerRecord(
-            index=self.index,
-            name=info.name,
-            type=info.type,
-            depth=self.depth,
-            parent=self.parent,
-            input_shapes=self.input_shapes,
-            output_shapes=self.output_shapes,
-            params=info.params,
-            trainable_params=info.trainable,
-            own_parameters=info.own,
-            subtree_parameters=info.subtree,
-            is_repeat=self.is_repeat,
-            failed=self.failed,
-            macs=inclusive[self.index][0],
-            flops=inclusive[self.index][1],
-            self_macs=counter.macs[self.index],
-            self_flops=counter.flops[self.index],
-        )
-
-
-@dataclass
-class _CallRecorder:
-    """Forward hooks that turn module calls into :class:`_Call` entries.
-
-    ``enter`` is a pre-hook registered first (``prepend=True``), so a call is on the stack
-    before any user pre-hook runs; ``leave`` is a forward hook registered last with
-    ``always_call=True``, so it sees the arguments ``forward`` received and the output the
-    caller receives, and runs also when the forward or a hook raised. Neither lets an error
-    of its own reach the model: those are kept in ``internal_errors``.
-    """
-
-    modules: dict[int, _ModuleInfo]
-    calls: list[_Call] = field(default_factory=list)
-    stack: list[_Call] = field(default_factory=list)
-    seen: set[int] = field(default_factory=set)
-    failures: list[tuple[BaseException, _Call]] = field(default_factory=list)
-    internal_errors: list[Exception] = field(default_factory=list)
-
-    def _push(self, module: nn.Module) -> _Call:
-        key = id(module)
-        call = _Call(
-            index=len(self.calls),
-            module_id=key,
-            depth=len(self.stack),
-            parent=self.stack[-1].index if self.stack else None,
-            is_repeat=key in self.seen,
-        )
-        self.seen.add(key)
-        self.calls.append(call)
-        self.stack.append(call)
-        return call
-
-    def current_call(self) -> int | None:
-        """Index of the innermost module call running now (what the cost counter charges)."""
-        return self.stack[-1].index if self.stack else None
-
-    def enter(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        try:
-            self._push(module)
-        except Exception as e:  # never break the user's forward
-            self.internal_errors.append(e)
-
-    def leave(
-        self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
-    ) -> None:
-        self.leave_unhooked(module, args, kwargs, output, raising=_in_exception_path(output))
-
-    def leave_unhooked(
-        self,
-        module: nn.Module,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        output: Any,
-        *,
-        raising: bool,
-    ) -> None:
-        """Record the end of a call whose raising state is known: a hooked call's (``leave``)
-        or one no hook sees (a TorchScript model's)."""
-        try:
-            self._pop(module, args, kwargs, output, raising)
-        except Exception as e:  # never break the user's forward
-            self.internal_errors.append(e)
-
-    def _pop(
-        self,
-        module: nn.Module,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        output: Any,
-        raising: bool,
-    ) -> None:
-        key = id(module)
-        depth = next(
-            (i for i in range(len(self.stack) - 1, -1, -1) if self.stack[i].module_id == key), None
-        )
-        if depth is None:  # a global pre-hook raised before our enter ran
-            self._push(module)
-            depth = len(self.stack) - 1
-        call = self.stack[depth]
-        del self.stack[depth:]
-        call.input_shapes = _nested.shapes((args, kwargs) if kwargs else args)
-        if raising:
-            call.failed = True
-            error = sys.exc_info()[1]
-            if error is not None and not any(seen is error for seen, _ in self.failures):
-                self.failures.append((error, call))  # the first to see an error is the innermost
-        else:
-            call.output_shapes = _nested.shapes(output)
-
-    def origin_of(self, error: BaseException) -> _Origin | None:
-        """The innermost module call whose forward raised ``error`` (or what caused it)."""
-        chain: list[BaseException] = []
-        cursor: BaseException | None = error
-        while cursor is not None and cursor not in chain:
-            chain.append(cursor)
-            cursor = cursor.__cause__ or cursor.__context__
-        for candidate in chain:
-            for seen, call in self.failures:
-                if seen is candidate:
-                    info = self.modules[call.module_id]
-                    return _Origin(info.name, info.type, call.input_shapes)
-        return None
-
-
-def _in_exception_path(output: Any) -> bool:
-    """Whether torch is calling our ``always_call`` forward hook because the call raised.
-
-    torch runs forward hooks from the ``inner`` closure of ``Module._call_impl`` normally,
-    and from ``_call_impl``'s own ``except`` block after an exception. The frame tells the
-    two apart even when a user hook raised after ``forward`` returned an output; should a
-    future torch call hooks from elsewhere, fall back to "an exception is being handled and
-    there is no output".
-    """
-    caller = sys._getframe(2).f_code.co_name  # 0: here, 1: leave, 2: torch
-    if caller == "_call_impl":
-        return True
-    if caller == "inner":
-        return False
-    return sys.exc_info()[1] is not None and output is None
-
-
-@dataclass(frozen=True)
-class _Origin:
-    name: str
-    type: str
-    input_shapes: tuple[_nested.Shape, ...]
-
-
-def _failure_message(
-    error: BaseException, origin: _Origin | None, partial: ModelSummary, *, no_input: bool
-) -> str:
-    where = (
-        f"module {origin.name or '(root)'!r} ({origin.type})" if origin else "the model's forward"
-    )
-    shapes = f" with input shapes {format_shapes(origin.input_shapes)}" if origin else ""
-    hint = ""
-    if no_input and isinstance(error, TypeError) and "argument" in str(error):
-        hint = "\nHint: no input was given; pass input=... or input_size=(...) to summary()."
-    return (
-        f"forward pass failed in {where}{shapes}: {type(error).__name__}: {error}{hint}\n\n"
-        f"Layers that ran before the failure:\n{partial}"
-    )
