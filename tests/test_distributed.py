@@ -28,7 +28,9 @@ from torch.utils.data import DataLoader, TensorDataset
 import torchscope
 from torchscope import distributed
 from torchscope.collect.freezing import freeze
-from torchscope.collect.gradients import GradientMonitor, _merge_ranks, _RankView
+from torchscope.collect.gradients import GradientMonitor
+from torchscope.collect.gradients.ranks import RankView as _RankView
+from torchscope.collect.gradients.ranks import merge_ranks as _merge_ranks
 from torchscope.errors import TorchscopeError
 from torchscope.models import LeNet
 from torchscope.records import Finding, GradientReport

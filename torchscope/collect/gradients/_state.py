@@ -1,0 +1,228 @@
+"""What the monitor's hooks record while the loop runs: per-parameter, per-module and per-step
+state, kept on the device until the report reads it once."""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.dropout import _DropoutNd
+from torch.nn.modules.instancenorm import _InstanceNorm
+
+from torchscope.collect.freezing import close_names
+from torchscope.collect.hooks import iter_modules
+
+_NORMALISATION = (_BatchNorm, _InstanceNorm)
+# modules whose output cannot be non-finite when their input and parameters are finite: not
+# worth a pass over their output (normalisation divides by sqrt(var + eps), eps > 0; a
+# non-finite parameter comes from a non-finite gradient, reported first)
+_PASSTHROUGH = (
+    _BatchNorm,
+    _InstanceNorm,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.ReLU,
+    nn.ReLU6,
+    _DropoutNd,
+    nn.Identity,
+    nn.Flatten,
+    nn.Unflatten,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.Sequential,
+)
+_TRAINING_SENSITIVE = (_DropoutNd, _BatchNorm, _InstanceNorm)
+
+
+class _Param:
+    """One parameter tensor (tied names folded into one) and what the hooks saw of it."""
+
+    __slots__ = (
+        "aliases",
+        "cancelled_by",
+        "index",
+        "intended_frozen",
+        "key_after_backward",
+        "key_after_step",
+        "module",
+        "name",
+        "received",
+        "tensor",
+    )
+
+    def __init__(
+        self, index: int, name: str, aliases: tuple[str, ...], tensor: nn.Parameter, module: str
+    ) -> None:
+        self.index = index
+        self.name = name
+        self.aliases = aliases
+        self.tensor = tensor
+        self.module = module  # qualified name of the module holding it
+        self.intended_frozen = False
+        self.received = 0  # backward passes that delivered a gradient to it
+        self.cancelled_by: str | None = None  # normalisation layer its bias feeds straight into
+        self.key_after_step: tuple[int, int] | None = None
+        self.key_after_backward: tuple[int, int] | None = None
+
+
+class _Module:
+    __slots__ = ("biases", "checks_output", "module", "path", "relu", "sensitive")
+
+    def __init__(self, path: str, module: nn.Module, biases: list[_Param]) -> None:
+        self.path = path
+        self.module = module
+        self.biases = biases
+        self.checks_output = not isinstance(module, _PASSTHROUGH)
+        self.sensitive = isinstance(module, _TRAINING_SENSITIVE)
+        self.relu = isinstance(module, (nn.ReLU, nn.ReLU6))
+
+
+class _Call:
+    """One running forward call of a module (an entry of the monitor's call stack)."""
+
+    __slots__ = ("after", "info", "occurrence", "relu_calls")
+
+    def __init__(self, info: _Module, occurrence: int, after: str | None) -> None:
+        self.info = info
+        self.occurrence = occurrence  # calls of this module before it in the same forward
+        self.after = after  # the module that finished just before this call began
+        self.relu_calls = 0
+
+
+class _ReluSite:
+    __slots__ = ("fired", "name", "observations")
+
+    def __init__(self, name: str, fired: torch.Tensor) -> None:
+        self.name = name
+        self.fired = fired  # bool per unit, on the device
+        self.observations = 0  # per unit
+
+
+@dataclass(frozen=True)
+class _Clock:
+    step: int  # optimizer steps completed before the event
+    backward: int  # backward passes completed before the event
+
+
+@dataclass(frozen=True)
+class _StepRow:
+    clock: _Clock
+    from_step: bool  # measured at optimizer.step (else at the end of a backward pass)
+    grad_index: tuple[int, ...]
+    grad_stats: torch.Tensor  # [3, n]: L1, L2 and max-abs norms of the gradients
+    weight_index: tuple[int, ...]
+    weight_stats: torch.Tensor | None  # [2, m]: weight norm before the step, norm of the change
+    # biases whose module output got gradients since the previous row, and the L1 norm of
+    # those output gradients: the scale of the sum a bias gradient is made of
+    output_index: tuple[int, ...] = ()
+    output_l1: torch.Tensor | None = None
+
+
+def _grad_key(param: torch.Tensor) -> tuple[int, int] | None:
+    grad = param.grad
+    return None if grad is None else (id(grad), grad._version)
+
+
+def _norm_rows(
+    tensors: Sequence[torch.Tensor], index: Sequence[int], orders: Sequence[float]
+) -> tuple[tuple[int, ...], torch.Tensor]:
+    """Norms of each tensor for each order as one float32 tensor ``[len(orders), n]``.
+
+    ``torch._foreach_norm`` runs one kernel per group of dtype and device instead of one per
+    tensor; the columns come back grouped, so the matching parameter indices come back too.
+    The max-abs norm (``math.inf``) uses ``aminmax`` per tensor, several times faster than
+    ``_foreach_norm(inf)`` on the CPU; NaN propagates through both.
+    """
+    groups: dict[tuple[torch.device, torch.dtype], tuple[list[int], list[torch.Tensor]]] = {}
+    for i, tensor in zip(index, tensors, strict=True):
+        if tensor.is_sparse:
+            tensor = tensor.coalesce()._values()
+        elif tensor.layout != torch.strided:
+            tensor = tensor.to_dense()
+        ids, values = groups.setdefault((tensor.device, tensor.dtype), ([], []))
+        ids.append(i)
+        values.append(tensor.detach())
+    order_out: list[int] = []
+    blocks: list[torch.Tensor] = []
+    device = None
+    for (dev, dtype), (ids, values) in groups.items():
+        kind = torch.float32 if dtype in (torch.float16, torch.bfloat16) else None
+        rows = []
+        for o in orders:
+            if o == math.inf:
+                extremes = [
+                    torch.aminmax(v) if v.numel() else (v.new_zeros(()),) * 2 for v in values
+                ]
+                low = torch.stack([lo for lo, _ in extremes]).float()
+                high = torch.stack([hi for _, hi in extremes]).float()
+                rows.append(torch.maximum(high, low.neg()))
+            else:
+                rows.append(torch.stack(torch._foreach_norm(values, o, dtype=kind)).float())
+        block = torch.stack(rows)
+        device = device or dev
+        blocks.append(block if dev == device else block.to(device))  # multi-device models only
+        order_out.extend(ids)
+    return tuple(order_out), torch.cat(blocks, dim=1)
+
+
+def _unit_dims(tensor: torch.Tensor) -> tuple[int, ...] | None:
+    """The dims to reduce so one value per unit is left: features (2-D), the last dim
+    (batch-first sequences, 3-D) or channels (images and volumes)."""
+    if tensor.dim() == 2:
+        return (0,)
+    if tensor.dim() == 3:
+        return (0, 1)
+    if tensor.dim() >= 4:
+        return (0, *range(2, tensor.dim()))
+    return None
+
+
+def _resolve_frozen(model: nn.Module, targets: list[Any], params: list[_Param]) -> set[int]:
+    """Parameter ids named by ``frozen=`` (modules, module types, names, globs, tensors)."""
+    chosen: set[int] = set()
+    named_modules = list(iter_modules(model))
+    module_names = [name for name, _ in named_modules if name]
+    for target in targets:
+        if isinstance(target, torch.Tensor):
+            if id(target) not in {id(p.tensor) for p in params}:
+                raise ValueError("a tensor given in frozen= is not a parameter of the model")
+            chosen.add(id(target))
+            continue
+        if isinstance(target, nn.Module) or (
+            isinstance(target, type) and issubclass(target, nn.Module)
+        ):
+            found = [
+                m
+                for _, m in named_modules
+                if (m is target if isinstance(target, nn.Module) else isinstance(m, target))
+            ]
+        elif isinstance(target, str):
+            by_param = [
+                p
+                for p in params
+                if any(fnmatch.fnmatchcase(n, target) for n in (p.name, *p.aliases))
+            ]
+            chosen.update(id(p.tensor) for p in by_param)
+            found = [m for name, m in named_modules if name and fnmatch.fnmatchcase(name, target)]
+            if not by_param and not found:
+                raise ValueError(
+                    f"frozen={target!r} matches no module or parameter"
+                    + close_names(target, module_names)
+                )
+        else:
+            raise TypeError(
+                "frozen= takes modules, module types, qualified names (globs allowed) or "
+                f"parameter tensors; got {type(target).__name__}"
+            )
+        if not found and not isinstance(target, str):
+            raise ValueError(f"frozen={target!r} matches no module of the model")
+        for module in found:
+            chosen.update(id(p) for p in module.parameters())
+    return chosen

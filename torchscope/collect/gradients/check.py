@@ -1,0 +1,134 @@
+"""The one-shot gradient check: a few steps of a standard loop on copies of the model."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import torchscope._util.nested as _nested
+from torchscope.collect.gradients.monitor import GradientMonitor
+from torchscope.collect.hooks import preserved_rng
+from torchscope.errors import TorchscopeError
+from torchscope.records import GradientReport
+
+
+def check_gradients(
+    model: nn.Module,
+    inputs: Any,
+    target: Any = None,
+    *,
+    loss_fn: Callable[..., torch.Tensor] | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    steps: int = 3,
+) -> GradientReport:
+    """Run a few steps of a standard training loop on copies and report gradient health.
+
+    The model and the optimizer are deep-copied together (so the copy's optimizer holds the
+    copy's parameters); the originals, their gradients and the global RNGs are untouched.
+
+    Args:
+        model: the model to check; it runs in training mode.
+        inputs: the forward's input: a tensor, a tuple of positional arguments, or a dict of
+            keyword arguments.
+        target: passed to ``loss_fn`` after the output. Without ``loss_fn``: integer targets
+            mean ``cross_entropy``, floating-point targets ``mse_loss``.
+        loss_fn: ``loss_fn(output, target)`` (or ``loss_fn(output)`` without a target).
+            Without it and without a target, the loss is the output's sum weighted by fixed
+            random numbers, so every output element gets a gradient.
+        optimizer: the optimizer to copy; default SGD with lr=0.01 over trainable parameters.
+        steps: training steps to run.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"check_gradients needs the model (an nn.Module) first, got {type(model).__name__}"
+        )
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(
+            f"optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__}"
+        )
+    with preserved_rng():
+        try:
+            model_copy, optimizer_copy = copy.deepcopy((model, optimizer))
+        except Exception as e:
+            raise TorchscopeError(
+                f"check_gradients could not deep-copy the model ({type(e).__name__}: {e}); "
+                "it trains a copy so that yours is untouched. Use GradientMonitor around your "
+                "own loop instead"
+            ) from e
+        if optimizer_copy is None:
+            trainable = [p for p in model_copy.parameters() if p.requires_grad]
+            if not trainable:
+                raise ValueError("the model has no trainable parameters: nothing to check")
+            optimizer_copy = torch.optim.SGD(trainable, lr=0.01)
+        args, kwargs = _call_arguments(inputs)
+        compute_loss = _loss_function(loss_fn, target)
+        model_copy.train()
+        with GradientMonitor(model_copy, optimizer_copy) as monitor:
+            for _ in range(steps):
+                optimizer_copy.zero_grad(set_to_none=True)
+                output = model_copy(*args, **kwargs)
+                loss = compute_loss(output)
+                loss.backward()
+                optimizer_copy.step()
+        return monitor.report()
+
+
+def _call_arguments(inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    if isinstance(inputs, Mapping):
+        return (), dict(inputs)
+    if isinstance(inputs, (tuple, list)) and not _nested.is_namedtuple(inputs):
+        return tuple(inputs), {}
+    return (inputs,), {}
+
+
+def _loss_function(
+    loss_fn: Callable[..., torch.Tensor] | None, target: Any
+) -> Callable[[Any], torch.Tensor]:
+    if loss_fn is not None:
+        if not callable(loss_fn):
+            raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+        return (lambda out: loss_fn(out)) if target is None else (lambda out: loss_fn(out, target))
+    if target is not None:
+        if not isinstance(target, torch.Tensor):
+            raise TypeError("without loss_fn, target must be a tensor (class indices or values)")
+        if target.is_floating_point():
+            return lambda out: F.mse_loss(_only_tensor(out), target)
+        return lambda out: F.cross_entropy(_only_tensor(out), target)
+    weights: dict[tuple[Any, ...], torch.Tensor] = {}
+
+    def projection(out: Any) -> torch.Tensor:
+        total: torch.Tensor | None = None
+        for k, tensor in enumerate(_nested.tensors(out)):
+            if not (tensor.is_floating_point() and tensor.requires_grad):
+                continue
+            key = (k, tuple(tensor.shape), tensor.dtype, tensor.device)
+            if key not in weights:
+                generator = torch.Generator().manual_seed(k)
+                weights[key] = torch.randn(
+                    tensor.shape, generator=generator, dtype=torch.float32
+                ).to(tensor.device, tensor.dtype)
+            term = (tensor * weights[key]).sum() / max(tensor.numel(), 1)
+            total = term if total is None else total + term
+        if total is None:
+            raise ValueError(
+                "the model's output has no floating-point tensor that requires grad; pass "
+                "loss_fn= to say how its output becomes a loss"
+            )
+        return total
+
+    return projection
+
+
+def _only_tensor(out: Any) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out
+    raise TypeError(
+        f"the model returned {type(out).__name__}; pass loss_fn= to say how it becomes a loss"
+    )

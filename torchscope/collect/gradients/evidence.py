@@ -1,0 +1,241 @@
+"""Facts that several gradient rules share, derived once from an :class:`Observations`.
+
+A rule reads the observations and these facts, never another rule's findings, so the rules
+run in any order. Each fact is computed on first use and kept.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, TypeVar
+
+import torch
+
+from torchscope.collect.gradients.observations import (
+    Clock,
+    Observations,
+    ParamView,
+    ReluView,
+)
+from torchscope.collect.gradients.thresholds import GradientThresholds
+from torchscope.records import Finding, ParameterHistory
+
+__all__ = ["Evidence", "Move"]
+
+T = TypeVar("T")
+
+# a bias gradient under this many machine epsilons of its output gradients' L1 norm is
+# rounding, not signal (see Evidence.rounding_zero): 1.2e-4 in float32, 2.3e-13 in float64
+ROUNDING_FACTOR = 2.0**10
+
+
+@dataclass(frozen=True)
+class Move:
+    step: int
+    change: float  # L2 norm of what the optimizer step changed
+    weight_norm: float  # before the step
+
+
+class Evidence:
+    """An :class:`Observations` with the facts that rules share."""
+
+    def __init__(self, observed: Observations) -> None:
+        self.observed = observed
+        self.t: GradientThresholds = observed.thresholds
+        self.params = observed.params
+        self._shared: dict[Callable[..., Any], Any] = {}
+
+    def shared(self, compute: Callable[[Evidence], T]) -> T:
+        """``compute(self)``, computed once: a fact that a family of rules shares."""
+        if compute not in self._shared:
+            self._shared[compute] = compute(self)
+        result: T = self._shared[compute]
+        return result
+
+    def finding(
+        self,
+        kind: str,
+        severity: str,
+        where: str,
+        when: Clock | int | None,
+        value: float | None,
+        threshold: float | None,
+        message: str,
+    ) -> Finding:
+        step = self.observed.step_of(when) if isinstance(when, Clock) else when
+        return Finding(kind, severity, where, step, value, threshold, message)
+
+    # per-parameter history ----------------------------------------------------------------------
+
+    @cached_property
+    def history(self) -> dict[int, ParameterHistory]:
+        o = self.observed
+        steps: dict[int, list[int]] = {e.index: [] for e in o.params}
+        l1: dict[int, list[float]] = {e.index: [] for e in o.params}
+        l2: dict[int, list[float]] = {e.index: [] for e in o.params}
+        linf: dict[int, list[float]] = {e.index: [] for e in o.params}
+        ratios: dict[int, list[float | None]] = {e.index: [] for e in o.params}
+        for row in o.rows:
+            ratio: dict[int, float] = {}
+            for i, w, change in zip(
+                row.weight_index, row.weight_norm, row.weight_change, strict=True
+            ):
+                ratio[i] = change / w if w > 0 else (math.inf if change > 0 else 0.0)
+            step = o.step_of(row.clock)
+            for k, i in enumerate(row.grad_index):
+                steps[i].append(step)
+                l1[i].append(row.grad_l1[k])
+                l2[i].append(row.grad_l2[k])
+                linf[i].append(row.grad_max_abs[k])
+                ratios[i].append(ratio.get(i))
+        out = {}
+        for e in o.params:
+            numel = max(e.numel, 1)
+            out[e.index] = ParameterHistory(
+                name=e.name,
+                shape=e.shape,
+                numel=e.numel,
+                trainable=e.trainable,
+                steps=tuple(steps[e.index]),
+                grad_norm=tuple(l2[e.index]),
+                grad_mean_abs=tuple(v / numel for v in l1[e.index]),
+                grad_max_abs=tuple(linf[e.index]),
+                update_ratio=tuple(ratios[e.index]),
+            )
+        return out
+
+    @cached_property
+    def rounding_zero(self) -> set[int]:
+        """Biases whose gradient is zero up to floating-point rounding in the median step.
+
+        A bias gradient is the sum of its module's output gradients. When a normalisation
+        right after it removes per-channel shifts (however the tensor reaches it: a reshape,
+        ``F.batch_norm``, a one-channel-per-group GroupNorm) that sum is mathematically zero
+        and what is left is rounding: about eps x the summed magnitudes, and how much
+        depends on which kernels the CPU picks. Judged against that scale, not against other
+        parameters' gradients, the verdict is the same on every machine: rounding stays under
+        1e-6 of the scale in float32 (1e-4 in bfloat16), real bias gradients are 1e-2 and up
+        (1/sqrt(positions) when signs are random), and the threshold sits between.
+        """
+        ratios: dict[int, list[float]] = {}
+        for row in self.observed.rows:
+            if not row.output_index:
+                continue
+            l1 = dict(zip(row.grad_index, row.grad_l1, strict=True))
+            if not any(v > 0 for v in l1.values()):
+                continue  # every gradient was cleared before the step: nothing to judge here
+            for i, scale in zip(row.output_index, row.output_l1, strict=True):
+                if i in l1 and scale > 0 and math.isfinite(scale) and math.isfinite(l1[i]):
+                    ratios.setdefault(i, []).append(l1[i] / scale)
+        zero = set()
+        for e in self.params:
+            values = sorted(ratios.get(e.index, ()))
+            if values and e.floating:
+                tolerance = min(ROUNDING_FACTOR * torch.finfo(e.dtype).eps, 1e-3)
+                if values[len(values) // 2] <= tolerance:
+                    zero.add(e.index)
+        return zero
+
+    # who got gradients -----------------------------------------------------------------------
+
+    @property
+    def saw_backward(self) -> bool:
+        return max(self.observed.backwards, self.observed.backward_calls) > 0
+
+    @cached_property
+    def without_gradient(self) -> list[ParamView]:
+        """Trainable parameters that no backward pass reached."""
+        return [
+            e
+            for e in self.params
+            if e.trainable and not (e.received > 0 or self.history[e.index].steps)
+        ]
+
+    @cached_property
+    def _gradient_split(
+        self,
+    ) -> tuple[
+        list[tuple[ParamView, ParameterHistory, int]], list[tuple[ParamView, ParameterHistory]]
+    ]:
+        zero: list[tuple[ParamView, ParameterHistory, int]] = []
+        judged: list[tuple[ParamView, ParameterHistory]] = []
+        for e in self.params:
+            h = self.history[e.index]
+            if not e.trainable or not (e.received > 0 or h.steps):
+                continue
+            # max |grad| is exact (the L2 norm of fp32 values under ~1e-19 underflows to 0)
+            finite = [v for v in h.grad_max_abs if math.isfinite(v)]
+            if finite and all(v == 0 for v in finite):
+                if e.cancelled_by is None and e.index not in self.rounding_zero:
+                    zero.append((e, h, len(finite)))
+                continue
+            judged.append((e, h))
+        return zero, judged
+
+    @property
+    def zero_gradient(self) -> list[tuple[ParamView, ParameterHistory, int]]:
+        """Trainable parameters whose gradient was exactly zero in every observed step (not
+        explained by a normalisation or rounding), with the number of steps observed."""
+        return self._gradient_split[0]
+
+    @property
+    def with_gradient(self) -> list[tuple[ParamView, ParameterHistory]]:
+        """Trainable parameters that got non-zero gradients."""
+        return self._gradient_split[1]
+
+    @cached_property
+    def exploding(self) -> dict[int, list[tuple[int, float]]]:
+        """Parameter index -> the (step, L2 norm) above the threshold, for those that have any."""
+        out = {}
+        for e, h in self.with_gradient:
+            big = [
+                (step, norm)
+                for step, norm, top in zip(h.steps, h.grad_norm, h.grad_max_abs, strict=True)
+                if norm > self.t.exploding_norm and math.isfinite(top)  # L2 may overflow to inf
+            ]
+            if big:
+                out[e.index] = big
+        return out
+
+    @cached_property
+    def fully_dead_sites(self) -> list[ReluView]:
+        """ReLU sites observed enough where no unit ever fired."""
+        return [
+            s
+            for s in self.observed.relu_sites
+            if s.observations >= self.t.dead_min_observations and s.fired_units == 0
+        ]
+
+    # optimizer steps -------------------------------------------------------------------------
+
+    @cached_property
+    def moves(self) -> dict[int, list[Move]]:
+        """Parameter index -> how far each optimizer step moved it."""
+        out: dict[int, list[Move]] = {}
+        for row in self.observed.rows:
+            step = self.observed.step_of(row.clock)
+            for i, w, change in zip(
+                row.weight_index, row.weight_norm, row.weight_change, strict=True
+            ):
+                out.setdefault(i, []).append(Move(step, change, w))
+        return out
+
+    @cached_property
+    def moved_groups(self) -> dict[int, set[int]]:
+        """Step -> the parameter groups in which some parameter moved."""
+        out: dict[int, set[int]] = {}
+        for i, moves in self.moves.items():
+            group = self.params[i].group
+            for move in moves:
+                if move.change > 0 and group is not None:
+                    out.setdefault(move.step, set()).add(group)
+        return out
+
+    def ran(self, module: str) -> bool:
+        """The module (or one inside it) ran in a training forward."""
+        called = self.observed.called
+        prefix = module + "."
+        return not module or module in called or any(n.startswith(prefix) for n in called)

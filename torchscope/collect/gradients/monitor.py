@@ -1,0 +1,623 @@
+"""Gradient health: watch the user's own training loop and name what goes wrong in it.
+
+:class:`GradientMonitor` wraps an unchanged loop and observes it through hooks only:
+
+- forward: module forward hooks (activations that turn NaN/Inf, BatchNorm fed a batch of one,
+  training forwards in eval mode, a bias feeding straight into a normalisation layer) and a
+  :class:`~torch.overrides.TorchFunctionMode` that sees functional calls (ReLU units firing,
+  softmax outputs handed to ``cross_entropy``, the tensor handed to ``backward``);
+- backward: one hook per trainable parameter (did a gradient arrive, was the previous step's
+  gradient cleared first) and an engine callback at the end of every backward pass;
+- ``optimizer.step``: step pre/post hooks (gradient norms, how far each parameter moved).
+
+Module full-backward hooks are not used: they break on in-place ops such as the residual adds
+of torchvision's resnet50. Statistics stay on the device as tensors and are read once, when
+:meth:`GradientMonitor.report` builds the :class:`~torchscope.records.GradientReport`, so the
+loop gets no host synchronisation per step.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.optim.optimizer import (
+    register_optimizer_step_post_hook,
+    register_optimizer_step_pre_hook,
+)
+from torch.utils.weak import WeakIdKeyDictionary
+
+import torchscope._util.nested as _nested
+from torchscope._util.inputs import unwrap
+from torchscope.collect.freezing import frozen_parameters, is_frozen, is_pinned
+from torchscope.collect.gradients._state import (
+    _NORMALISATION,
+    _Call,
+    _Clock,
+    _grad_key,
+    _Module,
+    _norm_rows,
+    _Param,
+    _ReluSite,
+    _resolve_frozen,
+    _StepRow,
+    _unit_dims,
+)
+from torchscope.collect.gradients.evidence import Evidence
+from torchscope.collect.gradients.functions import FunctionWatch
+from torchscope.collect.gradients.observations import Fixed, observe
+from torchscope.collect.gradients.ranks import RankView, merge_ranks, world_size
+from torchscope.collect.gradients.rules import judge
+from torchscope.collect.gradients.thresholds import GradientThresholds, resolve_thresholds
+from torchscope.collect.hooks import HookSet, iter_modules
+from torchscope.distributed import all_gather_objects
+from torchscope.errors import TorchscopeError
+from torchscope.records import GradientReport
+
+__all__ = ["GradientMonitor"]
+
+
+class GradientMonitor:
+    """Watches the user's own training loop and reports gradient health.
+
+    Example::
+
+        with torchscope.GradientMonitor(model, optimizer=opt) as mon:
+            for x, y in loader:
+                opt.zero_grad(); loss = loss_fn(model(x), y); loss.backward(); opt.step()
+        print(mon.report())
+
+    Args:
+        model: the module being trained (DataParallel/DDP/``torch.compile`` wrappers are
+            looked through).
+        optimizer: the optimizer whose ``step()`` ends a training step. If None, every
+            optimizer that steps one of the model's parameters while the monitor is active is
+            observed; if none does, each backward pass counts as a step.
+        accumulation_steps: backward passes per optimizer step the loop intends; gradients
+            must then be cleared after each step and only then.
+        frozen: parts that are meant not to train: modules, module types, qualified module or
+            parameter names (globs allowed) or parameter tensors. Parameters frozen with
+            :func:`torchscope.freeze` are known without this.
+        thresholds: a :class:`GradientThresholds` or a dict overriding some of its fields.
+
+    Everything attached is removed on exit, also on exception. Costs: hooks per module and
+    parameter call, a few norms per step, and one copy of the optimizer's parameters (kept to
+    measure how far each step moved them).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        accumulation_steps: int = 1,
+        frozen: Iterable[Any] | None = None,
+        thresholds: GradientThresholds | Mapping[str, float] | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(
+                f"GradientMonitor needs the model (an nn.Module) as its first argument, "
+                f"got {type(model).__name__}"
+            )
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(
+                f"optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__}"
+            )
+        if (
+            not isinstance(accumulation_steps, int)
+            or isinstance(accumulation_steps, bool)
+            or accumulation_steps < 1
+        ):
+            raise ValueError(
+                f"accumulation_steps must be a positive integer, got {accumulation_steps!r}"
+            )
+        if isinstance(frozen, (str, nn.Module, torch.Tensor, type)):
+            frozen = [frozen]
+        self._model = unwrap(model, caller="GradientMonitor")
+        self._optimizer = optimizer
+        self._accumulation_steps = accumulation_steps
+        self._frozen_targets = list(frozen or ())
+        self.thresholds = resolve_thresholds(thresholds)
+        self._hooks = HookSet()
+        self._mode: FunctionWatch | None = None
+        self._active = False
+        self._reset()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def _reset(self) -> None:
+        self._params: list[_Param] = []
+        self._by_id: dict[int, _Param] = {}
+        self._modules: list[_Module] = []
+        self._called: set[str] = set()
+        self._stack: list[_Call] = []
+        self._occurrences: dict[str, int] = {}  # module calls so far in the current forward
+        self._last_finished: str | None = None
+        self._steps = 0
+        self._backwards = 0
+        self._backward_calls = 0
+        self._backwards_since_step = 0
+        self._windows: list[tuple[_Clock, int]] = []  # backward passes per optimizer step
+        self._callback_queued = False
+        self._optimizers: dict[int, weakref.ref[torch.optim.Optimizer]] = {}
+        self._held_indices: set[int] = set()  # parameters some observed optimizer stepped
+        self._fixed: Fixed | None = None  # host state when the `with` block ended
+        self._rows: list[_StepRow] = []
+        self._pending: tuple[Any, ...] | None = None
+        self._snapshots: dict[int, torch.Tensor] = {}
+        self._forward_checks: list[tuple[str, torch.Tensor]] = []
+        self._forwards: list[tuple[_Clock, tuple[str, ...], torch.Tensor]] = []
+        self._produced: dict[int, tuple[weakref.ref[torch.Tensor], _Module]] = {}
+        self._output_l1: dict[int, torch.Tensor] = {}  # bias index -> sum of |output grad|
+        self._eval_pending: list[str] | None = None
+        self._eval_root_forwards: list[tuple[_Clock, tuple[str, ...]]] = []
+        self._eval_sub_forwards: list[tuple[_Clock, tuple[str, ...]]] = []
+        self._forward_eval: set[str] = set()
+        self._forward_root_eval = False
+        self._losses: list[tuple[_Clock, torch.Tensor]] = []
+        self._relu_sites: dict[tuple[str, int], _ReluSite] = {}
+        self._softmax_outputs: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        self._probability_inputs: list[tuple[_Clock, str, torch.Tensor | None]] = []
+        self._batch_of_one: list[tuple[_Clock, str, tuple[int, ...]]] = []
+        self._stale: list[tuple[_Clock, int, torch.Tensor]] = []
+        self._cleared_in_window: list[tuple[_Clock, int]] = []
+        self._zero_lr: dict[int, _Clock] = {}
+        self._group_of: dict[int, int] = {}  # parameter index -> id of its param group
+        self._lr_of: dict[int, float | None] = {}  # parameter index -> its group's lr
+
+    def __enter__(self) -> GradientMonitor:
+        if self._active:
+            raise TorchscopeError(
+                "this GradientMonitor is already active; leave its `with` block before "
+                "entering it again, or create a second monitor"
+            )
+        self._reset()
+        try:
+            self._index_parameters()
+            self._attach_module_hooks()
+            self._attach_parameter_hooks()
+            self._attach_optimizer_hooks()
+            self._mode = FunctionWatch(self)
+            self._mode.__enter__()
+        except BaseException:
+            self._detach()
+            raise
+        self._active = True
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._detach()
+        # What the loop did is fixed now: a report taken later must not depend on objects the
+        # loop has dropped since (its optimizer) or on later changes to the model. Only host
+        # state is copied here; the device statistics are read once, by report().
+        self._fixed = Fixed(
+            held=frozenset(self._held_now()),
+            requires_grad=tuple(e.tensor.requires_grad for e in self._params),
+        )
+
+    def _detach(self) -> None:
+        mode, self._mode = self._mode, None
+        try:
+            if mode is not None:
+                mode.__exit__(None, None, None)
+        finally:
+            self._active = False
+            self._snapshots.clear()
+            self._stack.clear()
+            self._produced.clear()
+            self._hooks.remove_all()
+
+    # -- attaching -------------------------------------------------------------------------------
+
+    def _index_parameters(self) -> None:
+        names: dict[int, list[str]] = {}
+        for name, param in self._model.named_parameters(remove_duplicate=False):
+            names.setdefault(id(param), []).append(name)
+        owners: dict[int, str] = {}
+        for path, module in iter_modules(self._model):
+            for held in module._parameters.values():
+                if held is not None:
+                    owners.setdefault(id(held), path)
+        for param in self._model.parameters():
+            if not (param.is_floating_point() or param.is_complex()):
+                continue
+            aliases = names[id(param)]
+            entry = _Param(
+                len(self._params), aliases[0], tuple(aliases[1:]), param, owners[id(param)]
+            )
+            self._params.append(entry)
+            self._by_id[id(param)] = entry
+        intended = _resolve_frozen(self._model, self._frozen_targets, self._params)
+        intended |= {id(p) for p in frozen_parameters(self._model).values()}
+        for entry in self._params:
+            entry.intended_frozen = id(entry.tensor) in intended or is_frozen(entry.tensor)
+
+    def _attach_module_hooks(self) -> None:
+        for path, module in iter_modules(self._model):
+            biases = [
+                self._by_id[id(p)]
+                for local, p in module._parameters.items()
+                if local == "bias" and p is not None and id(p) in self._by_id
+            ]
+            info = _Module(path, module, biases)
+            self._modules.append(info)
+            self._hooks.add(
+                module.register_forward_pre_hook(
+                    lambda m, args, info=info: self._on_forward_pre(info, args), prepend=True
+                )
+            )
+            self._hooks.add(
+                module.register_forward_hook(
+                    lambda m, args, out, info=info: self._on_forward(info, out), always_call=True
+                )
+            )
+
+    def _attach_parameter_hooks(self) -> None:
+        for entry in self._params:
+            if entry.tensor.requires_grad:
+                self._hooks.add(
+                    entry.tensor.register_hook(lambda grad, entry=entry: self._on_gradient(entry))
+                )
+
+    def _attach_optimizer_hooks(self) -> None:
+        if self._optimizer is not None:
+            self._hooks.add(self._optimizer.register_step_pre_hook(self._on_step_pre))
+            self._hooks.add(self._optimizer.register_step_post_hook(self._on_step_post))
+        else:  # observe any optimizer that steps one of our parameters
+            self._hooks.add(register_optimizer_step_pre_hook(self._on_step_pre))
+            self._hooks.add(register_optimizer_step_post_hook(self._on_step_post))
+
+    # -- forward ---------------------------------------------------------------------------------
+
+    def _clock(self) -> _Clock:
+        return _Clock(self._steps, self._backwards)
+
+    def _on_forward_pre(self, info: _Module, args: tuple[Any, ...]) -> None:
+        # a new outermost call starts a forward: the root's, or a submodule's called directly
+        # (Lightning's training_step calling self.net(x)); per-forward counters restart
+        if info.module is self._model or not self._stack:
+            self._occurrences = {}
+            self._last_finished = None
+        occurrence = self._occurrences.get(info.path, 0)
+        self._occurrences[info.path] = occurrence + 1
+        self._stack.append(_Call(info, occurrence, self._last_finished))
+        if not torch.is_grad_enabled():
+            return
+        module = info.module
+        self._called.add(info.path)
+        if module is self._model:
+            self._forward_root_eval = not module.training
+            self._forward_eval = set()
+        if info.sensitive and not module.training and not self._meant_to_be_eval(module):
+            self._forward_eval.add(info.path)
+        if isinstance(module, _NORMALISATION) and args and isinstance(args[0], torch.Tensor):
+            self._check_normalisation_input(info, args[0])
+
+    def _meant_to_be_eval(self, module: nn.Module) -> bool:
+        """Frozen normalisation layers are kept in eval mode on purpose."""
+        if is_pinned(module):
+            return True
+        own = [p for p in module.parameters(recurse=False)]
+        return bool(own) and all(
+            not p.requires_grad or self._by_id[id(p)].intended_frozen
+            for p in own
+            if id(p) in self._by_id
+        )
+
+    def _check_normalisation_input(self, info: _Module, x: torch.Tensor) -> None:
+        module = info.module
+        batch_statistics = module.training or not getattr(module, "track_running_stats", True)
+        if not batch_statistics:
+            return
+        if isinstance(module, _BatchNorm) and module.training and x.dim() >= 2 and x.shape[0] == 1:
+            self._batch_of_one.append((self._clock(), info.path, tuple(x.shape)))
+        producer = self._produced.get(id(x))
+        if producer is not None and producer[0]() is x:
+            for bias in producer[1].biases:
+                bias.cancelled_by = info.path
+
+    def _on_forward(self, info: _Module, output: Any) -> None:
+        if self._stack and self._stack[-1].info is info:
+            self._stack.pop()
+        self._last_finished = info.path
+        if not torch.is_grad_enabled():
+            return
+        if info.checks_output:
+            for tensor in _nested.tensors(output):
+                if tensor.is_floating_point():
+                    kind = None if tensor.dtype == torch.float64 else torch.float32
+                    self._forward_checks.append((info.path, tensor.detach().sum(dtype=kind)))
+        if info.biases and isinstance(output, torch.Tensor):
+            self._produced[id(output)] = (weakref.ref(output), info)
+            if output.requires_grad and output.is_floating_point():
+                output.register_hook(lambda grad, info=info: self._on_output_gradient(info, grad))
+        if info.module is self._model:
+            self._end_forward()
+
+    def _end_forward(self) -> None:
+        self._flush_forward_checks()
+        self._produced.clear()
+        if self._forward_eval:
+            names = tuple(sorted(self._forward_eval))
+            if self._forward_root_eval:
+                self._eval_pending = list(names)
+            else:
+                self._eval_sub_forwards.append((self._clock(), names))
+            self._forward_eval = set()
+
+    def _flush_forward_checks(self) -> None:
+        if self._forward_checks:
+            paths = tuple(path for path, _ in self._forward_checks)
+            values = torch.stack([value for _, value in self._forward_checks])
+            self._forwards.append((self._clock(), paths, values))
+            self._forward_checks = []
+
+    # -- functional calls (from FunctionWatch) --------------------------------------------------
+
+    def _on_relu(self, func: Any, out: Any) -> None:
+        if not (torch.is_grad_enabled() and isinstance(out, torch.Tensor)):
+            return
+        if not out.is_floating_point() or out.numel() == 0:
+            return
+        dims = _unit_dims(out)
+        if dims is None:
+            return
+        call = self._stack[-1] if self._stack else None
+        if call is not None and call.info.relu:  # an nn.ReLU module, maybe called repeatedly
+            key_name = call.info.path + (f"#{call.occurrence}" if call.occurrence else "")
+            after = call.after
+        else:  # F.relu & co. inside some module's forward
+            owner = call.info.path if call is not None else ""
+            index = 0
+            if call is not None:
+                index, call.relu_calls = call.relu_calls, call.relu_calls + 1
+            key_name = f"{owner or '<model>'}:{getattr(func, '__name__', 'relu')}#{index}"
+            after = self._last_finished
+        values = out.detach()
+        if values.dim() >= 4:  # feature maps: a unit has H*W chances per sample to fire, so
+            # four samples of each batch are plenty, and a contiguous slice is cheap to read
+            values = values[:4]
+        fired = ~(values.amax(dim=dims) <= 0)  # NaN: not known to be dead
+        key = (key_name, fired.numel())
+        site = self._relu_sites.get(key)
+        if site is None:
+            name = f"{key_name} (after {after})" if after else key_name
+            self._relu_sites[key] = site = _ReluSite(name, fired)
+        else:
+            site.fired = site.fired | fired
+        site.observations += values.numel() // max(fired.numel(), 1)
+
+    def _on_classification_loss(self, loss_name: str, scores: torch.Tensor) -> None:
+        if not scores.is_floating_point() or scores.numel() == 0:
+            return
+        if scores in self._softmax_outputs:
+            self._probability_inputs.append((self._clock(), loss_name, None))
+            return
+        s = scores.detach()
+        class_dim = 1 if s.dim() >= 2 else 0
+        looks_like_probabilities = (
+            (s.amin() >= 0)
+            & (s.amax() <= 1)
+            & ((s.sum(dim=class_dim) - 1).abs().amax() <= self.thresholds.softmax_tolerance)
+        )
+        self._probability_inputs.append((self._clock(), loss_name, looks_like_probabilities))
+
+    def _on_backward_call(self, tensors: Any) -> None:
+        self._backward_calls += 1
+        for tensor in _nested.tensors(tensors):
+            if tensor.is_floating_point() or tensor.is_complex():
+                value = tensor.detach()
+                value = value if value.dim() == 0 else value.sum()
+                self._losses.append((self._clock(), value.float()))
+
+    # -- backward --------------------------------------------------------------------------------
+
+    def _on_output_gradient(self, info: _Module, grad: torch.Tensor) -> None:
+        # A bias gradient is a sum of the module's output gradients; when a normalisation
+        # cancels the bias that sum is zero up to rounding, whose size is set by this scale,
+        # not by the other parameters' gradients (see Evidence.rounding_zero).
+        if not self._active:
+            return
+        scale = grad.detach().abs().sum(dtype=torch.float32)
+        for bias in info.biases:
+            previous = self._output_l1.get(bias.index)
+            self._output_l1[bias.index] = scale if previous is None else previous + scale
+
+    def _on_gradient(self, entry: _Param) -> None:
+        # called before the incoming gradient is added to .grad, so .grad is still last step's
+        entry.received += 1
+        key = _grad_key(entry.tensor)
+        if entry.key_after_step is not None:  # first backward pass since an optimizer step
+            grad = entry.tensor.grad
+            if key == entry.key_after_step and grad is not None:
+                # untouched since the step; stale unless it was zeroed before the step
+                leftover = torch.linalg.vector_norm(grad.detach(), ord=math.inf)
+                self._stale.append((self._clock(), entry.index, leftover))
+            entry.key_after_step = None
+        elif (
+            self._accumulation_steps > 1
+            # a clear at a window boundary is right even when no step was seen: a GradScaler
+            # skips optimizer.step() on inf/NaN gradients and the loop still clears them
+            and self._backwards_since_step % self._accumulation_steps != 0
+            and entry.key_after_backward is not None
+            and key != entry.key_after_backward
+        ):
+            self._cleared_in_window.append((self._clock(), entry.index))
+        if not self._callback_queued:
+            self._callback_queued = True
+            torch.autograd.Variable._execution_engine.queue_callback(self._end_backward)
+
+    def _end_backward(self) -> None:
+        self._callback_queued = False
+        self._flush_forward_checks()
+        if self._eval_pending is not None:
+            self._eval_root_forwards.append((self._clock(), tuple(self._eval_pending)))
+            self._eval_pending = None
+        for entry in self._params:
+            entry.key_after_backward = _grad_key(entry.tensor)
+        if not self._optimizers:  # no optimizer seen yet: every backward pass is a step
+            row = self._gradient_row(from_step=False)
+            if row is not None:
+                self._rows.append(row)
+        self._backwards += 1
+        self._backwards_since_step += 1
+
+    def _gradient_row(
+        self, *, from_step: bool, weights: tuple[tuple[int, ...], torch.Tensor] | None = None
+    ) -> _StepRow | None:
+        with_grad = [e for e in self._params if e.tensor.grad is not None]
+        if not with_grad:
+            return None
+        index, stats = _norm_rows(
+            [e.tensor.grad for e in with_grad],  # type: ignore[misc]
+            [e.index for e in with_grad],
+            (1.0, 2.0, math.inf),
+        )
+        weight_index, weight_stats = weights if weights is not None else ((), None)
+        output_index, output_l1 = self._take_output_l1()
+        return _StepRow(
+            self._clock(), from_step, index, stats, weight_index, weight_stats,
+            output_index, output_l1,
+        )  # fmt: skip
+
+    def _take_output_l1(self) -> tuple[tuple[int, ...], torch.Tensor | None]:
+        scales, self._output_l1 = self._output_l1, {}
+        if not scales:
+            return (), None
+        device = next(iter(scales.values())).device
+        return tuple(scales), torch.stack([v.to(device) for v in scales.values()])
+
+    # -- optimizer -------------------------------------------------------------------------------
+
+    def _held(self, optimizer: torch.optim.Optimizer) -> list[tuple[_Param, Any]]:
+        held = []
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                entry = self._by_id.get(id(param))
+                if entry is not None:
+                    held.append((entry, group))
+        return held
+
+    def _on_step_pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        held = self._held(optimizer)
+        if not held:
+            return
+        if not self._optimizers:  # from now on a step is an optimizer step
+            last = self._rows[-1] if self._rows and not self._rows[-1].from_step else None
+            if last is not None and last.output_l1 is not None:
+                # the backward pass just before this step filled the gradients it steps with
+                for i, scale in zip(last.output_index, last.output_l1, strict=True):
+                    previous = self._output_l1.get(i)
+                    self._output_l1[i] = scale if previous is None else previous + scale
+            self._rows = [row for row in self._rows if row.from_step]
+        self._optimizers[id(optimizer)] = weakref.ref(optimizer)
+        self._held_indices.update(entry.index for entry, _ in held)
+        params = [entry.tensor for entry, _ in held]
+        snapshots = []
+        for entry, group in held:
+            self._group_of[entry.index] = id(group)
+            lr = group.get("lr")
+            self._lr_of[entry.index] = float(lr) if isinstance(lr, (int, float)) else None
+            if isinstance(lr, (int, float)) and lr == 0 and entry.index not in self._zero_lr:
+                self._zero_lr[entry.index] = self._clock()
+            snap = self._snapshots.get(entry.index)
+            if snap is None or snap.shape != entry.tensor.shape or snap.dtype != entry.tensor.dtype:
+                snap = self._snapshots[entry.index] = torch.empty_like(entry.tensor.detach())
+            snapshots.append(snap)
+        with torch.no_grad():
+            weight_index, weight_norms = _norm_rows(params, [e.index for e, _ in held], (2.0,))
+            torch._foreach_copy_(snapshots, [p.detach() for p in params])
+        self._pending = (optimizer, held, snapshots, weight_index, weight_norms)
+
+    def _on_step_post(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        pending, self._pending = self._pending, None
+        if pending is None or pending[0] is not optimizer:
+            return
+        _, held, snapshots, weight_index, weight_norms = pending
+        with torch.no_grad():
+            params = [entry.tensor.detach() for entry, _ in held]
+            torch._foreach_sub_(snapshots, params)  # snapshot - new value: the step's change
+            change_index, change = _norm_rows(snapshots, [e.index for e, _ in held], (2.0,))
+        # snapshots share their parameters' dtypes and devices, so the columns line up
+        assert change_index == weight_index
+        weights = torch.cat([weight_norms, change])
+        row = self._gradient_row(from_step=True, weights=(weight_index, weights))
+        if row is None:  # nothing had a gradient; still record how far the step moved them
+            row = _StepRow(self._clock(), True, (), torch.zeros(3, 0), weight_index, weights)
+        self._rows.append(row)
+        self._windows.append((self._clock(), self._backwards_since_step))
+        self._backwards_since_step = 0
+        self._steps += 1
+        for entry in self._params:
+            entry.key_after_step = _grad_key(entry.tensor)
+
+    def _held_now(self) -> set[int]:
+        """Parameters held by an optimizer seen stepping them (alive or since dropped)."""
+        held = set(self._held_indices)
+        for ref in self._optimizers.values():
+            optimizer = ref()
+            if optimizer is not None:
+                held.update(e.index for e, _ in self._held(optimizer))
+        return held
+
+    # -- the report ------------------------------------------------------------------------------
+
+    def report(self, *, gather: bool | None = None) -> GradientReport:
+        """Read the statistics gathered so far back from the device and judge them.
+
+        Under ``torch.distributed`` with more than one process this is a collective: every
+        rank must call it, and every rank gets the same report. Findings seen on several
+        ranks are listed once, their message saying on which ranks; a parameter that got
+        gradients on some ranks and none on others is named (``no_grad``) with the ranks that
+        left it out. Histories, steps and backward passes are rank 0's (DDP averages the
+        gradients, so the ranks agree); the losses are the mean over ranks.
+
+        DistributedDataParallel with ``find_unused_parameters=False`` (its default) cannot
+        get that far: the rank that leaves a parameter out never finishes the all-reduce of
+        its backward pass, the other ranks wait inside theirs, and its next forward raises
+        "Expected to have finished reduction in the prior iteration before starting a new
+        one", naming no parameter. What the monitor saw up to then is on that rank alone:
+        call ``report(gather=False)`` in its error handler (a collective would hang on ranks
+        out of step) and the local report names the parameter (``no_grad``).
+
+        Args:
+            gather: merge the findings of every rank; default: when ``torch.distributed`` is
+                initialised with more than one process. False gives this rank's own report.
+        """
+        observed = observe(self)
+        evidence = Evidence(observed)
+        history = evidence.history
+        local = GradientReport(
+            findings=judge(evidence),
+            parameters=tuple(history[e.index] for e in observed.params),
+            steps=observed.steps if observed.stepped else observed.backwards,
+            backward_passes=max(observed.backwards, observed.backward_calls),
+            losses=tuple(value for _, value in observed.losses),
+            step_unit="optimizer step" if observed.stepped else "backward pass",
+        )
+        world = world_size()
+        if gather is None:
+            gather = world > 1
+        if not gather:
+            return local
+        if world == 0:
+            raise TorchscopeError(
+                "report(gather=True) needs torch.distributed: call "
+                "torch.distributed.init_process_group (or torchscope.distributed.init_from_env "
+                "under torchrun) first, or leave gather out"
+            )
+        view = RankView(
+            # the histories are rank 0's (the all-reduce makes them agree): only it sends them
+            report=local if dist.get_rank() == 0 else replace(local, parameters=()),
+            backward_passes=max(observed.backwards, observed.backward_calls),
+            received={e.name: e.received for e in observed.params if e.trainable},
+            module_ran={e.name: evidence.ran(e.module) for e in observed.params if e.trainable},
+        )
+        return merge_ranks(all_gather_objects(view))

@@ -1,0 +1,96 @@
+"""What the forward passes showed: dead units, eval mode, probabilities fed to a loss that
+expects logits, a batch normalised from one sample."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+from torchscope.collect.gradients.evidence import Evidence
+from torchscope.collect.gradients.registry import rule
+from torchscope.records import Finding
+
+
+def _names(names: Sequence[str]) -> str:
+    shown = ", ".join(names[:3])
+    return shown + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+@rule("dead_activation")
+def dead_activation(ev: Evidence) -> Iterator[Finding]:
+    t = ev.t
+    # zero gradients around a fully dead layer are its consequence (zero_grad stays silent)
+    folded_zero = len(ev.zero_gradient) if ev.fully_dead_sites else 0
+    for site in ev.observed.relu_sites:
+        if site.observations < t.dead_min_observations:
+            continue
+        units = site.units
+        dead = units - site.fired_units
+        fraction = dead / units
+        if dead and fraction >= t.dead_fraction:
+            yield ev.finding(
+                "dead_activation", "warning", site.name, None, fraction, t.dead_fraction,
+                f"{dead} of {units} units ({fraction:.0%}) after {site.name} never fired "
+                f"over {site.observations} observations each (threshold "
+                f"{t.dead_fraction:.0%}): no gradient flows through them to the layers "
+                "before. Typical causes: a large negative bias, a too-high learning "
+                "rate, or inputs far from the scale the layer expects; LeakyReLU/GELU "
+                "or a lower learning rate help"
+                + (f". {folded_zero} parameter tensor(s) get exactly zero gradients "
+                   "as a consequence" if folded_zero and fraction == 1 else ""),
+            )  # fmt: skip
+
+
+@rule("eval_mode")
+def eval_mode(ev: Evidence) -> Iterator[Finding]:
+    o = ev.observed
+    if o.eval_root_forwards:
+        clock, names = o.eval_root_forwards[0]
+        yield ev.finding(
+            "eval_mode", "warning", "<model>", clock, float(len(o.eval_root_forwards)), None,
+            f"{len(o.eval_root_forwards)} training step(s) ran with the model in eval "
+            f"mode, so {_names(names)} behave as at inference (dropout off, BatchNorm "
+            "frozen statistics). Call model.train() before the training loop, and again "
+            "after each evaluation",
+        )  # fmt: skip
+    elif o.eval_sub_forwards:
+        clock, names = o.eval_sub_forwards[0]
+        yield ev.finding(
+            "eval_mode", "info", names[0], clock, float(len(o.eval_sub_forwards)), None,
+            f"{_names(names)} ran in eval mode inside a model in training mode; fine if "
+            "intended (frozen statistics), otherwise call .train() on them",
+        )  # fmt: skip
+
+
+@rule("softmax_into_cross_entropy")
+def softmax_into_cross_entropy(ev: Evidence) -> Iterator[Finding]:
+    for clock, loss_name, from_softmax, probabilities in ev.observed.probability_inputs:
+        if not probabilities:
+            continue
+        how = (
+            "the output of softmax"
+            if from_softmax
+            else "values that look like probabilities (in [0, 1], rows summing to 1)"
+        )
+        yield ev.finding(
+            "softmax_into_cross_entropy", "error", loss_name, clock, None, None,
+            f"{loss_name} received {how}. It expects raw logits"
+            f"{' (log_softmax first for nll_loss)' if loss_name == 'nll_loss' else ''}"
+            ": softmax is applied twice, which squashes the gradients. Remove the "
+            "softmax from the model's training output",
+        )  # fmt: skip
+        return
+
+
+@rule("batchnorm_batch_of_one")
+def batchnorm_batch_of_one(ev: Evidence) -> Iterator[Finding]:
+    seen = ev.observed.batch_of_one
+    if not seen:
+        return
+    clock, path, shape = seen[0]
+    yield ev.finding(
+        "batchnorm_batch_of_one", "warning", path, clock, 1.0, None,
+        f"{path} normalised a batch of one sample in training mode (input shape "
+        f"{list(shape)}), {len(seen)} time(s): its statistics come from a "
+        "single sample, and the running averages are skewed. Use drop_last=True in the "
+        "DataLoader, a larger batch, or GroupNorm/LayerNorm",
+    )  # fmt: skip
