@@ -1,0 +1,409 @@
+"""Put a model's state back exactly as it was after a block ran it: :func:`preserved_state`.
+
+Every module's ``__dict__`` entries and plain containers, the values of buffers and tensor
+attributes, parameters written in place (a dispatch mode copies each just before its first
+write), ``requires_grad`` and ``.grad``. :func:`torchscope.collect.hooks.instrumented` runs
+every collector's block inside it.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, TypeGuard
+
+import torch
+from torch import nn
+from torch.nn.parameter import is_lazy
+from torch.utils._python_dispatch import (
+    TorchDispatchMode,
+    _get_current_dispatch_mode,
+    _pop_mode_temporarily,
+)
+
+from torchscope.collect._module_walk import iter_modules
+from torchscope.errors import TorchscopeWarning
+
+__all__ = ["parameter_writes_unwatched", "preserved_state"]
+
+
+def _version(tensor: torch.Tensor) -> int | None:
+    try:
+        return int(tensor._version)
+    except RuntimeError:  # inference tensors track no version counter
+        return None
+
+
+_MISSING = object()
+# containers held in a module's __dict__ whose contents are put back too (its parameter,
+# buffer and submodule tables, its hook tables, a cache list a forward appends to); exact
+# types only: a subclass may give clear() or item assignment a meaning of its own
+_CONTAINERS = (dict, collections.OrderedDict, list, set)
+
+
+def _contents(container: Any) -> tuple[Any, ...]:
+    """A shallow copy of a container's contents: its items for a mapping, its elements else."""
+    if not container:
+        return ()
+    return (
+        tuple(container.items())
+        if type(container) is not list and type(container) is not set
+        else tuple(container)
+    )
+
+
+def _same_contents(live: Any, saved: tuple[Any, ...]) -> bool:
+    """Whether ``live`` holds the same objects as ``saved``, in the same order, by identity.
+
+    Identity, never ``==``: ``==`` on tensors compares them element-wise (a multi-element
+    result cannot even be read as a bool) and would call user code.
+    """
+    if len(live) != len(saved):
+        return False
+    if not saved:  # most hook tables: empty before and after
+        return True
+    if type(live) is set:
+        return {id(x) for x in live} == {id(x) for x in saved}
+    if type(live) is list:
+        return all(a is b for a, b in zip(live, saved, strict=True))
+    return all(
+        key is old[0] and value is old[1]
+        for (key, value), old in zip(live.items(), saved, strict=True)
+    )
+
+
+def _refill(live: Any, saved: tuple[Any, ...]) -> None:
+    """Give ``live`` the contents ``saved`` in their order, keeping the container object."""
+    if _same_contents(live, saved):
+        return
+    live.clear()
+    if isinstance(live, dict):
+        live.update(saved)
+    elif isinstance(live, list):
+        live.extend(saved)
+    else:
+        live.update(saved)
+
+
+@dataclass
+class _ModuleSnapshot:
+    """A module's instance ``__dict__`` as it was, and the contents of its plain containers.
+
+    ``_parameters``, ``_buffers``, ``_modules``, ``_non_persistent_buffers_set``, the hook
+    tables, ``training`` and every user attribute live in ``__dict__``, so putting each entry
+    back by identity and refilling the containers among them undoes whatever a forward
+    rebinds, adds or deletes (``self.steps = self.steps + 1``, ``del self.cache``, a
+    ``register_buffer("cache", None)`` slot filled, a submodule registered).
+    """
+
+    module: nn.Module
+    cls: type[nn.Module]
+    training: bool
+    attributes: dict[str, Any]
+    contents: dict[str, tuple[Any, ...]]
+
+    @classmethod
+    def take(cls, module: nn.Module) -> _ModuleSnapshot:
+        attributes = dict(module.__dict__)
+        contents = {
+            key: _contents(value) for key, value in attributes.items() if type(value) in _CONTAINERS
+        }
+        return cls(module, type(module), module.training, attributes, contents)
+
+    def restore(self) -> None:
+        """Put the ``__dict__`` back. Touches no tensor and runs no user code."""
+        module = self.module
+        if isinstance(module, torch.jit.ScriptModule):
+            # its attribute tables are views of the compiled object: values are restored
+            module.training = self.training
+            return
+        if type(module) is not self.cls:  # a forward that swapped its class, as lazy modules do
+            module.__class__ = self.cls
+        live = module.__dict__
+        for key in [k for k in live if k not in self.attributes]:
+            del live[key]
+        for key, value in self.attributes.items():
+            if live.get(key, _MISSING) is not value:
+                live[key] = value
+        if list(live) != list(self.attributes):  # an attribute deleted and set again moved last
+            for key in self.attributes:
+                live[key] = live.pop(key)
+        for key, saved in self.contents.items():
+            _refill(self.attributes[key], saved)
+
+
+def _storage_key(tensor: torch.Tensor) -> tuple[Any, ...] | None:
+    """Where a tensor's data lives and how it is laid out, to tell a rebound ``.data``."""
+    try:
+        # the address stands for the device too; one tuple of few calls: it runs twice per
+        # tensor of the model on every instrumented call
+        return (
+            tensor.data_ptr(),
+            tensor.dtype,
+            tensor.shape,
+            tensor.stride(),
+            tensor.storage_offset(),
+        )
+    except Exception:  # sparse, nested and other layouts without strides: not tracked
+        return None
+
+
+_SAME_SIZE_INTEGER = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _same_bits(live: torch.Tensor, saved: torch.Tensor) -> bool:
+    """Whether two tensors of one layout hold the same bits (NaN payloads and -0.0 included).
+
+    False when that cannot be told cheaply: the values are then copied back regardless.
+    """
+    try:
+        if live.device.type == "meta":
+            return True  # no values to change
+        integer = _SAME_SIZE_INTEGER.get(live.element_size())
+        if integer is None or live.layout != torch.strided or live.is_quantized:
+            return False
+        return bool(torch.equal(live.view(integer), saved.view(integer)))
+    except Exception:
+        return False
+
+
+@dataclass
+class _TensorState:
+    """A parameter, buffer or tensor attribute and what a forward could change about it."""
+
+    tensor: torch.Tensor
+    data: torch.Tensor  # an alias of its storage, to put back a rebound ``.data``
+    storage: tuple[Any, ...] | None
+    # a copy of its values: taken up front for buffers (small; always compared), before the
+    # first write for parameters (by _ParameterWriteGuard), None while nothing wrote to one
+    values: torch.Tensor | None
+
+    @classmethod
+    def take(cls, tensor: torch.Tensor, *, copy: bool) -> _TensorState:
+        storage = _storage_key(tensor)
+        return cls(tensor, tensor.data, storage, tensor.clone() if copy else None)
+
+    def restore_storage(self) -> None:
+        if self.storage is not None and _storage_key(self.tensor) != self.storage:
+            self.tensor.data = self.data
+
+    def restore_values(self) -> None:
+        if self.values is None or _same_bits(self.tensor, self.values):
+            # no write: a copy would bump the version counter and break a backward pass the
+            # caller still has pending through this buffer
+            return
+        try:
+            self.tensor.copy_(self.values)
+        except RuntimeError:
+            if self.tensor.is_inference():
+                with torch.inference_mode():
+                    self.tensor.copy_(self.values)
+            # else: an expanded or otherwise overlapping tensor, which no in-place op can have
+            # written
+
+
+def _plain(tensor: Any) -> bool:
+    """Whether ``tensor`` is a tensor with storage of its own: not a fake, meta or wrapper
+    subclass tensor (FakeTensor, DTensor, functionalisation), whose storage must not be read."""
+    return (
+        isinstance(tensor, torch.Tensor)
+        and type(tensor).__torch_dispatch__ is torch.Tensor.__torch_dispatch__
+        and tensor.device.type != "meta"
+    )
+
+
+def _storage_address(tensor: torch.Tensor) -> int:
+    """The address of the storage ``tensor`` views (shared by ``p.data``, slices, ``view``);
+    0 for none (an empty tensor, a layout without storage)."""
+    try:
+        return int(tensor.untyped_storage().data_ptr())
+    except Exception:  # sparse, nested and other layouts without one storage
+        return 0
+
+
+def _written_arguments(func: Any) -> tuple[tuple[int, str], ...]:
+    """(position, name) of each argument an aten op writes to (``Tensor(a!)``: ``self`` of
+    ``add_``, ``out=``, the lists of ``_foreach_add_``), from its schema."""
+    try:
+        arguments = func._schema.arguments
+    except AttributeError:  # not an OpOverload: nothing declared
+        return ()
+    return tuple(
+        (position, argument.name)
+        for position, argument in enumerate(arguments)
+        if argument.alias_info is not None and argument.alias_info.is_write
+    )
+
+
+class _ParameterWriteGuard(TorchDispatchMode):
+    """Copies a parameter's values just before the first aten op that writes to its storage.
+
+    Active while an instrumented forward runs, so that :func:`preserved_state` can put back
+    what the forward edited in place (ActNorm's data-dependent initialisation, an optimizer
+    step, ``nn.init`` on a weight, ``p.data[...] = ...``) without copying every parameter up
+    front. A write is known by the op's schema, so the cost is one dictionary look-up per op
+    and a storage look-up per written argument. Scripted code dispatches through the same
+    ops; fake and meta tensors (the memory estimate's) are passed over.
+    """
+
+    def __init__(self, parameters: dict[int, list[_TensorState]]) -> None:
+        super().__init__()
+        self.unsaved = parameters  # storage address -> parameters viewing it, not yet copied
+        self.saved_any = False  # whether some op wrote to a parameter
+        self._writes: dict[Any, tuple[tuple[int, str], ...]] = {}
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if self.unsaved:
+            written = self._writes.get(func)
+            if written is None:
+                written = self._writes[func] = _written_arguments(func)
+            for position, name in written:
+                value = args[position] if position < len(args) else (kwargs or {}).get(name)
+                for tensor in value if isinstance(value, (list, tuple)) else (value,):
+                    if _plain(tensor):
+                        self._save(tensor)
+        return func(*args, **kwargs) if kwargs else func(*args)
+
+    def _save(self, tensor: torch.Tensor) -> None:
+        states = self.unsaved.pop(_storage_address(tensor), None)
+        self.saved_any = self.saved_any or bool(states)
+        # this handler runs below autograd and with this mode off: the copy is not recorded,
+        # consumes no randomness and goes to the kernel
+        for state in states or ():
+            if state.values is None:
+                state.values = state.data.clone()
+
+
+# the guards of the instrumented blocks running now, innermost last (blocks of different
+# threads take turns: hooks._INSTRUMENTATION_LOCK)
+_GUARDS: list[_ParameterWriteGuard] = []
+
+
+@contextlib.contextmanager
+def parameter_writes_unwatched() -> Iterator[None]:
+    """Run a block without the innermost instrumented block's parameter-write guard, when
+    nothing wrote to a parameter so far and the guard is the innermost dispatch mode.
+
+    For timed loops: the guard intercepts every op (about 10 us each), which would be timed
+    too. A model whose earlier passes wrote to a parameter keeps the guard (such writes
+    recur); a write that first happens inside the block is left undone and reported by
+    :func:`preserved_state`'s version check, like any write it could not see.
+    """
+    guard = _GUARDS[-1] if _GUARDS else None
+    if guard is None or guard.saved_any or _get_current_dispatch_mode() is not guard:
+        yield
+        return
+    with _pop_mode_temporarily():
+        yield
+
+
+def _tracked(tensor: Any) -> TypeGuard[torch.Tensor]:
+    return isinstance(tensor, torch.Tensor) and not is_lazy(tensor)
+
+
+@contextlib.contextmanager
+def preserved_state(
+    model: nn.Module, *, modules: list[tuple[str, nn.Module]] | None = None
+) -> Iterator[None]:
+    """Put the model's state back as it was on exit, whether the block returns or raises.
+
+    Restored: every module's instance ``__dict__`` entry by identity (``training``, the
+    parameter, buffer and submodule tables, hook tables, plain attributes), with the contents
+    of its plain lists, dicts and sets (a forward that rebinds, adds or deletes a parameter,
+    buffer, submodule or attribute, or appends to a cache list, is undone); the ``.data`` of
+    every parameter, buffer and tensor attribute (a rebound ``.data``); the values of every
+    buffer and tensor attribute, copied back into the same tensors so their identity and
+    aliasing are kept (compared bit for bit first, since some kernels, BatchNorm's running
+    statistics on the CPU among them, update buffers without bumping their version counter;
+    unchanged ones are not written); the values of every parameter an aten op wrote to in
+    place (through the parameter, ``.data``, a slice or a view: a dispatch mode copies each
+    such parameter once, just before the first write, so the others cost no memory); every
+    parameter's ``requires_grad`` and ``.grad``. A parameter whose version counter moved
+    without an op declaring the write (a custom kernel that does not say it writes) cannot be
+    put back and is reported with a :class:`~torchscope.errors.TorchscopeWarning`. Every step
+    of the restore runs even when another fails; the first failure is raised at the end.
+
+    ``modules`` may pass ``list(iter_modules(model))`` when the caller already has it.
+    """
+    named = modules if modules is not None else list(iter_modules(model))
+    snapshots = [_ModuleSnapshot.take(module) for _, module in named]
+    tensors: dict[int, _TensorState] = {}
+    params: dict[int, tuple[str, nn.Parameter, int | None, bool, torch.Tensor | None]] = {}
+    by_storage: dict[int, list[_TensorState]] = {}
+    with torch.no_grad():
+        for (name, module), snapshot in zip(named, snapshots, strict=True):
+            prefix = f"{name}." if name else ""
+            # read through the tables, not the snapshot: a ScriptModule's are views
+            buffers = list(module._buffers.items())
+            parameters = list(module._parameters.items())
+            # tensors held as plain attributes (a mask, a cache), parameters excluded
+            attributes = [
+                v
+                for v in snapshot.attributes.values()
+                if isinstance(v, torch.Tensor) and not isinstance(v, nn.Parameter)
+            ]
+            for value in [v for _, v in buffers] + attributes:
+                if _tracked(value) and id(value) not in tensors:
+                    tensors[id(value)] = _TensorState.take(value, copy=True)
+            for param_name, param in parameters:
+                if param is not None and not is_lazy(param) and id(param) not in params:
+                    state = tensors.setdefault(id(param), _TensorState.take(param, copy=False))
+                    address = _storage_address(param) if _plain(param) else 0
+                    if address and state.values is None:  # not also a buffer (copied already)
+                        by_storage.setdefault(address, []).append(state)
+                    params[id(param)] = (
+                        prefix + param_name,
+                        param,
+                        _version(param),
+                        param.requires_grad,
+                        param.grad,
+                    )
+    guard = _ParameterWriteGuard(by_storage)
+    _GUARDS.append(guard)
+    try:
+        with guard:
+            yield
+    finally:
+        _GUARDS.remove(guard)
+        errors: list[Exception] = []
+        for snapshot in snapshots:
+            try:
+                snapshot.restore()
+            except Exception as e:  # keep restoring the rest
+                errors.append(e)
+        with torch.no_grad():
+            for state in tensors.values():
+                try:
+                    state.restore_storage()
+                    state.restore_values()
+                except Exception as e:
+                    errors.append(e)
+        changed = []
+        for name, param, version, requires_grad, grad in params.values():
+            try:
+                if param.requires_grad != requires_grad:
+                    param.requires_grad_(requires_grad)
+                if param.grad is not grad:
+                    param.grad = grad
+            except Exception as e:
+                errors.append(e)
+            # a copy put back bumped the counter too: only an unseen write is left to report
+            if (
+                version is not None
+                and tensors[id(param)].values is None
+                and _version(param) != version
+            ):
+                changed.append(name)
+        if changed:
+            warnings.warn(
+                f"the model's forward pass modified parameter(s) in place without declaring "
+                f"the write to PyTorch's dispatcher: {', '.join(changed[:5])}"
+                f"{' ...' if len(changed) > 5 else ''}; torchscope could not undo this change",
+                TorchscopeWarning,
+                stacklevel=3,
+            )
+        if errors:
+            raise errors[0]
