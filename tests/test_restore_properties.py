@@ -192,6 +192,15 @@ FLOAT = torch.float32
 @example(model=Mutant(Plan((Slot("buffer", 4, FLOAT),), (("rebind", 0),), None), 2, None))
 # a parameter edited in place through .data: copied before the write, put back, no warning
 @example(model=Mutant(Plan((Slot("param", 4, FLOAT),), (("in_place", 0),), None), 2, None))
+# a parameter of no elements written in place through a view (step 2): its version counter
+# moves, no bit can change, nothing to warn about
+@example(
+    model=Mutant(
+        Plan((Slot("param", 0, FLOAT),), (("append", 0), ("append", 0), ("in_place", 0)), None),
+        2,
+        None,
+    )
+)
 # an attribute deleted comes back in its place in __dict__, not last
 @example(
     model=Mutant(

@@ -379,6 +379,54 @@ def test_a_write_from_another_thread_cannot_be_undone_and_is_named():
     assert torch.equal(model.lin.weight, 2 * weight)  # the documented exception
 
 
+class WritesAnEmptyParameter(nn.Module):
+    """A forward that writes in place to a parameter of no elements and to a normal one.
+
+    An empty tensor's storage address is 0, shared by every empty tensor: the parameter-write
+    guard cannot watch it, and its version counter moved anyway (hypothesis's shrunk example).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.empty = nn.Parameter(torch.zeros(0), requires_grad=False)
+        self.scale = nn.Parameter(torch.tensor([1.5, -0.0, float("nan")]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            self.empty.view(-1).mul_(2)  # through a view: the parameter's counter moves
+            self.empty.add_(1)
+            self.scale.mul_(2)
+        return x * self.scale.nan_to_num().sum() + self.empty.sum()
+
+
+@pytest.mark.parametrize("call", GRAPH_CALLS)
+def test_a_write_to_an_empty_parameter_changes_nothing_and_is_not_reported(call):
+    model = WritesAnEmptyParameter()
+    before = exact_snapshot(model)
+    empty, scale = model.empty, model.scale
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _call(call, model, torch.ones(2, 3))
+    assert model.empty is empty and model.scale is scale
+    assert_identical(before, model)  # the written normal parameter is put back bit for bit
+    assert not [w for w in caught if issubclass(w.category, TorchscopeWarning)]
+
+
+def test_an_unseen_write_is_still_named_beside_an_empty_parameter():
+    class WritesBothInAThread(WritesAnEmptyParameter):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            thread = threading.Thread(target=super().forward, args=(x,))
+            thread.start()  # dispatch modes are per thread: neither write is seen
+            thread.join()
+            return x
+
+    model = WritesBothInAThread()
+    with pytest.warns(TorchscopeWarning, match=r"parameter\(s\) in place .*: scale;") as caught:
+        torchscope.summary(model, torch.ones(2, 3))
+    assert "empty" not in str(caught[0].message)
+    assert model.empty.numel() == 0
+
+
 def test_scripted_code_that_edits_its_parameters_is_undone():
     class Bump(nn.Module):
         def __init__(self) -> None:

@@ -323,7 +323,8 @@ def preserved_state(
     such parameter once, just before the first write, so the others cost no memory); every
     parameter's ``requires_grad`` and ``.grad``. A parameter whose version counter moved
     without an op declaring the write (a custom kernel that does not say it writes) cannot be
-    put back and is reported with a :class:`~torchscope.errors.TorchscopeWarning`. Every step
+    put back and is reported with a :class:`~torchscope.errors.TorchscopeWarning`, unless it
+    has no elements (no values to lose: a write to it changes no bit). Every step
     of the restore runs even when another fails; the first failure is raised at the end.
 
     ``modules`` may pass ``list(iter_modules(model))`` when the caller already has it.
@@ -357,7 +358,11 @@ def preserved_state(
                     params[id(param)] = (
                         prefix + param_name,
                         param,
-                        _version(param),
+                        # a parameter of no elements has no bits a write could change (the
+                        # guard cannot watch most: their storage address is 0, as for every
+                        # empty tensor); what resize_ or set_ change, its shape and storage,
+                        # is put back with .data: a moved version counter means no lost value
+                        _version(param) if param.numel() else None,
                         param.requires_grad,
                         param.grad,
                     )
