@@ -43,6 +43,23 @@ FINDING_KINDS = (
     "eval_mode",
     "softmax_into_cross_entropy",
     "batchnorm_batch_of_one",
+    # gradient health v2: the bugs of real training loops
+    "unregistered_module",
+    "unregistered_tensor",
+    "probabilities_into_logits_loss",
+    "softmax_wrong_dim",
+    "clipped_logits",
+    "loss_broadcast",
+    "tiny_updates",
+    "lr_collapsed",
+    "clipped_to_nothing",
+    "step_without_backward",
+    "accumulation_not_scaled",
+    "weight_decay_collapse",
+    "saturated_activation",
+    "symmetric_weights",
+    "loss_at_chance",
+    "batch_mixing",
 )
 #: Finding severities, most severe first; ``error`` and ``warning`` make a report unhealthy.
 SEVERITIES = ("error", "warning", "info")

@@ -38,6 +38,13 @@ _PASSTHROUGH = (
     nn.MaxPool3d,
     nn.Sequential,
 )
+_SEQUENCE_FIRST = (
+    nn.RNNBase,
+    nn.MultiheadAttention,
+    nn.TransformerEncoderLayer,
+    nn.TransformerDecoderLayer,
+    nn.Transformer,
+)
 _TRAINING_SENSITIVE = (_DropoutNd, _BatchNorm, _InstanceNorm)
 
 
@@ -53,6 +60,7 @@ class _Param:
         "key_after_step",
         "module",
         "name",
+        "pending_stale",
         "received",
         "tensor",
     )
@@ -68,12 +76,31 @@ class _Param:
         self.intended_frozen = False
         self.received = 0  # backward passes that delivered a gradient to it
         self.cancelled_by: str | None = None  # normalisation layer its bias feeds straight into
+        # the key of .grad right after the step of the optimizer that holds it
         self.key_after_step: tuple[int, int] | None = None
+        # max |grad| left over from before that step, carried into this window (not cleared)
+        self.pending_stale: tuple[_Clock, torch.Tensor] | None = None
         self.key_after_backward: tuple[int, int] | None = None
 
 
+def _batch_first(module: nn.Module) -> bool:
+    if hasattr(module, "batch_first"):
+        return bool(module.batch_first)
+    attention = getattr(module, "self_attn", None)  # TransformerEncoder/DecoderLayer
+    return bool(getattr(attention, "batch_first", False))
+
+
 class _Module:
-    __slots__ = ("biases", "checks_output", "module", "path", "relu", "sensitive")
+    __slots__ = (
+        "batch_dims",
+        "biases",
+        "checks_output",
+        "module",
+        "path",
+        "relu",
+        "sensitive",
+        "squash",
+    )
 
     def __init__(self, path: str, module: nn.Module, biases: list[_Param]) -> None:
         self.path = path
@@ -82,18 +109,22 @@ class _Module:
         self.checks_output = not isinstance(module, _PASSTHROUGH)
         self.sensitive = isinstance(module, _TRAINING_SENSITIVE)
         self.relu = isinstance(module, (nn.ReLU, nn.ReLU6))
+        self.squash = isinstance(module, (nn.Tanh, nn.Sigmoid))
+        # layers that read (time, batch, ...) unless built with batch_first=True
+        self.batch_dims = isinstance(module, _SEQUENCE_FIRST) and not _batch_first(module)
 
 
 class _Call:
     """One running forward call of a module (an entry of the monitor's call stack)."""
 
-    __slots__ = ("after", "info", "occurrence", "relu_calls")
+    __slots__ = ("after", "info", "occurrence", "relu_calls", "squash_calls")
 
     def __init__(self, info: _Module, occurrence: int, after: str | None) -> None:
         self.info = info
         self.occurrence = occurrence  # calls of this module before it in the same forward
         self.after = after  # the module that finished just before this call began
         self.relu_calls = 0
+        self.squash_calls = 0
 
 
 class _ReluSite:

@@ -30,6 +30,7 @@ T = TypeVar("T")
 # a bias gradient under this many machine epsilons of its output gradients' L1 norm is
 # rounding, not signal (see Evidence.rounding_zero): 1.2e-4 in float32, 2.3e-13 in float64
 ROUNDING_FACTOR = 2.0**10
+MIN_STEPS_FOR_UPDATES = 20  # optimizer steps before "most of the run" means anything
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class Move:
     step: int
     change: float  # L2 norm of what the optimizer step changed
     weight_norm: float  # before the step
+    frozen: bool = False  # the parameter did not require grad at that step
 
 
 class Evidence:
@@ -220,8 +222,60 @@ class Evidence:
             for i, w, change in zip(
                 row.weight_index, row.weight_norm, row.weight_change, strict=True
             ):
-                out.setdefault(i, []).append(Move(step, change, w))
+                out.setdefault(i, []).append(Move(step, change, w, i in row.frozen))
         return out
+
+    @cached_property
+    def step_update_ratios(self) -> list[float]:
+        """Per optimizer step, the median over trainable weights of ||change|| / ||weight||."""
+        out = []
+        for row in self.observed.rows:
+            ratios = sorted(
+                change / w
+                for i, w, change in zip(
+                    row.weight_index, row.weight_norm, row.weight_change, strict=True
+                )
+                if w > 0
+                and math.isfinite(change)
+                and self.params[i].trainable
+                and len(self.params[i].shape) >= 2
+                and i not in row.frozen
+            )
+            if ratios:
+                out.append(ratios[len(ratios) // 2])
+        return out
+
+    @cached_property
+    def tiny_update_fraction(self) -> float:
+        """The fraction of optimizer steps whose median update ratio is below the threshold
+        (0 when there are too few steps to say)."""
+        ratios = self.step_update_ratios
+        if len(ratios) < MIN_STEPS_FOR_UPDATES:
+            return 0.0
+        return sum(r < self.t.tiny_update_ratio for r in ratios) / len(ratios)
+
+    @cached_property
+    def loss_improvement(self) -> float | None:
+        """How far the loss handed to backward() fell: 1 - mean(last quarter) / mean(first
+        tenth); None with too few steps, or losses that are not all positive and finite."""
+        values = [v for _, v in self.observed.losses]
+        if len(values) < MIN_STEPS_FOR_UPDATES or not all(
+            math.isfinite(v) and v > 0 for v in values
+        ):
+            return None
+        head = values[: max(len(values) // 10, 1)]
+        tail = values[-max(len(values) // 4, 1) :]
+        return 1 - (sum(tail) / len(tail)) / (sum(head) / len(head))
+
+    @property
+    def barely_learning(self) -> bool:
+        """Most steps barely move the weights, and the loss barely fell."""
+        improvement = self.loss_improvement
+        return (
+            self.tiny_update_fraction >= 0.5
+            and improvement is not None
+            and improvement < self.t.min_loss_improvement
+        )
 
     @cached_property
     def moved_groups(self) -> dict[int, set[int]]:

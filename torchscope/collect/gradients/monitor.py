@@ -55,6 +55,8 @@ from torchscope.collect.gradients.functions import FunctionWatch
 from torchscope.collect.gradients.observations import Fixed, observe
 from torchscope.collect.gradients.ranks import RankView, merge_ranks, world_size
 from torchscope.collect.gradients.rules import judge
+from torchscope.collect.gradients.signals import CallSignals
+from torchscope.collect.gradients.structure import Hidden, hidden_tensors, identical_rows
 from torchscope.collect.gradients.thresholds import GradientThresholds, resolve_thresholds
 from torchscope.collect.hooks import HookSet, iter_modules
 from torchscope.distributed import all_gather_objects
@@ -62,6 +64,9 @@ from torchscope.errors import TorchscopeError
 from torchscope.records import GradientReport
 
 __all__ = ["GradientMonitor"]
+
+# backward passes over which tanh/sigmoid saturation is measured, from the monitor's start
+SATURATION_WINDOW = 10
 
 
 class GradientMonitor:
@@ -171,6 +176,19 @@ class GradientMonitor:
         self._zero_lr: dict[int, _Clock] = {}
         self._group_of: dict[int, int] = {}  # parameter index -> id of its param group
         self._lr_of: dict[int, float | None] = {}  # parameter index -> its group's lr
+        # per optimizer step: {param group id: (lr, weight_decay)}; plain floats, no device read
+        self._lr_trace: list[tuple[_Clock, dict[int, tuple[float | None, float, bool]]]] = []
+        self._optimizer_kind: dict[int, str] = {}  # param group id -> its optimizer's class
+        self._last_step_backwards: dict[int, int] = {}  # optimizer id -> backwards at its step
+        self._steps_without_backward: list[tuple[_Clock, str]] = []
+        self._signals = CallSignals()
+        self._sequence_inputs: list[tuple[str, tuple[int, ...]]] = []  # (module, input shape)
+        self._input_scale: torch.Tensor | None = None  # max |x| of the first training input
+        self._rows_identical: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self._hidden: list[Hidden] = []
+        self._hidden_keys: list[list[tuple[int, int] | None]] = []
+        self._frozen_at_step: dict[int, frozenset[int]] = {}  # step -> held, not requiring grad
+        self._clip_coefficients: list[tuple[_Clock, torch.Tensor]] = []
 
     def __enter__(self) -> GradientMonitor:
         if self._active:
@@ -181,6 +199,14 @@ class GradientMonitor:
         self._reset()
         try:
             self._index_parameters()
+            self._hidden = hidden_tensors(self._model)
+            # gradients they already hold (a teacher trained before) are not this loop's
+            self._hidden_keys = [[_grad_key(x) for x in h.tensors] for h in self._hidden]
+            self._rows_identical = {
+                e.index: (same, None)
+                for e in self._params
+                if e.tensor.requires_grad and (same := identical_rows(e.tensor)) is not None
+            }
             self._attach_module_hooks()
             self._attach_parameter_hooks()
             self._attach_optimizer_hooks()
@@ -200,7 +226,11 @@ class GradientMonitor:
         self._fixed = Fixed(
             held=frozenset(self._held_now()),
             requires_grad=tuple(e.tensor.requires_grad for e in self._params),
+            hidden_held=tuple(self._hidden_held_now()),
+            hidden_received=tuple(self._hidden_received_now()),
         )
+        for index, (before, _) in list(self._rows_identical.items()):
+            self._rows_identical[index] = (before, identical_rows(self._params[index].tensor))
 
     def _detach(self) -> None:
         mode, self._mode = self._mode, None
@@ -295,6 +325,13 @@ class GradientMonitor:
         if module is self._model:
             self._forward_root_eval = not module.training
             self._forward_eval = set()
+            if self._input_scale is None:
+                first = next((x for x in _nested.tensors(args) if x.is_floating_point()), None)
+                if first is not None and first.numel():
+                    self._input_scale = first.detach().abs().amax().float()
+        if info.batch_dims and args and isinstance(args[0], torch.Tensor) and args[0].dim() == 3:
+            if len(self._sequence_inputs) < 1000:
+                self._sequence_inputs.append((info.path, tuple(args[0].shape)))
         if info.sensitive and not module.training and not self._meant_to_be_eval(module):
             self._forward_eval.add(info.path)
         if isinstance(module, _NORMALISATION) and args and isinstance(args[0], torch.Tensor):
@@ -394,6 +431,26 @@ class GradientMonitor:
             site.fired = site.fired | fired
         site.observations += values.numel() // max(fired.numel(), 1)
 
+    def _on_squash(self, function: str, out: Any) -> None:
+        if self._backwards >= SATURATION_WINDOW:
+            return  # saturation that a bug causes is there from the start; later it can be
+            # confidence the model has learned (large weights on separable data)
+        call = self._stack[-1] if self._stack else None
+        if call is not None and call.info.squash:  # an nn.Tanh / nn.Sigmoid module
+            name = call.info.path
+        else:
+            owner = call.info.path if call is not None else ""
+            index = 0
+            if call is not None:
+                index, call.squash_calls = call.squash_calls, call.squash_calls + 1
+            name = f"{owner or '<model>'}:{function}#{index}"
+        self._signals.on_squash(function, name, out)
+
+    def _on_gradient_scaled(self, first: Any, factor: torch.Tensor) -> None:
+        """``torch._foreach_mul_(grads, factor)``: how clip_grad_norm_ scales the gradients."""
+        if isinstance(first, torch.Tensor) and any(e.tensor.grad is first for e in self._params):
+            self._clip_coefficients.append((self._clock(), factor.detach().float()))
+
     def _on_classification_loss(self, loss_name: str, scores: torch.Tensor) -> None:
         if not scores.is_floating_point() or scores.numel() == 0:
             return
@@ -416,6 +473,7 @@ class GradientMonitor:
                 value = tensor.detach()
                 value = value if value.dim() == 0 else value.sum()
                 self._losses.append((self._clock(), value.float()))
+                self._signals.on_backward(value.float())
 
     # -- backward --------------------------------------------------------------------------------
 
@@ -434,12 +492,15 @@ class GradientMonitor:
         # called before the incoming gradient is added to .grad, so .grad is still last step's
         entry.received += 1
         key = _grad_key(entry.tensor)
-        if entry.key_after_step is not None:  # first backward pass since an optimizer step
+        if entry.key_after_backward is not None and key != entry.key_after_backward:
+            entry.pending_stale = None  # cleared (or replaced) since the last backward pass
+        if entry.key_after_step is not None:  # first backward since its optimizer stepped
             grad = entry.tensor.grad
             if key == entry.key_after_step and grad is not None:
-                # untouched since the step; stale unless it was zeroed before the step
+                # untouched since that step: what it applied is still in .grad, and the
+                # optimizer applies it again at its next step unless it is cleared before
                 leftover = torch.linalg.vector_norm(grad.detach(), ord=math.inf)
-                self._stale.append((self._clock(), entry.index, leftover))
+                entry.pending_stale = (self._clock(), leftover)
             entry.key_after_step = None
         elif (
             self._accumulation_steps > 1
@@ -519,18 +580,47 @@ class GradientMonitor:
             self._rows = [row for row in self._rows if row.from_step]
         self._optimizers[id(optimizer)] = weakref.ref(optimizer)
         self._held_indices.update(entry.index for entry, _ in held)
+        clock = self._clock()
         params = [entry.tensor for entry, _ in held]
         snapshots = []
+        groups: dict[int, tuple[float | None, float, bool]] = {}
         for entry, group in held:
             self._group_of[entry.index] = id(group)
             lr = group.get("lr")
-            self._lr_of[entry.index] = float(lr) if isinstance(lr, (int, float)) else None
-            if isinstance(lr, (int, float)) and lr == 0 and entry.index not in self._zero_lr:
-                self._zero_lr[entry.index] = self._clock()
+            lr = float(lr) if isinstance(lr, (int, float)) else None  # a tensor lr: not read
+            self._lr_of[entry.index] = lr
+            if id(group) not in groups:
+                decay = group.get("weight_decay", 0.0)
+                decoupled = bool(group.get("decoupled_weight_decay", False)) or isinstance(
+                    optimizer, torch.optim.AdamW
+                )
+                groups[id(group)] = (
+                    lr,
+                    float(decay) if isinstance(decay, (int, float)) else 0.0,
+                    decoupled,
+                )
+                self._optimizer_kind[id(group)] = type(optimizer).__name__
+            if lr == 0 and entry.index not in self._zero_lr:
+                self._zero_lr[entry.index] = clock
+            if entry.pending_stale is not None:  # carried over since this optimizer's last step
+                when, leftover = entry.pending_stale
+                grad = entry.tensor.grad
+                if grad is not None:
+                    if _grad_key(entry.tensor) != entry.key_after_backward:
+                        # changed in place since (clipped, unscaled or zeroed): stale only if
+                        # something is left at all
+                        now = torch.linalg.vector_norm(grad.detach(), ord=math.inf)
+                        leftover = leftover * (now > 0)
+                    self._stale.append((when, entry.index, leftover))
+                entry.pending_stale = None
             snap = self._snapshots.get(entry.index)
             if snap is None or snap.shape != entry.tensor.shape or snap.dtype != entry.tensor.dtype:
                 snap = self._snapshots[entry.index] = torch.empty_like(entry.tensor.detach())
             snapshots.append(snap)
+        self._lr_trace.append((clock, groups))
+        frozen = frozenset(e.index for e, _ in held if not e.tensor.requires_grad)
+        if frozen:
+            self._frozen_at_step[self._steps] = frozen
         with torch.no_grad():
             weight_index, weight_norms = _norm_rows(params, [e.index for e, _ in held], (2.0,))
             torch._foreach_copy_(snapshots, [p.detach() for p in params])
@@ -553,10 +643,33 @@ class GradientMonitor:
             row = _StepRow(self._clock(), True, (), torch.zeros(3, 0), weight_index, weights)
         self._rows.append(row)
         self._windows.append((self._clock(), self._backwards_since_step))
+        # a closure (LBFGS) runs its backward inside step(): counted by now
+        last = self._last_step_backwards.get(id(optimizer))
+        if last is not None and self._backwards == last:
+            self._steps_without_backward.append((self._clock(), type(optimizer).__name__))
+        self._last_step_backwards[id(optimizer)] = self._backwards
         self._backwards_since_step = 0
         self._steps += 1
-        for entry in self._params:
+        for entry, _ in held:  # only the parameters this optimizer applied gradients to
             entry.key_after_step = _grad_key(entry.tensor)
+
+    def _hidden_held_now(self) -> list[bool]:
+        """Per hidden tensor group: some optimizer seen (or given) holds one of them."""
+        optimizers = [ref() for ref in self._optimizers.values()] + [self._optimizer]
+        ids = {
+            id(p)
+            for optimizer in optimizers
+            if optimizer is not None
+            for group in optimizer.param_groups
+            for p in group["params"]
+        }
+        return [any(id(x) in ids for x in h.tensors) for h in self._hidden]
+
+    def _hidden_received_now(self) -> list[bool]:
+        return [
+            any(_grad_key(x) != key for x, key in zip(h.tensors, keys, strict=True))
+            for h, keys in zip(self._hidden, self._hidden_keys, strict=True)
+        ]
 
     def _held_now(self) -> set[int]:
         """Parameters held by an optimizer seen stepping them (alive or since dropped)."""

@@ -21,7 +21,18 @@ from torchscope.collect.gradients.thresholds import GradientThresholds
 if TYPE_CHECKING:
     from torchscope.collect.gradients.monitor import GradientMonitor
 
-__all__ = ["Clock", "Fixed", "Observations", "ParamView", "ReluView", "StepView", "observe"]
+__all__ = [
+    "Clock",
+    "Fixed",
+    "HiddenView",
+    "LossView",
+    "Observations",
+    "ParamView",
+    "ReluView",
+    "SquashView",
+    "StepView",
+    "observe",
+]
 
 
 @dataclass(frozen=True)
@@ -30,6 +41,8 @@ class Fixed:
 
     held: frozenset[int]  # parameters some observed optimizer held
     requires_grad: tuple[bool, ...]  # per parameter
+    hidden_held: tuple[bool, ...]  # per hidden tensor group: some optimizer holds them
+    hidden_received: tuple[bool, ...]  # per hidden tensor group: a gradient reached them
 
 
 @dataclass(frozen=True)
@@ -78,6 +91,7 @@ class StepView:
     output_index: tuple[int, ...]
     output_l1: tuple[float, ...]
     has_weights: bool
+    frozen: frozenset[int] = frozenset()  # stepped while not requiring grad
 
 
 @dataclass(frozen=True)
@@ -86,6 +100,34 @@ class ReluView:
     units: int
     fired_units: int  # units that fired at least once
     observations: int  # per unit
+
+
+@dataclass(frozen=True)
+class SquashView:
+    name: str
+    function: str  # "tanh" or "sigmoid"
+    saturated: float  # fraction of outputs pinned at the limits
+    total: int
+    feeds_loss: bool  # an output layer: its output went straight into a loss
+
+
+@dataclass(frozen=True)
+class LossView:
+    clock: Clock
+    name: str  # the loss function
+    family: str  # "classification", "binary" or "regression"
+    value: float | None  # its mean value (reduction="mean")
+    chance: float | None  # the loss of the best constant prediction
+    batch: int | None
+
+
+@dataclass(frozen=True)
+class HiddenView:
+    path: str
+    kind: str  # "module" or "tensor"
+    numel: int
+    held: bool  # some optimizer holds them after all
+    received: bool  # a backward pass reached them (so they take part in training)
 
 
 @dataclass(frozen=True)
@@ -113,6 +155,22 @@ class Observations:
     # (clock, loss function, True: softmax output / looks like probabilities, False: not)
     probability_inputs: tuple[tuple[Clock, str, bool, bool], ...]
     batch_of_one: tuple[tuple[Clock, str, tuple[int, ...]], ...]
+    # per optimizer step: {param group: (lr, weight decay, decoupled)}; group -> optimizer class
+    lr_trace: tuple[tuple[Clock, dict[int, tuple[float | None, float, bool]]], ...] = ()
+    optimizer_kind: dict[int, str] | None = None
+    steps_without_backward: tuple[tuple[Clock, str], ...] = ()
+    clip_coefficients: tuple[tuple[Clock, float], ...] = ()
+    loss_calls: tuple[LossView, ...] = ()
+    broadcasts: tuple[tuple[Clock, str, tuple[int, ...], tuple[int, ...]], ...] = ()
+    probabilities: tuple[tuple[Clock, str], ...] = ()
+    clipped: tuple[tuple[Clock, str, str], ...] = ()
+    wrong_dim: tuple[tuple[Clock, str, int, int, float], ...] = ()
+    squash_sites: tuple[SquashView, ...] = ()
+    scaled: tuple[tuple[float, float], ...] = ()  # (value handed to backward, losses' sum)
+    sequence_inputs: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    input_scale: float | None = None
+    rows_identical: dict[int, tuple[bool, bool | None]] | None = None  # (at start, at end)
+    hidden: tuple[HiddenView, ...] = ()
 
     def step_of(self, clock: Clock) -> int:
         """The 0-based step an event belongs to, in the report's step unit."""
@@ -121,6 +179,20 @@ class Observations:
 
 def _floats(tensor: torch.Tensor) -> list[float]:
     return [float(v) for v in tensor.tolist()]
+
+
+def _read(values: list[torch.Tensor | float | None]) -> list[float | None]:
+    """Device scalars (and plain numbers) as floats, the tensors read back in one copy."""
+    tensors = [v for v in values if isinstance(v, torch.Tensor)]
+    read = (
+        iter(_floats(torch.stack([v.float().reshape(()).cpu() for v in tensors])))
+        if tensors
+        else iter(())
+    )
+    return [
+        next(read) if isinstance(v, torch.Tensor) else (None if v is None else float(v))
+        for v in values
+    ]
 
 
 def observe(monitor: GradientMonitor) -> Observations:
@@ -177,6 +249,7 @@ def observe(monitor: GradientMonitor) -> Observations:
                 r.output_index,
                 tuple(output_l1),
                 r.weight_stats is not None,
+                m._frozen_at_step.get(r.clock.step, frozenset()) if r.from_step else frozenset(),
             )
         )
     losses: list[float] = _floats(torch.stack([v for _, v in m._losses]).cpu()) if m._losses else []
@@ -187,6 +260,68 @@ def observe(monitor: GradientMonitor) -> Observations:
     probability_inputs = tuple(
         (clock, name, flag is None, flag is None or bool(flag))
         for clock, name, flag in m._probability_inputs
+    )
+    s = m._signals
+    loss_values = _read([c.value for c in s.losses])
+    chances = _read([c.chance for c in s.losses])
+    losses_seen = tuple(
+        LossView(c.clock, c.name, c.family, v, ch, c.batch)
+        for c, v, ch in zip(s.losses, loss_values, chances, strict=True)
+    )
+    deviations = _read([d for *_, d in s.wrong_dim])
+    saturated = _read([site.saturated for site in s.squash_sites.values()])
+    scaled_pairs = _read([v for pair in s.scaled for v in pair])
+    identical = _read([v for pair in m._rows_identical.values() for v in pair])
+    coefficients = _read([c for _, c in m._clip_coefficients])
+    input_scale = _read([m._input_scale])[0]
+    hidden_held = fixed.hidden_held if fixed is not None else tuple(m._hidden_held_now())
+    hidden_received = (
+        fixed.hidden_received if fixed is not None else tuple(m._hidden_received_now())
+    )
+    extra = dict(
+        lr_trace=tuple(m._lr_trace),
+        optimizer_kind=dict(m._optimizer_kind),
+        steps_without_backward=tuple(m._steps_without_backward),
+        clip_coefficients=tuple(
+            (c, v)
+            for (c, _), v in zip(m._clip_coefficients, coefficients, strict=True)
+            if v is not None
+        ),
+        loss_calls=losses_seen,
+        broadcasts=tuple(s.broadcasts),
+        probabilities=tuple(s.probabilities),
+        clipped=tuple(s.clipped),
+        wrong_dim=tuple(
+            (c, n, d, k, v if v is not None else 0.0)
+            for (c, n, d, k, _), v in zip(s.wrong_dim, deviations, strict=True)
+        ),
+        squash_sites=tuple(
+            SquashView(
+                site.name,
+                site.function,
+                (v or 0.0) / max(site.total, 1),
+                site.total,
+                site.feeds_loss,
+            )
+            for site, v in zip(s.squash_sites.values(), saturated, strict=True)
+        ),
+        scaled=tuple(
+            (scaled_pairs[k] or 0.0, scaled_pairs[k + 1] or 0.0)
+            for k in range(0, len(scaled_pairs), 2)
+        ),
+        sequence_inputs=tuple(m._sequence_inputs),
+        input_scale=input_scale,
+        rows_identical={
+            i: (
+                bool(identical[2 * k]),
+                None if identical[2 * k + 1] is None else bool(identical[2 * k + 1]),
+            )
+            for k, i in enumerate(m._rows_identical)
+        },
+        hidden=tuple(
+            HiddenView(h.path, h.kind, sum(x.numel() for x in h.tensors), held, received)
+            for h, held, received in zip(m._hidden, hidden_held, hidden_received, strict=True)
+        ),
     )
     return Observations(
         thresholds=m.thresholds,
@@ -208,4 +343,5 @@ def observe(monitor: GradientMonitor) -> Observations:
         eval_sub_forwards=tuple(m._eval_sub_forwards),
         probability_inputs=probability_inputs,
         batch_of_one=tuple(m._batch_of_one),
+        **extra,  # type: ignore[arg-type]
     )

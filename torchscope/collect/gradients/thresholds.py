@@ -24,6 +24,14 @@ class GradientThresholds:
             the weight norm: smaller updates can round away in floating point.
         softmax_tolerance: how close to 1 the rows of a ``cross_entropy`` input must sum to be
             taken for probabilities.
+        tiny_update_ratio: an optimizer step whose median ||change|| / ||weight|| over the
+            weight matrices is below this barely moves them (healthy training is about 1e-3
+            and up); ``tiny_updates`` and its causes need it in most steps and a loss that
+            improved by less than ``min_loss_improvement``.
+        min_loss_improvement: the fraction by which the training loss must fall (first tenth
+            of the steps against the last quarter) for small updates to count as learning.
+        saturated_fraction: a tanh/sigmoid site with at least this fraction of its outputs
+            within 0.01 of the limits is saturated.
     """
 
     exploding_norm: float = 1e3
@@ -32,6 +40,9 @@ class GradientThresholds:
     dead_min_observations: int = 8
     not_updated_min_change: float = 1e-5
     softmax_tolerance: float = 1e-3
+    tiny_update_ratio: float = 1e-3
+    min_loss_improvement: float = 0.2
+    saturated_fraction: float = 0.5
 
 
 def resolve_thresholds(

@@ -8,12 +8,30 @@ from __future__ import annotations
 from torchscope.collect.gradients.evidence import Evidence
 from torchscope.collect.gradients.observations import Observations
 from torchscope.collect.gradients.registry import RULES
-from torchscope.collect.gradients.rules import flow, forward, loop, nonfinite, updates
+from torchscope.collect.gradients.rules import (
+    flow,
+    forward,
+    loop,
+    losses,
+    nonfinite,
+    steps,
+    structure,
+    updates,
+)
 from torchscope.records import SEVERITIES, Finding
 
 __all__ = ["judge"]
 
-_FAMILIES = (nonfinite, flow, updates, forward, loop)  # imported for their registrations
+_FAMILIES = (
+    nonfinite,
+    flow,
+    updates,
+    steps,
+    forward,
+    losses,
+    loop,
+    structure,
+)  # imported for their registrations
 
 
 def judge(evidence: Evidence | Observations) -> tuple[Finding, ...]:

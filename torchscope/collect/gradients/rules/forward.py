@@ -94,3 +94,49 @@ def batchnorm_batch_of_one(ev: Evidence) -> Iterator[Finding]:
         "single sample, and the running averages are skewed. Use drop_last=True in the "
         "DataLoader, a larger batch, or GroupNorm/LayerNorm",
     )  # fmt: skip
+
+
+@rule("saturated_activation")
+def saturated_activation(ev: Evidence) -> Iterator[Finding]:
+    threshold = ev.t.saturated_fraction
+    scale = ev.observed.input_scale
+    for site in ev.observed.squash_sites:
+        if site.feeds_loss or site.total < 64 or site.saturated < threshold:
+            continue
+        limits = "+-1" if site.function == "tanh" else "0 or 1"
+        inputs = f"; the model's input reached |x| = {scale:.3g}" if scale is not None else ""
+        yield ev.finding(
+            "saturated_activation", "warning", site.name, None, site.saturated, threshold,
+            f"{site.saturated:.0%} of the outputs of {site.name} ({site.function}) sit "
+            f"within 0.01 of {limits}, where its derivative is nearly 0, so little gradient "
+            f"passes{inputs}. Typical causes: unnormalised inputs (raw 0-255 pixels, "
+            "features in their own units: standardise them), or too large an initial "
+            "gain; normalisation layers or ReLU-family activations also help",
+        )  # fmt: skip
+
+
+@rule("batch_mixing")
+def batch_mixing(ev: Evidence) -> Iterator[Finding]:
+    batches = [c.batch for c in ev.observed.loss_calls if c.batch is not None]
+    if not batches:
+        return
+    batch = max(set(batches), key=batches.count)  # the usual batch size of the loss
+    mixed: dict[str, tuple[int, ...]] = {}
+    total: dict[str, int] = {}
+    for path, shape in ev.observed.sequence_inputs:
+        total[path] = total.get(path, 0) + 1
+        if shape[0] == batch and shape[1] != batch:
+            mixed.setdefault(path, shape)
+    for path, shape in mixed.items():
+        count = sum(1 for p, s in ev.observed.sequence_inputs if p == path and s[0] == batch)
+        if count < 0.5 * total[path]:
+            continue
+        yield ev.finding(
+            "batch_mixing", "error", path, None, float(shape[0]), None,
+            f"{path} reads its input as (sequence, batch, features) (batch_first=False) but "
+            f"got {list(shape)}, whose first dim is the loss's batch size ({batch}): it runs "
+            f"along the batch as if it were time, mixing the samples, and treats the "
+            f"{shape[1]} time steps as independent sequences. Build it with batch_first=True, "
+            "or feed x.transpose(0, 1)",
+        )  # fmt: skip
+        return  # the layers inside it see the same tensor

@@ -45,3 +45,18 @@ def grad_accumulation(ev: Evidence) -> Iterator[Finding]:
             f"accumulation_steps={n}: step() should run once "
             "every accumulation_steps micro-batches",
         )  # fmt: skip
+
+
+@rule("step_without_backward")
+def step_without_backward(ev: Evidence) -> Iterator[Finding]:
+    seen = ev.observed.steps_without_backward
+    if not seen:
+        return
+    clock, optimizer = seen[0]
+    yield ev.finding(
+        "step_without_backward", "error", "optimizer", clock, float(len(seen)), None,
+        f"{optimizer}.step() ran {len(seen)} time(s) with no backward pass since its "
+        "previous step: it applies the same gradients again (and advances momentum, Adam's "
+        "moments and weight decay) as if the batch were seen twice. Call step() once per "
+        "backward pass (once per accumulation window); look for a helper that steps too",
+    )  # fmt: skip

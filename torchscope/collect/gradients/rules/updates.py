@@ -15,9 +15,13 @@ def frozen_but_updated(ev: Evidence) -> Iterator[Finding]:
     if not ev.observed.stepped:
         return
     for e in ev.params:
-        if e.trainable:
-            continue
-        moved = [(m.step, m.change) for m in ev.moves.get(e.index, []) if m.change != 0]
+        # only the steps taken while it was frozen: unfreezing later, or freezing half way
+        # through a fine-tune, does not make the earlier steps wrong
+        moved = [
+            (m.step, m.change)
+            for m in ev.moves.get(e.index, [])
+            if m.change != 0 and (m.frozen or e.intended_frozen)
+        ]
         if not moved:
             continue
         step, amount = moved[0]
@@ -30,6 +34,11 @@ def frozen_but_updated(ev: Evidence) -> Iterator[Finding]:
             "moves it. Remove it from the optimizer, set its .grad to None, or "
             "freeze with torchscope.freeze(..., optimizer=opt)",
         )  # fmt: skip
+
+
+def _zero_lr_fraction(ev: Evidence, group: int | None) -> float:
+    steps = [g[group][0] for _, g in ev.observed.lr_trace if group in g]
+    return sum(lr == 0 for lr in steps) / len(steps) if steps else 0.0
 
 
 @rule("not_updated")
@@ -51,12 +60,13 @@ def not_updated(ev: Evidence) -> Iterator[Finding]:
                 "optimizer.add_param_group",
             )  # fmt: skip
             continue
-        if e.zero_lr_at is not None:
+        if e.zero_lr_at is not None and _zero_lr_fraction(ev, e.group) >= 0.5:
             yield ev.finding(
                 "not_updated", "warning", e.name, e.zero_lr_at, 0.0, None,
-                f"{e.name} is in a parameter group whose learning rate is 0: step() "
-                "leaves it unchanged. Check the scheduler (warm-up from 0 is fine for a "
-                "few steps) and the group's lr",
+                f"{e.name} is in a parameter group whose learning rate was 0 in "
+                f"{_zero_lr_fraction(ev, e.group):.0%} of its steps: step() leaves it "
+                "unchanged. Check the scheduler (a warm-up from 0 that is never stepped stays "
+                "at 0; a few leading steps at 0 are fine) and the group's lr",
             )  # fmt: skip
             continue
         norms = dict(zip(h.steps, h.grad_norm, strict=True))

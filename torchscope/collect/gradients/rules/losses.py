@@ -1,0 +1,138 @@
+"""Loss-function contracts: what the loss functions were handed, and what the loss did."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from torchscope.collect.gradients.evidence import Evidence
+from torchscope.collect.gradients.registry import rule
+from torchscope.records import Finding
+
+# a log-softmax over the class dim has logsumexp 0 there (float32 rounding: ~1e-6)
+WRONG_DIM_TOLERANCE = 0.05
+# the training loss still this close to the loss of a constant prediction at the end
+CHANCE_FRACTION = 0.9
+MIN_STEPS_FOR_CHANCE = 30  # loss calls: a few steps (check_gradients) say nothing yet
+
+
+@rule("loss_broadcast")
+def loss_broadcast(ev: Evidence) -> Iterator[Finding]:
+    seen = ev.observed.broadcasts
+    if not seen:
+        return
+    clock, name, scores, target = seen[0]
+    yield ev.finding(
+        "loss_broadcast", "error", name, clock, float(len(seen)), None,
+        f"{name} got an input of shape {list(scores)} and a target of shape {list(target)} "
+        f"({len(seen)} call(s)): they broadcast against each other, so the loss compares "
+        "every prediction with every target and the model learns the mean. Make the shapes "
+        "equal (output.squeeze(-1), or target.view(-1, 1))",
+    )  # fmt: skip
+
+
+@rule("probabilities_into_logits_loss")
+def probabilities_into_logits_loss(ev: Evidence) -> Iterator[Finding]:
+    seen = ev.observed.probabilities
+    if not seen:
+        return
+    clock, name = seen[0]
+    yield ev.finding(
+        "probabilities_into_logits_loss", "error", name, clock, float(len(seen)), None,
+        f"{name} received the output of a sigmoid ({len(seen)} call(s)). It applies the "
+        "sigmoid itself and expects raw logits: the sigmoid is applied twice, which squashes "
+        "the predictions into [0.5, 0.73] and the gradients with them. Remove the sigmoid "
+        "from the training output (or use binary_cross_entropy on probabilities)",
+    )  # fmt: skip
+
+
+@rule("clipped_logits")
+def clipped_logits(ev: Evidence) -> Iterator[Finding]:
+    seen = ev.observed.clipped
+    if not seen:
+        return
+    clock, name, how = seen[0]
+    yield ev.finding(
+        "clipped_logits", "error", name, clock, float(len(seen)), None,
+        f"{name} received scores passed through {how} ({len(seen)} call(s)): logits must be "
+        "free to go negative. A negative score is cut to 0 and gets no gradient, so classes "
+        "cannot be pushed down and units after the cut die. Remove the activation after the "
+        "last layer",
+    )  # fmt: skip
+
+
+@rule("softmax_wrong_dim")
+def softmax_wrong_dim(ev: Evidence) -> Iterator[Finding]:
+    wrong = [w for w in ev.observed.wrong_dim if w[4] > WRONG_DIM_TOLERANCE]
+    if not wrong:
+        return
+    clock, name, dim, class_dim, deviation = wrong[0]
+    yield ev.finding(
+        "softmax_wrong_dim", "error", name, clock, deviation, WRONG_DIM_TOLERANCE,
+        f"{name} received a log_softmax taken over dim {dim}, but its classes are on dim "
+        f"{class_dim} of what it was given: the values are not log-probabilities over the "
+        f"classes (their logsumexp over the classes is {deviation:.3g}, not 0), so the loss "
+        "normalises across the batch or the sequence instead. Use log_softmax(..., dim=-1) "
+        "over the class dimension (dim=1 for (N, C) scores)",
+    )  # fmt: skip
+
+
+@rule("loss_at_chance")
+def loss_at_chance(ev: Evidence) -> Iterator[Finding]:
+    calls = [
+        c
+        for c in ev.observed.loss_calls
+        if c.value is not None and c.chance is not None and c.chance > 0.05
+    ]
+    by_name: dict[str, list] = {}
+    for c in calls:
+        by_name.setdefault(c.name, []).append(c)
+    for name, seen in by_name.items():
+        if len(seen) < MIN_STEPS_FOR_CHANCE:
+            continue
+        tail = seen[-max(len(seen) // 4, 1) :]
+        value = sum(c.value for c in tail) / len(tail)
+        chance = sum(c.chance for c in tail) / len(tail)
+        if value >= CHANCE_FRACTION * chance:
+            what = (
+                f"ln C = {chance:.3g} for {_classes(chance)} classes"
+                if seen[0].family == "classification"
+                else f"{chance:.3g}, the loss of predicting the same value for every sample"
+            )
+            yield ev.finding(
+                "loss_at_chance", "warning", name, None, value, chance,
+                f"the training loss ({name}) ended at {value:.3g} over the last {len(tail)} "
+                f"of {len(seen)} steps, against a chance level of {what}: the model learned "
+                "nothing it could not guess without looking at the input. Check that inputs "
+                "and labels are paired (shuffled together, the right label column, the same "
+                "split), and that the inputs carry the signal",
+            )  # fmt: skip
+
+
+def _classes(chance: float) -> int:
+    import math
+
+    return round(math.exp(chance))
+
+
+@rule("accumulation_not_scaled")
+def accumulation_not_scaled(ev: Evidence) -> Iterator[Finding]:
+    o = ev.observed
+    n = o.accumulation_steps
+    if n <= 1:
+        return
+    windows = sorted(k for _, k in o.windows)
+    if windows and windows[len(windows) // 2] < n:
+        return  # the loop does not accumulate: grad_accumulation says so
+    ratios = sorted(b / s for b, s in o.scaled if s != 0 and b == b and s == s)
+    if len(ratios) < n:
+        return
+    median = ratios[len(ratios) // 2]
+    # divided by n: about 1/n; not divided: about 1 (a weighted sum of losses: in between)
+    if abs(median - 1) <= 0.25 and abs(median - 1 / n) > 0.25:
+        yield ev.finding(
+            "accumulation_not_scaled", "warning", "loss", None, median, 1 / n,
+            f"with accumulation_steps={n} each micro-batch's loss went to backward() "
+            f"undivided (backward got {median:.3g} times the loss function's value, not "
+            f"1/{n}): the accumulated gradient is {n} times a batch's, as if the learning "
+            f"rate were {n} times higher. Divide the loss by {n} before backward()",
+        )  # fmt: skip

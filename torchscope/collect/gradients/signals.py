@@ -1,0 +1,228 @@
+"""What the monitor sees of the functional calls around the loss: the loss functions (their
+inputs, targets and values), the squashing activations and where their outputs go.
+
+Every statistic stays on the device (a reduction per call at most); shapes and names are
+plain Python. :class:`CallSignals` is fed by the monitor's TorchFunctionMode
+(:mod:`.functions`) and read once by :func:`..observations.observe`.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from torchscope.collect.gradients._state import _Clock
+
+__all__ = ["LOSS_FUNCTIONS", "CallSignals", "LossCall", "SquashSite"]
+
+#: loss function -> (its name, its family)
+LOSS_FUNCTIONS: dict[Callable[..., Any], tuple[str, str]] = {
+    F.cross_entropy: ("cross_entropy", "classification"),
+    F.nll_loss: ("nll_loss", "classification"),
+    F.binary_cross_entropy_with_logits: ("binary_cross_entropy_with_logits", "binary"),
+    F.binary_cross_entropy: ("binary_cross_entropy", "binary"),
+    F.mse_loss: ("mse_loss", "regression"),
+    F.l1_loss: ("l1_loss", "regression"),
+    F.smooth_l1_loss: ("smooth_l1_loss", "regression"),
+    F.huber_loss: ("huber_loss", "regression"),
+}
+#: losses that expect raw scores (logits), not probabilities or clipped values
+LOGIT_LOSSES = ("cross_entropy", "nll_loss", "binary_cross_entropy_with_logits")
+# a tanh output within this of +-1 (a sigmoid's within it of 0 or 1) is saturated: the
+# derivative there is below 2e-2 (tanh) / 1e-2 (sigmoid) of its peak
+SATURATION_MARGIN = 0.01
+
+
+class _ByStorage:
+    """Tensors remembered by where their values live, so that a view of one (``squeeze``,
+    ``view``, ``reshape`` of a contiguous tensor) is found too; weak, and bounded."""
+
+    def __init__(self) -> None:
+        self._items: dict[int, tuple[weakref.ref[torch.Tensor], Any]] = {}
+
+    def add(self, tensor: torch.Tensor, value: Any) -> None:
+        if len(self._items) > 256:  # only the last forward's matter
+            self._items.clear()
+        self._items[tensor.data_ptr()] = (weakref.ref(tensor), value)
+
+    def get(self, tensor: torch.Tensor) -> Any:
+        entry = self._items.get(tensor.data_ptr())
+        if entry is None:
+            return None
+        ref, value = entry
+        source = ref()
+        if source is None or source.data_ptr() != tensor.data_ptr():
+            return None
+        if source.numel() != tensor.numel():
+            return None
+        return value
+
+
+@dataclass
+class LossCall:
+    clock: _Clock
+    name: str
+    family: str
+    value: torch.Tensor | None  # the mean loss (reduction="mean" only), float32 on the device
+    chance: torch.Tensor | float | None  # the loss of the best constant prediction
+    batch: int | None  # the target's first dim
+
+
+@dataclass
+class SquashSite:
+    name: str  # an nn.Tanh/nn.Sigmoid module, or torch.tanh/sigmoid inside a module's forward
+    function: str  # "tanh" or "sigmoid"
+    saturated: torch.Tensor  # outputs within SATURATION_MARGIN of the limits, summed
+    total: int = 0  # outputs seen
+    feeds_loss: bool = False  # its output went straight into a loss function (an output layer)
+
+
+@dataclass
+class CallSignals:
+    """The monitor's record of the calls around its loss (see the module docstring)."""
+
+    losses: list[LossCall] = field(default_factory=list)
+    broadcasts: list[tuple[_Clock, str, tuple[int, ...], tuple[int, ...]]] = field(
+        default_factory=list
+    )
+    probabilities: list[tuple[_Clock, str]] = field(default_factory=list)  # sigmoid -> logits
+    clipped: list[tuple[_Clock, str, str]] = field(default_factory=list)  # (.., loss, clipper)
+    # (clock, loss, softmax dim, class dim, |logsumexp| over the class dim, on the device)
+    wrong_dim: list[tuple[_Clock, str, int, int, torch.Tensor]] = field(default_factory=list)
+    squash_sites: dict[tuple[str, str], SquashSite] = field(default_factory=dict)
+    # (the loss handed to backward, the sum of the loss functions' values since the last one)
+    scaled: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    _since_backward: list[torch.Tensor] = field(default_factory=list)
+    _sigmoid_outputs: _ByStorage = field(default_factory=_ByStorage)
+    _clipped_outputs: _ByStorage = field(default_factory=_ByStorage)
+    _squash_outputs: _ByStorage = field(default_factory=_ByStorage)
+    # storage pointer -> (weak ref to a log_softmax output, its dim): the loss may get
+    # a reshaped view of it
+    _normalised: dict[int, tuple[weakref.ref[torch.Tensor], int]] = field(default_factory=dict)
+
+    # -- activations -------------------------------------------------------------------------
+
+    def on_clipped(self, out: Any, how: str) -> None:
+        """``out`` is non-negative by construction (relu, clamp(min=0))."""
+        if isinstance(out, torch.Tensor) and out.numel():
+            self._clipped_outputs.add(out, how)
+
+    def on_normalised(self, source: Any, out: Any, dim: Any, *, log: bool) -> None:
+        """A softmax (``log=False``) or log_softmax over ``dim``."""
+        if not isinstance(out, torch.Tensor) or out.dim() == 0 or not isinstance(dim, int):
+            return
+        how = self._clipped_outputs.get(source) if isinstance(source, torch.Tensor) else None
+        if how is not None:  # log_softmax(relu(x)): the scores were clipped before it
+            self._clipped_outputs.add(out, how)
+        if not log:
+            return
+        if len(self._normalised) > 64:  # only the last forward's matter
+            self._normalised.clear()
+        self._normalised[out.data_ptr()] = (weakref.ref(out), dim % out.dim())
+
+    def on_squash(self, function: str, site_name: str, out: Any) -> None:
+        if not (torch.is_grad_enabled() and isinstance(out, torch.Tensor)):
+            return
+        if not out.is_floating_point() or out.numel() == 0:
+            return
+        if function == "sigmoid":
+            self._sigmoid_outputs.add(out, True)
+            values = out.detach()
+            near = (values < SATURATION_MARGIN) | (values > 1 - SATURATION_MARGIN)
+        else:
+            near = out.detach().abs() > 1 - SATURATION_MARGIN
+        key = (site_name, function)
+        site = self.squash_sites.get(key)
+        count = near.sum()
+        if site is None:
+            self.squash_sites[key] = site = SquashSite(site_name, function, count)
+        else:
+            site.saturated = site.saturated + count
+        site.total += out.numel()
+        self._squash_outputs.add(out, site)
+
+    # -- losses ------------------------------------------------------------------------------
+
+    def on_loss(self, clock: _Clock, func: Any, args: Any, kwargs: Any, out: Any) -> None:
+        name, family = LOSS_FUNCTIONS[func]
+        scores = args[0] if args else kwargs.get("input")
+        target = args[1] if len(args) > 1 else kwargs.get("target")
+        if not isinstance(scores, torch.Tensor) or not isinstance(target, torch.Tensor):
+            return
+        if not torch.is_grad_enabled() or not scores.requires_grad:
+            return  # evaluation: not what trains
+        site = self._squash_outputs.get(scores)
+        if site is not None:
+            site.feeds_loss = True
+        if family == "regression" and scores.shape != target.shape:
+            self.broadcasts.append((clock, name, tuple(scores.shape), tuple(target.shape)))
+        if name == "binary_cross_entropy_with_logits" and self._sigmoid_outputs.get(scores):
+            self.probabilities.append((clock, name))
+        if name in LOGIT_LOSSES:
+            how = self._clipped_outputs.get(scores)
+            if how is not None:
+                self.clipped.append((clock, name, how))
+        if family == "classification":
+            self._check_normalised_dim(clock, name, scores)
+        reduction = kwargs.get("reduction", "mean")
+        value = None
+        if reduction == "mean" and isinstance(out, torch.Tensor) and out.dim() == 0:
+            value = out.detach().float()
+            self._since_backward.append(value)
+        self.losses.append(
+            LossCall(clock, name, family, value, _chance(family, scores, target), _batch(target))
+        )
+
+    def _check_normalised_dim(self, clock: _Clock, name: str, scores: torch.Tensor) -> None:
+        entry = self._normalised.get(scores.data_ptr())
+        if entry is None or scores.dim() == 0:
+            return
+        source, dim = entry
+        normalised = source()
+        if normalised is None or normalised.data_ptr() != scores.data_ptr():
+            return
+        class_dim = 1 if scores.dim() >= 2 else 0
+        if scores.shape == normalised.shape and dim == class_dim:
+            return  # the common, right case: nothing to compute
+        # a reshaped view, or another dim: log-probabilities over the class dim have
+        # logsumexp 0 there, whatever the layout was when log_softmax ran
+        with torch.no_grad():
+            deviation = torch.logsumexp(scores.detach().float(), dim=class_dim).abs().amax()
+        self.wrong_dim.append((clock, name, dim, class_dim, deviation))
+
+    def on_backward(self, value: torch.Tensor) -> None:
+        if self._since_backward:
+            total = torch.stack(self._since_backward).sum()
+            self.scaled.append((value, total))
+            self._since_backward = []
+
+
+def _batch(target: torch.Tensor) -> int | None:
+    return int(target.shape[0]) if target.dim() > 0 else None
+
+
+def _chance(family: str, scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor | float | None:
+    """The loss of the best prediction that ignores the input, where it is known."""
+    if family == "classification":
+        classes = scores.shape[1] if scores.dim() >= 2 else scores.shape[0]
+        return math.log(classes) if classes > 1 else None
+    if scores.shape != target.shape or not target.is_floating_point():
+        return None
+    with torch.no_grad():
+        t = target.detach().float()
+        if family == "binary":
+            p = (
+                t.mean(dim=0).clamp(1e-6, 1 - 1e-6)
+                if t.dim() > 1
+                else t.mean().clamp(1e-6, 1 - 1e-6)
+            )
+            return (-(p * p.log() + (1 - p) * (1 - p).log())).mean()
+        if t.numel() < 2:
+            return None
+        return t.var(dim=0, unbiased=False).mean() if t.dim() > 1 else t.var(unbiased=False)

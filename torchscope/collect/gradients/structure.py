@@ -1,0 +1,78 @@
+"""What the model's structure says before any step: tensors the optimizer cannot see, and
+weight matrices whose rows are all the same."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from torchscope.collect.hooks import iter_modules
+
+__all__ = ["Hidden", "hidden_tensors", "identical_rows"]
+
+
+@dataclass(frozen=True)
+class Hidden:
+    """Trainable tensors held where ``parameters()`` does not look."""
+
+    path: str  # attribute path from the model, e.g. "blocks[1]" or "log_scale"
+    kind: str  # "module" (a module in a plain list/dict/tuple) or "tensor"
+    tensors: tuple[torch.Tensor, ...]  # the ones that require grad
+
+
+def _modules_in(value: object, path: str) -> list[tuple[str, nn.Module]]:
+    """Modules inside plain containers (lists of lists included), with their paths."""
+    found: list[tuple[str, nn.Module]] = []
+    todo: list[tuple[str, object]] = [(path, value)]
+    while todo:
+        where, item = todo.pop()
+        if isinstance(item, nn.Module):
+            found.append((where, item))
+        elif isinstance(item, (list, tuple)):
+            todo.extend((f"{where}[{i}]", v) for i, v in enumerate(item))
+        elif isinstance(item, dict):
+            todo.extend((f"{where}[{k!r}]", v) for k, v in item.items())
+    return found
+
+
+def hidden_tensors(model: nn.Module) -> list[Hidden]:
+    """Modules kept in plain Python containers and ``requires_grad`` tensors kept as plain
+    attributes: ``model.parameters()``, ``state_dict()`` and an optimizer built from them all
+    miss these. Only tensors that require grad and are not parameters of the model count."""
+    registered = {id(p) for p in model.parameters()}
+    hidden: list[Hidden] = []
+    for prefix, module in iter_modules(model):
+        for name, value in vars(module).items():
+            if name.startswith("__") or name in ("_parameters", "_buffers", "_modules"):
+                continue
+            path = f"{prefix}.{name}" if prefix else name
+            if isinstance(value, torch.Tensor):
+                if (
+                    value.requires_grad
+                    and value.is_leaf
+                    and not isinstance(value, nn.Parameter)
+                    and id(value) not in registered
+                ):
+                    hidden.append(Hidden(path, "tensor", (value,)))
+                continue
+            if not isinstance(value, (list, tuple, dict)):
+                continue
+            for where, inner in _modules_in(value, path):
+                tensors = tuple(
+                    p for p in inner.parameters() if p.requires_grad and id(p) not in registered
+                )
+                if tensors:
+                    hidden.append(Hidden(where, "module", tensors))
+    return hidden
+
+
+def identical_rows(weight: torch.Tensor) -> torch.Tensor | None:
+    """A device bool: every row (output unit) of ``weight`` equals the first; None where the
+    question does not apply (fewer than two rows, or not a matrix or filter bank)."""
+    if weight.dim() < 2 or weight.shape[0] < 2 or not weight.is_floating_point():
+        return None
+    with torch.no_grad():
+        w = weight.detach()
+        return (w == w[:1]).all()
