@@ -1,0 +1,178 @@
+"""The monitor's optimizer hooks: what each ``step()`` applied, moved and left behind.
+
+A mixin of :class:`~torchscope.collect.gradients.monitor.GradientMonitor`, whose state it
+reads and writes (declared below for type checkers); kept apart because the step is its own
+seam: learning rates and weight decay per group, the weights' change, stale gradients
+carried into a step, steps with no backward pass since the previous one.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from torchscope.collect.gradients._state import _Clock, _grad_key, _norm_rows, _Param, _StepRow
+
+if TYPE_CHECKING:
+    from torchscope.collect.gradients.structure import Hidden
+
+__all__ = ["OptimizerHooks"]
+
+
+class OptimizerHooks:
+    """Step pre/post hooks and what they keep (see the module docstring)."""
+
+    if TYPE_CHECKING:
+        _by_id: dict[int, _Param]
+        _params: list[_Param]
+        _optimizer: torch.optim.Optimizer | None
+        _optimizers: dict[int, weakref.ref[torch.optim.Optimizer]]
+        _held_indices: set[int]
+        _group_of: dict[int, int]
+        _lr_of: dict[int, float | None]
+        _optimizer_kind: dict[int, str]
+        _zero_lr: dict[int, _Clock]
+        _snapshots: dict[int, torch.Tensor]
+        _lr_trace: list[tuple[_Clock, dict[int, tuple[float | None, float, bool]]]]
+        _frozen_at_step: dict[int, frozenset[int]]
+        _steps: int
+        _backwards: int
+        _backwards_since_step: int
+        _pending: tuple[Any, ...] | None
+        _rows: list[_StepRow]
+        _output_l1: dict[int, torch.Tensor]
+        _windows: list[tuple[_Clock, int]]
+        _last_step_backwards: dict[int, int]
+        _steps_without_backward: list[tuple[_Clock, str]]
+        _stale: list[tuple[_Clock, int, torch.Tensor]]
+        _hidden: list[Hidden]
+        _hidden_keys: list[list[tuple[int, int] | None]]
+        _clock: Callable[[], _Clock]
+        _gradient_row: Callable[..., _StepRow | None]
+
+    def _held(self, optimizer: torch.optim.Optimizer) -> list[tuple[_Param, Any]]:
+        held = []
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                entry = self._by_id.get(id(param))
+                if entry is not None:
+                    held.append((entry, group))
+        return held
+
+    def _on_step_pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        held = self._held(optimizer)
+        if not held:
+            return
+        if not self._optimizers:  # from now on a step is an optimizer step
+            last = self._rows[-1] if self._rows and not self._rows[-1].from_step else None
+            if last is not None and last.output_l1 is not None:
+                # the backward pass just before this step filled the gradients it steps with
+                for i, scale in zip(last.output_index, last.output_l1, strict=True):
+                    previous = self._output_l1.get(i)
+                    self._output_l1[i] = scale if previous is None else previous + scale
+            self._rows = [row for row in self._rows if row.from_step]
+        self._optimizers[id(optimizer)] = weakref.ref(optimizer)
+        self._held_indices.update(entry.index for entry, _ in held)
+        clock = self._clock()
+        params = [entry.tensor for entry, _ in held]
+        snapshots = []
+        groups: dict[int, tuple[float | None, float, bool]] = {}
+        for entry, group in held:
+            self._group_of[entry.index] = id(group)
+            lr = group.get("lr")
+            lr = float(lr) if isinstance(lr, (int, float)) else None  # a tensor lr: not read
+            self._lr_of[entry.index] = lr
+            if id(group) not in groups:
+                decay = group.get("weight_decay", 0.0)
+                decoupled = bool(group.get("decoupled_weight_decay", False)) or isinstance(
+                    optimizer, torch.optim.AdamW
+                )
+                groups[id(group)] = (
+                    lr,
+                    float(decay) if isinstance(decay, (int, float)) else 0.0,
+                    decoupled,
+                )
+                self._optimizer_kind[id(group)] = type(optimizer).__name__
+            if lr == 0 and entry.index not in self._zero_lr:
+                self._zero_lr[entry.index] = clock
+            if entry.pending_stale is not None:  # carried over since this optimizer's last step
+                when, leftover = entry.pending_stale
+                grad = entry.tensor.grad
+                if grad is not None:
+                    if _grad_key(entry.tensor) != entry.key_after_backward:
+                        # changed in place since (clipped, unscaled or zeroed): stale only if
+                        # something is left at all
+                        now = torch.linalg.vector_norm(grad.detach(), ord=math.inf)
+                        leftover = leftover * (now > 0)
+                    self._stale.append((when, entry.index, leftover))
+                entry.pending_stale = None
+            snap = self._snapshots.get(entry.index)
+            if snap is None or snap.shape != entry.tensor.shape or snap.dtype != entry.tensor.dtype:
+                snap = self._snapshots[entry.index] = torch.empty_like(entry.tensor.detach())
+            snapshots.append(snap)
+        self._lr_trace.append((clock, groups))
+        frozen = frozenset(e.index for e, _ in held if not e.tensor.requires_grad)
+        if frozen:
+            self._frozen_at_step[self._steps] = frozen
+        with torch.no_grad():
+            weight_index, weight_norms = _norm_rows(params, [e.index for e, _ in held], (2.0,))
+            torch._foreach_copy_(snapshots, [p.detach() for p in params])
+        self._pending = (optimizer, held, snapshots, weight_index, weight_norms)
+
+    def _on_step_post(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        pending, self._pending = self._pending, None
+        if pending is None or pending[0] is not optimizer:
+            return
+        _, held, snapshots, weight_index, weight_norms = pending
+        with torch.no_grad():
+            params = [entry.tensor.detach() for entry, _ in held]
+            torch._foreach_sub_(snapshots, params)  # snapshot - new value: the step's change
+            change_index, change = _norm_rows(snapshots, [e.index for e, _ in held], (2.0,))
+        # snapshots share their parameters' dtypes and devices, so the columns line up
+        assert change_index == weight_index
+        weights = torch.cat([weight_norms, change])
+        row = self._gradient_row(from_step=True, weights=(weight_index, weights))
+        if row is None:  # nothing had a gradient; still record how far the step moved them
+            row = _StepRow(self._clock(), True, (), torch.zeros(3, 0), weight_index, weights)
+        self._rows.append(row)
+        self._windows.append((self._clock(), self._backwards_since_step))
+        # a closure (LBFGS) runs its backward inside step(): counted by now
+        last = self._last_step_backwards.get(id(optimizer))
+        if last is not None and self._backwards == last:
+            self._steps_without_backward.append((self._clock(), type(optimizer).__name__))
+        self._last_step_backwards[id(optimizer)] = self._backwards
+        self._backwards_since_step = 0
+        self._steps += 1
+        for entry, _ in held:  # only the parameters this optimizer applied gradients to
+            entry.key_after_step = _grad_key(entry.tensor)
+
+    def _hidden_held_now(self) -> list[bool]:
+        """Per hidden tensor group: some optimizer seen (or given) holds one of them."""
+        optimizers = [ref() for ref in self._optimizers.values()] + [self._optimizer]
+        ids = {
+            id(p)
+            for optimizer in optimizers
+            if optimizer is not None
+            for group in optimizer.param_groups
+            for p in group["params"]
+        }
+        return [any(id(x) in ids for x in h.tensors) for h in self._hidden]
+
+    def _hidden_received_now(self) -> list[bool]:
+        return [
+            any(_grad_key(x) != key for x, key in zip(h.tensors, keys, strict=True))
+            for h, keys in zip(self._hidden, self._hidden_keys, strict=True)
+        ]
+
+    def _held_now(self) -> set[int]:
+        """Parameters held by an optimizer seen stepping them (alive or since dropped)."""
+        held = set(self._held_indices)
+        for ref in self._optimizers.values():
+            optimizer = ref()
+            if optimizer is not None:
+                held.update(e.index for e, _ in self._held(optimizer))
+        return held
