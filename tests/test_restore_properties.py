@@ -201,6 +201,17 @@ FLOAT = torch.float32
         None,
     )
 )
+# a parameter's .data rebound, then written in place through a view (step 2): the write
+# lands in the new storage, dropped on restore, yet moves the parameter's version counter
+@example(
+    model=Mutant(
+        Plan(
+            (Slot("param", 4, FLOAT),), (("rebind_data", 0), ("append", 0), ("in_place", 0)), None
+        ),
+        2,
+        None,
+    )
+)
 # an attribute deleted comes back in its place in __dict__, not last
 @example(
     model=Mutant(

@@ -427,6 +427,73 @@ def test_an_unseen_write_is_still_named_beside_an_empty_parameter():
     assert model.empty.numel() == 0
 
 
+class RebindsThenWrites(nn.Module):
+    """A forward that rebinds a parameter's ``.data``, then writes to the parameter in place.
+
+    The write lands in the new storage, dropped when the old ``.data`` is put back: nothing to
+    undo. Yet the parameter keeps its own version counter, which the write moves, and the
+    parameter-write guard watches the old storage only (hypothesis's shrunk example).
+    """
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.scale = nn.Parameter(torch.tensor([1.5, -0.0, float("nan"), 2.0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale, how = self.scale, self.how
+        scale.data = torch.zeros(5)
+        with torch.no_grad():
+            if how == "view":
+                scale.view(-1).mul_(2)
+            elif how == "slice":
+                scale[1:3] = 5.0
+            elif how == "add_":
+                scale.add_(1)
+            elif how == "out=":
+                torch.add(scale, 1, out=scale)
+            elif how == "optimizer":  # foreach kernels, with a kernel of their own per tensor
+                scale.grad = torch.ones_like(scale)
+                torch.optim.SGD([scale], lr=0.1, momentum=0.9, foreach=True).step()
+        return x * scale.sum()
+
+
+@pytest.mark.parametrize("how", ["view", "slice", "add_", "out=", "optimizer"])
+@pytest.mark.parametrize("call", GRAPH_CALLS)
+def test_a_write_to_a_rebound_parameter_data_is_undone_and_not_reported(call, how):
+    model = RebindsThenWrites(how)
+    before = exact_snapshot(model)
+    scale, data = model.scale, model.scale.data
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _call(call, model, torch.ones(2, 3))
+    assert model.scale is scale and model.scale.data_ptr() == data.data_ptr()
+    assert_identical(before, model)
+    assert not [w for w in caught if issubclass(w.category, TorchscopeWarning)]
+
+
+def test_an_unseen_write_to_the_old_storage_is_still_named_beside_a_rebound_data():
+    class AlsoWritesTheOldStorageInAThread(RebindsThenWrites):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            old = self.scale.view(-1)  # shares the parameter's storage and version counter
+            x = super().forward(x)  # a declared write to the new storage, counted
+
+            def write() -> None:
+                with torch.no_grad():
+                    old.mul_(2)
+
+            thread = threading.Thread(target=write)  # dispatch modes are per thread: unseen
+            thread.start()
+            thread.join()
+            return x
+
+    model = AlsoWritesTheOldStorageInAThread("add_")
+    values = model.scale.detach().clone()
+    with pytest.warns(TorchscopeWarning, match=r"parameter\(s\) in place .*: scale;"):
+        torchscope.summary(model, torch.ones(2, 3))
+    assert torch.equal(model.scale.nan_to_num(), 2 * values.nan_to_num())  # not undone
+
+
 def test_scripted_code_that_edits_its_parameters_is_undone():
     class Bump(nn.Module):
         def __init__(self) -> None:

@@ -247,15 +247,30 @@ class _ParameterWriteGuard(TorchDispatchMode):
     front. A write is known by the op's schema, so the cost is one dictionary look-up per op
     and a storage look-up per written argument. Scripted code dispatches through the same
     ops; fake and meta tensors (the memory estimate's) are passed over.
+
+    A forward that rebinds ``p.data`` and then writes to ``p`` or a view of it writes to the
+    new storage, which :func:`preserved_state` drops when it puts the old ``.data`` back: no
+    value is lost, yet ``p``'s version counter, which stays with ``p``, moves. The guard
+    counts how far such declared writes moved it (:attr:`bumps_elsewhere`), so that only the
+    moves no op declared are reported.
     """
 
     def __init__(self, parameters: dict[int, list[_TensorState]]) -> None:
         super().__init__()
         self.unsaved = parameters  # storage address -> parameters viewing it, not yet copied
-        self.saved_any = False  # whether some op wrote to a parameter
+        self.wrote_any = False  # whether some op wrote to a parameter
+        # id(parameter) -> how far ops that wrote to it, or to a view of it, outside its
+        # watched storage moved its version counter
+        self.bumps_elsewhere: dict[int, int] = {}
         self._writes: dict[Any, tuple[tuple[int, str], ...]] = {}
+        self._bumps_after: dict[Any, bool] = {}
+        # the watched parameters by id (each kept alive by its state)
+        self._parameters = {id(s.tensor): s for states in parameters.values() for s in states}
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        # id(parameter) -> (its state, its version before, how many written arguments alias
+        # it), for the parameters this op writes to outside their watched storage
+        elsewhere: dict[int, tuple[_TensorState, int | None, int]] | None = None
         if self.unsaved:
             written = self._writes.get(func)
             if written is None:
@@ -265,11 +280,63 @@ class _ParameterWriteGuard(TorchDispatchMode):
                 for tensor in value if isinstance(value, (list, tuple)) else (value,):
                     if _plain(tensor):
                         self._save(tensor)
-        return func(*args, **kwargs) if kwargs else func(*args)
+                        owner = self._owner(tensor)
+                        if owner is not None and owner.values is None:  # not its old storage
+                            elsewhere = {} if elsewhere is None else elsewhere
+                            key = id(owner.tensor)
+                            _, version, count = elsewhere.get(
+                                key, (owner, _version(owner.tensor), 0)
+                            )
+                            elsewhere[key] = (owner, version, count + 1)
+        if elsewhere is None:
+            return func(*args, **kwargs) if kwargs else func(*args)
+        self.wrote_any = True
+        try:
+            result = func(*args, **kwargs) if kwargs else func(*args)
+        except BaseException:
+            self._count_bumps(elsewhere, after=False)
+            raise
+        self._count_bumps(elsewhere, after=self._bumps_after_op(func))
+        return result
+
+    def _bumps_after_op(self, func: Any) -> bool:
+        """Whether autograd's ADInplaceOrView kernel of ``func`` (above this mode) bumps the
+        version counter of each tensor it wrote once this handler returns (``add_``,
+        ``copy_``, ``out=``: most ops; not the ``_foreach_`` ones)."""
+        after = self._bumps_after.get(func)
+        if after is None:
+            try:
+                key = torch._C.DispatchKey.ADInplaceOrView
+                after = bool(func.has_kernel_for_dispatch_key(key))
+            except Exception:  # not an OpOverload
+                after = False
+            self._bumps_after[func] = after
+        return after
+
+    def _count_bumps(
+        self, elsewhere: dict[int, tuple[_TensorState, int | None, int]], *, after: bool
+    ) -> None:
+        for key, (owner, version, count) in elsewhere.items():
+            # measured for kernels that bump as they go, counted for the bump still to come
+            moved = (_version(owner.tensor) or 0) - (version or 0) + (count if after else 0)
+            self.bumps_elsewhere[key] = self.bumps_elsewhere.get(key, 0) + moved
+
+    def _owner(self, tensor: torch.Tensor) -> _TensorState | None:
+        """The watched parameter that ``tensor`` is or views, sharing its version counter.
+
+        Not one it was ``detach()``-ed from: that shares the counter too, but in this handler
+        it cannot be told from ``.data``, which does not (``.data`` gets its own counter only
+        after its ``detach`` returns). A write through a ``detach()`` of a parameter whose
+        ``.data`` was rebound is therefore reported as unseen: a false alarm, never a write
+        hidden.
+        """
+        owner = self._parameters.get(id(tensor))
+        base = tensor._base if owner is None else None
+        return owner if base is None else self._parameters.get(id(base))
 
     def _save(self, tensor: torch.Tensor) -> None:
         states = self.unsaved.pop(_storage_address(tensor), None)
-        self.saved_any = self.saved_any or bool(states)
+        self.wrote_any = self.wrote_any or bool(states)
         # this handler runs below autograd and with this mode off: the copy is not recorded,
         # consumes no randomness and goes to the kernel
         for state in states or ():
@@ -293,7 +360,7 @@ def parameter_writes_unwatched() -> Iterator[None]:
     :func:`preserved_state`'s version check, like any write it could not see.
     """
     guard = _GUARDS[-1] if _GUARDS else None
-    if guard is None or guard.saved_any or _get_current_dispatch_mode() is not guard:
+    if guard is None or guard.wrote_any or _get_current_dispatch_mode() is not guard:
         yield
         return
     with _pop_mode_temporarily():
@@ -324,8 +391,11 @@ def preserved_state(
     parameter's ``requires_grad`` and ``.grad``. A parameter whose version counter moved
     without an op declaring the write (a custom kernel that does not say it writes) cannot be
     put back and is reported with a :class:`~torchscope.errors.TorchscopeWarning`, unless it
-    has no elements (no values to lose: a write to it changes no bit). Every step
-    of the restore runs even when another fails; the first failure is raised at the end.
+    has no elements (no values to lose: a write to it changes no bit). A declared write to a
+    parameter, or a view of it, after its ``.data`` was rebound moves its counter too, yet
+    lands in the new storage, dropped with the rebound ``.data``: the guard counts how far
+    such writes moved the counter, and only a counter that moved further is reported. Every
+    step of the restore runs even when another fails; the first failure is raised at the end.
 
     ``modules`` may pass ``list(iter_modules(model))`` when the caller already has it.
     """
@@ -395,11 +465,14 @@ def preserved_state(
                     param.grad = grad
             except Exception as e:
                 errors.append(e)
-            # a copy put back bumped the counter too: only an unseen write is left to report
+            # a copy put back bumped the counter too: only an unseen write is left to report;
+            # so did each declared write to a rebound .data (no value lost): the guard counted
+            # those, and a counter that moved further was moved by a write it did not see
+            now = _version(param)
             if (
                 version is not None
                 and tensors[id(param)].values is None
-                and _version(param) != version
+                and (now is None or now > version + guard.bumps_elsewhere.get(id(param), 0))
             ):
                 changed.append(name)
         if changed:
