@@ -45,8 +45,10 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "module_graph",
     ),
     "torchscope.collect.timing": ("benchmark", "time_layers"),
+    "torchscope.collect.independence": ("check_batch_independence",),
     "torchscope.records": (
         "AutogradGraph",
+        "BatchIndependenceReport",
         "Finding",
         "GradInfo",
         "GradientReport",
@@ -92,6 +94,9 @@ if TYPE_CHECKING:
     from torchscope.collect.graph import capture as capture
     from torchscope.collect.graph import graph_diff as graph_diff
     from torchscope.collect.graph import module_graph as module_graph
+    from torchscope.collect.independence import (
+        check_batch_independence as check_batch_independence,
+    )
     from torchscope.collect.memory import estimate_memory as estimate_memory
     from torchscope.collect.summary import summary as summary
     from torchscope.collect.timing import benchmark as benchmark
@@ -102,6 +107,7 @@ if TYPE_CHECKING:
     from torchscope.errors import TorchscopeError as TorchscopeError
     from torchscope.errors import TorchscopeWarning as TorchscopeWarning
     from torchscope.records import AutogradGraph as AutogradGraph
+    from torchscope.records import BatchIndependenceReport as BatchIndependenceReport
     from torchscope.records import Finding as Finding
     from torchscope.records import GradientReport as GradientReport
     from torchscope.records import GradInfo as GradInfo

@@ -42,6 +42,7 @@ from torchscope.records.graph import (
     ModuleGraph,
     graph_json,
 )
+from torchscope.records.independence import BatchIndependenceReport, Leak
 from torchscope.records.summary import (
     SUMMARY_COLUMNS,
     LayerRecord,
@@ -60,6 +61,7 @@ __all__ = [
     "SEVERITIES",
     "SUMMARY_COLUMNS",
     "AutogradGraph",
+    "BatchIndependenceReport",
     "EpochRecord",
     "Finding",
     "GradInfo",
@@ -73,6 +75,7 @@ __all__ = [
     "History",
     "LayerRecord",
     "LayerTiming",
+    "Leak",
     "Measurement",
     "MemoryEstimate",
     "ModelSummary",

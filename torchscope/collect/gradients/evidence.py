@@ -31,6 +31,8 @@ T = TypeVar("T")
 # rounding, not signal (see Evidence.rounding_zero): 1.2e-4 in float32, 2.3e-13 in float64
 ROUNDING_FACTOR = 2.0**10
 MIN_STEPS_FOR_UPDATES = 20  # optimizer steps before "most of the run" means anything
+# a loss below this fraction of the chance level has learned most of what there is
+CONVERGED_FRACTION = 0.3
 
 
 @dataclass(frozen=True)
@@ -267,14 +269,35 @@ class Evidence:
         tail = values[-max(len(values) // 4, 1) :]
         return 1 - (sum(tail) / len(tail)) / (sum(head) / len(head))
 
+    @cached_property
+    def loss_to_chance(self) -> float | None:
+        """The training loss of the last quarter of the run over the loss of a constant
+        prediction (the most used loss function that has one); None when none is known."""
+        calls = [
+            c
+            for c in self.observed.loss_calls
+            if c.value is not None and c.chance is not None and c.chance > 0.05
+        ]
+        if not calls:
+            return None
+        names = [c.name for c in calls]
+        name = max(set(names), key=names.count)
+        seen = [c for c in calls if c.name == name]
+        tail = seen[-max(len(seen) // 4, 1) :]
+        return sum(c.value for c in tail) / sum(c.chance for c in tail)  # type: ignore[misc]
+
     @property
     def barely_learning(self) -> bool:
-        """Most steps barely move the weights, and the loss barely fell."""
+        """Most steps barely move the weights, the loss barely fell, and it is not low
+        already (a converged or fine-tuned model takes small steps because its gradients
+        are small: nothing is left to learn)."""
         improvement = self.loss_improvement
+        to_chance = self.loss_to_chance
         return (
             self.tiny_update_fraction >= 0.5
             and improvement is not None
             and improvement < self.t.min_loss_improvement
+            and (to_chance is None or to_chance >= CONVERGED_FRACTION)
         )
 
     @cached_property

@@ -1,0 +1,108 @@
+"""Do samples of a batch influence each other? A one-shot check on an eval-mode copy."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+import torchscope._util.nested as _nested
+from torchscope.collect.hooks import preserved_rng
+from torchscope.errors import TorchscopeError
+from torchscope.records.independence import BatchIndependenceReport, Leak
+
+__all__ = ["check_batch_independence"]
+
+
+def _arguments(inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    if isinstance(inputs, Mapping):
+        return (), dict(inputs)
+    if isinstance(inputs, (tuple, list)) and not _nested.is_namedtuple(inputs):
+        return tuple(inputs), {}
+    return (inputs,), {}
+
+
+def check_batch_independence(
+    model: nn.Module, inputs: Any, *, samples: int = 4, train: bool = False
+) -> BatchIndependenceReport:
+    """The gradient of a few samples' outputs with respect to every sample's input: for a
+    model whose samples are independent it is zero outside the sample's own row.
+
+    Runs on a deep copy (in eval mode unless ``train=True``, where BatchNorm mixes the batch
+    by design); the model, its gradients and the global RNGs are untouched. Catches ``view``
+    or ``reshape`` where ``permute`` was meant across the batch dim, RNN or attention layers
+    without ``batch_first=True`` fed ``(batch, time, ...)``, and reductions over dim 0.
+
+    Args:
+        model: the model to check.
+        inputs: the forward's input, as in :func:`torchscope.summary`: a tensor, a tuple of
+            positional arguments or a dict of keyword arguments. Its floating-point tensors
+            whose dim 0 is the batch are probed; integer inputs (token ids) cannot carry a
+            gradient, so a model that only takes those cannot be checked this way.
+        samples: how many output samples to take the gradient of (spread over the batch).
+        train: check the model in training mode (dropout and BatchNorm active).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"check_batch_independence needs an nn.Module, got {type(model).__name__}")
+    if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
+        raise ValueError(f"samples must be a positive integer, got {samples!r}")
+    with preserved_rng():
+        try:
+            copied, copied_inputs = copy.deepcopy((model, inputs))
+        except Exception as e:
+            raise TorchscopeError(
+                f"check_batch_independence could not deep-copy the model ({type(e).__name__}: "
+                f"{e}); it runs a copy so that yours is untouched"
+            ) from e
+        copied.train(train)
+        probed = [
+            t for t in _nested.tensors(copied_inputs) if t.is_floating_point() and t.dim() >= 1
+        ]
+        if not probed:
+            raise TorchscopeError(
+                "check_batch_independence needs a floating-point input tensor to take the "
+                "gradient with respect to; this input has none (token ids cannot carry a "
+                "gradient: check the embedding's output instead)"
+            )
+        batch = probed[0].shape[0]
+        probed = [t for t in probed if t.shape[0] == batch]
+        for t in probed:
+            t.requires_grad_(True)
+        args, kwargs = _arguments(copied_inputs)
+        with torch.enable_grad():
+            output = copied(*args, **kwargs)
+        outputs = [
+            o
+            for o in _nested.tensors(output)
+            if o.requires_grad and o.dim() >= 1 and o.shape[0] == batch
+        ]
+        if not outputs or batch < 2:
+            raise TorchscopeError(
+                f"check_batch_independence needs a batch of at least 2 samples and an output "
+                f"whose dim 0 is the batch; got batch {batch} and outputs of shapes "
+                f"{[list(o.shape) for o in _nested.tensors(output)]}"
+            )
+        chosen = sorted({round(k * (batch - 1) / max(samples - 1, 1)) for k in range(samples)})
+        leaks: list[Leak] = []
+        for i in chosen:
+            total = torch.stack([o[i].float().sum() for o in outputs]).sum()
+            grads = torch.autograd.grad(total, probed, retain_graph=True, allow_unused=True)
+            for grad in grads:
+                if grad is None:
+                    continue
+                per_sample = grad.detach().abs().reshape(batch, -1).amax(dim=1)
+                own = float(per_sample[i])
+                for j, value in enumerate(per_sample.tolist()):
+                    # relative to the sample's own gradient: rounding in a batched kernel
+                    # can leave ~1e-7 of it on other rows without any real dependence
+                    if j != i and value > 1e-5 * max(own, 1e-12):
+                        leaks.append(Leak(i, j, value))
+    leaks.sort(key=lambda leak: -leak.value)
+    note = ""
+    if train and any(isinstance(m, _BatchNorm) for m in copied.modules()):
+        note = "BatchNorm in training mode normalises with batch statistics: it mixes by design"
+    return BatchIndependenceReport(batch, tuple(chosen), tuple(leaks), note)
