@@ -12,6 +12,7 @@ from benchmarks import (
     bench_monitor,
     bench_summary,
     bench_timing,
+    bench_zoo,
 )
 from benchmarks._common import table
 
@@ -23,6 +24,7 @@ BENCHMARKS = {
     "graph": bench_graph.main,
     "graph_zoo": bench_graph_zoo.main,
     "timing": bench_timing.main,
+    "zoo": bench_zoo.main,
 }
 
 
