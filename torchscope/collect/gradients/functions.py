@@ -68,6 +68,8 @@ class FunctionWatch(TorchFunctionMode):
         kwargs: Mapping[str, Any] | None = None,
     ) -> Any:
         kwargs = kwargs or {}
+        if torch.compiler.is_compiling():  # inside a compiled region: see compiled.py
+            return func(*args, **kwargs)
         monitor = self.monitor
         if func in _RELU_FUNCTIONS:
             out = func(*args, **kwargs)

@@ -50,6 +50,7 @@ from torchscope.collect.gradients._state import (
     _StepRow,
     _unit_dims,
 )
+from torchscope.collect.gradients.compiled import EagerSampler, compiled_model
 from torchscope.collect.gradients.evidence import Evidence
 from torchscope.collect.gradients.functions import FunctionWatch
 from torchscope.collect.gradients.observations import Fixed, observe
@@ -132,6 +133,8 @@ class GradientMonitor(OptimizerHooks):
         self._frozen_targets = list(frozen or ())
         self.thresholds = resolve_thresholds(thresholds)
         self._hooks = HookSet()
+        self._compiled = compiled_model(model)
+        self._sampler = EagerSampler()
         self._mode: FunctionWatch | None = None
         self._active = False
         self._reset()
@@ -143,6 +146,7 @@ class GradientMonitor(OptimizerHooks):
         self._by_id: dict[int, _Param] = {}
         self._modules: list[_Module] = []
         self._called: set[str] = set()
+        self._eager_forwards = 0  # module forwards observed since the last backward pass
         self._stack: list[_Call] = []
         self._occurrences: dict[str, int] = {}  # module calls so far in the current forward
         self._last_finished: str | None = None
@@ -213,6 +217,7 @@ class GradientMonitor(OptimizerHooks):
             self._attach_optimizer_hooks()
             self._mode = FunctionWatch(self)
             self._mode.__enter__()
+            self._sampler.start(self._compiled)
         except BaseException:
             self._detach()
             raise
@@ -235,6 +240,7 @@ class GradientMonitor(OptimizerHooks):
 
     def _detach(self) -> None:
         mode, self._mode = self._mode, None
+        self._sampler.stop()
         try:
             if mode is not None:
                 mode.__exit__(None, None, None)
@@ -294,7 +300,9 @@ class GradientMonitor(OptimizerHooks):
         for entry in self._params:
             if entry.tensor.requires_grad:
                 self._hooks.add(
-                    entry.tensor.register_hook(lambda grad, entry=entry: self._on_gradient(entry))
+                    entry.tensor.register_hook(
+                        lambda grad, entry=entry: self._on_gradient(entry, grad)
+                    )
                 )
 
     def _attach_optimizer_hooks(self) -> None:
@@ -311,6 +319,9 @@ class GradientMonitor(OptimizerHooks):
         return _Clock(self._steps, self._backwards)
 
     def _on_forward_pre(self, info: _Module, args: tuple[Any, ...]) -> None:
+        if torch.compiler.is_compiling():
+            return  # nothing in the graph, no guard on this state (see compiled.py)
+        self._eager_forwards += 1
         # a new outermost call starts a forward: the root's, or a submodule's called directly
         # (Lightning's training_step calling self.net(x)); per-forward counters restart
         if info.module is self._model or not self._stack:
@@ -362,6 +373,8 @@ class GradientMonitor(OptimizerHooks):
                 bias.cancelled_by = info.path
 
     def _on_forward(self, info: _Module, output: Any) -> None:
+        if torch.compiler.is_compiling():
+            return
         if self._stack and self._stack[-1].info is info:
             self._stack.pop()
         self._last_finished = info.path
@@ -489,8 +502,12 @@ class GradientMonitor(OptimizerHooks):
             previous = self._output_l1.get(bias.index)
             self._output_l1[bias.index] = scale if previous is None else previous + scale
 
-    def _on_gradient(self, entry: _Param) -> None:
+    def _on_gradient(self, entry: _Param, grad: torch.Tensor | None = None) -> None:
         # called before the incoming gradient is added to .grad, so .grad is still last step's
+        if grad is None:
+            # a compiled backward (AOTAutograd) calls the hooks of the parameters it has no
+            # gradient for with None: nothing arrived (eager autograd never does)
+            return
         entry.received += 1
         key = _grad_key(entry.tensor)
         if entry.key_after_backward is not None and key != entry.key_after_backward:
@@ -518,6 +535,10 @@ class GradientMonitor(OptimizerHooks):
 
     def _end_backward(self) -> None:
         self._callback_queued = False
+        if self._eager_forwards == 0:
+            self._sampler.saw_compiled_forward()  # a backward with no forward seen: compiled
+        self._eager_forwards = 0
+        self._sampler.after_backward()
         self._flush_forward_checks()
         if self._eval_pending is not None:
             self._eval_root_forwards.append((self._clock(), tuple(self._eval_pending)))

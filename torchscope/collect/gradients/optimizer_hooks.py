@@ -18,6 +18,7 @@ import torch
 from torchscope.collect.gradients._state import _Clock, _grad_key, _norm_rows, _Param, _StepRow
 
 if TYPE_CHECKING:
+    from torchscope.collect.gradients.compiled import EagerSampler
     from torchscope.collect.gradients.structure import Hidden
 
 __all__ = ["OptimizerHooks"]
@@ -53,6 +54,7 @@ class OptimizerHooks:
         _hidden_keys: list[list[tuple[int, int] | None]]
         _clock: Callable[[], _Clock]
         _gradient_row: Callable[..., _StepRow | None]
+        _sampler: EagerSampler
 
     def _held(self, optimizer: torch.optim.Optimizer) -> list[tuple[_Param, Any]]:
         held = []
@@ -64,6 +66,8 @@ class OptimizerHooks:
         return held
 
     def _on_step_pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if torch.compiler.is_compiling():
+            return  # a compiled training step: observed on its eager samples (compiled.py)
         held = self._held(optimizer)
         if not held:
             return
@@ -124,6 +128,8 @@ class OptimizerHooks:
         self._pending = (optimizer, held, snapshots, weight_index, weight_norms)
 
     def _on_step_post(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if torch.compiler.is_compiling():
+            return
         pending, self._pending = self._pending, None
         if pending is None or pending[0] is not optimizer:
             return
@@ -147,6 +153,7 @@ class OptimizerHooks:
         self._last_step_backwards[id(optimizer)] = self._backwards
         self._backwards_since_step = 0
         self._steps += 1
+        self._sampler.after_step(self._steps)
         for entry, _ in held:  # only the parameters this optimizer applied gradients to
             entry.key_after_step = _grad_key(entry.tensor)
 

@@ -1,0 +1,96 @@
+"""GradientMonitor on torch.compile'd models: no crash, no recompilation, the eager findings.
+
+The fast ``aot_eager`` backend compiles through dynamo and AOTAutograd like inductor does,
+without generating C++: what matters here (graph capture, guards, the compiled backward that
+calls parameter hooks with None) is the same.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch._dynamo
+from torch import nn
+from torch._dynamo.utils import counters
+
+import torchscope
+from torchscope.collect.gradients.compiled import EAGER_EVERY
+
+
+class Detached(nn.Module):
+    """The first layer's output is detached: a and its bias never get a gradient."""
+
+    def __init__(self, act: nn.Module) -> None:
+        super().__init__()
+        self.a = nn.Linear(8, 16)
+        self.act = act
+        self.b = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(self.act(self.a(x)).detach())
+
+
+class Healthy(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.GELU(),
+                                 nn.Linear(32, 4))  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def _train(model: nn.Module, how: str, steps: int) -> tuple[set, dict, torchscope.GradientReport]:
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    if how == "compile":
+        runner = torch.compile(model, backend="aot_eager")
+    elif how == "method":
+        model.compile(backend="aot_eager")
+        runner = model
+    else:
+        runner = model
+    x, y = torch.randn(64, 8), torch.randint(0, 4, (64,))
+    with torchscope.GradientMonitor(runner, optimizer) as monitor:
+        for _ in range(steps):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(runner(x), y).backward()
+            optimizer.step()
+    report = monitor.report()
+    found = {(f.kind, f.where) for f in report.findings if f.severity != "info"}
+    return found, dict(counters["stats"]), report
+
+
+@pytest.mark.parametrize("how", ["compile", "method"])
+@pytest.mark.parametrize("act", [nn.ReLU, nn.GELU], ids=["relu", "gelu"])
+def test_the_bug_is_found_as_in_eager_mode_without_a_crash(how: str, act: type) -> None:
+    eager, _, _ = _train(Detached(act()), "eager", 6)
+    compiled, stats, _ = _train(Detached(act()), how, 6)
+    assert eager == {("no_grad", "a.weight"), ("no_grad", "a.bias")}
+    assert compiled == eager
+    assert stats.get("unique_graphs") == 1, stats
+
+
+def test_no_recompilation_and_no_graph_break_across_many_steps() -> None:
+    steps = 2 * EAGER_EVERY + 5  # crosses two eager samples
+    found, stats, report = _train(Healthy(), "compile", steps)
+    assert found == set(), report
+    assert stats.get("unique_graphs") == 1, stats  # as many as without the monitor
+    assert report.steps == steps
+
+
+def test_the_compiled_and_eager_histories_agree_on_what_they_saw() -> None:
+    _, _, eager = _train(Healthy(), "eager", 8)
+    _, _, compiled = _train(Healthy(), "compile", 8)
+    assert [p.name for p in compiled.parameters] == [p.name for p in eager.parameters]
+    assert all(len(p.steps) == 8 for p in compiled.parameters)
+
+
+def test_the_stance_is_restored_after_the_block() -> None:
+    from torch._dynamo import eval_frame
+
+    before = eval_frame._stance
+    _train(Healthy(), "compile", 3)
+    assert eval_frame._stance == before

@@ -1,0 +1,93 @@
+"""The monitor on ``torch.compile``d models: which steps run eagerly so that the forward can be
+observed, without a recompilation.
+
+Inside a compiled forward the monitor's forward hooks and its TorchFunctionMode return at
+once (``torch.compiler.is_compiling()`` is a constant to dynamo, so they add nothing to the
+graph and no guard on the monitor's state). What lives outside the graph keeps working as in
+eager mode: parameter gradients (AccumulateGrad runs the tensor hooks), the optimizer's step
+hooks, the loss handed to ``backward``, and loss functions called outside the compiled model.
+The forward's own signals (activations, ReLU sites, eval mode, losses inside the model) are
+taken on sampled steps that run eagerly: the first step, then every ``every``-th optimizer
+step, through ``torch.compiler.set_stance("force_eager")``, restored after that step's
+backward pass. An eager step costs what the uncompiled model costs; nothing is recompiled.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["EagerSampler", "compiled_model"]
+
+#: optimizer steps between two eagerly observed steps of a compiled model
+EAGER_EVERY = 50
+
+
+def compiled_model(model: nn.Module) -> bool:
+    """``torch.compile(model)`` or ``model.compile()`` (on it or on a submodule)."""
+    if type(model).__name__ == "OptimizedModule":
+        return True
+    return any(getattr(m, "_compiled_call_impl", None) is not None for m in model.modules())
+
+
+def _current_stance() -> Any:
+    try:
+        from torch._dynamo import eval_frame
+
+        return eval_frame._stance
+    except (ImportError, AttributeError):  # an older or newer torch: assume the default
+        return None
+
+
+class EagerSampler:
+    """Forces the next forward and backward to run eagerly, now and then (see the module)."""
+
+    def __init__(self, every: int = EAGER_EVERY) -> None:
+        self.every = every
+        self.active = False  # a compiled forward has been seen (or the model is compiled)
+        self.eager_steps = 0  # steps observed eagerly while compiled
+        self._previous: Any = None
+        self._forcing = False
+
+    def start(self, compiled: bool) -> None:
+        self.active = compiled
+        if compiled:
+            self._force()
+
+    def saw_compiled_forward(self) -> None:
+        self.active = True
+
+    def after_step(self, steps_done: int) -> None:
+        if self.active and steps_done % self.every == 0:
+            self._force()
+
+    def after_backward(self) -> None:
+        if self._forcing:
+            self.eager_steps += 1
+            self._release()
+
+    def stop(self) -> None:
+        self._release()
+
+    def _force(self) -> None:
+        if self._forcing or not hasattr(torch.compiler, "set_stance"):
+            return
+        self._previous = _current_stance()
+        torch.compiler.set_stance("force_eager")
+        self._forcing = True
+
+    def _release(self) -> None:
+        if not self._forcing:
+            return
+        self._forcing = False
+        previous, self._previous = self._previous, None
+        if previous is None:
+            torch.compiler.set_stance("default")
+        else:
+            torch.compiler.set_stance(
+                previous.stance,
+                skip_guard_eval_unsafe=previous.skip_guard_eval_unsafe,
+                force_backend=previous.backend,
+            )
