@@ -94,3 +94,53 @@ def test_the_stance_is_restored_after_the_block() -> None:
     before = eval_frame._stance
     _train(Healthy(), "compile", 3)
     assert eval_frame._stance == before
+
+
+# training-zoo scripts whose model is compiled in place (model.compile()) while the monitor
+# watches: the findings must be those of the eager run, kind and place
+ZOO_COMPILED = [
+    "classic_negative_bias_init",
+    "classic_forgot_zero_grad",
+    "wiring_relu_logits",
+    "updates_double_step",
+    "sat_digits_raw_pixels",
+    "vision_mnist_cnn_adadelta_steplr",
+    "misc_sigmoid_bceloss",
+]
+
+
+@pytest.mark.parametrize("name", ZOO_COMPILED)
+def test_zoo_scripts_give_the_eager_findings_when_compiled(name: str) -> None:
+    import contextlib
+    import random
+    import warnings
+
+    from tests.training_zoo.harness import Watch, load_all
+
+    class CompiledWatch(Watch):
+        @contextlib.contextmanager
+        def __call__(self, model, optimizer=None, **kwargs):  # type: ignore[override]
+            model.compile(backend="aot_eager")
+            try:
+                with super().__call__(model, optimizer, **kwargs) as monitor:
+                    yield monitor
+            finally:
+                model._compiled_call_impl = None
+
+    scenario = load_all()[name]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        seen = []
+        for watch in (Watch(), CompiledWatch()):
+            torch._dynamo.reset()
+            torch.manual_seed(0)
+            random.seed(0)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                scenario.main(watch) if scenario.correct else scenario.main(watch, bug=True)
+            assert watch.report is not None
+            seen.append({(f.kind, f.where) for f in watch.report.findings if f.severity != "info"})
+    finally:
+        torch.set_num_threads(threads)
+    assert seen[1] == seen[0]
