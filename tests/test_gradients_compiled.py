@@ -144,3 +144,43 @@ def test_zoo_scripts_give_the_eager_findings_when_compiled(name: str) -> None:
     finally:
         torch.set_num_threads(threads)
     assert seen[1] == seen[0]
+
+
+def _compiled_step_run(watch: bool, model: nn.Module, steps: int) -> tuple[dict, object]:
+    torch._dynamo.reset()
+    counters.clear()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = torch.randn(32, 8), torch.randint(0, 4, (32,))
+
+    @torch.compile(backend="aot_eager")
+    def train_step() -> None:
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+
+    monitor = torchscope.GradientMonitor(model, optimizer) if watch else None
+    if monitor is None:
+        for _ in range(steps):
+            train_step()
+        return dict(counters["stats"]), None
+    with monitor:
+        for _ in range(steps):
+            train_step()
+    return dict(counters["stats"]), monitor.report()
+
+
+def test_a_compiled_training_step_is_observed_without_extra_graphs() -> None:
+    steps = EAGER_EVERY + 5
+    torch.manual_seed(0)
+    bare, _ = _compiled_step_run(False, Healthy(), steps)
+    torch.manual_seed(0)
+    watched, report = _compiled_step_run(True, Healthy(), steps)
+    assert watched.get("unique_graphs") == bare.get("unique_graphs"), (watched, bare)
+    assert report.step_unit == "optimizer step" and report.steps == steps  # type: ignore[union-attr]
+    assert report.ok, report  # type: ignore[union-attr]
+    torch.manual_seed(0)
+    _, buggy = _compiled_step_run(True, Detached(nn.ReLU()), 6)
+    assert {(f.kind, f.where) for f in buggy.findings} == {  # type: ignore[union-attr]
+        ("no_grad", "a.weight"),
+        ("no_grad", "a.bias"),
+    }

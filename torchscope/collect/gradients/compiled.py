@@ -91,3 +91,32 @@ class EagerSampler:
                 skip_guard_eval_unsafe=previous.skip_guard_eval_unsafe,
                 force_backend=previous.backend,
             )
+
+
+def keep_out_of_dynamo(*owners: Any) -> None:
+    """Dynamo must never compile the monitor's own code as frames of their own.
+
+    In a compiled *training-step function*, ``backward()`` and the optimizer's step run the
+    monitor's hooks, and dynamo (whose frame callback stays set there) would compile each
+    hook as a frame, specialise it on its arguments and recompile it until its cache limit:
+    graphs the user did not write. Marked here, those frames (and what they call) run
+    eagerly. Inlined into a traced forward, the same code is still traced, and returns at
+    once under ``is_compiling()``. Uses dynamo's per-code execution strategy (private, so
+    a torch without it just leaves the frames as they are).
+    """
+    try:
+        from torch._C._dynamo.eval_frame import set_code_exec_strategy
+        from torch._dynamo.types import FrameAction, FrameExecStrategy
+    except ImportError:
+        return
+    strategy = FrameExecStrategy(FrameAction.SKIP, FrameAction.SKIP)
+    todo = [
+        value.__code__
+        for owner in owners
+        for value in vars(owner).values()
+        if hasattr(value, "__code__")
+    ]
+    while todo:
+        code = todo.pop()
+        set_code_exec_strategy(code, strategy)
+        todo.extend(c for c in code.co_consts if hasattr(c, "co_code"))  # lambdas inside

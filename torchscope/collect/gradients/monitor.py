@@ -50,7 +50,7 @@ from torchscope.collect.gradients._state import (
     _StepRow,
     _unit_dims,
 )
-from torchscope.collect.gradients.compiled import EagerSampler, compiled_model
+from torchscope.collect.gradients.compiled import EagerSampler, compiled_model, keep_out_of_dynamo
 from torchscope.collect.gradients.evidence import Evidence
 from torchscope.collect.gradients.functions import FunctionWatch
 from torchscope.collect.gradients.observations import Fixed, observe
@@ -306,12 +306,16 @@ class GradientMonitor(OptimizerHooks):
                 )
 
     def _attach_optimizer_hooks(self) -> None:
+        # in a compiled training step, dynamo traces optimizer.step(): a disabled hook makes
+        # it break the graph there and run the hook eagerly, so the step is observed
+        pre = torch.compiler.disable(self._on_step_pre)
+        post = torch.compiler.disable(self._on_step_post)
         if self._optimizer is not None:
-            self._hooks.add(self._optimizer.register_step_pre_hook(self._on_step_pre))
-            self._hooks.add(self._optimizer.register_step_post_hook(self._on_step_post))
+            self._hooks.add(self._optimizer.register_step_pre_hook(pre))
+            self._hooks.add(self._optimizer.register_step_post_hook(post))
         else:  # observe any optimizer that steps one of our parameters
-            self._hooks.add(register_optimizer_step_pre_hook(self._on_step_pre))
-            self._hooks.add(register_optimizer_step_post_hook(self._on_step_post))
+            self._hooks.add(register_optimizer_step_pre_hook(pre))
+            self._hooks.add(register_optimizer_step_post_hook(post))
 
     # -- forward ---------------------------------------------------------------------------------
 
@@ -631,3 +635,6 @@ class GradientMonitor(OptimizerHooks):
             module_ran={e.name: evidence.ran(e.module) for e in observed.params if e.trainable},
         )
         return merge_ranks(all_gather_objects(view))
+
+
+keep_out_of_dynamo(GradientMonitor, OptimizerHooks, FunctionWatch)
