@@ -10,6 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch._dynamo
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from torch import nn
 from torch._dynamo.utils import counters
 
@@ -184,3 +186,64 @@ def test_a_compiled_training_step_is_observed_without_extra_graphs() -> None:
         ("no_grad", "a.weight"),
         ("no_grad", "a.bias"),
     }
+
+
+class _Random(nn.Module):
+    def __init__(self, widths: list[int], acts: list[str], detach_at: int | None) -> None:
+        super().__init__()
+        table = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
+        self.layers = nn.ModuleList(
+            nn.Linear(a, b) for a, b in zip([8, *widths], [*widths, 4], strict=False)
+        )
+        self.acts = nn.ModuleList(table[a]() for a in acts)
+        self.detach_at = detach_at
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.acts):
+                x = self.acts[i](x)
+            if i == self.detach_at:
+                x = x.detach()
+        return x
+
+
+def _planted(model: nn.Module, bug: str, compiled: bool, steps: int) -> set[tuple[str, str]]:
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    runner = torch.compile(model, backend="aot_eager") if compiled else model
+    x, y = torch.randn(32, 8), torch.randint(0, 4, (32,))
+    with torchscope.GradientMonitor(runner, optimizer) as monitor:
+        for _ in range(steps):
+            if bug != "forgot_zero_grad":
+                optimizer.zero_grad()
+            nn.functional.cross_entropy(runner(x), y).backward()
+            optimizer.step()
+            if bug == "double_step":
+                optimizer.step()
+    # the kinds observed every step, outside the graph (docs/gradients.md, Under torch.compile)
+    outside = {"no_grad", "grad_accumulation", "step_without_backward", "nan_grad", "inf_grad",
+               "nonfinite_loss", "exploding", "not_updated", "frozen_but_updated"}  # fmt: skip
+    return {(f.kind, f.where) for f in monitor.report().findings if f.kind in outside}
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    widths=st.lists(st.integers(2, 12), min_size=1, max_size=3),
+    acts=st.lists(st.sampled_from(["relu", "gelu", "tanh", "silu"]), min_size=0, max_size=3),
+    bug=st.sampled_from(["none", "detach", "forgot_zero_grad", "double_step"]),
+    seed=st.integers(0, 2**16),
+)
+def test_random_models_with_planted_bugs_never_crash_and_match_eager(widths, acts, bug, seed):
+    acts = acts[: len(widths)]
+    detach_at = 0 if bug == "detach" and len(widths) > 0 else None
+    torch.manual_seed(seed)
+    model = _Random(widths, acts, detach_at)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    eager = _planted(model, bug, False, 4)
+    model.load_state_dict(state)
+    counters.clear()
+    compiled = _planted(model, bug, True, 4)
+    assert compiled == eager
+    assert dict(counters["stats"]).get("unique_graphs", 0) <= 1
