@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from benchmarks import (
+    bench_compiled,
     bench_costs,
     bench_freezing,
     bench_graph,
@@ -25,6 +26,7 @@ BENCHMARKS = {
     "graph_zoo": bench_graph_zoo.main,
     "timing": bench_timing.main,
     "zoo": bench_zoo.main,
+    "compiled": bench_compiled.main,
 }
 
 

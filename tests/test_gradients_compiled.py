@@ -247,3 +247,28 @@ def test_random_models_with_planted_bugs_never_crash_and_match_eager(widths, act
     compiled = _planted(model, bug, True, 4)
     assert compiled == eager
     assert dict(counters["stats"]).get("unique_graphs", 0) <= 1
+
+
+def test_entering_the_monitor_again_and_again_adds_no_graph() -> None:
+    # a monitor per epoch around a model compiled once: the first entry adds the graph for
+    # the monitored state (the TorchFunctionMode is on the stack), later entries add none
+    torch._dynamo.reset()
+    counters.clear()
+    model = Healthy()
+    runner = torch.compile(model, backend="aot_eager")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = torch.randn(32, 8), torch.randint(0, 4, (32,))
+
+    def train(steps: int) -> None:
+        for _ in range(steps):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(runner(x), y).backward()
+            optimizer.step()
+
+    train(2)
+    assert counters["stats"]["unique_graphs"] == 1
+    for _ in range(4):
+        with torchscope.GradientMonitor(runner, optimizer):
+            train(3)
+        train(2)
+    assert counters["stats"]["unique_graphs"] == 2

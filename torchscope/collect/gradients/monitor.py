@@ -292,7 +292,7 @@ class GradientMonitor(OptimizerHooks):
             )
             self._hooks.add(
                 module.register_forward_hook(
-                    lambda m, args, out, info=info: self._on_forward(info, out), always_call=True
+                    lambda m, args, out, info=info: self._on_forward(info, out)
                 )
             )
 
@@ -329,6 +329,11 @@ class GradientMonitor(OptimizerHooks):
         # a new outermost call starts a forward: the root's, or a submodule's called directly
         # (Lightning's training_step calling self.net(x)); per-forward counters restart
         if info.module is self._model or not self._stack:
+            # entries left by a forward that raised half way (the post-hooks are not
+            # always_call: under torch.compile that would guard on each hook's id and
+            # recompile at every monitor entry)
+            if info.module is self._model:
+                self._stack.clear()
             self._occurrences = {}
             self._last_finished = None
         occurrence = self._occurrences.get(info.path, 0)
