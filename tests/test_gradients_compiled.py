@@ -272,3 +272,48 @@ def test_entering_the_monitor_again_and_again_adds_no_graph() -> None:
             train(3)
         train(2)
     assert counters["stats"]["unique_graphs"] == 2
+
+
+def test_inductor_gives_the_eager_findings() -> None:
+    # the default backend, once: generated C++ kernels, the same hooks outside the graph
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = Detached(nn.GELU())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    runner = torch.compile(model)
+    x, y = torch.randn(32, 8), torch.randint(0, 4, (32,))
+    with torchscope.GradientMonitor(runner, optimizer) as monitor:
+        for _ in range(4):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(runner(x), y).backward()
+            optimizer.step()
+    found = {(f.kind, f.where) for f in monitor.report().findings}
+    assert found == {("no_grad", "a.weight"), ("no_grad", "a.bias")}
+
+
+def test_check_gradients_and_fit_accept_a_compiled_model() -> None:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from torchscope.training import fit
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    x, y = torch.randn(32, 8), torch.randint(0, 4, (32,))
+    report = torchscope.check_gradients(
+        torch.compile(Detached(nn.ReLU()), backend="aot_eager"), x, y
+    )
+    assert {f.kind for f in report.findings} == {"no_grad"}
+    model = torch.compile(Healthy(), backend="aot_eager")
+    loader = DataLoader(
+        TensorDataset(torch.randn(96, 8), torch.randint(0, 4, (96,))), batch_size=32
+    )
+    history = fit(
+        model,
+        loader,
+        loss_fn=nn.functional.cross_entropy,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.05),
+        epochs=2,
+        progress=False,
+    )
+    assert history.gradient_report is not None and history.gradient_report.ok
+    assert history.gradient_report.steps == 6
