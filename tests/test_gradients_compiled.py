@@ -274,8 +274,11 @@ def test_entering_the_monitor_again_and_again_adds_no_graph() -> None:
     assert counters["stats"]["unique_graphs"] == 2
 
 
-def test_inductor_gives_the_eager_findings() -> None:
-    # the default backend, once: generated C++ kernels, the same hooks outside the graph
+def test_inductor_gives_the_eager_findings(tmp_path, monkeypatch) -> None:
+    # the default backend, once: generated C++ kernels, the same hooks outside the graph. A
+    # cache of its own: inductor's precompiled headers from a run with other ATen kernels
+    # (make test-cpus sets ATEN_CPU_CAPABILITY) do not compile with these
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     torch._dynamo.reset()
     torch.manual_seed(0)
     model = Detached(nn.GELU())
