@@ -101,6 +101,7 @@ def test_the_stance_is_restored_after_the_block() -> None:
 # training-zoo scripts whose model is compiled in place (model.compile()) while the monitor
 # watches: the findings must be those of the eager run, kind and place
 ZOO_COMPILED = [
+    "classic_numpy_in_forward",  # NumPy in the forward: traced as without the monitor
     "classic_negative_bias_init",
     "classic_forgot_zero_grad",
     "wiring_relu_logits",
@@ -250,8 +251,8 @@ def test_random_models_with_planted_bugs_never_crash_and_match_eager(widths, act
 
 
 def test_entering_the_monitor_again_and_again_adds_no_graph() -> None:
-    # a monitor per epoch around a model compiled once: the first entry adds the graph for
-    # the monitored state (the TorchFunctionMode is on the stack), later entries add none
+    # a monitor per epoch around a model compiled once adds no graph: its mode steps off the
+    # stack for the compiled call, and its hooks add no guard
     torch._dynamo.reset()
     counters.clear()
     model = Healthy()
@@ -271,7 +272,7 @@ def test_entering_the_monitor_again_and_again_adds_no_graph() -> None:
         with torchscope.GradientMonitor(runner, optimizer):
             train(3)
         train(2)
-    assert counters["stats"]["unique_graphs"] == 2
+    assert counters["stats"]["unique_graphs"] == 1
 
 
 def test_inductor_gives_the_eager_findings(tmp_path, monkeypatch) -> None:

@@ -51,6 +51,11 @@ class EagerSampler:
         self._previous: Any = None
         self._forcing = False
 
+    @property
+    def forcing(self) -> bool:
+        """The current step runs eagerly."""
+        return self._forcing
+
     def start(self, compiled: bool) -> None:
         self.active = compiled
         if compiled:

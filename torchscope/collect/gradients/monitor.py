@@ -128,6 +128,9 @@ class GradientMonitor(OptimizerHooks):
         if isinstance(frozen, (str, nn.Module, torch.Tensor, type)):
             frozen = [frozen]
         self._model = unwrap(model, caller="GradientMonitor")
+        self._wrapper = model if type(model).__name__ == "OptimizedModule" else None
+        self._mode_left = False  # the mode is off the stack during a compiled call
+        self._compiled_calls: list[tuple[nn.Module, Any]] = []  # model.compile()d modules
         self._optimizer = optimizer
         self._accumulation_steps = accumulation_steps
         self._frozen_targets = list(frozen or ())
@@ -241,6 +244,9 @@ class GradientMonitor(OptimizerHooks):
     def _detach(self) -> None:
         mode, self._mode = self._mode, None
         self._sampler.stop()
+        for module, compiled in self._compiled_calls:
+            module._compiled_call_impl = compiled
+        self._compiled_calls = []
         try:
             if mode is not None:
                 mode.__exit__(None, None, None)
@@ -277,6 +283,19 @@ class GradientMonitor(OptimizerHooks):
             entry.intended_frozen = id(entry.tensor) in intended or is_frozen(entry.tensor)
 
     def _attach_module_hooks(self) -> None:
+        if self._wrapper is not None:
+            # torch.compile(model): the wrapper's hooks run outside the compiled frame; the
+            # monitor's mode steps off the stack for the compiled call (dynamo then traces
+            # the model as it would without the monitor) except on eager samples
+            self._hooks.add(self._wrapper.register_forward_pre_hook(self._before_compiled))
+            self._hooks.add(
+                self._wrapper.register_forward_hook(self._after_compiled, always_call=True)
+            )
+        for module in self._model.modules():  # model.compile(): the same around its call
+            compiled = getattr(module, "_compiled_call_impl", None)
+            if compiled is not None:
+                self._compiled_calls.append((module, compiled))
+                module._compiled_call_impl = self._around_compiled(compiled)
         for path, module in iter_modules(self._model):
             biases = [
                 self._by_id[id(p)]
@@ -318,6 +337,29 @@ class GradientMonitor(OptimizerHooks):
             self._hooks.add(register_optimizer_step_post_hook(post))
 
     # -- forward ---------------------------------------------------------------------------------
+
+    def _around_compiled(self, compiled: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self._before_compiled(None, args)
+            try:
+                return compiled(*args, **kwargs)
+            finally:
+                self._after_compiled(None, args, None)
+
+        return call
+
+    def _before_compiled(self, module: nn.Module | None, args: Any) -> None:
+        mode = self._mode
+        if mode is None or self._sampler.forcing or not torch.is_grad_enabled():
+            return
+        if torch.overrides._get_current_function_mode() is mode:  # only if it is on top
+            mode.__exit__(None, None, None)
+            self._mode_left = True
+
+    def _after_compiled(self, module: nn.Module | None, args: Any, output: Any) -> None:
+        if self._mode_left and self._mode is not None:
+            self._mode_left = False
+            self._mode.__enter__()
 
     def _clock(self) -> _Clock:
         return _Clock(self._steps, self._backwards)
