@@ -11,7 +11,26 @@ from torch import nn
 
 import torchscope._util.nested as _nested
 
-__all__ = ["DeviceLike", "ShapeLike", "call_arguments", "model_devices", "resolve_device", "unwrap"]
+__all__ = [
+    "DeviceLike",
+    "ShapeLike",
+    "call_arguments",
+    "model_devices",
+    "resolve_device",
+    "split_inputs",
+    "unwrap",
+]
+
+
+def split_inputs(inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """A forward's input as ``(args, kwargs)``: a dict is keyword arguments, a tuple or list
+    (not a namedtuple) positional arguments, anything else the one positional argument."""
+    if isinstance(inputs, Mapping):
+        return (), dict(inputs)
+    if isinstance(inputs, (tuple, list)) and not _nested.is_namedtuple(inputs):
+        return tuple(inputs), {}
+    return (inputs,), {}
+
 
 ShapeLike = Sequence[int]
 DeviceLike = str | torch.device

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -11,19 +10,12 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 import torchscope._util.nested as _nested
+from torchscope._util.inputs import split_inputs
 from torchscope.collect.hooks import preserved_rng
 from torchscope.errors import TorchscopeError
 from torchscope.records.independence import BatchIndependenceReport, Leak
 
 __all__ = ["check_batch_independence"]
-
-
-def _arguments(inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    if isinstance(inputs, Mapping):
-        return (), dict(inputs)
-    if isinstance(inputs, (tuple, list)) and not _nested.is_namedtuple(inputs):
-        return tuple(inputs), {}
-    return (inputs,), {}
 
 
 def check_batch_independence(
@@ -72,7 +64,7 @@ def check_batch_independence(
         probed = [t for t in probed if t.shape[0] == batch]
         for t in probed:
             t.requires_grad_(True)
-        args, kwargs = _arguments(copied_inputs)
+        args, kwargs = split_inputs(copied_inputs)
         with torch.enable_grad():
             output = copied(*args, **kwargs)
         outputs = [

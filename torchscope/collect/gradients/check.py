@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import torchscope._util.nested as _nested
+from torchscope._util.inputs import split_inputs
 from torchscope.collect.gradients.monitor import GradientMonitor
 from torchscope.collect.hooks import preserved_rng
 from torchscope.errors import TorchscopeError
@@ -67,7 +68,7 @@ def check_gradients(
             if not trainable:
                 raise ValueError("the model has no trainable parameters: nothing to check")
             optimizer_copy = torch.optim.SGD(trainable, lr=0.01)
-        args, kwargs = _call_arguments(inputs)
+        args, kwargs = split_inputs(inputs)
         compute_loss = _loss_function(loss_fn, target)
         model_copy.train()
         with GradientMonitor(model_copy, optimizer_copy) as monitor:
@@ -78,14 +79,6 @@ def check_gradients(
                 loss.backward()
                 optimizer_copy.step()
         return monitor.report()
-
-
-def _call_arguments(inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    if isinstance(inputs, Mapping):
-        return (), dict(inputs)
-    if isinstance(inputs, (tuple, list)) and not _nested.is_namedtuple(inputs):
-        return tuple(inputs), {}
-    return (inputs,), {}
 
 
 def _loss_function(
