@@ -548,7 +548,9 @@ class GradientMonitor(OptimizerHooks):
         # not by the other parameters' gradients (see Evidence.rounding_zero).
         if not self._active:
             return
-        scale = grad.detach().abs().sum(dtype=torch.float32)
+        # one pass, no |grad| tensor materialised; half precision sums in float32
+        wide = torch.float32 if grad.dtype in (torch.float16, torch.bfloat16) else None
+        scale = torch.linalg.vector_norm(grad.detach(), ord=1, dtype=wide).float()
         for bias in info.biases:
             previous = self._output_l1.get(bias.index)
             self._output_l1[bias.index] = scale if previous is None else previous + scale
