@@ -14,12 +14,15 @@ backward pass. An eager step costs what the uncompiled model costs; nothing is r
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-__all__ = ["EagerSampler", "compiled_model"]
+if TYPE_CHECKING:
+    from torch.overrides import TorchFunctionMode
+
+__all__ = ["CompiledCalls", "EagerSampler", "compiled_model", "keep_out_of_dynamo"]
 
 #: optimizer steps between two eagerly observed steps of a compiled model
 EAGER_EVERY = 50
@@ -125,3 +128,38 @@ def keep_out_of_dynamo(*owners: Any) -> None:
         code = todo.pop()
         set_code_exec_strategy(code, strategy)
         todo.extend(c for c in code.co_consts if hasattr(c, "co_code"))  # lambdas inside
+
+
+class CompiledCalls:
+    """Takes the monitor's TorchFunctionMode off the mode stack around a compiled model's
+    call, except on eager samples, so dynamo traces the model as it would without the monitor
+    (no guard on the mode stack, no NumPy tracing through the mode). A mixin of
+    :class:`~torchscope.collect.gradients.monitor.GradientMonitor`."""
+
+    if TYPE_CHECKING:
+        _mode: TorchFunctionMode | None
+        _mode_left: bool
+        _sampler: EagerSampler
+
+    def _around_compiled(self, compiled: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self._before_compiled(None, args)
+            try:
+                return compiled(*args, **kwargs)
+            finally:
+                self._after_compiled(None, args, None)
+
+        return call
+
+    def _before_compiled(self, module: nn.Module | None, args: Any) -> None:
+        mode = self._mode
+        if mode is None or self._sampler.forcing or not torch.is_grad_enabled():
+            return
+        if torch.overrides._get_current_function_mode() is mode:  # only if it is on top
+            mode.__exit__(None, None, None)
+            self._mode_left = True
+
+    def _after_compiled(self, module: nn.Module | None, args: Any, output: Any) -> None:
+        if self._mode_left and self._mode is not None:
+            self._mode_left = False
+            self._mode.__enter__()

@@ -9,12 +9,20 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from torchscope.collect.gradients.signals import LOSS_FUNCTIONS
+import torchscope._util.nested as _nested
+from torchscope.collect.gradients._state import _Call, _Clock, _Param, _ReluSite, _unit_dims
+from torchscope.collect.gradients.signals import LOSS_FUNCTIONS, CallSignals
 
 if TYPE_CHECKING:
-    from torchscope.collect.gradients.monitor import GradientMonitor
+    from torch.utils.weak import WeakIdKeyDictionary
 
-__all__ = ["FunctionWatch"]
+    from torchscope.collect.gradients.monitor import GradientMonitor
+    from torchscope.collect.gradients.thresholds import GradientThresholds
+
+__all__ = ["FunctionCalls", "FunctionWatch"]
+
+# backward passes over which tanh/sigmoid saturation is measured, from the monitor's start
+SATURATION_WINDOW = 10
 
 _RELU_FUNCTIONS = {
     torch.relu,
@@ -119,3 +127,101 @@ class FunctionWatch(TorchFunctionMode):
 
 
 # -- the monitor ---------------------------------------------------------------------------------
+
+
+class FunctionCalls:
+    """What the monitor does with the calls :class:`FunctionWatch` sees: a mixin of
+    :class:`~torchscope.collect.gradients.monitor.GradientMonitor`, whose state it updates
+    (declared below for type checkers)."""
+
+    if TYPE_CHECKING:
+        thresholds: GradientThresholds
+        _stack: list[_Call]
+        _last_finished: str | None
+        _relu_sites: dict[tuple[str, int], _ReluSite]
+        _backwards: int
+        _backward_calls: int
+        _signals: CallSignals
+        _params: list[_Param]
+        _clip_coefficients: list[tuple[_Clock, torch.Tensor]]
+        _softmax_outputs: WeakIdKeyDictionary
+        _probability_inputs: list[tuple[_Clock, str, torch.Tensor | None]]
+        _losses: list[tuple[_Clock, torch.Tensor]]
+        _clock: Callable[[], _Clock]
+
+    def _on_relu(self, func: Any, out: Any) -> None:
+        if not (torch.is_grad_enabled() and isinstance(out, torch.Tensor)):
+            return
+        if not out.is_floating_point() or out.numel() == 0:
+            return
+        dims = _unit_dims(out)
+        if dims is None:
+            return
+        call = self._stack[-1] if self._stack else None
+        if call is not None and call.info.relu:  # an nn.ReLU module, maybe called repeatedly
+            key_name = call.info.path + (f"#{call.occurrence}" if call.occurrence else "")
+            after = call.after
+        else:  # F.relu & co. inside some module's forward
+            owner = call.info.path if call is not None else ""
+            index = 0
+            if call is not None:
+                index, call.relu_calls = call.relu_calls, call.relu_calls + 1
+            key_name = f"{owner or '<model>'}:{getattr(func, '__name__', 'relu')}#{index}"
+            after = self._last_finished
+        values = out.detach()
+        if values.dim() >= 4:  # feature maps: a unit has H*W chances per sample to fire, so
+            # four samples of each batch are plenty, and a contiguous slice is cheap to read
+            values = values[:4]
+        fired = ~(values.amax(dim=dims) <= 0)  # NaN: not known to be dead
+        key = (key_name, fired.numel())
+        site = self._relu_sites.get(key)
+        if site is None:
+            name = f"{key_name} (after {after})" if after else key_name
+            self._relu_sites[key] = site = _ReluSite(name, fired)
+        else:
+            site.fired = site.fired | fired
+        site.observations += values.numel() // max(fired.numel(), 1)
+
+    def _on_squash(self, function: str, out: Any) -> None:
+        if self._backwards >= SATURATION_WINDOW:
+            return  # saturation that a bug causes is there from the start; later it can be
+            # confidence the model has learned (large weights on separable data)
+        call = self._stack[-1] if self._stack else None
+        if call is not None and call.info.squash:  # an nn.Tanh / nn.Sigmoid module
+            name = call.info.path
+        else:
+            owner = call.info.path if call is not None else ""
+            index = 0
+            if call is not None:
+                index, call.squash_calls = call.squash_calls, call.squash_calls + 1
+            name = f"{owner or '<model>'}:{function}#{index}"
+        self._signals.on_squash(function, name, out)
+
+    def _on_gradient_scaled(self, first: Any, factor: torch.Tensor) -> None:
+        """``torch._foreach_mul_(grads, factor)``: how clip_grad_norm_ scales the gradients."""
+        if isinstance(first, torch.Tensor) and any(e.tensor.grad is first for e in self._params):
+            self._clip_coefficients.append((self._clock(), factor.detach().float()))
+
+    def _on_classification_loss(self, loss_name: str, scores: torch.Tensor) -> None:
+        if not scores.is_floating_point() or scores.numel() == 0:
+            return
+        if scores in self._softmax_outputs:
+            self._probability_inputs.append((self._clock(), loss_name, None))
+            return
+        s = scores.detach()
+        class_dim = 1 if s.dim() >= 2 else 0
+        looks_like_probabilities = (
+            (s.amin() >= 0)
+            & (s.amax() <= 1)
+            & ((s.sum(dim=class_dim) - 1).abs().amax() <= self.thresholds.softmax_tolerance)
+        )
+        self._probability_inputs.append((self._clock(), loss_name, looks_like_probabilities))
+
+    def _on_backward_call(self, tensors: Any) -> None:
+        self._backward_calls += 1
+        for tensor in _nested.tensors(tensors):
+            if tensor.is_floating_point() or tensor.is_complex():
+                value = tensor.detach()
+                value = value if value.dim() == 0 else value.sum()
+                self._losses.append((self._clock(), value.float()))
+                self._signals.on_backward(value.float())

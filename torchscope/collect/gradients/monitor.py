@@ -48,11 +48,15 @@ from torchscope.collect.gradients._state import (
     _ReluSite,
     _resolve_frozen,
     _StepRow,
-    _unit_dims,
 )
-from torchscope.collect.gradients.compiled import EagerSampler, compiled_model, keep_out_of_dynamo
+from torchscope.collect.gradients.compiled import (
+    CompiledCalls,
+    EagerSampler,
+    compiled_model,
+    keep_out_of_dynamo,
+)
 from torchscope.collect.gradients.evidence import Evidence
-from torchscope.collect.gradients.functions import FunctionWatch
+from torchscope.collect.gradients.functions import FunctionCalls, FunctionWatch
 from torchscope.collect.gradients.observations import Fixed, observe
 from torchscope.collect.gradients.optimizer_hooks import OptimizerHooks
 from torchscope.collect.gradients.ranks import RankView, merge_ranks, world_size
@@ -67,11 +71,8 @@ from torchscope.records import GradientReport
 
 __all__ = ["GradientMonitor"]
 
-# backward passes over which tanh/sigmoid saturation is measured, from the monitor's start
-SATURATION_WINDOW = 10
 
-
-class GradientMonitor(OptimizerHooks):
+class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
     """Watches the user's own training loop and reports gradient health.
 
     Example::
@@ -338,29 +339,6 @@ class GradientMonitor(OptimizerHooks):
 
     # -- forward ---------------------------------------------------------------------------------
 
-    def _around_compiled(self, compiled: Any) -> Any:
-        def call(*args: Any, **kwargs: Any) -> Any:
-            self._before_compiled(None, args)
-            try:
-                return compiled(*args, **kwargs)
-            finally:
-                self._after_compiled(None, args, None)
-
-        return call
-
-    def _before_compiled(self, module: nn.Module | None, args: Any) -> None:
-        mode = self._mode
-        if mode is None or self._sampler.forcing or not torch.is_grad_enabled():
-            return
-        if torch.overrides._get_current_function_mode() is mode:  # only if it is on top
-            mode.__exit__(None, None, None)
-            self._mode_left = True
-
-    def _after_compiled(self, module: nn.Module | None, args: Any, output: Any) -> None:
-        if self._mode_left and self._mode is not None:
-            self._mode_left = False
-            self._mode.__enter__()
-
     def _clock(self) -> _Clock:
         return _Clock(self._steps, self._backwards)
 
@@ -460,85 +438,6 @@ class GradientMonitor(OptimizerHooks):
             values = torch.stack([value for _, value in self._forward_checks])
             self._forwards.append((self._clock(), paths, values))
             self._forward_checks = []
-
-    # -- functional calls (from FunctionWatch) --------------------------------------------------
-
-    def _on_relu(self, func: Any, out: Any) -> None:
-        if not (torch.is_grad_enabled() and isinstance(out, torch.Tensor)):
-            return
-        if not out.is_floating_point() or out.numel() == 0:
-            return
-        dims = _unit_dims(out)
-        if dims is None:
-            return
-        call = self._stack[-1] if self._stack else None
-        if call is not None and call.info.relu:  # an nn.ReLU module, maybe called repeatedly
-            key_name = call.info.path + (f"#{call.occurrence}" if call.occurrence else "")
-            after = call.after
-        else:  # F.relu & co. inside some module's forward
-            owner = call.info.path if call is not None else ""
-            index = 0
-            if call is not None:
-                index, call.relu_calls = call.relu_calls, call.relu_calls + 1
-            key_name = f"{owner or '<model>'}:{getattr(func, '__name__', 'relu')}#{index}"
-            after = self._last_finished
-        values = out.detach()
-        if values.dim() >= 4:  # feature maps: a unit has H*W chances per sample to fire, so
-            # four samples of each batch are plenty, and a contiguous slice is cheap to read
-            values = values[:4]
-        fired = ~(values.amax(dim=dims) <= 0)  # NaN: not known to be dead
-        key = (key_name, fired.numel())
-        site = self._relu_sites.get(key)
-        if site is None:
-            name = f"{key_name} (after {after})" if after else key_name
-            self._relu_sites[key] = site = _ReluSite(name, fired)
-        else:
-            site.fired = site.fired | fired
-        site.observations += values.numel() // max(fired.numel(), 1)
-
-    def _on_squash(self, function: str, out: Any) -> None:
-        if self._backwards >= SATURATION_WINDOW:
-            return  # saturation that a bug causes is there from the start; later it can be
-            # confidence the model has learned (large weights on separable data)
-        call = self._stack[-1] if self._stack else None
-        if call is not None and call.info.squash:  # an nn.Tanh / nn.Sigmoid module
-            name = call.info.path
-        else:
-            owner = call.info.path if call is not None else ""
-            index = 0
-            if call is not None:
-                index, call.squash_calls = call.squash_calls, call.squash_calls + 1
-            name = f"{owner or '<model>'}:{function}#{index}"
-        self._signals.on_squash(function, name, out)
-
-    def _on_gradient_scaled(self, first: Any, factor: torch.Tensor) -> None:
-        """``torch._foreach_mul_(grads, factor)``: how clip_grad_norm_ scales the gradients."""
-        if isinstance(first, torch.Tensor) and any(e.tensor.grad is first for e in self._params):
-            self._clip_coefficients.append((self._clock(), factor.detach().float()))
-
-    def _on_classification_loss(self, loss_name: str, scores: torch.Tensor) -> None:
-        if not scores.is_floating_point() or scores.numel() == 0:
-            return
-        if scores in self._softmax_outputs:
-            self._probability_inputs.append((self._clock(), loss_name, None))
-            return
-        s = scores.detach()
-        class_dim = 1 if s.dim() >= 2 else 0
-        looks_like_probabilities = (
-            (s.amin() >= 0)
-            & (s.amax() <= 1)
-            & ((s.sum(dim=class_dim) - 1).abs().amax() <= self.thresholds.softmax_tolerance)
-        )
-        self._probability_inputs.append((self._clock(), loss_name, looks_like_probabilities))
-
-    def _on_backward_call(self, tensors: Any) -> None:
-        self._backward_calls += 1
-        for tensor in _nested.tensors(tensors):
-            if tensor.is_floating_point() or tensor.is_complex():
-                value = tensor.detach()
-                value = value if value.dim() == 0 else value.sum()
-                self._losses.append((self._clock(), value.float()))
-                self._signals.on_backward(value.float())
 
     # -- backward --------------------------------------------------------------------------------
 
@@ -686,4 +585,4 @@ class GradientMonitor(OptimizerHooks):
         return merge_ranks(all_gather_objects(view))
 
 
-keep_out_of_dynamo(GradientMonitor, OptimizerHooks, FunctionWatch)
+keep_out_of_dynamo(GradientMonitor, OptimizerHooks, FunctionCalls, CompiledCalls, FunctionWatch)
