@@ -259,6 +259,28 @@ def test_planted_bug_is_found(tmp_path):
     assert {f.where for f in report.findings} == {"layer1.weight", "layer1.bias"}
 
 
+def test_planted_bug_is_found_in_a_compiled_module(tmp_path):
+    # Lightning trains a torch.compile'd LightningModule through its compiled forward
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    graphs = []
+    for health in (False, True):  # the same fit without the monitor, then with it
+        torch._dynamo.reset()
+        counters.clear()
+        torch.manual_seed(0)
+        module = TinyModule(detach=True)
+        callback = TorchscopeCallback(summary=False, gradient_health=health)
+        fit(torch.compile(module, backend="aot_eager"), callback, tmp_path)
+        graphs.append(counters["stats"]["unique_graphs"])
+    report = callback.report
+    assert report is not None
+    assert report.kinds == {"no_grad"}
+    assert {f.where for f in report.findings} == {"layer1.weight", "layer1.bias"}
+    assert graphs[1] == graphs[0]  # the monitor adds no graph
+    assert_no_hooks_left(module)
+
+
 def test_findings_go_to_the_trainers_loggers(tmp_path):
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
