@@ -16,6 +16,7 @@ import torch
 
 from torchscope.collect.gradients.observations import (
     Clock,
+    LossView,
     Observations,
     ParamView,
     ReluView,
@@ -23,7 +24,7 @@ from torchscope.collect.gradients.observations import (
 from torchscope.collect.gradients.thresholds import GradientThresholds
 from torchscope.records import Finding, ParameterHistory
 
-__all__ = ["Evidence", "Move"]
+__all__ = ["ChanceTail", "Evidence", "Move"]
 
 T = TypeVar("T")
 
@@ -33,6 +34,15 @@ ROUNDING_FACTOR = 2.0**10
 MIN_STEPS_FOR_UPDATES = 20  # optimizer steps before "most of the run" means anything
 # a loss below this fraction of the chance level has learned most of what there is
 CONVERGED_FRACTION = 0.3
+
+
+@dataclass(frozen=True)
+class ChanceTail:
+    family: str  # of the loss function
+    calls: int  # its training calls
+    tail: int  # the calls averaged: the last quarter
+    value: float  # mean loss over them
+    chance: float  # mean chance level over them
 
 
 @dataclass(frozen=True)
@@ -270,21 +280,29 @@ class Evidence:
         return 1 - (sum(tail) / len(tail)) / (sum(head) / len(head))
 
     @cached_property
+    def chance_tails(self) -> dict[str, ChanceTail]:
+        """Per loss function that has a chance level (above 0.05: not a GAN's one-label
+        batches), its mean value and mean chance level over the last quarter of its calls."""
+        by_name: dict[str, list[LossView]] = {}
+        for c in self.observed.loss_calls:
+            if c.value is not None and c.chance is not None and c.chance > 0.05:
+                by_name.setdefault(c.name, []).append(c)
+        out = {}
+        for name, calls in by_name.items():
+            tail = calls[-max(len(calls) // 4, 1) :]
+            value = sum(c.value for c in tail if c.value is not None) / len(tail)
+            chance = sum(c.chance for c in tail if c.chance is not None) / len(tail)
+            out[name] = ChanceTail(calls[0].family, len(calls), len(tail), value, chance)
+        return out
+
+    @property
     def loss_to_chance(self) -> float | None:
         """The training loss of the last quarter of the run over the loss of a constant
         prediction (the most used loss function that has one); None when none is known."""
-        calls = [
-            c
-            for c in self.observed.loss_calls
-            if c.value is not None and c.chance is not None and c.chance > 0.05
-        ]
-        if not calls:
+        if not self.chance_tails:
             return None
-        names = [c.name for c in calls]
-        name = max(set(names), key=names.count)
-        seen = [c for c in calls if c.name == name]
-        tail = seen[-max(len(seen) // 4, 1) :]
-        return sum(c.value for c in tail) / sum(c.chance for c in tail)  # type: ignore[misc]
+        tail = max(self.chance_tails.values(), key=lambda t: t.calls)
+        return tail.value / tail.chance
 
     @property
     def barely_learning(self) -> bool:
@@ -299,6 +317,15 @@ class Evidence:
             and improvement < self.t.min_loss_improvement
             and (to_chance is None or to_chance >= CONVERGED_FRACTION)
         )
+
+    @cached_property
+    def group_lrs(self) -> dict[int, list[float | None]]:
+        """Parameter group -> its learning rate at each of its steps (None: not a number)."""
+        out: dict[int, list[float | None]] = {}
+        for _, groups in self.observed.lr_trace:
+            for group, (lr, _, _) in groups.items():
+                out.setdefault(group, []).append(lr)
+        return out
 
     @cached_property
     def moved_groups(self) -> dict[int, set[int]]:

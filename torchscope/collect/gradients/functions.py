@@ -35,7 +35,6 @@ _RELU_FUNCTIONS = {
 }
 _SOFTMAX_FUNCTIONS = {torch.softmax, torch.Tensor.softmax, F.softmax}
 _LOG_SOFTMAX_FUNCTIONS = {torch.log_softmax, torch.Tensor.log_softmax, F.log_softmax}
-_CLASSIFICATION_LOSSES = {F.cross_entropy: "cross_entropy", F.nll_loss: "nll_loss"}
 _BACKWARD_FUNCTIONS = {torch.Tensor.backward, torch.autograd.backward}
 _SQUASH_FUNCTIONS = {
     torch.sigmoid: "sigmoid",
@@ -110,9 +109,9 @@ class FunctionWatch(TorchFunctionMode):
             return out
         loss = LOSS_FUNCTIONS.get(func)
         if loss is not None:
-            loss_name = _CLASSIFICATION_LOSSES.get(func)
+            loss_name, family = loss
             scores = _argument(args, kwargs, 0, "input")
-            if loss_name is not None and isinstance(scores, torch.Tensor):
+            if family == "classification" and isinstance(scores, torch.Tensor):
                 monitor._on_classification_loss(loss_name, scores)
             out = func(*args, **kwargs)
             monitor._signals.on_loss(monitor._clock(), func, args, kwargs, out)

@@ -43,15 +43,18 @@ class _ByStorage:
     """Tensors remembered by where their values live, so that a view of one (``squeeze``,
     ``view``, ``reshape`` of a contiguous tensor) is found too; weak, and bounded."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = 256) -> None:
         self._items: dict[int, tuple[weakref.ref[torch.Tensor], Any]] = {}
+        self._limit = limit
 
     def add(self, tensor: torch.Tensor, value: Any) -> None:
-        if len(self._items) > 256:  # only the last forward's matter
+        if len(self._items) > self._limit:  # only the last forward's matter
             self._items.clear()
         self._items[tensor.data_ptr()] = (weakref.ref(tensor), value)
 
-    def get(self, tensor: torch.Tensor) -> Any:
+    def get(self, tensor: torch.Tensor, *, same_size: bool = True) -> Any:
+        """The value of the live tensor whose values ``tensor`` starts at, or None; with
+        ``same_size=False`` a view that covers part of it (a slice) is found too."""
         entry = self._items.get(tensor.data_ptr())
         if entry is None:
             return None
@@ -59,7 +62,7 @@ class _ByStorage:
         source = ref()
         if source is None or source.data_ptr() != tensor.data_ptr():
             return None
-        if source.numel() != tensor.numel():
+        if same_size and source.numel() != tensor.numel():
             return None
         return value
 
@@ -102,9 +105,8 @@ class CallSignals:
     _sigmoid_outputs: _ByStorage = field(default_factory=_ByStorage)
     _clipped_outputs: _ByStorage = field(default_factory=_ByStorage)
     _squash_outputs: _ByStorage = field(default_factory=_ByStorage)
-    # storage pointer -> (weak ref to a log_softmax output, its dim): the loss may get
-    # a reshaped view of it
-    _normalised: dict[int, tuple[weakref.ref[torch.Tensor], int]] = field(default_factory=dict)
+    # log_softmax outputs -> (their dim, their shape): the loss may get a reshaped view
+    _normalised: _ByStorage = field(default_factory=lambda: _ByStorage(limit=64))
 
     # -- activations -------------------------------------------------------------------------
 
@@ -122,9 +124,7 @@ class CallSignals:
             self._clipped_outputs.add(out, how)
         if not log:
             return
-        if len(self._normalised) > 64:  # only the last forward's matter
-            self._normalised.clear()
-        self._normalised[out.data_ptr()] = (weakref.ref(out), dim % out.dim())
+        self._normalised.add(out, (dim % out.dim(), out.shape))
 
     def on_squash(self, function: str, site_name: str, out: Any) -> None:
         if not (torch.is_grad_enabled() and isinstance(out, torch.Tensor)):
@@ -180,15 +180,12 @@ class CallSignals:
         )
 
     def _check_normalised_dim(self, clock: _Clock, name: str, scores: torch.Tensor) -> None:
-        entry = self._normalised.get(scores.data_ptr())
+        entry = self._normalised.get(scores, same_size=False)
         if entry is None or scores.dim() == 0:
             return
-        source, dim = entry
-        normalised = source()
-        if normalised is None or normalised.data_ptr() != scores.data_ptr():
-            return
+        dim, shape = entry
         class_dim = 1 if scores.dim() >= 2 else 0
-        if scores.shape == normalised.shape and dim == class_dim:
+        if scores.shape == shape and dim == class_dim:
             return  # the common, right case: nothing to compute
         # a reshaped view, or another dim: log-probabilities over the class dim have
         # logsumexp 0 there, whatever the layout was when log_softmax ran

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 from torchscope.collect.gradients.evidence import Evidence
@@ -78,40 +79,22 @@ def softmax_wrong_dim(ev: Evidence) -> Iterator[Finding]:
 
 @rule("loss_at_chance")
 def loss_at_chance(ev: Evidence) -> Iterator[Finding]:
-    calls = [
-        c
-        for c in ev.observed.loss_calls
-        if c.value is not None and c.chance is not None and c.chance > 0.05
-    ]
-    by_name: dict[str, list] = {}
-    for c in calls:
-        by_name.setdefault(c.name, []).append(c)
-    for name, seen in by_name.items():
-        if len(seen) < MIN_STEPS_FOR_CHANCE:
+    for name, tail in ev.chance_tails.items():
+        if tail.calls < MIN_STEPS_FOR_CHANCE or tail.value < CHANCE_FRACTION * tail.chance:
             continue
-        tail = seen[-max(len(seen) // 4, 1) :]
-        value = sum(c.value for c in tail) / len(tail)
-        chance = sum(c.chance for c in tail) / len(tail)
-        if value >= CHANCE_FRACTION * chance:
-            what = (
-                f"ln C = {chance:.3g} for {_classes(chance)} classes"
-                if seen[0].family == "classification"
-                else f"{chance:.3g}, the loss of predicting the same value for every sample"
-            )
-            yield ev.finding(
-                "loss_at_chance", "warning", name, None, value, chance,
-                f"the training loss ({name}) ended at {value:.3g} over the last {len(tail)} "
-                f"of {len(seen)} steps, against a chance level of {what}: the model learned "
-                "nothing it could not guess without looking at the input. Check that inputs "
-                "and labels are paired (shuffled together, the right label column, the same "
-                "split), and that the inputs carry the signal",
-            )  # fmt: skip
-
-
-def _classes(chance: float) -> int:
-    import math
-
-    return round(math.exp(chance))
+        what = (
+            f"ln C = {tail.chance:.3g} for {round(math.exp(tail.chance))} classes"
+            if tail.family == "classification"
+            else f"{tail.chance:.3g}, the loss of predicting the same value for every sample"
+        )
+        yield ev.finding(
+            "loss_at_chance", "warning", name, None, tail.value, tail.chance,
+            f"the training loss ({name}) ended at {tail.value:.3g} over the last {tail.tail} "
+            f"of {tail.calls} steps, against a chance level of {what}: the model learned "
+            "nothing it could not guess without looking at the input. Check that inputs "
+            "and labels are paired (shuffled together, the right label column, the same "
+            "split), and that the inputs carry the signal",
+        )  # fmt: skip
 
 
 @rule("accumulation_not_scaled")

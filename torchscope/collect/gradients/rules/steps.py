@@ -17,13 +17,11 @@ COLLAPSED_NORM = 0.2  # a weight whose norm ends below this fraction of where it
 def _collapsed_groups(ev: Evidence) -> list[tuple[int, float, float, int, int]]:
     """(group, peak lr, last lr, steps collapsed, steps) for groups whose learning rate sat
     below COLLAPSED_LR of its peak in most of their steps."""
-    by_group: dict[int, list[float]] = {}
-    for _, groups in ev.observed.lr_trace:
-        for group, (lr, _, _) in groups.items():
-            if lr is not None:
-                by_group.setdefault(group, []).append(lr)
     out = []
-    for group, lrs in by_group.items():
+    for group, trace in ev.group_lrs.items():
+        lrs = [lr for lr in trace if lr is not None]
+        if not lrs:
+            continue
         peak = max(lrs)
         if peak <= 0 or len(lrs) < 2:
             continue
@@ -87,7 +85,7 @@ def clipped_to_nothing(ev: Evidence) -> Iterator[Finding]:
 def tiny_updates(ev: Evidence) -> Iterator[Finding]:
     if not _tiny(ev) or _collapsed_groups(ev) or _crushing_clips(ev):
         return
-    lrs = sorted({lr for _, g in ev.observed.lr_trace for lr, _, _ in g.values() if lr})
+    lrs = sorted({lr for trace in ev.group_lrs.values() for lr in trace if lr})
     shown = ", ".join(f"{lr:.2g}" for lr in lrs[:3]) or "unknown"
     yield ev.finding(
         "tiny_updates", "warning", "optimizer", None, _median_ratio(ev),

@@ -37,7 +37,7 @@ def frozen_but_updated(ev: Evidence) -> Iterator[Finding]:
 
 
 def _zero_lr_fraction(ev: Evidence, group: int | None) -> float:
-    steps = [g[group][0] for _, g in ev.observed.lr_trace if group in g]
+    steps = ev.group_lrs.get(group, []) if group is not None else []
     return sum(lr == 0 for lr in steps) / len(steps) if steps else 0.0
 
 
