@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
+import importlib.metadata
 import io
 import statistics
 import time
 import warnings
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from tabulate import tabulate
+
+T = TypeVar("T")
 
 
 def median_seconds(fn: Callable[[], object], *, repeat: int = 9, warmup: int = 2) -> float:
@@ -62,3 +66,30 @@ def quietly(fn: Callable[[], Any]) -> Any:
     ):
         warnings.simplefilter("ignore")
         return fn()
+
+
+def first_line(error: BaseException, limit: int = 60) -> str:
+    """An exception's first line, cut to ``limit`` characters, for a table cell."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def available_peers(
+    peers: Mapping[str, tuple[str, str, T]], *, missing: str = "not installed"
+) -> dict[str, T | str]:
+    """Each peer's checker, under ``"name version"``, or under its name why it cannot run.
+    ``peers`` maps a name to (distribution, module to import, checker); the imports happen
+    here, so that their time is not timed later."""
+    found: dict[str, T | str] = {}
+    for name, (dist, module, checker) in peers.items():
+        try:
+            version = importlib.metadata.version(dist)
+            quietly(lambda module=module: importlib.import_module(module))
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = missing
+            continue
+        except Exception as error:
+            found[name] = f"import failed: {type(error).__name__}: {first_line(error)}"
+            continue
+        found[f"{name} {version}"] = checker
+    return found

@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import importlib
-import importlib.metadata
 import io
 import os
 import platform
@@ -43,7 +41,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torchscope
-from benchmarks._common import ratio, table
+from benchmarks._common import available_peers as _available_peers
+from benchmarks._common import first_line, ratio, table
 from tests.bugs import (
     BUGS,
     CLASSES,
@@ -89,11 +88,6 @@ def _quietly(fn: Callable[[], Any]) -> Any:
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         return fn()
-
-
-def _first_line(error: BaseException, limit: int = 60) -> str:
-    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # -- torchscope ----------------------------------------------------------------------------------
@@ -146,7 +140,7 @@ def check_torchtest(bug: Bug) -> Verdict:
             "NaNTensorException": "never_nan",
             "InfTensorException": "never_inf",
         }.get(type(error).__name__, f"raised {type(error).__name__}")
-        return Verdict(True, f"{check}: {_first_line(error)}")
+        return Verdict(True, f"{check}: {first_line(error)}")
     return Verdict(False, "passed")
 
 
@@ -172,7 +166,7 @@ def check_torchtest2(bug: Bug) -> Verdict:
             )
         )
     except Exception as error:
-        return Verdict(True, f"raised {type(error).__name__}: {_first_line(error)}")
+        return Verdict(True, f"raised {type(error).__name__}: {first_line(error)}")
     failed = [r.name for r in report.failures]
     warned = [r.name for r in report.warnings]
     parts = [f"FAIL {', '.join(failed)}"] if failed else []
@@ -248,19 +242,7 @@ PEERS: dict[str, tuple[str, str, Checker]] = {
 
 def available_peers() -> dict[str, Checker | str]:
     """Each peer's checker, or why it cannot run; imported here so import time is not timed."""
-    peers: dict[str, Checker | str] = {}
-    for name, (dist, module, checker) in PEERS.items():
-        try:
-            version = importlib.metadata.version(dist)
-            _quietly(lambda module=module: importlib.import_module(module))
-        except importlib.metadata.PackageNotFoundError:
-            peers[name] = "not installed (pip install 'torchscope[bench]')"
-            continue
-        except Exception as error:
-            peers[name] = f"import failed: {type(error).__name__}: {_first_line(error)}"
-            continue
-        peers[f"{name} {version}"] = checker
-    return peers
+    return _available_peers(PEERS, missing="not installed (pip install 'torchscope[bench]')")
 
 
 def catch_rate(tools: dict[str, Checker | str]) -> tuple[list[list[str]], dict[str, Totals]]:
@@ -277,7 +259,7 @@ def catch_rate(tools: dict[str, Checker | str]) -> tuple[list[list[str]], dict[s
             try:
                 verdict = checker(bug)
             except Exception as error:  # the tool itself broke: say so, keep going
-                verdict = Verdict(True, f"raised {type(error).__name__}: {_first_line(error)}")
+                verdict = Verdict(True, f"raised {type(error).__name__}: {first_line(error)}")
             tally = totals[name]
             tally.caught += verdict.caught and bool(bug.kind)
             tally.exact += verdict.exact

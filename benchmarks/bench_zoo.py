@@ -31,8 +31,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import importlib
-import importlib.metadata
 import platform
 import random
 import sys
@@ -50,7 +48,8 @@ from torch.utils._pytree import tree_flatten, tree_map
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torchscope
-from benchmarks._common import quietly, table
+from benchmarks._common import available_peers as _available_peers
+from benchmarks._common import first_line, quietly, table
 from tests.training_zoo.harness import Scenario, load_all, run
 
 #: steps of pytest-torch's run_training on the first batch (bench_monitor.py uses the same)
@@ -259,11 +258,6 @@ class Verdict:
     applicable: bool = True
 
 
-def _first_line(error: BaseException, limit: int = 50) -> str:
-    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def check_torchtest(cap: Capture) -> Verdict:
     import torchtest
 
@@ -292,7 +286,7 @@ def check_torchtest(cap: Capture) -> Verdict:
     except NotApplicable:
         raise
     except Exception as error:
-        return Verdict(True, f"{type(error).__name__}: {_first_line(error)}")
+        return Verdict(True, f"{type(error).__name__}: {first_line(error, 50)}")
     return Verdict(False, "passed")
 
 
@@ -307,7 +301,7 @@ def check_torchtest2(cap: Capture) -> Verdict:
     except NotApplicable:
         raise
     except Exception as error:
-        return Verdict(True, f"raised {type(error).__name__}: {_first_line(error)}")
+        return Verdict(True, f"raised {type(error).__name__}: {first_line(error, 50)}")
     failed = [r.name for r in report.failures]
     return Verdict(bool(failed), f"FAIL {', '.join(failed)}" if failed else "passed")
 
@@ -377,19 +371,7 @@ PEERS: dict[str, tuple[str, str, Callable[[Capture], Verdict]]] = {
 
 def available_peers() -> dict[str, Callable[[Capture], Verdict] | str]:
     """Each peer's checker, or why it cannot run."""
-    peers: dict[str, Callable[[Capture], Verdict] | str] = {}
-    for name, (dist, module, checker) in PEERS.items():
-        try:
-            version = importlib.metadata.version(dist)
-            quietly(lambda module=module: importlib.import_module(module))
-        except importlib.metadata.PackageNotFoundError:
-            peers[name] = "not installed"
-            continue
-        except Exception as error:
-            peers[name] = f"import failed: {type(error).__name__}: {_first_line(error)}"
-            continue
-        peers[f"{name} {version}"] = checker
-    return peers
+    return _available_peers(PEERS)
 
 
 def peer_verdict(checker: Callable[[Capture], Verdict], cap: Capture) -> Verdict:
@@ -404,7 +386,7 @@ def peer_verdict(checker: Callable[[Capture], Verdict], cap: Capture) -> Verdict
     except Exception as error:  # the harness itself broke on this peer: say so, count as n/a
         return Verdict(
             False,
-            f"n/a: bench error {type(error).__name__}: {_first_line(error)}",
+            f"n/a: bench error {type(error).__name__}: {first_line(error, 50)}",
             applicable=False,
         )
 
