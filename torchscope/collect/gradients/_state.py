@@ -161,6 +161,22 @@ def _grad_key(param: torch.Tensor) -> tuple[int, int] | None:
     return None if grad is None else (id(grad), grad._version)
 
 
+# elements per chunk of a CPU L1 norm: large enough that Python's share is small, small
+# enough that the temporary |x| stays in cache
+_L1_CHUNK = 1 << 18
+
+
+def _l1_cpu(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """The L1 norm of a CPU tensor, in chunks: ATen's CPU kernel for an order-1 norm
+    (``_foreach_norm``, ``vector_norm``) is not vectorised and runs 2-4x slower than
+    ``abs().sum()``, whose temporary a chunk keeps small. NaN and inf propagate as in the
+    norm."""
+    flat = tensor.reshape(-1)
+    if flat.numel() <= _L1_CHUNK:
+        return flat.abs().sum(dtype=dtype)
+    return torch.stack([c.abs().sum(dtype=dtype) for c in flat.split(_L1_CHUNK)]).sum()
+
+
 def _norm_rows(
     tensors: Sequence[torch.Tensor], index: Sequence[int], orders: Sequence[float]
 ) -> tuple[tuple[int, ...], torch.Tensor]:
@@ -194,6 +210,8 @@ def _norm_rows(
                 low = torch.stack([lo for lo, _ in extremes]).float()
                 high = torch.stack([hi for _, hi in extremes]).float()
                 rows.append(torch.maximum(high, low.neg()))
+            elif o == 1.0 and dev.type == "cpu":
+                rows.append(torch.stack([_l1_cpu(v, kind) for v in values]).float())
             else:
                 rows.append(torch.stack(torch._foreach_norm(values, o, dtype=kind)).float())
         block = torch.stack(rows)

@@ -7,9 +7,9 @@ graph and no guard on the monitor's state). What lives outside the graph keeps w
 eager mode: parameter gradients (AccumulateGrad runs the tensor hooks), the optimizer's step
 hooks, the loss handed to ``backward``, and loss functions called outside the compiled model.
 The forward's own signals (activations, ReLU sites, eval mode, losses inside the model) are
-taken on sampled steps that run eagerly: the first step, then every ``every``-th optimizer
-step, through ``torch.compiler.set_stance("force_eager")``, restored after that step's
-backward pass. An eager step costs what the uncompiled model costs; nothing is recompiled.
+taken on sampled steps that run eagerly (see :class:`EagerSampler`), through
+``torch.compiler.set_stance("force_eager")``, restored after that step. An eager step costs
+what the uncompiled model costs; nothing is recompiled.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.utils._pytree as pytree
 from torch import nn
 
 if TYPE_CHECKING:
@@ -26,6 +27,8 @@ __all__ = ["CompiledCalls", "EagerSampler", "compiled_model", "keep_out_of_dynam
 
 #: optimizer steps between two eagerly observed steps of a compiled model
 EAGER_EVERY = 50
+#: input shapes of a compiled model, after the first, whose first call is observed eagerly
+NEW_SHAPES = 8
 
 
 def compiled_model(model: nn.Module) -> bool:
@@ -45,14 +48,25 @@ def _current_stance() -> Any:
 
 
 class EagerSampler:
-    """Forces the next forward and backward to run eagerly, now and then (see the module)."""
+    """Forces the next forward and backward to run eagerly, now and then (see the module).
 
-    def __init__(self, every: int = EAGER_EVERY) -> None:
+    A sample is one optimizer step: its forward and backward passes (all the micro-batches of
+    an accumulation window) run eagerly, and it ends at the step, or after ``window`` backward
+    passes in a loop that does not step. Samples are the first step, every ``every``-th, and
+    the first call of a compiled model with input shapes not seen before (the first
+    ``NEW_SHAPES`` such): the odd batch (the last one of an epoch, a batch of one) is where
+    shape bugs live, and it is a call dynamo would compile anew anyway.
+    """
+
+    def __init__(self, every: int = EAGER_EVERY, window: int = 1) -> None:
         self.every = every
+        self.window = window
         self.active = False  # a compiled forward has been seen (or the model is compiled)
         self.eager_steps = 0  # steps observed eagerly while compiled
         self._previous: Any = None
         self._forcing = False
+        self._backwards = 0  # backward passes in the current sample
+        self._shapes: set[tuple[Any, ...]] = set()
 
     @property
     def forcing(self) -> bool:
@@ -61,22 +75,45 @@ class EagerSampler:
 
     def start(self, compiled: bool) -> None:
         self.active = compiled
+        self._shapes = set()
         if compiled:
             self._force()
 
     def saw_compiled_forward(self) -> None:
         self.active = True
 
-    def after_step(self, steps_done: int) -> None:
-        if self.active and steps_done % self.every == 0:
+    def before_compiled_call(self, args: Any, kwargs: Any) -> None:
+        """A compiled model is about to be called with ``args``: a new shape is sampled."""
+        if not torch.is_grad_enabled():
+            return  # evaluation: nothing to learn about training
+        shapes = tuple(
+            (tuple(x.shape), x.dtype)
+            for x in pytree.tree_leaves((args, kwargs))
+            if isinstance(x, torch.Tensor)
+        )
+        if shapes in self._shapes or len(self._shapes) > NEW_SHAPES:
+            return
+        self._shapes.add(shapes)
+        if len(self._shapes) > 1:  # the first is sampled by start()
             self._force()
 
     def after_backward(self) -> None:
         if self._forcing:
-            self.eager_steps += 1
-            self._release()
+            self._backwards += 1
+            if self._backwards >= self.window:
+                self._end_sample()
+
+    def after_step(self, steps_done: int) -> None:
+        if self._forcing:
+            self._end_sample()
+        if self.active and steps_done % self.every == 0:
+            self._force()
 
     def stop(self) -> None:
+        self._release()
+
+    def _end_sample(self) -> None:
+        self.eager_steps += 1
         self._release()
 
     def _force(self) -> None:
@@ -90,6 +127,7 @@ class EagerSampler:
         if not self._forcing:
             return
         self._forcing = False
+        self._backwards = 0
         previous, self._previous = self._previous, None
         if previous is None:
             torch.compiler.set_stance("default")
@@ -143,7 +181,7 @@ class CompiledCalls:
 
     def _around_compiled(self, compiled: Any) -> Any:
         def call(*args: Any, **kwargs: Any) -> Any:
-            self._before_compiled(None, args)
+            self._before_compiled(None, args, kwargs)
             try:
                 return compiled(*args, **kwargs)
             finally:
@@ -151,15 +189,25 @@ class CompiledCalls:
 
         return call
 
-    def _before_compiled(self, module: nn.Module | None, args: Any) -> None:
-        mode = self._mode
-        if mode is None or self._sampler.forcing or not torch.is_grad_enabled():
+    def _before_compiled(self, module: nn.Module | None, args: Any, kwargs: Any) -> None:
+        self._sampler.before_compiled_call(args, kwargs)
+        if self._sampler.forcing or not torch.is_grad_enabled():
             return
-        if torch.overrides._get_current_function_mode() is mode:  # only if it is on top
+        self._mode_off()
+
+    def _after_compiled(self, module: nn.Module | None, args: Any, output: Any) -> None:
+        self._mode_on()
+
+    def _mode_off(self) -> None:
+        """Take the monitor's mode off the stack, if it is on top (a user's mode entered
+        inside the monitor's block stays where it is, and so does ours)."""
+        mode = self._mode
+        if mode is not None and torch.overrides._get_current_function_mode() is mode:
             mode.__exit__(None, None, None)
             self._mode_left = True
 
-    def _after_compiled(self, module: nn.Module | None, args: Any, output: Any) -> None:
+    def _mode_on(self) -> None:
+        """Put the mode back after :meth:`_mode_off`."""
         if self._mode_left and self._mode is not None:
             self._mode_left = False
             self._mode.__enter__()

@@ -54,6 +54,19 @@ _CLAMP_FUNCTIONS = {
 }
 
 
+# every function FunctionWatch looks at; any other call goes straight through on one set test
+_WATCHED = frozenset(
+    _RELU_FUNCTIONS
+    | _SOFTMAX_FUNCTIONS
+    | _LOG_SOFTMAX_FUNCTIONS
+    | _BACKWARD_FUNCTIONS
+    | set(_SQUASH_FUNCTIONS)
+    | _CLAMP_FUNCTIONS
+    | set(LOSS_FUNCTIONS)
+    | {torch._foreach_mul_}
+)
+
+
 def _argument(args: Sequence[Any], kwargs: Mapping[str, Any], position: int, name: str) -> Any:
     return args[position] if len(args) > position else kwargs.get(name)
 
@@ -75,6 +88,8 @@ class FunctionWatch(TorchFunctionMode):
         kwargs: Mapping[str, Any] | None = None,
     ) -> Any:
         kwargs = kwargs or {}
+        if func not in _WATCHED:  # most calls: the optimizer's, the model's own arithmetic
+            return func(*args, **kwargs)
         if torch.compiler.is_compiling():  # inside a compiled region: see compiled.py
             return func(*args, **kwargs)
         monitor = self.monitor

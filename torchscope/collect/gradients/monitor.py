@@ -138,7 +138,7 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
         self.thresholds = resolve_thresholds(thresholds)
         self._hooks = HookSet()
         self._compiled = compiled_model(model)
-        self._sampler = EagerSampler()
+        self._sampler = EagerSampler(window=accumulation_steps)
         self._mode: FunctionWatch | None = None
         self._active = False
         self._reset()
@@ -249,9 +249,10 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
             module._compiled_call_impl = compiled
         self._compiled_calls = []
         try:
-            if mode is not None:
+            if mode is not None and not self._mode_left:
                 mode.__exit__(None, None, None)
         finally:
+            self._mode_left = False
             self._active = False
             self._snapshots.clear()
             self._stack.clear()
@@ -288,7 +289,9 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
             # torch.compile(model): the wrapper's hooks run outside the compiled frame; the
             # monitor's mode steps off the stack for the compiled call (dynamo then traces
             # the model as it would without the monitor) except on eager samples
-            self._hooks.add(self._wrapper.register_forward_pre_hook(self._before_compiled))
+            self._hooks.add(
+                self._wrapper.register_forward_pre_hook(self._before_compiled, with_kwargs=True)
+            )
             self._hooks.add(
                 self._wrapper.register_forward_hook(self._after_compiled, always_call=True)
             )

@@ -21,7 +21,21 @@ if TYPE_CHECKING:
     from torchscope.collect.gradients.compiled import EagerSampler
     from torchscope.collect.gradients.structure import Hidden
 
-__all__ = ["OptimizerHooks"]
+__all__ = ["WEIGHTS_EVERY_STEP", "WEIGHTS_STRIDE", "OptimizerHooks"]
+
+# How far each step moves the weights (a copy of them before the step, the difference after,
+# two norms: four passes over the parameters) is measured at every one of the first
+# WEIGHTS_EVERY_STEP optimizer steps, then at every WEIGHTS_STRIDE-th: the kinds that read it
+# (frozen_but_updated, not_updated, tiny_updates and its causes, weight_decay_collapse,
+# symmetric_weights) judge conditions that hold step after step, and a long run's cost per
+# step no longer carries them. Gradient statistics are taken at every step.
+WEIGHTS_EVERY_STEP = 100
+WEIGHTS_STRIDE = 10
+
+
+def measures_weights(step: int) -> bool:
+    """Whether the optimizer step numbered ``step`` (from 0) has its weight change measured."""
+    return step < WEIGHTS_EVERY_STEP or step % WEIGHTS_STRIDE == 0
 
 
 class OptimizerHooks:
@@ -55,6 +69,8 @@ class OptimizerHooks:
         _clock: Callable[[], _Clock]
         _gradient_row: Callable[..., _StepRow | None]
         _sampler: EagerSampler
+        _mode_off: Callable[[], None]
+        _mode_on: Callable[[], None]
 
     def _held(self, optimizer: torch.optim.Optimizer) -> list[tuple[_Param, Any]]:
         held = []
@@ -68,6 +84,11 @@ class OptimizerHooks:
     def _on_step_pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if torch.compiler.is_compiling():
             return  # a compiled training step: observed on its eager samples (compiled.py)
+        if (args[1] if len(args) > 1 else kwargs.get("closure")) is None:  # args[0]: self
+            # nothing in a step is the mode's business, yet under a TorchFunctionMode each
+            # tensor attribute the optimizer reads costs a Python call; a closure's forward
+            # and backward (LBFGS) are, so the mode stays for those
+            self._mode_off()
         held = self._held(optimizer)
         if not held:
             return
@@ -114,14 +135,18 @@ class OptimizerHooks:
                         leftover = leftover * (now > 0)
                     self._stale.append((when, entry.index, leftover))
                 entry.pending_stale = None
-            snap = self._snapshots.get(entry.index)
-            if snap is None or snap.shape != entry.tensor.shape or snap.dtype != entry.tensor.dtype:
-                snap = self._snapshots[entry.index] = torch.empty_like(entry.tensor.detach())
-            snapshots.append(snap)
         self._lr_trace.append((clock, groups))
         frozen = frozenset(e.index for e, _ in held if not e.tensor.requires_grad)
         if frozen:
             self._frozen_at_step[self._steps] = frozen
+        if not measures_weights(self._steps):
+            self._pending = (optimizer, held, None, (), None)
+            return
+        for entry, _ in held:
+            snap = self._snapshots.get(entry.index)
+            if snap is None or snap.shape != entry.tensor.shape or snap.dtype != entry.tensor.dtype:
+                snap = self._snapshots[entry.index] = torch.empty_like(entry.tensor.detach())
+            snapshots.append(snap)
         with torch.no_grad():
             weight_index, weight_norms = _norm_rows(params, [e.index for e, _ in held], (2.0,))
             torch._foreach_copy_(snapshots, [p.detach() for p in params])
@@ -130,20 +155,31 @@ class OptimizerHooks:
     def _on_step_post(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if torch.compiler.is_compiling():
             return
+        try:
+            self._after_step(optimizer)
+        finally:
+            self._mode_on()
+
+    def _after_step(self, optimizer: torch.optim.Optimizer) -> None:
         pending, self._pending = self._pending, None
         if pending is None or pending[0] is not optimizer:
             return
         _, held, snapshots, weight_index, weight_norms = pending
-        with torch.no_grad():
-            params = [entry.tensor.detach() for entry, _ in held]
-            torch._foreach_sub_(snapshots, params)  # snapshot - new value: the step's change
-            change_index, change = _norm_rows(snapshots, [e.index for e, _ in held], (2.0,))
-        # snapshots share their parameters' dtypes and devices, so the columns line up
-        assert change_index == weight_index
-        weights = torch.cat([weight_norms, change])
-        row = self._gradient_row(from_step=True, weights=(weight_index, weights))
-        if row is None:  # nothing had a gradient; still record how far the step moved them
-            row = _StepRow(self._clock(), True, (), torch.zeros(3, 0), weight_index, weights)
+        measured = None
+        if snapshots is not None:
+            with torch.no_grad():
+                params = [entry.tensor.detach() for entry, _ in held]
+                torch._foreach_sub_(snapshots, params)  # snapshot - new value: the step's change
+                change_index, change = _norm_rows(snapshots, [e.index for e, _ in held], (2.0,))
+            # snapshots share their parameters' dtypes and devices, so the columns line up
+            assert change_index == weight_index
+            measured = (weight_index, torch.cat([weight_norms, change]))
+        row = self._gradient_row(from_step=True, weights=measured)
+        if row is None and measured is not None:
+            # nothing had a gradient; still record how far the step moved them
+            row = _StepRow(self._clock(), True, (), torch.zeros(3, 0), *measured)
+        if row is None:
+            row = _StepRow(self._clock(), True, (), torch.zeros(3, 0), (), None)
         self._rows.append(row)
         self._windows.append((self._clock(), self._backwards_since_step))
         # a closure (LBFGS) runs its backward inside step(): counted by now

@@ -52,7 +52,7 @@ def symmetric_weights(ev: Evidence) -> Iterator[Finding]:
         yield ev.finding(
             "symmetric_weights", "warning", e.name, None, float(e.shape[0]), None,
             f"all {e.shape[0]} rows (units) of {e.name} started equal and are still equal "
-            f"after {len(moves)} steps: with a constant initialisation every unit gets the "
+            f"after {ev.observed.steps} steps: with a constant initialisation every unit gets the "
             "same gradient, so the layer acts as one unit. Use a random initialisation "
             "(the layer's default, or nn.init.kaiming_/xavier_); only a last layer may start "
             "at zero",

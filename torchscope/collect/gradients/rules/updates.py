@@ -29,7 +29,7 @@ def frozen_but_updated(ev: Evidence) -> Iterator[Finding]:
             "frozen_but_updated", "error", e.name, step, amount, 0.0,
             f"{e.name} is frozen (requires_grad=False"
             f"{' or frozen=' if e.intended_frozen else ''}) yet optimizer.step() "
-            f"changed it by {amount:.3g} (L2) in {len(moved)} step(s): it is still "
+            f"changed it by {amount:.3g} (L2) in {len(moved)} measured step(s): it is still "
             "in the optimizer, and momentum, weight decay or a stale zero gradient "
             "moves it. Remove it from the optimizer, set its .grad to None, or "
             "freeze with torchscope.freeze(..., optimizer=opt)",
