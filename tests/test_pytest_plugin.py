@@ -138,6 +138,28 @@ def test_broken_model_fails_with_the_findings_table(strict_pytester: pytest.Pyte
     )
 
 
+def test_compiled_models_are_checked_like_eager_ones(strict_pytester: pytest.Pytester) -> None:
+    # torch.compile(model) and model.compile() under the strict configuration (warnings are
+    # errors): the healthy model passes, the detached layer fails with the eager finding
+    make_tests(
+        strict_pytester,
+        """
+        def test_compiled_healthy(gradient_health):
+            model = torch.compile(healthy(), backend="aot_eager")
+            gradient_health(model, X, Y, steps=3).assert_healthy()
+
+        def test_compiled_detached(gradient_health):
+            model = Detached()
+            model.compile(backend="aot_eager")
+            gradient_health(model, X, Y, steps=3).assert_healthy()
+        """,
+    )
+    result = strict_pytester.runpytest()
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*test_compiled_detached*", "*error*no_grad*first.weight*"])
+    result.stdout.no_fnmatch_line("*test_compiled_healthy*FAILED*")
+
+
 @pytest.mark.parametrize("tb", ["long", "short", "auto"])
 def test_failures_show_the_test_line_and_the_table_not_torchscope(
     strict_pytester: pytest.Pytester, tb: str

@@ -69,11 +69,17 @@ def _add(scenario: Scenario) -> None:
 
 
 class Watch:
-    """The ``watch(model, optimizer=None, **monitor_kwargs)`` handed to a scenario."""
+    """The ``watch(model, optimizer=None, **monitor_kwargs)`` handed to a scenario.
 
-    def __init__(self) -> None:
+    With ``compile_backend``, the model is compiled in place (``model.compile(backend=...)``)
+    as the block starts, so the scenario's own loop trains the compiled model, and restored
+    to eager when it ends.
+    """
+
+    def __init__(self, compile_backend: str | None = None) -> None:
         self.monitor: torchscope.GradientMonitor | None = None
         self.report: torchscope.GradientReport | None = None
+        self.compile_backend = compile_backend
 
     @contextlib.contextmanager
     def __call__(
@@ -81,9 +87,15 @@ class Watch:
     ) -> Iterator[torchscope.GradientMonitor]:
         if self.monitor is not None:
             raise RuntimeError("a zoo scenario opens watch() once")
-        self.monitor = torchscope.GradientMonitor(model, optimizer=optimizer, **kwargs)
-        with self.monitor:
-            yield self.monitor
+        if self.compile_backend is not None:
+            model.compile(backend=self.compile_backend)
+        try:
+            self.monitor = torchscope.GradientMonitor(model, optimizer=optimizer, **kwargs)
+            with self.monitor:
+                yield self.monitor
+        finally:
+            if self.compile_backend is not None:
+                model._compiled_call_impl = None
         self.report = self.monitor.report()
 
 
@@ -111,16 +123,38 @@ class Outcome:
     def false_alarm(self) -> bool:
         return not self.bug and bool(self.severe)
 
+    def pairs(self) -> set[tuple[str, str]]:
+        """The (kind, place) of every error and warning."""
+        return {(f.kind, f.where) for f in self.severe}
+
     def describe(self) -> str:
         found = ", ".join(f"{f.kind}({f.severity[0]})@{f.where}" for f in self.severe) or "-"
         return f"{self.scenario.name}[{'bug' if self.bug else 'clean'}]: {found}"
 
 
-def run(scenario: Scenario, *, bug: bool, seed: int = 0) -> Outcome:
-    """Run one scenario (the bug, or its fixed twin with ``bug=False``) from a fixed seed."""
+def run(
+    scenario: Scenario, *, bug: bool, seed: int = 0, compile_backend: str | None = None
+) -> Outcome:
+    """Run one scenario (the bug, or its fixed twin with ``bug=False``) from a fixed seed;
+    with ``compile_backend``, its model compiled with that torch.compile backend.
+
+    Runs are deterministic, so each is made once per process and its outcome kept: the
+    compiled-against-eager comparison reuses the eager runs of the detection tests."""
+    key = (scenario.name, bug, seed, compile_backend)
+    if key not in _OUTCOMES:
+        _OUTCOMES[key] = _run(scenario, bug=bug, seed=seed, compile_backend=compile_backend)
+    return _OUTCOMES[key]
+
+
+_OUTCOMES: dict[tuple[str, bool, int, str | None], Outcome] = {}
+
+
+def _run(scenario: Scenario, *, bug: bool, seed: int, compile_backend: str | None) -> Outcome:
+    if compile_backend is not None:
+        torch._dynamo.reset()
     torch.manual_seed(seed)
     random.seed(seed)
-    watch = Watch()
+    watch = Watch(compile_backend)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # users' scripts warn (broadcasting losses, ...)
         if scenario.correct:

@@ -293,7 +293,33 @@ class Evidence:
             value = sum(c.value for c in tail if c.value is not None) / len(tail)
             chance = sum(c.chance for c in tail if c.chance is not None) / len(tail)
             out[name] = ChanceTail(calls[0].family, len(calls), len(tail), value, chance)
+        if self.observed.forward_sampled and len(out) == 1:
+            name, seen = next(iter(out.items()))
+            proxy = self._tail_from_backward(seen.family, by_name[name])
+            if proxy is not None and proxy.calls > seen.calls:
+                out[name] = proxy
         return out
+
+    def _tail_from_backward(self, family: str, calls: list[LossView]) -> ChanceTail | None:
+        """A compiled model that calls its loss function inside its forward shows that call on
+        eager samples only; the value handed to ``backward()`` is seen at every step. Where
+        the samples show it to be that loss function's value (or its 1/N for N accumulated
+        micro-batches), every backward value stands for one call, at the samples' mean
+        chance level."""
+        o = self.observed
+        ratios = sorted(b / s for b, s in o.scaled if s > 0 and math.isfinite(b / s))
+        if not ratios:
+            return None
+        expected = [1.0, 1.0 / o.accumulation_steps]
+        if not all(any(abs(r / e - 1) < 0.02 for e in expected) for r in ratios):
+            return None  # something besides the loss (a penalty, an auxiliary loss) is added
+        scale = ratios[len(ratios) // 2]
+        values = [v / scale for _, v in o.losses]
+        if not values or not all(math.isfinite(v) for v in values):
+            return None
+        tail = values[-max(len(values) // 4, 1) :]
+        chance = sum(c.chance for c in calls if c.chance is not None) / len(calls)
+        return ChanceTail(family, len(values), len(tail), sum(tail) / len(tail), chance)
 
     @property
     def loss_to_chance(self) -> float | None:

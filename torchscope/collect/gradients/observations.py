@@ -171,6 +171,9 @@ class Observations:
     input_scale: float | None = None
     rows_identical: dict[int, tuple[bool, bool | None]] | None = None  # (at start, at end)
     hidden: tuple[HiddenView, ...] = ()
+    # the forward ran compiled: its own signals (loss functions inside the model included)
+    # were seen on eager samples only
+    forward_sampled: bool = False
 
     def step_of(self, clock: Clock) -> int:
         """The 0-based step an event belongs to, in the report's step unit."""
@@ -311,6 +314,7 @@ def observe(monitor: GradientMonitor) -> Observations:
         ),
         sequence_inputs=tuple(m._sequence_inputs),
         input_scale=input_scale,
+        forward_sampled=m._sampler.active,
         rows_identical={
             i: (
                 bool(identical[2 * k]),
