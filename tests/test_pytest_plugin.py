@@ -154,7 +154,9 @@ def test_compiled_models_are_checked_like_eager_ones(strict_pytester: pytest.Pyt
             gradient_health(model, X, Y, steps=3).assert_healthy()
         """,
     )
-    result = strict_pytester.runpytest()
+    # in a process of its own: compiling imports modules that register themselves once, and
+    # an in-process run would unload them (see the top of this file)
+    result = strict_pytester.runpytest_subprocess()
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*test_compiled_detached*", "*error*no_grad*first.weight*"])
     result.stdout.no_fnmatch_line("*test_compiled_healthy*FAILED*")
