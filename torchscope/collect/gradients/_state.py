@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -77,10 +78,10 @@ class _Param:
         self.received = 0  # backward passes that delivered a gradient to it
         self.cancelled_by: str | None = None  # normalisation layer its bias feeds straight into
         # the key of .grad right after the step of the optimizer that holds it
-        self.key_after_step: tuple[int, int] | None = None
+        self.key_after_step: GradKey | None = None
         # max |grad| left over from before that step, carried into this window (not cleared)
         self.pending_stale: tuple[_Clock, torch.Tensor] | None = None
-        self.key_after_backward: tuple[int, int] | None = None
+        self.key_after_backward: GradKey | None = None
 
 
 def _batch_first(module: nn.Module) -> bool:
@@ -156,9 +157,43 @@ class _StepRow:
     output_l1: torch.Tensor | None = None
 
 
-def _grad_key(param: torch.Tensor) -> tuple[int, int] | None:
+def local(tensor: torch.Tensor) -> torch.Tensor:
+    """The part of a tensor this process holds: a ``DTensor``'s local shard (FSDP2's
+    parameters and gradients), any other tensor itself. Statistics are taken on it and
+    combined across the mesh when the report is taken (``shards.combine_shards``)."""
+    to_local = getattr(tensor, "to_local", None)
+    if to_local is None:
+        return tensor
+    with torch.no_grad():
+        out: torch.Tensor = to_local()
+    return out
+
+
+class GradKey:
+    """Which ``.grad`` tensor a parameter holds, and its version counter: equal keys mean the
+    same tensor, untouched in place. The tensor is held by a weak reference, so a new
+    gradient that Python allocates at a freed one's address (``zero_grad()`` then a new
+    backward pass) is never taken for the old one, and no gradient is kept alive."""
+
+    __slots__ = ("ref", "version")
+
+    def __init__(self, grad: torch.Tensor) -> None:
+        self.ref = weakref.ref(grad)
+        self.version = grad._version
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, GradKey):
+            return NotImplemented
+        mine = self.ref()
+        return mine is not None and mine is other.ref() and self.version == other.version
+
+    def __hash__(self) -> int:
+        return hash((id(self.ref()), self.version))
+
+
+def _grad_key(param: torch.Tensor) -> GradKey | None:
     grad = param.grad
-    return None if grad is None else (id(grad), grad._version)
+    return None if grad is None else GradKey(grad)
 
 
 # elements per chunk of a CPU L1 norm: large enough that Python's share is small, small
@@ -189,6 +224,7 @@ def _norm_rows(
     """
     groups: dict[tuple[torch.device, torch.dtype], tuple[list[int], list[torch.Tensor]]] = {}
     for i, tensor in zip(index, tensors, strict=True):
+        tensor = local(tensor)
         if tensor.is_sparse:
             tensor = tensor.coalesce()._values()
         elif tensor.layout != torch.strided:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -12,6 +13,7 @@ from torch import nn
 
 import torchscope._util.nested as _nested
 from torchscope._util.inputs import split_inputs
+from torchscope.collect.gradients._state import local
 from torchscope.collect.gradients.monitor import GradientMonitor
 from torchscope.collect.hooks import preserved_rng
 from torchscope.errors import TorchscopeError
@@ -31,6 +33,9 @@ def check_gradients(
 
     The model and the optimizer are deep-copied together (so the copy's optimizer holds the
     copy's parameters); the originals, their gradients and the global RNGs are untouched.
+    A sharded model (FSDP2, which cannot be deep-copied) is trained in place with a fresh
+    optimizer of the same class and hyper-parameters, and its parameters' and buffers' values,
+    gradients and modes are put back afterwards; call it on every rank, like the loop.
 
     Args:
         model: the model to check; it runs in training mode.
@@ -54,7 +59,13 @@ def check_gradients(
         raise TypeError(
             f"optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__}"
         )
+    args, kwargs = split_inputs(inputs)
+    compute_loss = _loss_function(loss_fn, target)
     with preserved_rng():
+        if any(hasattr(p, "device_mesh") for p in model.parameters()):
+            # sharded (FSDP2): no deep copy; trained in place and put back
+            with _restored(model):
+                return _run(model, _fresh(optimizer, model), steps, args, kwargs, compute_loss)
         try:
             model_copy, optimizer_copy = copy.deepcopy((model, optimizer))
         except Exception as e:
@@ -64,21 +75,66 @@ def check_gradients(
                 "own loop instead"
             ) from e
         if optimizer_copy is None:
-            trainable = [p for p in model_copy.parameters() if p.requires_grad]
-            if not trainable:
-                raise ValueError("the model has no trainable parameters: nothing to check")
-            optimizer_copy = torch.optim.SGD(trainable, lr=0.01)
-        args, kwargs = split_inputs(inputs)
-        compute_loss = _loss_function(loss_fn, target)
-        model_copy.train()
-        with GradientMonitor(model_copy, optimizer_copy) as monitor:
-            for _ in range(steps):
-                optimizer_copy.zero_grad(set_to_none=True)
-                output = model_copy(*args, **kwargs)
-                loss = compute_loss(output)
-                loss.backward()
-                optimizer_copy.step()
-        return monitor.report()
+            optimizer_copy = _fresh(None, model_copy)
+        return _run(model_copy, optimizer_copy, steps, args, kwargs, compute_loss)
+
+
+def _run(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    steps: int,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    compute_loss: Callable[[Any], torch.Tensor],
+) -> GradientReport:
+    model.train()
+    with GradientMonitor(model, optimizer) as monitor:
+        for _ in range(steps):
+            optimizer.zero_grad(set_to_none=True)
+            compute_loss(model(*args, **kwargs)).backward()
+            optimizer.step()
+    return monitor.report()
+
+
+def _fresh(optimizer: torch.optim.Optimizer | None, model: nn.Module) -> torch.optim.Optimizer:
+    """An optimizer of the same class and hyper-parameters over the same parameters, with no
+    state (the user's keeps its own); SGD with lr=0.01 over the trainable ones by default."""
+    if optimizer is None:
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        if not trainable:
+            raise ValueError("the model has no trainable parameters: nothing to check")
+        return torch.optim.SGD(trainable, lr=0.01)
+    groups = [dict(group, params=list(group["params"])) for group in optimizer.param_groups]
+    kind: Any = type(optimizer)  # its constructor takes the groups with their settings
+    fresh: torch.optim.Optimizer = kind(groups)
+    return fresh
+
+
+@contextmanager
+def _restored(model: nn.Module) -> Iterator[None]:
+    """Puts back what training a sharded model in place changes: the values of the local
+    shards of its parameters and buffers, the ``.grad`` objects, ``requires_grad`` and the
+    modules' training flags, also when the check raises."""
+    params = list(model.parameters())
+    buffers = list(model.buffers())
+    with torch.no_grad():
+        values = [local(p.detach()).clone() for p in params]
+        held = [local(b.detach()).clone() for b in buffers]
+    grads = [p.grad for p in params]
+    flags = [p.requires_grad for p in params]
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for p, value, grad, flag in zip(params, values, grads, flags, strict=True):
+                local(p.detach()).copy_(value)
+                p.grad = grad
+                p.requires_grad_(flag)
+            for b, value in zip(buffers, held, strict=True):
+                local(b.detach()).copy_(value)
+        for m, training in modes:
+            m.training = training
 
 
 def _loss_function(

@@ -39,6 +39,7 @@ from torchscope._util.inputs import unwrap
 from torchscope.collect.freezing import frozen_parameters, is_frozen, is_pinned
 from torchscope.collect.gradients._state import (
     _NORMALISATION,
+    GradKey,
     _Call,
     _Clock,
     _grad_key,
@@ -48,6 +49,7 @@ from torchscope.collect.gradients._state import (
     _ReluSite,
     _resolve_frozen,
     _StepRow,
+    local,
 )
 from torchscope.collect.gradients.compiled import (
     CompiledCalls,
@@ -61,6 +63,7 @@ from torchscope.collect.gradients.observations import Fixed, observe
 from torchscope.collect.gradients.optimizer_hooks import OptimizerHooks
 from torchscope.collect.gradients.ranks import RankView, merge_ranks, world_size
 from torchscope.collect.gradients.rules import judge
+from torchscope.collect.gradients.shards import ShardPlan, combine_shards, shard_plan
 from torchscope.collect.gradients.signals import CallSignals
 from torchscope.collect.gradients.structure import Hidden, hidden_tensors, identical_rows
 from torchscope.collect.gradients.thresholds import GradientThresholds, resolve_thresholds
@@ -84,7 +87,8 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
 
     Args:
         model: the module being trained (DataParallel/DDP/``torch.compile`` wrappers are
-            looked through).
+            looked through; an FSDP2 model's sharded parameters are measured shard by shard
+            and combined in ``report()``, see docs/distributed.md).
         optimizer: the optimizer whose ``step()`` ends a training step. If None, every
             optimizer that steps one of the model's parameters while the monitor is active is
             observed; if none does, each backward pass counts as a step.
@@ -140,6 +144,7 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
         self._compiled = compiled_model(model)
         self._sampler = EagerSampler(window=accumulation_steps)
         self._mode: FunctionWatch | None = None
+        self._shards: ShardPlan = {}  # sharded parameters (FSDP2): combined at report time
         self._active = False
         self._reset()
 
@@ -195,7 +200,7 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
         self._input_scale: torch.Tensor | None = None  # max |x| of the first training input
         self._rows_identical: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._hidden: list[Hidden] = []
-        self._hidden_keys: list[list[tuple[int, int] | None]] = []
+        self._hidden_keys: list[list[GradKey | None]] = []
         self._frozen_at_step: dict[int, frozenset[int]] = {}  # step -> held, not requiring grad
         self._clip_coefficients: list[tuple[_Clock, torch.Tensor]] = []
 
@@ -208,6 +213,7 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
         self._reset()
         try:
             self._index_parameters()
+            self._shards = shard_plan([(e.index, e.tensor) for e in self._params])
             self._hidden = hidden_tensors(self._model)
             # gradients they already hold (a teacher trained before) are not this loop's
             self._hidden_keys = [[_grad_key(x) for x in h.tensors] for h in self._hidden]
@@ -321,12 +327,23 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
 
     def _attach_parameter_hooks(self) -> None:
         for entry in self._params:
-            if entry.tensor.requires_grad:
+            if not entry.tensor.requires_grad:
+                continue
+            if hasattr(entry.tensor, "device_mesh"):
+                # a DTensor (FSDP2's sharded parameters): FSDP2 computes with unsharded
+                # copies and assigns the reduced shard to .grad, so autograd never runs a
+                # tensor hook on it; it runs the post-accumulate hooks. FSDP2 adds into the
+                # local shard of an existing .grad, leaving the DTensor's own version alone,
+                # so the key read there is still the one before this backward pass
                 self._hooks.add(
-                    entry.tensor.register_hook(
-                        lambda grad, entry=entry: self._on_gradient(entry, grad)
+                    entry.tensor.register_post_accumulate_grad_hook(
+                        lambda param, entry=entry: self._on_gradient(entry, param.grad)
                     )
                 )
+                continue
+            self._hooks.add(
+                entry.tensor.register_hook(lambda grad, entry=entry: self._on_gradient(entry, grad))
+            )
 
     def _attach_optimizer_hooks(self) -> None:
         # in a compiled training step, dynamo traces optimizer.step(): a disabled hook makes
@@ -472,7 +489,7 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
             if key == entry.key_after_step and grad is not None:
                 # untouched since that step: what it applied is still in .grad, and the
                 # optimizer applies it again at its next step unless it is cleared before
-                leftover = torch.linalg.vector_norm(grad.detach(), ord=math.inf)
+                leftover = torch.linalg.vector_norm(local(grad.detach()), ord=math.inf)
                 entry.pending_stale = (self._clock(), leftover)
             entry.key_after_step = None
         elif (
@@ -556,7 +573,12 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
             gather: merge the findings of every rank; default: when ``torch.distributed`` is
                 initialised with more than one process. False gives this rank's own report.
         """
+        world = world_size()
+        if gather is None:
+            gather = world > 1
         observed = observe(self)
+        if gather and world > 1 and self._shards:
+            observed = combine_shards(observed, self._shards)
         evidence = Evidence(observed)
         history = evidence.history
         local = GradientReport(
@@ -567,9 +589,6 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
             losses=tuple(value for _, value in observed.losses),
             step_unit="optimizer step" if observed.stepped else "backward pass",
         )
-        world = world_size()
-        if gather is None:
-            gather = world > 1
         if not gather:
             return local
         if world == 0:

@@ -15,7 +15,15 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from torchscope.collect.gradients._state import _Clock, _grad_key, _norm_rows, _Param, _StepRow
+from torchscope.collect.gradients._state import (
+    GradKey,
+    _Clock,
+    _grad_key,
+    _norm_rows,
+    _Param,
+    _StepRow,
+    local,
+)
 
 if TYPE_CHECKING:
     from torchscope.collect.gradients.compiled import EagerSampler
@@ -65,7 +73,7 @@ class OptimizerHooks:
         _steps_without_backward: list[tuple[_Clock, str]]
         _stale: list[tuple[_Clock, int, torch.Tensor]]
         _hidden: list[Hidden]
-        _hidden_keys: list[list[tuple[int, int] | None]]
+        _hidden_keys: list[list[GradKey | None]]
         _clock: Callable[[], _Clock]
         _gradient_row: Callable[..., _StepRow | None]
         _sampler: EagerSampler
@@ -131,7 +139,7 @@ class OptimizerHooks:
                     if _grad_key(entry.tensor) != entry.key_after_backward:
                         # changed in place since (clipped, unscaled or zeroed): stale only if
                         # something is left at all
-                        now = torch.linalg.vector_norm(grad.detach(), ord=math.inf)
+                        now = torch.linalg.vector_norm(local(grad.detach()), ord=math.inf)
                         leftover = leftover * (now > 0)
                     self._stale.append((when, entry.index, leftover))
                 entry.pending_stale = None
@@ -142,14 +150,15 @@ class OptimizerHooks:
         if not measures_weights(self._steps):
             self._pending = (optimizer, held, None, (), None)
             return
-        for entry, _ in held:
+        shards = [local(p.detach()) for p in params]  # a sharded parameter: its shard
+        for (entry, _), param in zip(held, shards, strict=True):
             snap = self._snapshots.get(entry.index)
-            if snap is None or snap.shape != entry.tensor.shape or snap.dtype != entry.tensor.dtype:
-                snap = self._snapshots[entry.index] = torch.empty_like(entry.tensor.detach())
+            if snap is None or snap.shape != param.shape or snap.dtype != param.dtype:
+                snap = self._snapshots[entry.index] = torch.empty_like(param)
             snapshots.append(snap)
         with torch.no_grad():
-            weight_index, weight_norms = _norm_rows(params, [e.index for e, _ in held], (2.0,))
-            torch._foreach_copy_(snapshots, [p.detach() for p in params])
+            weight_index, weight_norms = _norm_rows(shards, [e.index for e, _ in held], (2.0,))
+            torch._foreach_copy_(snapshots, shards)
         self._pending = (optimizer, held, snapshots, weight_index, weight_norms)
 
     def _on_step_post(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
@@ -168,7 +177,7 @@ class OptimizerHooks:
         measured = None
         if snapshots is not None:
             with torch.no_grad():
-                params = [entry.tensor.detach() for entry, _ in held]
+                params = [local(entry.tensor.detach()) for entry, _ in held]
                 torch._foreach_sub_(snapshots, params)  # snapshot - new value: the step's change
                 change_index, change = _norm_rows(snapshots, [e.index for e, _ in held], (2.0,))
             # snapshots share their parameters' dtypes and devices, so the columns line up

@@ -75,4 +75,8 @@ def identical_rows(weight: torch.Tensor) -> torch.Tensor | None:
         return None
     with torch.no_grad():
         w = weight.detach()
-        return (w == w[:1]).all()
+        same = (w == w[:1]).all()
+        # a sharded weight (DTensor): the verdict of all its shards, a small collective at
+        # the monitor's entry and exit, which every rank of an SPMD loop goes through
+        full = getattr(same, "full_tensor", None)
+        return full() if full is not None else same
