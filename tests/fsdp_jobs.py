@@ -237,7 +237,58 @@ def one_shot_check(rank: int) -> dict[str, Any]:
     return out
 
 
+def fit_and_resume(rank: int) -> dict[str, Any]:
+    """fit on a sharded model: 2 epochs straight, and 1 epoch then a resumed 2nd from its
+    sharded checkpoint; the local shards and the optimizer's state must be bit-identical."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from torchscope.training import fit
+
+    generator = torch.Generator().manual_seed(7)  # the same data on every rank
+    x = torch.randn(96, 8, generator=generator)
+    data = TensorDataset(x, x[:, :3].argmax(dim=1))
+    folder = Path(sys.argv[1]) / "fit"
+    runs: dict[str, Any] = {}
+    for name, stops in (("straight", (2,)), ("resumed", (1, 2))):
+        for k, epochs in enumerate(stops):
+            # a new process would start from a new model: only the checkpoint carries over
+            torch.manual_seed(k)
+            model = _sharded(Net())
+            optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+            history = fit(
+                model,
+                DataLoader(data, batch_size=16, shuffle=True),
+                loss_fn=F.cross_entropy,
+                optimizer=optimizer,
+                epochs=epochs,
+                checkpoint_dir=folder / name,
+                resume=True,
+                progress=False,
+            )
+        state = optimizer.state_dict()["state"]
+        runs[name] = {
+            "values": _local_copy(model),
+            "momentum": {k: v["momentum_buffer"].to_local().clone() for k, v in state.items()},
+            "findings": _kinds(history.gradient_report) if history.gradient_report else None,
+            "resumed_from": history.resumed_from,
+            "loss": [r.train_loss for r in history.epochs],
+        }
+    straight, resumed = runs["straight"], runs["resumed"]
+    return {
+        "same_weights": all(
+            torch.equal(v, resumed["values"][k]) for k, v in straight["values"].items()
+        ),
+        "same_momentum": straight["momentum"].keys() == resumed["momentum"].keys()
+        and all(torch.equal(v, resumed["momentum"][k]) for k, v in straight["momentum"].items()),
+        "resumed_from": resumed["resumed_from"],
+        "findings": straight["findings"],
+        "losses": (straight["loss"], resumed["loss"]),
+        "files": sorted(p.name for p in (folder / "resumed").iterdir()),
+    }
+
+
 SCENARIOS: dict[str, Callable[[int], Any]] = {
+    "fit_and_resume": fit_and_resume,
     "one_shot_check": one_shot_check,
     "healthy": healthy,
     "detached": detached,

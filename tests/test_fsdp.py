@@ -105,3 +105,16 @@ def test_check_gradients_runs_on_the_sharded_model_and_puts_everything_back(rank
             assert case["steps"] == 3
             assert case["values_kept"] and case["grads_kept"] and case["momentum_kept"]
             assert case["rng_kept"] and case["training"]
+
+
+def test_fit_trains_a_sharded_model_and_resumes_it_bit_exactly(ranks):
+    # 2 epochs straight against 1 epoch, then a new model resumed for the 2nd from the
+    # sharded checkpoint (torch.distributed.checkpoint): the same shards and momentum
+    for rank in ranks:
+        seen = rank["fit_and_resume"]
+        assert seen["same_weights"] and seen["same_momentum"]
+        assert seen["resumed_from"] == 1
+        assert seen["findings"] == []
+        straight, resumed = seen["losses"]
+        assert straight == resumed and straight[1] < straight[0]
+        assert seen["files"] == ["last-rank0.pt", "last-rank1.pt", "last-sharded"]

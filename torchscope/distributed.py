@@ -39,9 +39,12 @@ __all__ = [
     "init_from_env",
     "is_distributed",
     "is_main_process",
+    "is_sharded",
     "launch",
     "launched_by_torchrun",
+    "load_sharded",
     "process_group",
+    "save_sharded",
 ]
 
 #: What ``torchrun`` sets in each worker's environment and ``init_process_group`` reads.
@@ -261,3 +264,62 @@ def launch(target: str, nproc: int, args: Sequence[str] = ()) -> int:
         elastic_logger.setLevel(level)
         if previous is None:
             os.environ.pop("OMP_NUM_THREADS", None)
+
+
+# -- sharded models (FSDP2) ----------------------------------------------------------------------
+
+#: the folder, beside ``last.pt``, that holds a sharded model's checkpoint (one file per rank)
+SHARDED_CHECKPOINT = "last-sharded"
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    """Some parameter is a ``DTensor`` (FSDP2's ``fully_shard``, or a tensor-parallel plan)."""
+    return any(hasattr(p, "device_mesh") for p in model.parameters())
+
+
+def save_sharded(
+    folder: str | os.PathLike[str], model: torch.nn.Module, optimizer: torch.optim.Optimizer
+) -> str:
+    """Save a sharded model and its optimizer with ``torch.distributed.checkpoint``: each rank
+    writes its own shards, into ``folder/last-sharded``. A collective: every rank calls it.
+    Written to a temporary folder first and renamed by rank 0 once every rank is done, so an
+    interrupted save leaves the previous checkpoint whole."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    final = os.path.join(os.fspath(folder), SHARDED_CHECKPOINT)
+    partial = final + ".partial"
+    if dist.get_rank() == 0:
+        _remove_tree(partial)
+    dist.barrier()
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=partial)
+    dist.barrier()
+    if dist.get_rank() == 0:
+        _remove_tree(final)
+        os.replace(partial, final)
+    dist.barrier()
+    return final
+
+
+def load_sharded(
+    folder: str | os.PathLike[str], model: torch.nn.Module, optimizer: torch.optim.Optimizer
+) -> None:
+    """Load what :func:`save_sharded` wrote into ``model`` and ``optimizer`` (sharded as they
+    were saved: the same world size and mesh). A collective."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    state: dict[str, Any] = {"model": model_state, "optimizer": optimizer_state}
+    dcp.load(state, checkpoint_id=os.path.join(os.fspath(folder), SHARDED_CHECKPOINT))
+    set_state_dict(
+        model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"]
+    )
+
+
+def _remove_tree(path: str) -> None:
+    import shutil
+
+    if os.path.isdir(path):
+        shutil.rmtree(path)

@@ -6,7 +6,8 @@ fp16 with a ``GradScaler`` on CUDA, unscaled before clipping), gradient accumula
 scheduler stepping, atomic checkpoints that resume bit-exactly, evaluation under
 ``eval()``/``no_grad()``, TensorBoard, a progress bar, and a :class:`GradientMonitor`
 watching all of it. Under ``torchrun`` it wraps the model in DistributedDataParallel (or
-uses the user's own DDP model as it is) and shards the data with a ``DistributedSampler``.
+uses the user's own DDP model, or an FSDP2-sharded one, as it is) and shards the data with a
+``DistributedSampler``.
 """
 
 from __future__ import annotations
@@ -31,7 +32,14 @@ from torch.utils.data import DataLoader
 
 import torchscope._util.nested as _nested
 from torchscope.collect.gradients import GradientMonitor
-from torchscope.distributed import is_distributed, is_main_process, released
+from torchscope.distributed import (
+    is_distributed,
+    is_main_process,
+    is_sharded,
+    load_sharded,
+    released,
+    save_sharded,
+)
 from torchscope.errors import TorchscopeError
 from torchscope.records import EpochRecord, GradientReport, History
 
@@ -302,7 +310,9 @@ def fit(
     ``DistributedDataParallel`` (with ``ddp_kwargs``) unless it is one already, the loaders get
     a ``DistributedSampler``, and only rank 0 writes checkpoints, TensorBoard and the progress
     bar; metrics are averaged over ranks. Checkpoints hold the module's own ``state_dict``
-    (no ``module.`` prefix), wrapped or not.
+    (no ``module.`` prefix), wrapped or not. A model sharded with FSDP2 (``fully_shard``) is
+    trained as it is, and every rank writes its shards (``torch.distributed.checkpoint``, in
+    ``last-sharded/``) and its own RNG state (``last-rank{r}.pt``); see docs/distributed.md.
     """
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
         raise ValueError(f"epochs must be a whole number >= 1, got {epochs!r}")
@@ -313,6 +323,17 @@ def fit(
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir= (where last.pt is)")
     ddp_options = _ddp_options(ddp_kwargs, model)
+    sharded = is_sharded(model)  # FSDP2: trained as it is, no DDP, sharded checkpoints
+    if sharded and not is_distributed():
+        raise TorchscopeError(
+            "the model is sharded (fully_shard) but torch.distributed is not initialised: run "
+            "fit inside torchscope.distributed.process_group() under torchrun"
+        )
+    if sharded and ddp_kwargs:
+        raise ValueError(
+            "ddp_kwargs= configures the DistributedDataParallel that fit wraps a model in, but "
+            "this model is sharded with fully_shard and is trained as it is: leave ddp_kwargs out"
+        )
     wrapped = model if isinstance(model, DistributedDataParallel) else None
     if wrapped is not None:
         if not is_distributed():
@@ -327,9 +348,9 @@ def fit(
         target = parameters[0].device if parameters else torch.device("cpu")
     else:
         target = torch.device(device)
-    if wrapped is None:
+    if wrapped is None and not sharded:
         model.to(target)
-    elif parameters and any(p.device != target for p in parameters):
+    elif wrapped is not None and parameters and any(p.device != target for p in parameters):
         # DDP's buckets and its device_ids were fixed when it was built
         raise ValueError(
             f"device={device!r}, but the DistributedDataParallel model is on "
@@ -343,7 +364,7 @@ def fit(
 
     network: nn.Module = model if wrapped is None else wrapped
     if is_distributed():
-        if wrapped is None:
+        if wrapped is None and not sharded:
             ddp_options.setdefault("device_ids", [target.index] if target.type == "cuda" else None)
             network = DistributedDataParallel(model, **ddp_options)
         train_loader = _sharded(train_loader, shuffle=True)
@@ -354,10 +375,16 @@ def fit(
     start_epoch = 0
     steps = 0
     checkpoint_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    if sharded and checkpoint_path is not None:
+        # every rank its own: the rest of the state (RNGs, epoch) beside the shared shards
+        checkpoint_path = checkpoint_path.with_name(f"last-rank{dist.get_rank()}.pt")
     if resume and checkpoint_path is not None and checkpoint_path.exists():
         state = load_checkpoint(checkpoint_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        if sharded:
+            load_sharded(checkpoint_path.parent, model, optimizer)
+        else:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state.get("scheduler") is not None:
             scheduler.load_state_dict(state["scheduler"])
         if scaler is not None and state.get("scaler") is not None:
@@ -451,12 +478,14 @@ def fit(
                 records.append(record)
                 if writer is not None and is_main_process():
                     _log_epoch(writer, record)
-                if checkpoint_path is not None and is_main_process():
+                if checkpoint_path is not None and sharded:
+                    save_sharded(checkpoint_path.parent, model, optimizer)
+                if checkpoint_path is not None and (sharded or is_main_process()):
                     written = save_checkpoint(
                         checkpoint_path,
                         {
-                            "model": model.state_dict(),
-                            "optimizer": optimizer.state_dict(),
+                            "model": None if sharded else model.state_dict(),
+                            "optimizer": None if sharded else optimizer.state_dict(),
                             "scheduler": scheduler.state_dict() if scheduler is not None else None,
                             "scaler": scaler.state_dict() if scaler is not None else None,
                             "epoch": epoch,
