@@ -91,13 +91,19 @@ def _kinds(report: torchscope.GradientReport) -> list[tuple[str, str, str]]:
     return sorted((f.severity, f.kind, f.where) for f in report.findings)
 
 
+def _maybe_sharded(model: nn.Module, shard: bool) -> nn.Module:
+    return _sharded(model) if shard else model
+
+
 def _loop(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     rank: int,
     steps: int,
+    shard: bool,
     before_step: Callable[[int], None] = lambda i: None,
     set_to_none: bool | None = True,
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
 ) -> list[tuple[str, str, str]]:
     x, y = _data(rank)
     with torchscope.GradientMonitor(model, optimizer) as monitor:
@@ -105,22 +111,26 @@ def _loop(
             before_step(i)
             if set_to_none is not None:
                 optimizer.zero_grad(set_to_none=set_to_none)
-            F.cross_entropy(model(x), y).backward()
+            loss(model(x), y).backward()
             optimizer.step()
-    return _kinds(monitor.report())
+    # the unsharded twin runs on this rank alone: its report is not gathered
+    return _kinds(monitor.report(gather=shard))
 
 
-def detached(rank: int) -> list[tuple[str, str, str]]:
+# -- bugs (and correct twins): fn(rank, shard) -> findings; run sharded and as one process ---
+
+
+def detached(rank: int, shard: bool) -> list[tuple[str, str, str]]:
     torch.manual_seed(0)
-    model = _sharded(Net(detach=True))
-    return _loop(model, torch.optim.SGD(model.parameters(), lr=0.1), rank, 6)
+    model = _maybe_sharded(Net(detach=True), shard)
+    return _loop(model, torch.optim.SGD(model.parameters(), lr=0.1), rank, 6, shard)
 
 
-def frozen_but_moving(rank: int) -> list[tuple[str, str, str]]:
+def frozen_but_moving(rank: int, shard: bool) -> list[tuple[str, str, str]]:
     """``requires_grad_(False)`` half way, still in the optimizer, gradients zeroed in place:
     momentum keeps moving the frozen shards."""
     torch.manual_seed(0)
-    model = _sharded(Net())
+    model = _maybe_sharded(Net(), shard)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
 
     def freeze_a(i: int) -> None:
@@ -128,22 +138,77 @@ def frozen_but_moving(rank: int) -> list[tuple[str, str, str]]:
             for p in model.a.parameters():
                 p.requires_grad_(False)
 
-    return _loop(model, optimizer, rank, 8, freeze_a, set_to_none=False)
+    return _loop(model, optimizer, rank, 8, shard, freeze_a, set_to_none=False)
 
 
-def never_zeroed(rank: int) -> list[tuple[str, str, str]]:
+def never_zeroed(rank: int, shard: bool) -> list[tuple[str, str, str]]:
     torch.manual_seed(0)
-    model = _sharded(Net())
+    model = _maybe_sharded(Net(), shard)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-    return _loop(model, optimizer, rank, 6, set_to_none=None)
+    return _loop(model, optimizer, rank, 6, shard, set_to_none=None)
 
 
-def zeroed_in_place(rank: int) -> list[tuple[str, str, str]]:
+def zeroed_in_place(rank: int, shard: bool) -> list[tuple[str, str, str]]:
     """The correct twin of ``never_zeroed`` with ``zero_grad(set_to_none=False)``."""
     torch.manual_seed(0)
-    model = _sharded(Net())
+    model = _maybe_sharded(Net(), shard)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
-    return _loop(model, optimizer, rank, 12, set_to_none=False)
+    return _loop(model, optimizer, rank, 12, shard, set_to_none=False)
+
+
+def softmax_into_cross_entropy(rank: int, shard: bool) -> list[tuple[str, str, str]]:
+    torch.manual_seed(0)
+    model = _maybe_sharded(Net(), shard)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.2)
+
+    def loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(out.softmax(dim=1), y)
+
+    return _loop(model, optimizer, rank, 6, shard, loss=loss)
+
+
+def learning_rate_zero(rank: int, shard: bool) -> list[tuple[str, str, str]]:
+    """The head in a parameter group of its own whose lr is 0."""
+    torch.manual_seed(0)
+    model = _maybe_sharded(Net(), shard)
+    head = list(model.head.parameters())
+    rest = [p for n, p in model.named_parameters() if not n.startswith("head.")]
+    optimizer = torch.optim.SGD([{"params": rest}, {"params": head, "lr": 0.0}], lr=0.2)
+    return _loop(model, optimizer, rank, 8, shard)
+
+
+def learning_rate_far_too_small(rank: int, shard: bool) -> list[tuple[str, str, str]]:
+    """lr=1e-6: the steps move the weights by about 1e-7 of their norm (judged on the
+    combined norms of the shards)."""
+    torch.manual_seed(0)
+    model = _maybe_sharded(Net(), shard)
+    return _loop(model, torch.optim.SGD(model.parameters(), lr=1e-6), rank, 40, shard)
+
+
+def learning_rate_fine(rank: int, shard: bool) -> list[tuple[str, str, str]]:
+    """The correct twin of ``learning_rate_far_too_small``."""
+    torch.manual_seed(0)
+    model = _maybe_sharded(Net(), shard)
+    return _loop(model, torch.optim.SGD(model.parameters(), lr=0.2), rank, 40, shard)
+
+
+BUGS: dict[str, Callable[[int, bool], list[tuple[str, str, str]]]] = {
+    "detached": detached,
+    "frozen_but_moving": frozen_but_moving,
+    "never_zeroed": never_zeroed,
+    "zeroed_in_place": zeroed_in_place,
+    "softmax_into_cross_entropy": softmax_into_cross_entropy,
+    "learning_rate_zero": learning_rate_zero,
+    "learning_rate_far_too_small": learning_rate_far_too_small,
+    "learning_rate_fine": learning_rate_fine,
+}
+
+
+def bugs(rank: int) -> dict[str, Any]:
+    return {
+        name: {"sharded": scenario(rank, True), "single": scenario(rank, False)}
+        for name, scenario in BUGS.items()
+    }
 
 
 def _local_copy(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -287,14 +352,71 @@ def fit_and_resume(rank: int) -> dict[str, Any]:
     }
 
 
+def tensor_parallel(rank: int) -> dict[str, Any]:
+    """Plain DTensor parameters (tensor parallelism: a column-wise then a row-wise Linear,
+    whose bias is replicated), trained by ordinary autograd: the figures against the full
+    tensors, and three bugs."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor.parallel import (
+        ColwiseParallel,
+        RowwiseParallel,
+        parallelize_module,
+    )
+
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    generator = torch.Generator().manual_seed(5)  # the same batch on every rank
+    x = torch.randn(32, 8, generator=generator)
+    y = x[:, :3].argmax(dim=1)
+    out: dict[str, Any] = {}
+    for name in ("healthy", "detached", "never_zeroed", "zeroed_in_place"):
+        torch.manual_seed(0)
+        net = nn.Sequential()
+        net.a, net.b = nn.Linear(8, 16), nn.Linear(16, 3)
+        model = parallelize_module(
+            _TwoLayers(net.a, net.b, detach=name == "detached"),
+            mesh,
+            {"a": ColwiseParallel(), "b": RowwiseParallel()},
+        )
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        norms = []
+        with torchscope.GradientMonitor(model, optimizer) as monitor:
+            for _ in range(6):
+                if name != "never_zeroed":
+                    optimizer.zero_grad(set_to_none=name != "zeroed_in_place")
+                F.cross_entropy(model(x), y).backward()
+                norms.append(
+                    {
+                        n: float(torch.linalg.vector_norm(_full(p.grad)))
+                        for n, p in model.named_parameters()
+                        if p.grad is not None
+                    }
+                )
+                optimizer.step()
+        report = monitor.report()
+        out[name] = {
+            "findings": _kinds(report),
+            "norms": {p.name: p.grad_norm for p in report.parameters},
+            "oracle": norms,
+        }
+    return out
+
+
+class _TwoLayers(nn.Module):
+    def __init__(self, a: nn.Linear, b: nn.Linear, detach: bool) -> None:
+        super().__init__()
+        self.a, self.b, self.detach = a, b, detach
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.a(x))
+        return self.b(h.detach() if self.detach else h)
+
+
 SCENARIOS: dict[str, Callable[[int], Any]] = {
+    "tensor_parallel": tensor_parallel,
     "fit_and_resume": fit_and_resume,
     "one_shot_check": one_shot_check,
     "healthy": healthy,
-    "detached": detached,
-    "frozen_but_moving": frozen_but_moving,
-    "never_zeroed": never_zeroed,
-    "zeroed_in_place": zeroed_in_place,
+    "bugs": bugs,
     "freezing": freezing,
 }
 

@@ -75,6 +75,15 @@ from torchscope.records import GradientReport
 __all__ = ["GradientMonitor"]
 
 
+def _fully_sharded(model: nn.Module) -> bool:
+    """Some module of ``model`` is managed by FSDP2 (``fully_shard``)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # a torch built without distributed
+        return False
+    return any(isinstance(m, FSDPModule) for m in model.modules())
+
+
 class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
     """Watches the user's own training loop and reports gradient health.
 
@@ -326,15 +335,17 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
             )
 
     def _attach_parameter_hooks(self) -> None:
+        fsdp = _fully_sharded(self._model)
         for entry in self._params:
             if not entry.tensor.requires_grad:
                 continue
-            if hasattr(entry.tensor, "device_mesh"):
-                # a DTensor (FSDP2's sharded parameters): FSDP2 computes with unsharded
-                # copies and assigns the reduced shard to .grad, so autograd never runs a
-                # tensor hook on it; it runs the post-accumulate hooks. FSDP2 adds into the
-                # local shard of an existing .grad, leaving the DTensor's own version alone,
-                # so the key read there is still the one before this backward pass
+            if fsdp and hasattr(entry.tensor, "device_mesh"):
+                # FSDP2 computes with unsharded copies and assigns the reduced shard to
+                # .grad, so autograd never runs a tensor hook on a sharded parameter; it runs
+                # its post-accumulate hooks. FSDP2 adds into the local shard of an existing
+                # .grad, leaving the DTensor's own version alone, so the key read there is
+                # still the one before this backward pass. (Other DTensor parameters, tensor
+                # parallelism's, get their gradients from autograd: tensor hooks, below.)
                 self._hooks.add(
                     entry.tensor.register_post_accumulate_grad_hook(
                         lambda param, entry=entry: self._on_gradient(entry, param.grad)
