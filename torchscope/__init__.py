@@ -22,6 +22,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "torchscope.errors": (
         "GradientHealthError",
         "GraphError",
+        "PreflightError",
         "SummaryError",
         "TorchscopeError",
         "TorchscopeWarning",
@@ -46,6 +47,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     ),
     "torchscope.collect.timing": ("benchmark", "time_layers"),
     "torchscope.collect.independence": ("check_batch_independence",),
+    "torchscope.collect.preflight": ("preflight",),
     "torchscope.records": (
         "AutogradGraph",
         "BatchIndependenceReport",
@@ -65,6 +67,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "ModelSummary",
         "ModuleGraph",
         "ParameterHistory",
+        "PreflightCheck",
+        "PreflightReport",
         "TensorRecord",
         "TimingReport",
         "TrainableReport",
@@ -98,11 +102,13 @@ if TYPE_CHECKING:
         check_batch_independence as check_batch_independence,
     )
     from torchscope.collect.memory import estimate_memory as estimate_memory
+    from torchscope.collect.preflight import preflight as preflight
     from torchscope.collect.summary import summary as summary
     from torchscope.collect.timing import benchmark as benchmark
     from torchscope.collect.timing import time_layers as time_layers
     from torchscope.errors import GradientHealthError as GradientHealthError
     from torchscope.errors import GraphError as GraphError
+    from torchscope.errors import PreflightError as PreflightError
     from torchscope.errors import SummaryError as SummaryError
     from torchscope.errors import TorchscopeError as TorchscopeError
     from torchscope.errors import TorchscopeWarning as TorchscopeWarning
@@ -124,6 +130,8 @@ if TYPE_CHECKING:
     from torchscope.records import ModelSummary as ModelSummary
     from torchscope.records import ModuleGraph as ModuleGraph
     from torchscope.records import ParameterHistory as ParameterHistory
+    from torchscope.records import PreflightCheck as PreflightCheck
+    from torchscope.records import PreflightReport as PreflightReport
     from torchscope.records import TensorRecord as TensorRecord
     from torchscope.records import TimingReport as TimingReport
     from torchscope.records import TrainableReport as TrainableReport

@@ -11,6 +11,7 @@ __all__ = [
     "ForwardError",
     "GradientHealthError",
     "GraphError",
+    "PreflightError",
     "SummaryError",
     "TorchscopeError",
     "TorchscopeWarning",
@@ -99,6 +100,23 @@ class GradientHealthError(TorchscopeError, AssertionError):
     """
 
     def __init__(self, message: str, report: GradientReport | None = None) -> None:
+        super().__init__(message)
+        self.report = report
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.report))
+
+
+class PreflightError(TorchscopeError, AssertionError):
+    """A preflight check failed or warned; the message is the checks table.
+
+    Also an ``AssertionError``, so pytest reports it as a failed assertion.
+
+    Attributes:
+        report: the :class:`~torchscope.records.PreflightReport` that failed.
+    """
+
+    def __init__(self, message: str, report: Any = None) -> None:
         super().__init__(message)
         self.report = report
 

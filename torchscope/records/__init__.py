@@ -13,7 +13,8 @@ This module re-exports every record from where it lives:
 - :mod:`~torchscope.records.gradients`: ``Finding``, ``GradientReport`` and the finding kinds;
 - :mod:`~torchscope.records.graph`: ``Graph`` and its nodes, edges, clusters, folds, diff;
 - :mod:`~torchscope.records.timing`: ``Measurement``, ``TimingReport``;
-- :mod:`~torchscope.records.training`: ``EpochRecord``, ``History``.
+- :mod:`~torchscope.records.training`: ``EpochRecord``, ``History``;
+- :mod:`~torchscope.records.preflight`: ``PreflightCheck``, ``PreflightReport``.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from torchscope.records.graph import (
     graph_json,
 )
 from torchscope.records.independence import BatchIndependenceReport, Leak
+from torchscope.records.preflight import PreflightCheck, PreflightReport
 from torchscope.records.summary import (
     SUMMARY_COLUMNS,
     LayerRecord,
@@ -81,6 +83,8 @@ __all__ = [
     "ModelSummary",
     "ModuleGraph",
     "ParameterHistory",
+    "PreflightCheck",
+    "PreflightReport",
     "TensorRecord",
     "TimingReport",
     "TrainableReport",

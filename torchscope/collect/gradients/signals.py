@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from torchscope.collect.gradients._state import _Clock
 
-__all__ = ["LOSS_FUNCTIONS", "CallSignals", "LossCall", "SquashSite"]
+__all__ = ["LOSS_FUNCTIONS", "CallSignals", "LossCall", "SquashSite", "chance_level"]
 
 #: loss function -> (its name, its family)
 LOSS_FUNCTIONS: dict[Callable[..., Any], tuple[str, str]] = {
@@ -176,7 +176,9 @@ class CallSignals:
             value = out.detach().float()
             self._since_backward.append(value)
         self.losses.append(
-            LossCall(clock, name, family, value, _chance(family, scores, target), _batch(target))
+            LossCall(
+                clock, name, family, value, chance_level(family, scores, target), _batch(target)
+            )
         )
 
     def _check_normalised_dim(self, clock: _Clock, name: str, scores: torch.Tensor) -> None:
@@ -204,7 +206,9 @@ def _batch(target: torch.Tensor) -> int | None:
     return int(target.shape[0]) if target.dim() > 0 else None
 
 
-def _chance(family: str, scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor | float | None:
+def chance_level(
+    family: str, scores: torch.Tensor, target: torch.Tensor
+) -> torch.Tensor | float | None:
     """The loss of the best prediction that ignores the input, where it is known."""
     if family == "classification":
         classes = scores.shape[1] if scores.dim() >= 2 else scores.shape[0]
