@@ -168,16 +168,16 @@ def test_signature_follows_the_contract() -> None:
         assert params[name].kind is inspect.Parameter.KEYWORD_ONLY, name
     assert params["loss_fn"].default is inspect.Parameter.empty  # required
     assert params["optimizer"].default is None
-    assert params["steps"].default == 50
+    assert params["steps"].default == 100
     assert torchscope.PreflightReport is PreflightReport
     assert torchscope.PreflightCheck is PreflightCheck
 
 
-def test_default_optimizer_is_adam_1e_3() -> None:
-    """Without an optimizer, the overfit run is the one an explicit Adam(lr=1e-3) gives."""
+def test_default_optimizer_is_adam_1e_2() -> None:
+    """Without an optimizer, the overfit run is the one an explicit Adam(lr=1e-2) gives."""
     default = _report("ok_mlp_classifier").check("overfit")
     setup = _BY_NAME["ok_mlp_classifier"].build()
-    adam = torch.optim.Adam(setup.model.parameters(), lr=1e-3)
+    adam = torch.optim.Adam(setup.model.parameters(), lr=1e-2)
     explicit = _run(setup._replace(optimizer=adam)).check("overfit")
     assert default.measured == pytest.approx(explicit.measured, rel=1e-4, abs=1e-6), (
         default,

@@ -162,6 +162,31 @@ def test_compiled_models_are_checked_like_eager_ones(strict_pytester: pytest.Pyt
     result.stdout.no_fnmatch_line("*test_compiled_healthy*FAILED*")
 
 
+def test_the_preflight_fixture_fails_a_test_with_the_checks_table(
+    strict_pytester: pytest.Pytester,
+) -> None:
+    make_tests(
+        strict_pytester,
+        """
+        def test_healthy(preflight):
+            report = preflight(healthy(), X, Y, loss_fn=F.cross_entropy, steps=60)
+            report.raise_if_unhealthy()
+
+        def test_detached(preflight):
+            preflight(Detached(), X, Y, loss_fn=F.cross_entropy, steps=20).raise_if_unhealthy()
+        """,
+    )
+    result = strict_pytester.runpytest()
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*Preflight: *check(s) failed*gradients*",
+            "*gradients*FAIL*",
+            "*first.weight (no gradient*",
+        ]
+    )
+
+
 @pytest.mark.parametrize("tb", ["long", "short", "auto"])
 def test_failures_show_the_test_line_and_the_table_not_torchscope(
     strict_pytester: pytest.Pytester, tb: str

@@ -557,24 +557,30 @@ def example_input(loaded: LoadedModel) -> Any | None:
     It is what ``summary`` and the graph collectors take as ``input``: a tensor, a tuple or
     list of positional arguments, or a dict of keyword arguments.
     """
-    value = getattr(loaded.module, INPUT_NAME, None)
+    return example_value(loaded, INPUT_NAME)
+
+
+def example_value(loaded: LoadedModel, name: str) -> Any | None:
+    """The file's value called ``name`` (called when it is a function of no arguments): a
+    tensor, a tuple or list, or a dict; None when the file has none."""
+    value = getattr(loaded.module, name, None)
     if value is None:
         return None
     if callable(value) and not isinstance(value, (torch.Tensor, nn.Module)):
         missing = _required_parameters(value)
         if missing:
             raise ModelLoadError(
-                f"{loaded.source}: {INPUT_NAME} needs arguments ({', '.join(missing)}); "
+                f"{loaded.source}: {name} needs arguments ({', '.join(missing)}); "
                 "make it a function of no arguments"
             )
         try:
             value = value()
         except Exception as e:
             where = _where(loaded.source, _line_in(e, _file_of(loaded.module)))
-            raise ModelLoadError(f"{INPUT_NAME}() failed in {where}: {_describe(e)}") from e
+            raise ModelLoadError(f"{name}() failed in {where}: {_describe(e)}") from e
     if not isinstance(value, (torch.Tensor, tuple, list, dict)):
         raise ModelLoadError(
-            f"{loaded.source}: {INPUT_NAME} is a {type(value).__name__}; make it a tensor, "
+            f"{loaded.source}: {name} is a {type(value).__name__}; make it a tensor, "
             "a tuple of positional arguments, a dict of keyword arguments, or a function of "
             "no arguments returning one"
         )

@@ -207,6 +207,10 @@ def _parser() -> argparse.ArgumentParser:
         "--depth", type=int, help="compare modules down to this nesting level (default: all)"
     )
 
+    from torchscope.cli.preflight import add_parser as add_preflight
+
+    add_preflight(commands, debug, _add_model_options)
+
     timing = commands.add_parser(
         "time",
         parents=[debug],
@@ -434,11 +438,18 @@ def _demo_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _preflight_command(args: argparse.Namespace) -> int:
+    from torchscope.cli.preflight import preflight_command
+
+    return preflight_command(args, _model_input)
+
+
 _COMMANDS = {
     "summary": _summary_command,
     "graph": _graph_command,
     "diff": _diff_command,
     "time": _time_command,
+    "preflight": _preflight_command,
 }
 
 

@@ -138,7 +138,15 @@ def _loss(
     target: Any,
     loss_fn: Callable[..., torch.Tensor],
 ) -> torch.Tensor:
-    loss = loss_fn(model(*args, **kwargs), target)
+    output = model(*args, **kwargs)
+    try:
+        loss = loss_fn(output, target)
+    except Exception as e:
+        raise TorchscopeError(
+            f"loss_fn(output, target) failed ({type(e).__name__}: {e}) with an output of "
+            f"{_describe(output)} and a target of {_describe(target)}: is it the loss for this "
+            "target (class indices for cross_entropy, values shaped like the output for mse)?"
+        ) from e
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
         raise TorchscopeError(
             "loss_fn(output, target) must return a single-number tensor (a mean or a sum), "
@@ -146,6 +154,12 @@ def _loss(
             + (f" of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else "")
         )
     return loss.reshape(())
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"shape {tuple(value.shape)} ({str(value.dtype).removeprefix('torch.')})"
+    return type(value).__name__
 
 
 def _first_batch(
@@ -253,7 +267,7 @@ def _batch_independence(model: nn.Module, inputs: Any) -> PreflightCheck:
     expected = "zero gradient from sample j's input to sample i's output"
     try:
         report = check_batch_independence(model, inputs)
-    except (ValueError, TypeError) as e:  # no float input with a batch dim
+    except (TorchscopeError, ValueError, TypeError) as e:  # no float input with a batch dim
         return PreflightCheck("batch_independence", "skip", None, expected, str(e))
     if report.ok:
         return PreflightCheck(

@@ -4,6 +4,7 @@
   the report it returns honours the marker's ``allow`` in ``assert_healthy()``.
 - marker ``@pytest.mark.gradient_health(steps=N, allow=[kinds])``: per-test settings (on a
   class or module too: the closest ``steps`` wins, ``allow`` lists are merged).
+- fixture ``preflight``: :func:`torchscope.preflight`, the checks to run on a new model;
 - options (group ``torchscope``): ``--gradient-health-steps=N``, the default ``steps``;
   ``--gradient-health-report=PATH``, a JSON file of every finding of the session.
 
@@ -215,6 +216,16 @@ def gradient_health(request: pytest.FixtureRequest) -> GradientHealthCheck:
     return GradientHealthCheck(
         steps=session.default_steps if steps is None else steps, allow=allow, entry=entry
     )
+
+
+@pytest.fixture
+def preflight() -> Callable[..., Any]:
+    """:func:`torchscope.preflight` (imported when a test asks for it):
+    ``preflight(model, inputs, target, loss_fn=...).raise_if_unhealthy()`` fails the test
+    with the table of checks."""
+    from torchscope.collect.preflight import preflight as run
+
+    return run
 
 
 def _marker_settings(node: pytest.Item) -> tuple[int | None, tuple[str, ...]]:
