@@ -208,8 +208,10 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     from torchscope.cli.preflight import add_parser as add_preflight
+    from torchscope.cli.run import add_parser as add_run
 
     add_preflight(commands, debug, _add_model_options)
+    add_run(commands, debug)
 
     timing = commands.add_parser(
         "time",
@@ -438,6 +440,12 @@ def _demo_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_command(args: argparse.Namespace) -> int:
+    from torchscope.cli.run import run_command
+
+    return run_command(args)
+
+
 def _preflight_command(args: argparse.Namespace) -> int:
     from torchscope.cli.preflight import preflight_command
 
@@ -450,6 +458,7 @@ _COMMANDS = {
     "diff": _diff_command,
     "time": _time_command,
     "preflight": _preflight_command,
+    "run": _run_command,
 }
 
 
@@ -493,7 +502,18 @@ def _notes_on_stderr() -> Iterator[None]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    script: list[str] | None = None
+    command = next((k for k, token in enumerate(argv) if token != "--debug"), None)
+    if command is not None and argv[command] == "run":
+        # the script's own arguments are not argparse's to read (see cli/run.py)
+        from torchscope.cli.run import split_argv
+
+        own, script = split_argv(argv[command + 1 :])
+        argv = [*argv[: command + 1], *own]
     args = _parser().parse_args(argv)
+    if script is not None:
+        args.script_args = script
     # torch is imported only below, so that `torchscope --help` answers at once
     try:
         with _notes_on_stderr():

@@ -1,0 +1,167 @@
+"""``torchscope run``: an unmodified script under the gradient monitor, run as python runs it
+(argv, __main__, exit status), its report at every kind of exit, and nothing left behind."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from torchscope.cli.main import main
+
+LOOP = """
+import sys
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+torch.manual_seed(0)
+x = torch.randn(64, 10)
+y = x[:, :3].argmax(dim=1)
+
+
+class Net(nn.Module):
+    def __init__(self, detach=False):
+        super().__init__()
+        self.a, self.b, self.detach = nn.Linear(10, 32), nn.Linear(32, 3), detach
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        return self.b(h.detach() if self.detach else h)
+
+
+def train(model, steps=15):
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+"""
+
+
+def _script(tmp_path: Path, body: str, name: str = "train.py") -> str:
+    path = tmp_path / name
+    path.write_text(LOOP + textwrap.dedent(body))
+    return str(path)
+
+
+def test_a_clean_script_runs_as_python_runs_it(tmp_path, capsys):
+    path = _script(
+        tmp_path,
+        """
+        train(Net())
+        print("argv", sys.argv[1:], "name", __name__, "path0", sys.path[0])
+        """,
+    )
+    before = torch.optim.Optimizer.__init__
+    # what follows the script is the script's, run's own option names included
+    assert main(["run", path, "--epochs", "1", "--report", "-x"]) == 0
+    out, err = capsys.readouterr()
+    assert f"argv ['--epochs', '1', '--report', '-x'] name __main__ path0 {tmp_path}" in out
+    assert "gradient report for Net (stepped by SGD)" in err
+    assert "healthy" in err
+    assert torch.optim.Optimizer.__init__ is before  # the wrapper is gone
+
+
+def test_a_planted_bug_is_reported_and_fail_on_sets_the_status(tmp_path, capsys):
+    path = _script(tmp_path, "train(Net(detach=True))\n")
+    report = tmp_path / "report.json"
+    assert main(["run", "--fail-on", "error", "--report", str(report), path]) == 1
+    err = capsys.readouterr().err
+    assert "no_grad" in err and "a.weight" in err
+    document = json.loads(report.read_text())
+    assert document["exit_code"] == 0 and document["models"][0]["model"] == "Net"
+    kinds = {f["kind"] for f in document["models"][0]["report"]["findings"]}
+    assert kinds == {"no_grad"}
+    assert main(["run", path]) == 0  # without --fail-on, the script's own status
+
+
+@pytest.mark.parametrize(
+    ("ending", "status", "shown"),
+    [
+        ("raise RuntimeError('boom')", 1, "RuntimeError: boom"),
+        ("sys.exit(3)", 3, ""),
+        ("sys.exit('bad data')", 1, "bad data"),
+        ("raise KeyboardInterrupt", 130, "KeyboardInterrupt"),
+    ],
+    ids=["exception", "exit-3", "exit-message", "ctrl-c"],
+)
+def test_the_report_is_printed_however_the_script_ends(tmp_path, capsys, ending, status, shown):
+    path = _script(tmp_path, f"train(Net(detach=True))\n{ending}\n")
+    assert main(["run", path]) == status
+    err = capsys.readouterr().err
+    assert shown in err
+    assert "no_grad" in err  # the report, after the traceback
+
+
+def test_two_models_and_two_optimizers_get_two_reports(tmp_path, capsys):
+    path = _script(
+        tmp_path,
+        """
+        generator, critic = Net(), Net(detach=True)
+        g_opt = torch.optim.Adam(generator.parameters(), lr=1e-3)
+        d_opt = torch.optim.Adam(critic.parameters(), lr=1e-3)
+        for _ in range(10):
+            for net, opt in ((generator, g_opt), (critic, d_opt)):
+                opt.zero_grad()
+                F.cross_entropy(net(x), y).backward()
+                opt.step()
+        """,
+    )
+    assert main(["run", path]) == 0
+    err = capsys.readouterr().err
+    assert err.count("gradient report for Net (stepped by Adam)") == 2
+    assert err.count("no_grad") >= 1
+
+
+def test_a_script_without_optimizer_says_so(tmp_path, capsys):
+    path = tmp_path / "plain.py"
+    path.write_text("print('no training here')\n")
+    assert main(["run", str(path)]) == 0
+    assert "created no optimizer: nothing was monitored" in capsys.readouterr().err
+
+
+def test_a_module_runs_with_dash_m(tmp_path, capsys, monkeypatch):
+    package = tmp_path / "mypkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "train.py").write_text(LOOP + "train(Net())\nprint('args', sys.argv[1:])\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["run", "-m", "mypkg.train", "--lr", "3"]) == 0
+    out, err = capsys.readouterr()
+    assert "args ['--lr', '3']" in out and "healthy" in err
+
+
+def test_tensorboard_gets_the_report(tmp_path, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    path = _script(tmp_path, "train(Net(detach=True))\n")
+    assert main(["run", "--tensorboard", str(tmp_path / "tb"), path]) == 0
+    events = EventAccumulator(str(tmp_path / "tb" / "Net"))
+    events.Reload()
+    assert events.Tags()["scalars"] or events.Tags()["tensors"]
+
+
+def test_bad_usage_is_one_line(tmp_path, capsys):
+    assert main(["run"]) == 2
+    assert "no script to run" in capsys.readouterr().err
+    assert main(["run", str(tmp_path / "missing.py")]) == 2
+    assert "no such script" in capsys.readouterr().err
+
+
+def test_python_dash_m_torchscope_run_keeps_the_scripts_exit_status(tmp_path):
+    import subprocess
+    import sys
+
+    path = _script(tmp_path, "train(Net(), steps=3)\nsys.exit(4)\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "torchscope", "run", path],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 4, done.stderr
+    assert "gradient report for Net" in done.stderr
