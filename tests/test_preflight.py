@@ -56,7 +56,7 @@ def test_a_healthy_model_passes_every_check(healthy):
     assert healthy.ok and healthy.failed == ()
     assert {c.verdict for c in healthy.checks} == {"pass"}, str(healthy)
     assert healthy.check("init_loss").measured == pytest.approx(1.0986, abs=0.25)
-    assert healthy.steps == 100
+    assert 3 <= healthy.steps < 100  # stops once the batch is fitted
     healthy.raise_if_unhealthy()
 
 

@@ -26,12 +26,15 @@ from torchscope.errors import TorchscopeError
 from torchscope.records import Finding
 from torchscope.records.preflight import PreflightCheck, PreflightReport
 
-__all__ = ["INIT_LOSS_FACTOR", "OVERFIT_FACTOR", "preflight"]
+__all__ = ["INIT_LOSS_FACTOR", "MIN_OVERFIT_STEPS", "OVERFIT_FACTOR", "preflight"]
 
 #: a loss at initialisation this many times its chance level is "far above" it
 INIT_LOSS_FACTOR = 2.0
 #: overfitting one batch must bring the loss below this fraction of its first value
 OVERFIT_FACTOR = 0.5
+#: overfitting stops once the loss is below OVERFIT_FACTOR of its first value, after at
+#: least this many steps (the loss-contract checks see every one of them)
+MIN_OVERFIT_STEPS = 3
 #: the gradient monitor's kinds that break the loss function's output/target contract
 CONTRACT_KINDS = (
     "probabilities_into_logits_loss",
@@ -266,7 +269,7 @@ def _gradient_check(model: nn.Module, ran: set[str]) -> PreflightCheck:
 def _batch_independence(model: nn.Module, inputs: Any) -> PreflightCheck:
     expected = "zero gradient from sample j's input to sample i's output"
     try:
-        report = check_batch_independence(model, inputs)
+        report = check_batch_independence(model, inputs, samples=2)  # the first and last
     except (TorchscopeError, ValueError, TypeError) as e:  # no float input with a batch dim
         return PreflightCheck("batch_independence", "skip", None, expected, str(e))
     if report.ok:
@@ -356,12 +359,14 @@ def _overfit(
             optimizer.zero_grad(set_to_none=True)
             loss = _loss(model, args, kwargs, target, loss_fn)
             loss.backward()
-            optimizer.step()
             losses.append(float(loss.detach()))
+            if losses[-1] <= OVERFIT_FACTOR * losses[0] and len(losses) >= MIN_OVERFIT_STEPS:
+                break  # fitted: more steps only cost time (and drive the CPU into denormals)
+            optimizer.step()
     findings = monitor.report(gather=False).findings
     first = losses[0]
     best_late = min(losses[-max(len(losses) // 10, 1) :])
-    expected = f"below {OVERFIT_FACTOR:g} x the first loss in {steps} steps"
+    expected = f"below {OVERFIT_FACTOR:g} x the first loss within {steps} steps"
     if not all(math.isfinite(v) for v in losses):
         verdict, message = "fail", "the loss became non-finite while overfitting one batch"
     elif first <= 1e-8 or best_late <= OVERFIT_FACTOR * first:
@@ -379,7 +384,7 @@ def _overfit(
                 else "Check the learning rate and that the parameters are in the optimizer"
             )
         )
-    return PreflightCheck("overfit", verdict, best_late, expected, message), findings, steps
+    return PreflightCheck("overfit", verdict, best_late, expected, message), findings, len(losses)
 
 
 def _contract(findings: tuple[Finding, ...]) -> PreflightCheck:
