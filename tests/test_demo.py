@@ -48,16 +48,26 @@ def test_demo_writes_its_files(demo):
     assert ET.parse(out / "graph.svg").getroot().tag.endswith("svg")
     assert (out / "grad_flow.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "healthy" in (out / "health.txt").read_text()
+    assert (out / "preflight.txt").read_text().startswith("Preflight: all 6 checks passed")
+    assert result.preflight is not None and result.preflight.ok
     assert "Coverage" in (out / "timing.txt").read_text()
     assert any((out / "tensorboard").glob("events.out.tfevents.*"))
     state = load_checkpoint(out / "checkpoints" / "last.pt")
     assert state["epoch"] == len(result.history.epochs)
 
 
+#: what preflight says about each planted bug before training (the NaN is in one training
+#: image, which the one batch preflight checks need not hold)
+PREFLIGHT_FAILS = {"detach": "gradients", "softmax": "loss_contract", "nan": None}
+
+
 @pytest.mark.parametrize("bug", sorted(BUGS))
 def test_demo_finds_a_planted_bug(bug, tmp_path):
     result = run_demo(io.StringIO(), out=tmp_path, epochs=1, inject_bug=bug, progress=False)
     assert BUGS[bug] in result.history.gradient_report.kinds
+    assert result.preflight is not None
+    if PREFLIGHT_FAILS[bug] is not None:
+        assert PREFLIGHT_FAILS[bug] in result.preflight.failed, str(result.preflight)
 
 
 def test_demo_command(tmp_path, capsys):

@@ -2,7 +2,9 @@
 (no download), fine-tunes its head with the rest frozen, and runs every tool on the real
 training: summary, graph, gradient health, per-layer timing, TensorBoard and checkpoints.
 
-The demo is also a validation: it checks (and prints) that the summary's parameter count is
+Before training it runs :func:`~torchscope.preflight` on one training batch (its table is
+printed and written to ``preflight.txt``). The demo is also a validation: it checks (and
+prints) that the summary's parameter count is
 the optimizer's, that the monitor found nothing on the clean run (or found the planted bug
 of ``--inject-bug``), that frozen weights stayed bit-identical while the head was
 fine-tuned, and that the per-layer times account for the step.
@@ -29,12 +31,13 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from torchscope.collect.freezing import freeze
 from torchscope.collect.graph import module_graph
+from torchscope.collect.preflight import preflight
 from torchscope.collect.summary import summary
 from torchscope.collect.timing import time_layers
 from torchscope.distributed import is_distributed, is_main_process
 from torchscope.errors import TorchscopeError
 from torchscope.models import LeNet
-from torchscope.records import History
+from torchscope.records import History, PreflightReport
 from torchscope.training import fit
 
 __all__ = ["BUGS", "DemoResult", "digits_loaders", "run_demo"]
@@ -64,6 +67,7 @@ class DemoResult:
     files: dict[str, Path] = field(default_factory=dict)
     timing_coverage: float = 0.0
     test_accuracy: float = 0.0
+    preflight: PreflightReport | None = None  # rank 0's, on one training batch
 
 
 class _Buggy(nn.Module):
@@ -175,6 +179,13 @@ def run_demo(
         f"{optimizer_parameters:,}: {'same' if result_summary.total_params == optimizer_parameters else 'DIFFERENT'}"
     )
 
+    checked: PreflightReport | None = None
+    if main:  # the checks to run before training, on one training batch (copies of the model)
+        images, labels = next(iter(train_loader))
+        checked = preflight(model, images, labels, loss_fn=F.cross_entropy, steps=30)
+        files["preflight"] = _write(folder / "preflight.txt", str(checked))
+        say(f"\n{checked}\n")
+
     if main:  # svg: drawn by Graphviz when it is installed, else by our own layout
         files["graph"] = Path(module_graph(model, example).render(folder / "graph.svg"))
 
@@ -264,6 +275,7 @@ def run_demo(
         files=files,
         timing_coverage=timing_coverage,
         test_accuracy=final,
+        preflight=checked,
     )
 
 
