@@ -165,3 +165,57 @@ def test_python_dash_m_torchscope_run_keeps_the_scripts_exit_status(tmp_path):
     )
     assert done.returncode == 4, done.stderr
     assert "gradient report for Net" in done.stderr
+
+
+DDP = """
+import sys
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+dist.init_process_group("gloo")
+torch.manual_seed(0)
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(10, 32), nn.Linear(32, 3)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)).detach())  # a gets no gradient
+
+
+model = nn.parallel.DistributedDataParallel(Net(), find_unused_parameters=True)
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+x = torch.randn(32, 10, generator=torch.Generator().manual_seed(dist.get_rank()))
+for _ in range(6):
+    optimizer.zero_grad()
+    F.cross_entropy(model(x), x[:, :3].argmax(dim=1)).backward()
+    optimizer.step()
+dist.destroy_process_group()
+"""
+
+
+def test_under_torchrun_every_rank_monitors_and_rank_0_prints_the_merged_report(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    path = tmp_path / "train_ddp.py"
+    path.write_text(DDP)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    done = subprocess.run(
+        [*torchrun, "--nproc_per_node=2", "-m", "torchscope", "run", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    # the script destroys its process group at the end: the reports are taken (and
+    # gathered) just before, so one merged report is printed, by rank 0
+    assert done.stderr.count("gradient report for Net (stepped by SGD)") == 1, done.stderr
+    text = " ".join(done.stderr.split())  # the table wraps its messages
+    assert "no_grad" in text and "seen on every rank" in text

@@ -120,11 +120,13 @@ def _roots(optimizer: torch.optim.Optimizer) -> list[nn.Module]:
 
 
 class Watcher:
-    """Starts a monitor on the models behind each optimizer the script builds."""
+    """Starts a monitor on the models behind each optimizer the script builds; takes the
+    reports before the script destroys its process group (so that they can be gathered)."""
 
     def __init__(self) -> None:
         self.watched: list[tuple[nn.Module, GradientMonitor, list[str]]] = []
-        self._original: Callable[..., None] | None = None
+        self.reports: list[tuple[str, list[str], GradientReport]] | None = None
+        self.rank = 0  # this process's rank when the reports were taken
 
     @contextmanager
     def installed(self) -> Iterator[Watcher]:
@@ -144,13 +146,43 @@ class Watcher:
                 print(f"torchscope run: note: not monitoring {type(optimizer).__name__}: {e}",
                       file=sys.stderr)  # fmt: skip
 
+        import torch.distributed as dist
+
+        destroy = dist.destroy_process_group
+
+        @functools.wraps(destroy)
+        def destroy_after_reports(*args: Any, **kwargs: Any) -> None:
+            # every rank calls it, the group is still up: the reports can be gathered now
+            if self.reports is None and dist.is_initialized() and not args and not kwargs:
+                self.take_reports()
+            destroy(*args, **kwargs)
+
         torch.optim.Optimizer.__init__ = init  # type: ignore[method-assign,assignment]
+        dist.destroy_process_group = destroy_after_reports
         try:
             yield self
         finally:
             torch.optim.Optimizer.__init__ = original  # type: ignore[method-assign]
+            dist.destroy_process_group = destroy
             for _, monitor, _ in self.watched:
-                monitor.__exit__(None, None, None)
+                if monitor._active:
+                    monitor.__exit__(None, None, None)
+
+    def take_reports(self) -> list[tuple[str, list[str], GradientReport]]:
+        """Stop the monitors and take their reports (gathered across ranks when a process
+        group is up: a collective), once."""
+        if self.reports is None:
+            import torch.distributed as dist
+
+            self.rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+            for _, monitor, _ in self.watched:
+                if monitor._active:
+                    monitor.__exit__(None, None, None)
+            self.reports = [
+                (type(monitor._model).__name__, names, monitor.report())  # DDP looked through
+                for _, monitor, names in self.watched
+            ]
+        return self.reports
 
     def saw(self, optimizer: torch.optim.Optimizer) -> None:
         from torchscope.collect.gradients import GradientMonitor
@@ -206,14 +238,6 @@ def _run_script(args: argparse.Namespace) -> int:
     return 0
 
 
-def _reports(watcher: Watcher) -> list[tuple[str, list[str], GradientReport]]:
-    # gathered across ranks when the script left its process group up (a collective: every
-    # rank runs this), else this rank's own
-    return [
-        (type(root).__name__, names, monitor.report()) for root, monitor, names in watcher.watched
-    ]
-
-
 def _severe(report: GradientReport, fail_on: str) -> bool:
     levels = ("error",) if fail_on == "error" else ("error", "warning")
     return any(f.severity in levels for f in report.findings)
@@ -232,12 +256,12 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         with watcher.installed():
             code = _run_script(args)
-            reports = _reports(watcher)
+            reports = watcher.take_reports()
     finally:
         sys.argv[:] = saved_argv
         sys.path[:] = saved_path
-    if not is_main_process():
-        return code
+    if watcher.rank != 0 or not is_main_process():
+        return code  # rank 0 prints the merged report
     script = args.module or args.script_args[0]
     if not reports:
         print(f"torchscope run: {script} created no optimizer: nothing was monitored",
