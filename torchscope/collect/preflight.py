@@ -19,6 +19,7 @@ from torch.overrides import TorchFunctionMode
 
 from torchscope._util.inputs import split_inputs
 from torchscope.collect.gradients import GradientMonitor
+from torchscope.collect.gradients.check import check_training_arguments
 from torchscope.collect.gradients.signals import LOSS_FUNCTIONS, chance_level
 from torchscope.collect.hooks import iter_modules, preserved_rng
 from torchscope.collect.independence import check_batch_independence
@@ -76,12 +77,7 @@ def preflight(
         )
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(
-            f"optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__}"
-        )
+    check_training_arguments(steps, optimizer)
     args, kwargs = split_inputs(inputs)
     with preserved_rng():
         try:

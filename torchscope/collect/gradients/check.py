@@ -53,12 +53,7 @@ def check_gradients(
         raise TypeError(
             f"check_gradients needs the model (an nn.Module) first, got {type(model).__name__}"
         )
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(
-            f"optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__}"
-        )
+    check_training_arguments(steps, optimizer)
     args, kwargs = split_inputs(inputs)
     compute_loss = _loss_function(loss_fn, target)
     with preserved_rng():
@@ -77,6 +72,16 @@ def check_gradients(
         if optimizer_copy is None:
             optimizer_copy = _fresh(None, model_copy)
         return _run(model_copy, optimizer_copy, steps, args, kwargs, compute_loss)
+
+
+def check_training_arguments(steps: Any, optimizer: Any) -> None:
+    """The ``steps`` and ``optimizer`` of a check that trains a copy: clear errors."""
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(
+            f"optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__}"
+        )
 
 
 def _run(
