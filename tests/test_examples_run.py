@@ -28,7 +28,7 @@ MISSES = {
     ("word_language_model", "no-batch-first"): (
         "the loss is taken over (batch x time) flattened, so no 3-D RNN input dim matches the "
         "loss's batch size, which is how batch_mixing tells the batch dim (preflight's batch "
-        "independence check needs float inputs; these are token ids)"
+        "independence check, which probes the embedding's output, does catch it)"
     ),
 }
 

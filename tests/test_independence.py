@@ -88,9 +88,44 @@ def test_the_model_its_input_and_the_rng_are_untouched() -> None:
 
 
 def test_bad_input_gets_a_clear_error() -> None:
-    with pytest.raises(torchscope.TorchscopeError, match="floating-point input"):
-        torchscope.check_batch_independence(nn.Embedding(10, 4), torch.tensor([[1, 2], [3, 4]]))
+    with pytest.raises(torchscope.TorchscopeError, match="floating-point input tensor, or"):
+        torchscope.check_batch_independence(FloatCast(), torch.tensor([[1, 2], [3, 4]]))
     with pytest.raises(torchscope.TorchscopeError, match="at least 2 samples"):
         torchscope.check_batch_independence(nn.Linear(3, 2), torch.randn(1, 3))
     with pytest.raises(ValueError, match="samples must be"):
         torchscope.check_batch_independence(nn.Linear(3, 2), torch.randn(4, 3), samples=0)
+
+
+class FloatCast(nn.Module):
+    """Integer input, no embedding: nothing to take a gradient with respect to."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x.float())
+
+
+class TokenRNN(nn.Module):
+    """Token ids (batch, time) -> embedding -> LSTM -> per-token logits."""
+
+    def __init__(self, batch_first: bool) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(20, 8)
+        self.rnn = nn.LSTM(8, 16, batch_first=batch_first)
+        self.head = nn.Linear(16, 20)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.rnn(self.embed(ids))[0])
+
+
+@pytest.mark.parametrize("batch_first", [True, False], ids=["batch-first", "time-first"])
+def test_token_ids_are_probed_at_the_embedding(batch_first: bool) -> None:
+    # an RNN built without batch_first, fed (batch, time) ids, runs along the batch
+    torch.manual_seed(0)
+    ids = torch.randint(0, 20, (6, 5))
+    report = torchscope.check_batch_independence(TokenRNN(batch_first), ids)
+    assert report.ok is batch_first, str(report)
+    if not batch_first:
+        assert any(leak.output != leak.input for leak in report.leaks)

@@ -33,8 +33,9 @@ def check_batch_independence(
         model: the model to check.
         inputs: the forward's input, as in :func:`torchscope.summary`: a tensor, a tuple of
             positional arguments or a dict of keyword arguments. Its floating-point tensors
-            whose dim 0 is the batch are probed; integer inputs (token ids) cannot carry a
-            gradient, so a model that only takes those cannot be checked this way.
+            whose dim 0 is the batch are probed; a model that takes only integer ids (token
+            ids, batch first) is probed at the outputs of its ``nn.Embedding`` layers, which
+            turn them into vectors.
         samples: how many output samples to take the gradient of (spread over the batch).
         train: check the model in training mode (dropout and BatchNorm active).
     """
@@ -51,22 +52,44 @@ def check_batch_independence(
                 f"{e}); it runs a copy so that yours is untouched"
             ) from e
         copied.train(train)
-        probed = [
-            t for t in _nested.tensors(copied_inputs) if t.is_floating_point() and t.dim() >= 1
-        ]
+        given = [t for t in _nested.tensors(copied_inputs) if t.dim() >= 1]
+        probed = [t for t in given if t.is_floating_point()]
+        embedded: list[torch.Tensor] = []  # token ids: the embeddings' outputs are probed
+        handles = []
+        if probed:
+            batch = probed[0].shape[0]
+            probed = [t for t in probed if t.shape[0] == batch]
+            for t in probed:
+                t.requires_grad_(True)
+        elif given:
+            batch = given[0].shape[0]
+
+            def leaf(module: nn.Module, args: Any, out: Any) -> Any:
+                # the embedding of the ids, batch first, as a leaf to differentiate against
+                if isinstance(out, torch.Tensor) and out.dim() >= 1 and out.shape[0] == batch:
+                    out = out.detach().requires_grad_(True)
+                    embedded.append(out)
+                return out
+
+            handles = [
+                m.register_forward_hook(leaf)
+                for m in copied.modules()
+                if isinstance(m, (nn.Embedding, nn.EmbeddingBag))
+            ]
+        args, kwargs = split_inputs(copied_inputs)
+        try:
+            with torch.enable_grad():
+                output = copied(*args, **kwargs)
+        finally:
+            for handle in handles:
+                handle.remove()
+        probed = probed or embedded
         if not probed:
             raise TorchscopeError(
-                "check_batch_independence needs a floating-point input tensor to take the "
-                "gradient with respect to; this input has none (token ids cannot carry a "
-                "gradient: check the embedding's output instead)"
+                "check_batch_independence needs a floating-point input tensor, or integer "
+                "ids (batch first) that an nn.Embedding turns into vectors, to take the "
+                "gradient with respect to; this input has neither"
             )
-        batch = probed[0].shape[0]
-        probed = [t for t in probed if t.shape[0] == batch]
-        for t in probed:
-            t.requires_grad_(True)
-        args, kwargs = split_inputs(copied_inputs)
-        with torch.enable_grad():
-            output = copied(*args, **kwargs)
         outputs = [
             o
             for o in _nested.tensors(output)
