@@ -63,7 +63,12 @@ from torchscope.collect.gradients.observations import Fixed, observe
 from torchscope.collect.gradients.optimizer_hooks import OptimizerHooks
 from torchscope.collect.gradients.ranks import RankView, merge_ranks, world_size
 from torchscope.collect.gradients.rules import judge
-from torchscope.collect.gradients.shards import ShardPlan, combine_shards, shard_plan
+from torchscope.collect.gradients.shards import (
+    ShardPlan,
+    combine_shards,
+    fully_sharded,
+    shard_plan,
+)
 from torchscope.collect.gradients.signals import CallSignals
 from torchscope.collect.gradients.structure import Hidden, hidden_tensors, identical_rows
 from torchscope.collect.gradients.thresholds import GradientThresholds, resolve_thresholds
@@ -73,15 +78,6 @@ from torchscope.errors import TorchscopeError
 from torchscope.records import GradientReport
 
 __all__ = ["GradientMonitor"]
-
-
-def _fully_sharded(model: nn.Module) -> bool:
-    """Some module of ``model`` is managed by FSDP2 (``fully_shard``)."""
-    try:
-        from torch.distributed.fsdp import FSDPModule
-    except ImportError:  # a torch built without distributed
-        return False
-    return any(isinstance(m, FSDPModule) for m in model.modules())
 
 
 class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
@@ -335,7 +331,7 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
             )
 
     def _attach_parameter_hooks(self) -> None:
-        fsdp = _fully_sharded(self._model)
+        fsdp = fully_sharded(self._model)
         for entry in self._params:
             if not entry.tensor.requires_grad:
                 continue

@@ -21,11 +21,20 @@ import torch
 from torchscope.collect.gradients.observations import Observations, StepView
 from torchscope.distributed import all_gather_objects
 
-__all__ = ["ShardPlan", "combine_shards", "shard_plan"]
+__all__ = ["ShardPlan", "combine_shards", "fully_sharded", "shard_plan"]
 
 # param index -> the rank's coordinates on the mesh dims its shards are *not* spread over:
 # ranks with the same key hold the shards of one copy of the tensor
 ShardPlan = dict[int, tuple[int, ...]]
+
+
+def fully_sharded(model: torch.nn.Module) -> bool:
+    """Some module of ``model`` is managed by FSDP2 (``fully_shard``)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # a torch built without distributed
+        return False
+    return any(isinstance(m, FSDPModule) for m in model.modules())
 
 
 def shard_plan(tensors: Sequence[tuple[int, torch.Tensor]]) -> ShardPlan:
