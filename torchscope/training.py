@@ -20,6 +20,7 @@ import random
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 import torchscope._util.nested as _nested
+from torchscope._util.loaders import loader_random_state, restore_loader_random_state
 from torchscope.collect.gradients import GradientMonitor
 from torchscope.distributed import (
     is_distributed,
@@ -40,7 +42,7 @@ from torchscope.distributed import (
     released,
     save_sharded,
 )
-from torchscope.errors import TorchscopeError
+from torchscope.errors import TorchscopeError, TorchscopeWarning
 from torchscope.records import EpochRecord, GradientReport, History
 
 __all__ = ["CHECKPOINT_NAME", "fit", "load_checkpoint", "save_checkpoint"]
@@ -226,6 +228,8 @@ def _sharded(loader: DataLoader, *, shuffle: bool) -> DataLoader:
         collate_fn=loader.collate_fn,
         pin_memory=loader.pin_memory,
         drop_last=loader.drop_last,
+        worker_init_fn=loader.worker_init_fn,  # the user's worker seeding
+        generator=loader.generator,  # the workers' base seed
     )
 
 
@@ -392,6 +396,18 @@ def fit(
         start_epoch, steps = int(state["epoch"]), int(state["step"])
         records = [EpochRecord(**r) for r in state.get("history", [])]
         _set_rng_states(state["rng"])
+        missing = restore_loader_random_state(train_loader, state.get("loader_rng", {}))
+        _, hidden = loader_random_state(train_loader)
+        if missing:
+            hidden.append(f"the generator at train_loader.{missing[0]} (not in this loader)")
+        if hidden:
+            warnings.warn(
+                f"fit(resume=True) cannot restore the randomness of {'; '.join(hidden)}: "
+                "the resumed epochs may see other batches than an uninterrupted run. Give "
+                "the DataLoader (or the sampler) a torch.Generator, which checkpoints hold",
+                TorchscopeWarning,
+                stacklevel=2,
+            )
     show_progress = progress and is_main_process() and sys.stderr.isatty()
 
     watch = (
@@ -492,6 +508,8 @@ def fit(
                             "step": steps,
                             "history": [r.__dict__ for r in records],
                             "rng": _rng_states(),
+                            # the generators that decide the next epoch's order and seeds
+                            "loader_rng": loader_random_state(train_loader)[0],
                         },
                     )
             if isinstance(watcher, GradientMonitor):
