@@ -93,6 +93,34 @@ def _fit_on_ranks(rank: int, folder: Path) -> dict[str, Any]:
     }
 
 
+def _resume_on_ranks(rank: int, folder: Path) -> bool:
+    """3 epochs straight against 1 epoch, then a resumed run to 3, under DDP with dropout
+    (whose masks differ per rank) and a DistributedSampler: bit-identical weights."""
+
+    def run(where: Path, epochs: int) -> dict[str, torch.Tensor]:
+        torch.manual_seed(100 + rank)  # each rank its own stream, as torchrun's processes
+        model = nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 2))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        fit(
+            model,
+            DataLoader(_data(), batch_size=16, shuffle=True),
+            loss_fn=F.cross_entropy,
+            optimizer=optimizer,
+            epochs=epochs,
+            checkpoint_dir=where,
+            resume=True,
+            progress=False,
+            monitor=False,
+        )
+        dist.barrier()  # rank 0's checkpoint is written before any rank reads it
+        return {k: v.clone() for k, v in model.state_dict().items()}
+
+    straight = run(folder / "resume-straight", 3)
+    run(folder / "resume-split", 1)
+    resumed = run(folder / "resume-split", 3)
+    return all(torch.equal(v, resumed[k]) for k, v in straight.items())
+
+
 def _branch_on_ranks(*, find_unused_parameters: bool) -> tuple[GradientReport, str | None]:
     torch.manual_seed(0)
     model = RankBranch()
@@ -144,6 +172,7 @@ def _worker(rank: int, port: int, folder: str) -> None:
     with distributed.process_group(backend="gloo", timeout=datetime.timedelta(seconds=60)) as info:
         results["info"] = (info.rank, info.world_size, info.backend, str(info.device))
         results["fit"] = _fit_on_ranks(rank, out)
+        results["resume"] = _resume_on_ranks(rank, out)
         report, _ = _branch_on_ranks(find_unused_parameters=True)
         results["branch"] = report.to_dict()
         results["summary"] = _summary_on_ranks()
@@ -182,6 +211,11 @@ def test_fit_under_ddp_trains_the_same_weights_on_every_rank(ranks):
     assert first["metrics"][-1]["train_loss"] < first["metrics"][0]["train_loss"]
     assert first["report"] == second["report"]
     assert not first["report"]["findings"]
+
+
+def test_resume_under_ddp_is_bit_exact_on_every_rank(ranks):
+    # each rank resumes with its own RNG state (gathered into rank 0's checkpoint)
+    assert [r["resume"] for r in ranks] == [True, True]
 
 
 def test_only_rank_0_writes_checkpoints(ranks):

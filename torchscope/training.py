@@ -35,6 +35,7 @@ import torchscope._util.nested as _nested
 from torchscope._util.loaders import loader_random_state, restore_loader_random_state
 from torchscope.collect.gradients import GradientMonitor
 from torchscope.distributed import (
+    all_gather_objects,
     is_distributed,
     is_main_process,
     is_sharded,
@@ -71,6 +72,16 @@ def _rng_states() -> dict[str, Any]:
         # weights_only loading accepts tensors and plain values, not numpy arrays
         states["numpy"] = (name, torch.from_numpy(keys.astype("int64")), position, has_gauss, gauss)
     return states
+
+
+def _own_rng(state: dict[str, Any]) -> dict[str, Any]:
+    """This rank's RNG states from a checkpoint: its own where rank 0 gathered every rank's
+    (the same world size), else the one saved."""
+    ranks = state.get("ranks_rng")
+    if ranks and is_distributed() and len(ranks) == dist.get_world_size():
+        own: dict[str, Any] = ranks[dist.get_rank()]
+        return own
+    return dict(state["rng"])
 
 
 def _set_rng_states(states: dict[str, Any]) -> None:
@@ -395,7 +406,7 @@ def fit(
             scaler.load_state_dict(state["scaler"])
         start_epoch, steps = int(state["epoch"]), int(state["step"])
         records = [EpochRecord(**r) for r in state.get("history", [])]
-        _set_rng_states(state["rng"])
+        _set_rng_states(_own_rng(state))
         missing = restore_loader_random_state(train_loader, state.get("loader_rng", {}))
         _, hidden = loader_random_state(train_loader)
         if missing:
@@ -496,6 +507,11 @@ def fit(
                     _log_epoch(writer, record)
                 if checkpoint_path is not None and sharded:
                     save_sharded(checkpoint_path.parent, model, optimizer)
+                ranks_rng = None
+                if checkpoint_path is not None and is_distributed() and not sharded:
+                    # rank 0 writes; every rank's own RNGs (dropout masks differ per rank)
+                    # go with it, gathered: a collective every rank is at
+                    ranks_rng = all_gather_objects(_rng_states())
                 if checkpoint_path is not None and (sharded or is_main_process()):
                     written = save_checkpoint(
                         checkpoint_path,
@@ -508,6 +524,7 @@ def fit(
                             "step": steps,
                             "history": [r.__dict__ for r in records],
                             "rng": _rng_states(),
+                            "ranks_rng": ranks_rng,
                             # the generators that decide the next epoch's order and seeds
                             "loader_rng": loader_random_state(train_loader)[0],
                         },
