@@ -201,11 +201,13 @@ def _grad_key(param: torch.Tensor) -> GradKey | None:
 _L1_CHUNK = 1 << 18
 
 
-def _l1_cpu(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
-    """The L1 norm of a CPU tensor, in chunks: ATen's CPU kernel for an order-1 norm
-    (``_foreach_norm``, ``vector_norm``) is not vectorised and runs 2-4x slower than
-    ``abs().sum()``, whose temporary a chunk keeps small. NaN and inf propagate as in the
-    norm."""
+def l1_norm(tensor: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The L1 norm of a tensor (summed in ``dtype`` when given). On the CPU in chunks: ATen's
+    CPU kernel for an order-1 norm (``_foreach_norm``, ``vector_norm``) is not vectorised and
+    runs 2-4x slower than ``abs().sum()``, whose temporary a chunk keeps small. NaN and inf
+    propagate as in the norm."""
+    if tensor.device.type != "cpu":
+        return torch.linalg.vector_norm(tensor, ord=1, dtype=dtype)
     flat = tensor.reshape(-1)
     if flat.numel() <= _L1_CHUNK:
         return flat.abs().sum(dtype=dtype)
@@ -247,7 +249,7 @@ def _norm_rows(
                 high = torch.stack([hi for _, hi in extremes]).float()
                 rows.append(torch.maximum(high, low.neg()))
             elif o == 1.0 and dev.type == "cpu":
-                rows.append(torch.stack([_l1_cpu(v, kind) for v in values]).float())
+                rows.append(torch.stack([l1_norm(v, kind) for v in values]).float())
             else:
                 rows.append(torch.stack(torch._foreach_norm(values, o, dtype=kind)).float())
         block = torch.stack(rows)

@@ -49,6 +49,7 @@ from torchscope.collect.gradients._state import (
     _ReluSite,
     _resolve_frozen,
     _StepRow,
+    l1_norm,
     local,
 )
 from torchscope.collect.gradients.compiled import (
@@ -474,9 +475,9 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
         # not by the other parameters' gradients (see Evidence.rounding_zero).
         if not self._active:
             return
-        # one pass, no |grad| tensor materialised; half precision sums in float32
+        # half precision sums in float32
         wide = torch.float32 if grad.dtype in (torch.float16, torch.bfloat16) else None
-        scale = torch.linalg.vector_norm(grad.detach(), ord=1, dtype=wide).float()
+        scale = l1_norm(grad.detach(), wide).float()
         for bias in info.biases:
             previous = self._output_l1.get(bias.index)
             self._output_l1[bias.index] = scale if previous is None else previous + scale
