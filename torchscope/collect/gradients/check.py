@@ -16,6 +16,7 @@ from torchscope._util.inputs import split_inputs
 from torchscope.collect.gradients._state import local
 from torchscope.collect.gradients.monitor import GradientMonitor
 from torchscope.collect.hooks import preserved_rng
+from torchscope.distributed import is_sharded
 from torchscope.errors import TorchscopeError
 from torchscope.records import GradientReport
 
@@ -57,7 +58,7 @@ def check_gradients(
     args, kwargs = split_inputs(inputs)
     compute_loss = _loss_function(loss_fn, target)
     with preserved_rng():
-        if any(hasattr(p, "device_mesh") for p in model.parameters()):
+        if is_sharded(model):
             # sharded (FSDP2): no deep copy; trained in place and put back
             with _restored(model):
                 return _run(model, _fresh(optimizer, model), steps, args, kwargs, compute_loss)

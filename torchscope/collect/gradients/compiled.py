@@ -84,14 +84,14 @@ class EagerSampler:
 
     def before_compiled_call(self, args: Any, kwargs: Any) -> None:
         """A compiled model is about to be called with ``args``: a new shape is sampled."""
-        if not torch.is_grad_enabled():
-            return  # evaluation: nothing to learn about training
+        if not torch.is_grad_enabled() or len(self._shapes) > NEW_SHAPES:
+            return  # evaluation (nothing to learn about training), or enough shapes sampled
         shapes = tuple(
             (tuple(x.shape), x.dtype)
             for x in pytree.tree_leaves((args, kwargs))
             if isinstance(x, torch.Tensor)
         )
-        if shapes in self._shapes or len(self._shapes) > NEW_SHAPES:
+        if shapes in self._shapes:
             return
         self._shapes.add(shapes)
         if len(self._shapes) > 1:  # the first is sampled by start()

@@ -184,11 +184,9 @@ class OptimizerHooks:
             assert change_index == weight_index
             measured = (weight_index, torch.cat([weight_norms, change]))
         row = self._gradient_row(from_step=True, weights=measured)
-        if row is None and measured is not None:
-            # nothing had a gradient; still record how far the step moved them
-            row = _StepRow(self._clock(), True, (), torch.zeros(3, 0), *measured)
-        if row is None:
-            row = _StepRow(self._clock(), True, (), torch.zeros(3, 0), (), None)
+        if row is None:  # nothing had a gradient; still record the step (and how far it moved)
+            weights = measured if measured is not None else ((), None)
+            row = _StepRow(self._clock(), True, (), torch.zeros(3, 0), *weights)
         self._rows.append(row)
         self._windows.append((self._clock(), self._backwards_since_step))
         # a closure (LBFGS) runs its backward inside step(): counted by now
