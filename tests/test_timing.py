@@ -51,6 +51,14 @@ def test_benchmark_times_known_work():
     assert not result.flushed_cache  # no flush on the CPU
 
 
+def test_benchmark_names_torch_functions_as_users_write_them():
+    a = torch.randn(8, 8)
+    assert torchscope.benchmark(torch.mm, a, a, warmup=0, repeat=1).label == "torch.mm"
+    assert torchscope.benchmark(torch.nn.functional.relu, a, warmup=0, repeat=1).label == "relu"
+    assert torchscope.benchmark(lambda: None, warmup=0, repeat=1).label.endswith("<lambda>")
+    assert torchscope.benchmark(time.sleep, 0, label="nap", warmup=0, repeat=1).label == "nap"
+
+
 def test_benchmark_min_run_time_adds_rounds():
     result = torchscope.benchmark(time.sleep, 0.005, warmup=0, repeat=2, min_run_time=0.04)
     # rounds are added past `repeat` until the total reaches min_run_time, and no further

@@ -2,8 +2,8 @@
 gradient monitor.
 
 The script runs as ``python train.py args...`` would run it: the same ``sys.argv``,
-``__name__ == "__main__"``, working directory and ``sys.path[0]`` (the script's folder), and
-exit code. While it runs, every optimizer it creates is noticed as it is built (a wrapper
+``__name__ == "__main__"``, working directory and ``sys.path[0]`` (the script's folder, or
+the working directory with ``-m``), and exit code. While it runs, every optimizer it creates is noticed as it is built (a wrapper
 around ``torch.optim.Optimizer.__init__``, removed when the script ends): the outermost
 modules holding that optimizer's parameters are found among the live objects, and a
 :class:`~torchscope.collect.gradients.GradientMonitor` is started on each (``optimizer=None``:
@@ -210,6 +210,7 @@ def _run_script(args: argparse.Namespace) -> int:
     if args.module:
         target, argv = args.module, args.script_args
         sys.argv = [target, *argv]
+        sys.path.insert(0, os.getcwd())  # as python -m does: modules are found from here
         runner: Callable[[], Any] = lambda: runpy.run_module(  # noqa: E731
             target, run_name="__main__", alter_sys=True
         )

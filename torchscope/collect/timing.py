@@ -94,6 +94,17 @@ def _on(device: torch.device) -> Iterator[None]:
         yield
 
 
+def _label(fn: Callable[..., Any]) -> str:
+    """``torch.mm`` for torch's builtins (whose qualname is ``_VariableFunctionsClass.mm``),
+    else the function's qualified name."""
+    qualname = getattr(fn, "__qualname__", None)
+    if qualname is None:
+        return type(fn).__name__
+    if qualname.startswith("_VariableFunctionsClass."):
+        return "torch." + qualname.split(".", 1)[1]
+    return str(qualname)
+
+
 def _measurement(times: list[float], device: str, label: str, flushed: bool) -> Measurement:
     ordered = sorted(times)
     return Measurement(
@@ -169,7 +180,7 @@ def benchmark(
     target = _device_of(args, kwargs, device)
     clock = _clock(target)
     flush = _CacheFlusher(target) if flush_cache and target.type == "cuda" else None
-    label = label or getattr(fn, "__qualname__", type(fn).__name__)
+    label = label or _label(fn)
     with _on(target):
         for _ in range(warmup):
             fn(*args, **kwargs)
