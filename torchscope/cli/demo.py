@@ -96,7 +96,8 @@ def digits_loaders(
         from sklearn.datasets import load_digits  # the `demo` extra
     except ImportError as e:
         raise TorchscopeError(
-            "the demo's dataset comes with scikit-learn: pip install 'torchscope[demo]'"
+            "the demo needs scikit-learn, tqdm, matplotlib and tensorboard: pip install scikit-learn "
+            "tqdm matplotlib tensorboard (or, in a clone of torchscope, pip install '.[demo]')"
         ) from e
     digits = load_digits()
     images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0

@@ -74,9 +74,7 @@ def gradient_flow_figure(report: GradientReport) -> Figure:
         from matplotlib.patches import Patch
         from matplotlib.transforms import blended_transform_factory
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "GradientReport.plot needs matplotlib: pip install 'torchscope[plot]'"
-        ) from e
+        raise ImportError("GradientReport.plot needs matplotlib: pip install matplotlib") from e
 
     params = [p for p in report.parameters if p.trainable]
     aggregated = len(params) > MAX_BARS

@@ -199,9 +199,7 @@ def graph_def(graph: Graph, *, fold: bool = True) -> Any:
             versions_pb2,
         )
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "Graph.log_to needs TensorBoard: pip install 'torchscope[tensorboard]'"
-        ) from e
+        raise ImportError("Graph.log_to needs TensorBoard: pip install tensorboard") from e
 
     AttrValue = attr_value_pb2.AttrValue
     names = tensorboard_names(graph, fold=fold)
