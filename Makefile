@@ -22,7 +22,7 @@ demo: $(STAMP) dot
 	$(VENV)/bin/torchscope demo
 
 test: $(STAMP) dot chromium
-	$(VENV)/bin/ruff check torchscope tests benchmarks
+	$(VENV)/bin/ruff check torchscope tests benchmarks examples conftest.py
 	$(VENV)/bin/mypy torchscope
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
@@ -33,10 +33,10 @@ test-cpus: $(STAMP) dot chromium
 	ONEDNN_MAX_CPU_ISA=SSE41 ATEN_CPU_CAPABILITY=default $(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check torchscope tests benchmarks
+	$(VENV)/bin/ruff check torchscope tests benchmarks examples conftest.py
 	$(VENV)/bin/mypy torchscope
 	$(VENV)/bin/lint-imports
-	$(VENV)/bin/ruff format --check torchscope tests benchmarks
+	$(VENV)/bin/ruff format --check torchscope tests benchmarks examples conftest.py
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,bench]'
