@@ -135,7 +135,9 @@ def test_a_module_runs_with_dash_m(tmp_path, capsys, monkeypatch):
     assert "args ['--lr', '3']" in out and "healthy" in err
 
 
-def test_dash_m_finds_modules_from_the_working_directory_as_python_does(tmp_path, capsys, monkeypatch):
+def test_dash_m_finds_modules_from_the_working_directory_as_python_does(
+    tmp_path, capsys, monkeypatch
+):
     package = tmp_path / "scripts" / "nested"
     package.mkdir(parents=True)  # a namespace package: no __init__.py
     (package / "train.py").write_text(LOOP + "train(Net())\n")

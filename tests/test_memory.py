@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 from pathlib import Path
@@ -15,7 +16,7 @@ import torchscope
 from torchscope import MemoryEstimate
 from torchscope.collect.memory import measure_step_peak
 
-from .state import assert_unchanged, snapshot
+from .state import assert_identical, assert_unchanged, exact_snapshot, snapshot
 from .zoo import small_vit
 
 
@@ -127,14 +128,116 @@ def test_summary_memory_option():
     assert calls == []
 
 
-def test_a_model_fake_tensors_cannot_run_gets_a_reason_not_a_crash():
-    class DataDependent(nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return x[x > 0]  # the output shape depends on the values
+class Picky(nn.Module):
+    """A detection-style head: keeps the rows whose score is positive (a data-dependent
+    shape), then a tally read on the host (a data-dependent value)."""
 
-    result = torchscope.summary(DataDependent(), input_size=(4, 4), memory=True)
-    assert result.memory is None and result.memory_error
-    assert "Memory estimate unavailable" in str(result)
+    def __init__(self) -> None:
+        super().__init__()
+        self.score = nn.Linear(16, 1)
+        self.embed = nn.Linear(16, 64)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kept = x[self.score(x).squeeze(1) > 0]
+        repeats = int((kept.sum() > 0).item()) + 1
+        return self.embed(kept).repeat(repeats, 1)
+
+
+class Selector(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = Picky()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(x))
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # the profiler's notes about its own setup
+def test_data_dependent_shapes_are_measured_on_the_real_tensors_and_nothing_changes():
+    torch.manual_seed(0)
+    model = Selector()
+    x = torch.randn(256, 16)
+    before = exact_snapshot(model)
+    x_before = x.clone()
+    result = torchscope.summary(model, x, memory=True)
+    estimate = result.memory
+    assert estimate is not None and result.memory_error is None
+    assert "aten.nonzero" in estimate.measured and "module 'head'" in estimate.measured
+    assert "measured on the real tensors" in str(result)
+    assert_identical(before, model)  # no .grad, same weights, same RNG
+    assert torch.equal(x, x_before)
+    for train, predicted in ((False, estimate.inference_peak), (True, estimate.training_peak)):
+        real = measured_peak(model, x, train=train)
+        assert abs(predicted - real) <= 0.05 * real, (train, predicted, real)
+
+
+def test_a_custom_op_without_a_fake_kernel_is_measured():
+    @torch.library.custom_op("torchscope_tests::doubled", mutates_args=())
+    def doubled(x: torch.Tensor) -> torch.Tensor:
+        return x * 2
+
+    doubled.register_autograd(lambda ctx, grad: grad * 2)
+
+    class Custom(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(8, 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return doubled(self.fc(x))
+
+    estimate = torchscope.estimate_memory(Custom(), torch.randn(4, 8))
+    assert "measured on the real tensors" in estimate.measured
+    assert "no fake impl registered" in estimate.measured and "doubled" in estimate.measured
+    assert estimate.inference_peak > 0 and estimate.training_peak, estimate.training_error
+
+
+def test_a_training_step_that_cannot_run_leaves_the_inference_peak():
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8))  # BatchNorm at batch 1
+    result = torchscope.summary(model, torch.randn(1, 4), memory=True)
+    estimate = result.memory
+    assert estimate is not None and estimate.inference_peak > 0
+    assert estimate.training_peak is None
+    assert (
+        "module '1'" in estimate.training_error and "more than 1 value" in estimate.training_error
+    )
+    text = str(result)
+    assert "training step unknown" in text and "No training step estimate" in text
+    assert MemoryEstimate(**estimate.to_dict()) == estimate
+
+
+def test_an_estimate_that_is_really_impossible_names_the_module_and_the_op():
+    with torch.device("meta"):  # no real values to fall back on
+        model = Selector()
+    with pytest.raises(torchscope.TorchscopeError, match="inference forward failed") as info:
+        torchscope.estimate_memory(model, torch.randn(8, 16, device="meta"))
+    assert "in module 'head'" in str(info.value) and "nonzero" in str(info.value)
+
+
+class Experts(nn.Module):
+    """A Mixture-of-Experts layer as Hugging Face's runs it: rows grouped by expert, one
+    ``torch._grouped_mm`` over every expert's weight (float32, which the CPU kernel takes)."""
+
+    def __init__(self, experts: int = 4, dim: int = 16, hidden: int = 32) -> None:
+        super().__init__()
+        self.up = nn.Parameter(torch.randn(experts, dim, hidden) / dim**0.5)
+        self.down = nn.Parameter(torch.randn(experts, hidden, dim) / hidden**0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.shape[0] // self.up.shape[0]
+        offs = torch.arange(1, self.up.shape[0] + 1, dtype=torch.int32) * rows
+        hidden = torch.relu(torch._grouped_mm(x, self.up, offs=offs))
+        return torch._grouped_mm(hidden, self.down, offs=offs)
+
+
+def test_grouped_matmuls_are_estimated_quietly_in_float32(caplog):
+    model = Experts()
+    x = torch.randn(64, 16)
+    with caplog.at_level(logging.DEBUG):
+        estimate = torchscope.estimate_memory(model, x)
+    assert not [r for r in caplog.records if r.name.startswith("torch")], caplog.text
+    assert not estimate.measured  # on fake tensors
+    assert estimate.training_peak > estimate.inference_peak >= 64 * 32 * 4
 
 
 def test_plain_attributes_set_during_the_fake_runs_are_removed():
@@ -188,7 +291,7 @@ def test_the_model_is_made_fake_once_for_both_passes(monkeypatch):
     fake forward (resnet50): the inference and training passes share one set of fake twins."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    import torchscope.collect.memory
+    import torchscope.collect._memory_passes
 
     converted: list[int] = []
 
@@ -197,7 +300,7 @@ def test_the_model_is_made_fake_once_for_both_passes(monkeypatch):
             converted.append(id(tensor))
             return super().from_tensor(tensor, **kwargs)
 
-    monkeypatch.setattr(torchscope.collect.memory, "FakeTensorMode", CountingMode)
+    monkeypatch.setattr(torchscope.collect._memory_passes, "FakeTensorMode", CountingMode)
     model = nn.Sequential(nn.Linear(16, 32), nn.BatchNorm1d(32), nn.Linear(32, 4))
     x = torch.randn(8, 16)
     estimate = torchscope.estimate_memory(model, x)

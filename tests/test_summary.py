@@ -411,7 +411,7 @@ def test_memory_option_runs_one_real_pass_and_two_fake_ones(monkeypatch):
     from torch._subclasses.fake_tensor import FakeTensor
 
     import torchscope.collect.hooks
-    import torchscope.collect.memory
+    import torchscope.collect._memory_passes
     import torchscope.collect.summary
 
     entries: list[bool] = []
@@ -423,7 +423,7 @@ def test_memory_option_runs_one_real_pass_and_two_fake_ones(monkeypatch):
         with real_instrumented(model, grad=grad) as hooks:
             yield hooks
 
-    for module in (torchscope.collect.summary, torchscope.collect.memory):
+    for module in (torchscope.collect.summary, torchscope.collect._memory_passes):
         monkeypatch.setattr(module, "instrumented", counted)
     model = LeNet()
     passes: list[tuple[str, bool]] = []

@@ -191,9 +191,10 @@ def footer_lines(summary: ModelSummary, table_rows: list[Row]) -> list[str]:
         )
     if summary.memory is not None:
         memory = summary.memory
+        training = "unknown" if memory.training_peak is None else format_bytes(memory.training_peak)
         lines.append(
             f"Estimated peak memory: inference {format_bytes(memory.inference_peak)}, training step "
-            f"{format_bytes(memory.training_peak)} (parameters {format_bytes(memory.parameters)}, "
+            f"{training} (parameters {format_bytes(memory.parameters)}, "
             f"activations {format_bytes(memory.activations)}, gradients {format_bytes(memory.gradients)}"
             + (
                 f", optimizer {format_bytes(memory.optimizer_state)}"
@@ -202,6 +203,10 @@ def footer_lines(summary: ModelSummary, table_rows: list[Row]) -> list[str]:
             )
             + ")"
         )
+        if memory.measured:
+            lines.append(f"Memory {memory.measured}.")
+        if memory.training_error:
+            lines.append(f"No training step estimate: {memory.training_error}.")
     elif summary.memory_error is not None:
         lines.append(f"Memory estimate unavailable: {summary.memory_error}")
     if summary.uncounted_ops:

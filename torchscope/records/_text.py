@@ -136,11 +136,15 @@ def trainable_footer(report: TrainableReport) -> list[str]:
 
 def render_memory(memory: MemoryEstimate) -> str:
     """The memory estimate as a small table of categories (SI units)."""
-    return tabulate(
+    text = tabulate(
         memory_rows(memory),
         headers=[f"Memory estimate ({memory.device})", "Bytes"],
         colalign=["left", "right"],
     )
+    notes = [f"Memory {memory.measured}."] if memory.measured else []
+    if memory.training_error:
+        notes.append(f"No training step estimate: {memory.training_error}.")
+    return "\n".join([text, *notes])
 
 
 #: Findings shown per kind in the text table; the rest are counted in one line.
@@ -402,6 +406,9 @@ def memory_rows(memory: MemoryEstimate) -> list[list[str]]:
         ["Activations (saved for backward, output)", format_bytes(memory.activations)],
         ["Gradients", format_bytes(memory.gradients)],
         ["Optimizer state", format_bytes(memory.optimizer_state)],
-        ["Training step peak", format_bytes(memory.training_peak)],
+        [
+            "Training step peak",
+            "unknown" if memory.training_peak is None else format_bytes(memory.training_peak),
+        ],
         ["Inference forward peak", format_bytes(memory.inference_peak)],
     ]

@@ -326,13 +326,17 @@ class MemoryEstimate:
         gradients: bytes of the gradients of the trainable parameters.
         optimizer_state: bytes of the optimizer's per-parameter state (0 without optimizer).
         device: the device the estimate models.
+        measured: empty when both passes ran on fake tensors; otherwise why they ran on the
+            real tensors (an op whose output shape or value depends on the data, and where).
+        training_error: why the training step could not be run (then ``training_peak`` is
+            None and only the inference peak is known), naming the module.
 
     The categories are totals, not a split of the peak: during backward, activations are
     freed while gradients are allocated, so at the peak only part of each is alive.
     """
 
     inference_peak: int
-    training_peak: int
+    training_peak: int | None
     parameters: int
     buffers: int
     inputs: int
@@ -340,6 +344,8 @@ class MemoryEstimate:
     gradients: int
     optimizer_state: int
     device: str
+    measured: str = ""
+    training_error: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -350,7 +356,7 @@ class MemoryEstimate:
     def __repr__(self) -> str:
         return (
             f"<MemoryEstimate ({self.device}): training step peak "
-            f"{format_bytes(self.training_peak)}, inference peak "
+            f"{format_bytes(self.training_peak) if self.training_peak is not None else 'unknown'}, inference peak "
             f"{format_bytes(self.inference_peak)}>"
         )
 
