@@ -374,3 +374,97 @@ def test_torchvision_models_at_native_resolution_match_published_counts(name):
     published = weights.meta["_ops"] * 1e9  # GMACs, rounded to 3 decimals
     assert abs(result.total_macs - published) / published < 0.005
     assert result.uncounted_ops == {}
+
+
+# -- grouped, scaled and quantised matrix products (MoE experts, fp8, int8/int4) ----------------
+
+
+def _grouped(a_shape, b_shape, offs=None):
+    """The MACs torchscope gives one ``_grouped_mm`` call, and the sum over its groups."""
+    a, b = torch.randn(*a_shape), torch.randn(*b_shape)
+    func = torch.ops.aten._grouped_mm.default
+    out = func(a, b, offs=offs) if offs is not None else func(a, b)
+    macs, _, counted = op_cost(func, (a, b), {"offs": offs}, out, all_ops=False)
+    assert counted
+    return macs, out
+
+
+def test_grouped_matmuls_count_every_group_as_its_own_product():
+    # (M, K) x (G, K, N), rows split by offs: each row meets one expert's (K, N)
+    offs = torch.tensor([3, 8, 8, 12], dtype=torch.int32)  # an expert may get no rows
+    macs, out = _grouped((12, 16), (4, 16, 8), offs)
+    assert out.shape == (12, 8) and macs == 12 * 16 * 8
+    # (G, M, K) x (G, K, N): a batched product
+    macs, _ = _grouped((4, 5, 16), (4, 16, 8))
+    assert macs == 4 * 5 * 16 * 8
+    # (M, K) x (K, N), K split by offs: G outputs whose reductions add up to K
+    offs = torch.tensor([4, 10, 16], dtype=torch.int32)
+    macs, out = _grouped((5, 16), (16, 8), offs)
+    assert out.shape == (3, 5, 8) and macs == sum(5 * k * 8 for k in (4, 6, 6))  # the per-group sum
+
+
+def test_a_moe_layer_counts_its_experts(caplog):
+    from tests.test_memory import Experts
+
+    model, x = Experts(experts=4, dim=16, hidden=32), torch.randn(64, 16)
+    result = torchscope.summary(model, x, mode="train")
+    assert result.uncounted_ops == {}
+    assert result.total_macs == 64 * 16 * 32 + 64 * 32 * 16
+    # the weights' gradients of both products, and the hidden activations' gradient (the
+    # input does not require one): three products of the same size, each a grouped matmul
+    assert result.backward_macs == 3 * 64 * 16 * 32
+
+
+@pytest.mark.parametrize(
+    ("name", "args"),
+    [
+        (
+            "_int_mm",
+            lambda: (torch.empty(32, 64, dtype=torch.int8), torch.empty(64, 48, dtype=torch.int8)),
+        ),
+        ("_scaled_mm", lambda: (torch.empty(32, 64), torch.empty(64, 48))),
+        ("_weight_int8pack_mm", lambda: (torch.empty(32, 64), torch.empty(48, 64))),
+        ("_mixed_dtypes_linear", lambda: (torch.empty(32, 64), torch.empty(64, 48))),
+    ],
+)
+def test_quantised_and_scaled_products_are_priced_from_their_shapes(name, args):
+    """M x K activations against a K -> N weight, whatever its storage: 32 * 64 * 48 MACs.
+    Priced from the shapes (the kernels need hardware this machine may not have)."""
+    func = getattr(torch.ops.aten, name).default
+    out = torch.empty(32, 48, device="meta")
+    macs, _, counted = op_cost(func, args(), {}, out, all_ops=False)
+    assert counted and macs == 32 * 64 * 48
+
+
+def test_ops_without_multiply_adds_are_not_uncounted():
+    """MoE routing (histc, floor_divide), weight norm, unique and detection's nms/roi_align
+    do no multiply-accumulate: they are classified, so the totals stay exact, not lower bounds."""
+
+    class Router(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.utils.weight_norm(nn.Conv1d(4, 4, 3))
+
+        def forward(self, x: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            counts = torch.histc(ids.float(), bins=4, min=0, max=3)
+            slot = torch.floor_divide(ids, 2)
+            return self.conv(x), counts, slot, torch.unique(ids)
+
+    with pytest.warns(FutureWarning):  # weight_norm's own deprecation
+        model = Router()
+    result = torchscope.summary(model, (torch.randn(2, 4, 8), torch.tensor([0, 3, 1, 3])))
+    assert result.uncounted_ops == {}
+    assert result.total_macs == 2 * 4 * 6 * 4 * 3
+    boxes = torch.tensor([[0.0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30]])
+    scores = torch.tensor([0.9, 0.8, 0.7])
+
+    class Detector(nn.Module):
+        def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            kept = torchvision.ops.nms(boxes, scores, 0.5)
+            rois = torch.cat([torch.zeros(len(kept), 1), boxes[kept]], dim=1)
+            return kept, torchvision.ops.roi_align(features, rois, output_size=2)
+
+    found = torchscope.summary(Detector(), torch.randn(1, 3, 32, 32), all_ops=True)
+    assert (
+        found.uncounted_ops == {} and found.total_flops > 0
+    )  # roi_align's samples, as a reduction

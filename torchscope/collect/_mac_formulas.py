@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["MAC_FORMULAS", "MacFormula", "packets"]
+__all__ = ["MAC_FORMULAS", "MAC_FORMULAS_BY_NAME", "MacFormula", "packets"]
 
 aten = torch.ops.aten
 MacFormula = Callable[[Sequence[Any], dict[str, Any], Any], int]
@@ -44,6 +44,34 @@ def _bmm(args: Sequence[Any], kwargs: dict[str, Any], out: Any, offset: int = 0)
 def _matmul(args: Sequence[Any], kwargs: dict[str, Any], out: Any) -> int:
     inner = int(args[0].size(-1))  # every output element is a dot product of this length
     return int(out.numel()) * inner  # numel, not shape: nested (ragged) tensors have one too
+
+
+def _grouped_mm(args: Sequence[Any], kwargs: dict[str, Any], out: Any) -> int:
+    """``_grouped_mm`` and its scaled kin: G independent products in one kernel (MoE experts).
+
+    (M, K) x (G, K, N) with ``offs`` over M, (G, M, K) x (G, K, N), and (G, M, K) x (K, N)
+    with ``offs`` over N: every output element is a dot product of length K. (M, K) x (K, N)
+    with ``offs`` over K gives G outputs (M, N) whose lengths add up to K: M * K * N in all.
+    Rows that ``offs`` leaves out (an ``offs[-1]`` below M) are counted too: reading it would
+    synchronise with the device, and MoE layers fill every row.
+    """
+    a, b = _shape(args[0]), _shape(args[1])
+    if len(a) == 2 and len(b) == 2:
+        return a[0] * a[1] * b[1]
+    return int(out.numel()) * a[-1]
+
+
+def _weight_packed_mm(args: Sequence[Any], kwargs: dict[str, Any], out: Any) -> int:
+    """Quantised matmuls whose weight is packed (int4/int8): the activation (M, K) gives K,
+    the output (M, N) the number of dot products."""
+    return int(out.numel()) * int(args[0].size(-1))
+
+
+def _deform_conv2d(args: Sequence[Any], kwargs: dict[str, Any], out: Any) -> int:
+    """torchvision's deformable convolution: a convolution's MACs (the bilinear sampling of
+    the offsets is not multiply-accumulate work on the weight)."""
+    weight = _shape(args[1])  # [C_out, C_in/groups, kh, kw]
+    return int(out.numel()) * _numel(weight[1:])
 
 
 def _linear(args: Sequence[Any], kwargs: dict[str, Any], out: Any) -> int:
@@ -242,7 +270,19 @@ _REGISTRY: tuple[tuple[MacFormula, tuple[str, ...]], ...] = (
     (_addmm, ("addmm", "_addmm_activation")),
     (_bmm, ("bmm",)),
     (_baddbmm, ("baddbmm",)),
-    (_matmul, ("matmul", "dot", "mv", "vdot")),
+    (_matmul, ("matmul", "dot", "mv", "vdot", "_scaled_mm", "_scaled_mm_v2", "_int_mm")),
+    (_grouped_mm, ("_grouped_mm", "_scaled_grouped_mm", "_scaled_grouped_mm_v2")),
+    (
+        _weight_packed_mm,
+        (
+            "_weight_int4pack_mm",
+            "_weight_int4pack_mm_for_cpu",
+            "_weight_int4pack_mm_with_scales_and_zeros",
+            "_weight_int8pack_mm",
+            "_mixed_dtypes_linear",
+            "_dyn_quant_matmul_4bit",
+        ),
+    ),
     (_linear, ("linear",)),
     (_convolution, ("convolution", "_convolution")),
     (
@@ -300,3 +340,5 @@ _REGISTRY: tuple[tuple[MacFormula, tuple[str, ...]], ...] = (
 MAC_FORMULAS: dict[Any, MacFormula] = {
     packet: formula for formula, names in _REGISTRY for packet in packets(*names)
 }
+#: formulas of ops outside aten, by their packet's name (their library may not be loaded)
+MAC_FORMULAS_BY_NAME: dict[str, MacFormula] = {"torchvision.deform_conv2d": _deform_conv2d}

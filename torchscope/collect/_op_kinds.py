@@ -180,6 +180,17 @@ _DATA_MOVEMENT = frozenset(
         "_nested_view_from_buffer",
         "_nested_get_values",
         "_nested_view_from_jagged",
+        # distinct values and a kernel choice: sorting and bookkeeping, no arithmetic
+        "_unique",
+        "_unique2",
+        "unique_dim",
+        "unique_consecutive",
+        "unique_dim_consecutive",
+        "_fused_sdp_choice",
+        "nonzero_static",
+        "argwhere",
+        "_assert_scalar",
+        "sym_constrain_range_for_size",
     )
 )
 _REDUCTIONS = frozenset(
@@ -223,6 +234,10 @@ _REDUCTIONS = frozenset(
         "_upsample_bilinear2d_aa",
         "upsample_nearest2d_backward",
         "upsample_bilinear2d_backward",
+        # counting into bins (MoE routing counts tokens per expert with histc)
+        "histc",
+        "histogram",
+        "bincount",
     )
 )
 _NORMALISATION = frozenset(
@@ -259,6 +274,9 @@ _NORMALISATION = frozenset(
         "nll_loss_backward",
         "nll_loss2d_forward",
         "mse_loss",
+        # weight normalisation: a norm over the weight and a scale (nn.utils.weight_norm)
+        "_weight_norm_interface",
+        "_weight_norm_interface_backward",
     )
 )
 
@@ -287,13 +305,32 @@ _ELEMENTWISE = frozenset(
         "softshrink_backward",
         "hardshrink_backward",
         "logit_backward",
+        "floor_divide",
+        "floor_divide_",
     )
 )
+
+
+# ops of other libraries (torchvision's detection ops), by their packet's name: their library
+# may not be loaded, so they cannot be looked up as attributes like aten's
+_OTHER_LIBRARIES = {
+    "torchvision.nms": "move",
+    "torchvision.roi_align": "reduce",  # bilinear samples averaged per output bin
+    "torchvision._roi_align_backward": "reduce",
+    "torchvision.roi_pool": "reduce",
+    "torchvision._roi_pool_backward": "reduce",
+    "torchvision.ps_roi_align": "reduce",
+    "torchvision._ps_roi_align_backward": "reduce",
+    "torchvision.ps_roi_pool": "reduce",
+    "torchvision._ps_roi_pool_backward": "reduce",
+}
 
 
 def op_category(func: Any) -> str:
     """How an op without a MAC formula is priced: 'move', 'reduce', 'norm', 'pointwise' or '?'."""
     name = str(func.overloadpacket)
+    if name in _OTHER_LIBRARIES:
+        return _OTHER_LIBRARIES[name]
     if name in _DATA_MOVEMENT or func.is_view:
         return "move"
     if name in _REDUCTIONS:

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from torchscope.collect._mac_formulas import MAC_FORMULAS, MacFormula
+from torchscope.collect._mac_formulas import MAC_FORMULAS, MAC_FORMULAS_BY_NAME, MacFormula
 from torchscope.collect._op_kinds import op_category
 
 __all__ = ["MAC_FORMULAS", "CostCounter", "op_cost"]
@@ -55,7 +55,9 @@ _UNKNOWN = "unknown"  # no formula: listed when it produced a tensor
 
 
 def _handler(func: Any, all_ops: bool) -> MacFormula | str:
-    formula = MAC_FORMULAS.get(func.overloadpacket)
+    formula = MAC_FORMULAS.get(func.overloadpacket) or MAC_FORMULAS_BY_NAME.get(
+        str(func.overloadpacket)
+    )
     if formula is not None:
         return formula
     category = op_category(func)
