@@ -410,8 +410,8 @@ def test_memory_option_runs_one_real_pass_and_two_fake_ones(monkeypatch):
 
     from torch._subclasses.fake_tensor import FakeTensor
 
-    import torchscope.collect.hooks
     import torchscope.collect._memory_passes
+    import torchscope.collect.hooks
     import torchscope.collect.summary
 
     entries: list[bool] = []
