@@ -468,3 +468,67 @@ def test_ops_without_multiply_adds_are_not_uncounted():
     assert (
         found.uncounted_ops == {} and found.total_flops > 0
     )  # roi_align's samples, as a reduction
+
+
+# -- recurrent modules priced from their weights, their fused kernel run without Python modes ----
+
+
+def _recurrent_cases() -> list[object]:
+    packed = nn.utils.rnn.pack_padded_sequence(
+        torch.randn(3, 9, 6), torch.tensor([9, 5, 2]), batch_first=True
+    )
+    return [
+        pytest.param(
+            nn.GRU(6, 10, num_layers=2, bidirectional=True), torch.randn(4, 7, 6), id="bigru"
+        ),
+        pytest.param(
+            nn.LSTM(6, 10, batch_first=True, proj_size=4), torch.randn(4, 7, 6), id="lstm-proj"
+        ),
+        pytest.param(nn.RNN(6, 10, nonlinearity="relu"), torch.randn(7, 6), id="rnn-unbatched"),
+        pytest.param(nn.LSTM(6, 10, num_layers=3, bidirectional=True), packed, id="lstm-packed"),
+    ]
+
+
+@pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
+@pytest.mark.parametrize("mode", ["eval", "train"])
+@pytest.mark.parametrize(("rnn", "x"), _recurrent_cases())
+def test_recurrent_modules_priced_from_weights_match_the_op_by_op_count(rnn, x, mode):
+    """all_ops=True counts every op the recurrent kernels run, one by one; the default prices
+    the module from its weights with the fused kernel: the MACs must agree exactly."""
+    fast = torchscope.summary(rnn, (x,), mode=mode)
+    op_by_op = torchscope.summary(rnn, (x,), mode=mode, all_ops=True)
+    assert fast.total_macs == op_by_op.total_macs > 0
+    assert fast.layers[0].macs == fast.total_macs
+    assert fast.uncounted_ops == {}
+    if mode == "train":
+        assert fast.backward_macs == op_by_op.backward_macs > 0
+
+
+def test_a_recurrent_forward_is_not_run_op_by_op_under_the_counter(monkeypatch):
+    """A 50-step LSTM under the cost counter ran hundreds of aten ops through Python; priced
+    from its weights, its forward is one fused call the counter does not see."""
+    from torchscope.collect.costs import CostCounter
+
+    seen: list[str] = []
+    original = CostCounter.__torch_dispatch__
+
+    def counting(self, func, types, args=(), kwargs=None):
+        seen.append(str(func))
+        return original(self, func, types, args, kwargs)
+
+    monkeypatch.setattr(CostCounter, "__torch_dispatch__", counting)
+    model = nn.Sequential(nn.LSTM(8, 16, num_layers=2, batch_first=True))
+    result = torchscope.summary(model, torch.randn(2, 50, 8))
+    assert len(seen) < 20, seen[:30]
+    assert result.total_macs == 2 * 50 * (4 * 16 * 8 + 4 * 16 * 16 + 4 * 16 * 16 + 4 * 16 * 16)
+    assert "forward" not in model[0].__dict__  # the summary's wrapper is gone
+
+
+def test_a_recurrent_subclass_is_counted_op_by_op():
+    class Scaled(nn.GRU):
+        def forward(self, x, h=None):
+            out, h = super().forward(x, h)
+            return out @ torch.ones(out.shape[-1], 3), h
+
+    result = torchscope.summary(Scaled(4, 8, batch_first=True), torch.randn(2, 5, 4))
+    assert result.total_macs == 2 * 5 * (3 * 8 * 4 + 3 * 8 * 8) + 2 * 5 * 8 * 3

@@ -27,7 +27,7 @@ from torch.utils._python_dispatch import (
 from torchscope.collect._module_walk import iter_modules
 from torchscope.errors import TorchscopeWarning
 
-__all__ = ["parameter_writes_unwatched", "preserved_state"]
+__all__ = ["ParameterWriteGuard", "parameter_writes_unwatched", "preserved_state"]
 
 
 def _version(tensor: torch.Tensor) -> int | None:
@@ -178,7 +178,7 @@ class _TensorState:
     data: torch.Tensor  # an alias of its storage, to put back a rebound ``.data``
     storage: tuple[Any, ...] | None
     # a copy of its values: taken up front for buffers (small; always compared), before the
-    # first write for parameters (by _ParameterWriteGuard), None while nothing wrote to one
+    # first write for parameters (by ParameterWriteGuard), None while nothing wrote to one
     values: torch.Tensor | None
 
     @classmethod
@@ -238,7 +238,7 @@ def _written_arguments(func: Any) -> tuple[tuple[int, str], ...]:
     )
 
 
-class _ParameterWriteGuard(TorchDispatchMode):
+class ParameterWriteGuard(TorchDispatchMode):
     """Copies a parameter's values just before the first aten op that writes to its storage.
 
     Active while an instrumented forward runs, so that :func:`preserved_state` can put back
@@ -346,7 +346,7 @@ class _ParameterWriteGuard(TorchDispatchMode):
 
 # the guards of the instrumented blocks running now, innermost last (blocks of different
 # threads take turns: hooks._INSTRUMENTATION_LOCK)
-_GUARDS: list[_ParameterWriteGuard] = []
+_GUARDS: list[ParameterWriteGuard] = []
 
 
 @contextlib.contextmanager
@@ -436,7 +436,7 @@ def preserved_state(
                         param.requires_grad,
                         param.grad,
                     )
-    guard = _ParameterWriteGuard(by_storage)
+    guard = ParameterWriteGuard(by_storage)
     _GUARDS.append(guard)
     try:
         with guard:

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from torchscope.collect._mac_formulas import MAC_FORMULAS, MAC_FORMULAS_BY_NAME, MacFormula
@@ -141,3 +142,31 @@ class CostCounter(TorchDispatchMode):
             self.macs[key] += macs
             self.flops[key] += flops
         return out
+
+    def charge(self, macs: int) -> None:
+        """Adds ``macs`` (and 2 FLOPs each) to the module call running now."""
+        key = self.attribute_to()
+        self.macs[key] += macs
+        self.flops[key] += 2 * macs
+
+
+#: recurrent modules whose forward the summary prices from its weights, running the fused
+#: kernel with the Python dispatch modes off (the exact classes: a subclass may do more)
+FUSED_RECURRENT = (nn.RNN, nn.LSTM, nn.GRU)
+
+
+def recurrent_macs(module: nn.RNNBase, input: Any) -> int:
+    """MACs of a recurrent module's forward: every step of every sample multiplies the input
+    and the hidden state (and an LSTM's projection) by each layer's and direction's weight
+    matrices, whichever kernel runs (fused, cuDNN, one op per step)."""
+    data = input.data if isinstance(input, nn.utils.rnn.PackedSequence) else input
+    if isinstance(input, nn.utils.rnn.PackedSequence):
+        steps_times_batch = int(data.shape[0])  # the sum of the batch sizes
+    else:
+        steps_times_batch = int(data.numel()) // module.input_size
+    weights = sum(
+        int(p.numel())
+        for name, p in module.named_parameters(recurse=False)
+        if name.startswith("weight_")
+    )
+    return steps_times_batch * weights

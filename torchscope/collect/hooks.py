@@ -19,12 +19,11 @@ import threading
 import weakref
 from collections.abc import Iterator
 from copy import deepcopy
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import torch
 from torch import nn
 from torch.nn.parameter import UninitializedBuffer, is_lazy
-from torch.utils.hooks import RemovableHandle
 
 from torchscope.collect._module_walk import iter_modules
 from torchscope.collect._preserved_state import (
@@ -144,13 +143,22 @@ def initialised(
     return copy
 
 
+class Removable(Protocol):
+    """What a :class:`HookSet` holds: a hook handle, or anything else undone by ``remove()``."""
+
+    def remove(self) -> None: ...
+
+
+_Handle = TypeVar("_Handle", bound=Removable)
+
+
 class HookSet:
     """Owns hook handles; :meth:`remove_all` removes every one, even if some removals fail."""
 
     def __init__(self) -> None:
-        self._handles: list[RemovableHandle] = []
+        self._handles: list[Removable] = []
 
-    def add(self, handle: RemovableHandle) -> RemovableHandle:
+    def add(self, handle: _Handle) -> _Handle:
         self._handles.append(handle)
         return handle
 

@@ -8,13 +8,15 @@ message) and ``_parameter_summary`` (``summary(model)`` without an input).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils import _python_dispatch
 
 import torchscope._util.nested as _nested
 from torchscope._util.inputs import (
@@ -33,6 +35,7 @@ from torchscope.collect._call_recorder import (
 )
 from torchscope.collect._module_tree import index_model, tree_layers
 from torchscope.collect._parameter_summary import parameter_summary
+from torchscope.collect._preserved_state import ParameterWriteGuard
 from torchscope.collect._summary_args import (
     DEFAULT_COLUMNS,
     MODES,
@@ -46,7 +49,7 @@ from torchscope.collect._summary_args import (
     PARAMETER_DEFAULT_COLUMNS as PARAMETER_DEFAULT_COLUMNS,
 )
 from torchscope.collect._torchscript import is_script, plain_execution, type_name
-from torchscope.collect.costs import CostCounter
+from torchscope.collect.costs import FUSED_RECURRENT, CostCounter, recurrent_macs
 from torchscope.collect.hooks import initialised, instrumented
 from torchscope.collect.memory import estimate_from_arguments, optimizer_state_bytes
 from torchscope.errors import SummaryError, TorchscopeWarning
@@ -196,6 +199,8 @@ def summary(
             hooks.add(
                 module.register_forward_hook(recorder.leave, with_kwargs=True, always_call=True)
             )
+            if type(module) in FUSED_RECURRENT and not all_ops:
+                hooks.add(_priced_from_weights(module, counter))
         try:
             with counter, plain_execution(bool(index.scripted)):
                 output = _call_model(model, args, kwargs, recorder, hooked=not scripted_root)
@@ -238,6 +243,47 @@ def summary(
             stacklevel=2,
         )
     return result
+
+
+class _Restore:
+    """A handle whose ``remove()`` takes the summary's ``forward`` off a module again."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+    def remove(self) -> None:
+        self.module.__dict__.pop("forward", None)
+
+
+def _priced_from_weights(module: nn.Module, counter: CostCounter) -> _Restore:
+    """Runs a recurrent module's forward with the Python dispatch modes off, and charges its
+    MACs from its weights (``costs.recurrent_macs``).
+
+    Under a Python dispatch mode, an RNN runs one aten op per step and gate, each through
+    Python (434 ops for a small bidirectional GRU, against one fused kernel): the summary
+    then cost five times what the forward does. The modes taken off are the summary's own
+    (the cost counter, and the parameter-write guard: ``nn.RNN``, ``nn.LSTM`` and ``nn.GRU``
+    never write to their parameters); a mode of yours stays on.
+    """
+    original = module.forward
+
+    def forward(input: Any, *args: Any, **kwargs: Any) -> Any:
+        with _modes_off((CostCounter, ParameterWriteGuard)):
+            output = original(input, *args, **kwargs)
+        counter.charge(recurrent_macs(module, input))  # type: ignore[arg-type]
+        return output
+
+    module.__dict__["forward"] = forward
+    return _Restore(module)
+
+
+@contextlib.contextmanager
+def _modes_off(kinds: tuple[type, ...]) -> Iterator[None]:
+    """The dispatch modes of these kinds at the top of the stack, off for the block."""
+    with contextlib.ExitStack() as stack:
+        while isinstance(_python_dispatch._get_current_dispatch_mode(), kinds):
+            stack.enter_context(_python_dispatch._pop_mode_temporarily())
+        yield
 
 
 def _call_model(
