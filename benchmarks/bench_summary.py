@@ -1,7 +1,10 @@
 """torchscope.summary against torchinfo.summary: speed, scaling with nesting, correctness, side effects.
 
 Run: ``python benchmarks/bench_summary.py`` (or ``make bench``). ``--quick`` uses fewer models
-and repetitions. Every number is measured in this run, on this machine.
+and repetitions; ``--zoo`` runs only the real-world zoo section (``tests/real_zoo.py``: time,
+MACs against the FlopCounterMode oracle, memory estimate against measured peaks); run it from
+the repository root as ``python -m benchmarks.bench_summary --zoo``. Every number is measured
+in this run, on this machine.
 """
 
 from __future__ import annotations
@@ -10,12 +13,15 @@ import argparse
 import contextlib
 import copy
 import io
+import math
+import os
 import platform
 import sys
 import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torchinfo
@@ -26,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torchscope
 from benchmarks._common import interleaved_medians, median_seconds, ms, ratio, table
+from torchscope.collect.memory import measure_peak_bytes
 
 SPEED_MODELS = ("resnet18", "resnet50", "mobilenet_v3_small", "densenet121", "vit_b_16")
 QUICK_MODELS = ("resnet18", "mobilenet_v3_small")
@@ -201,10 +208,227 @@ def side_effects() -> list[list[str]]:
     return rows
 
 
+# ---------------------------------------------------------------------------------------------
+# the real-world zoo of tests/real_zoo.py
+
+
+def _zoo_summary(model: nn.Module, call: Any, **options: Any) -> torchscope.ModelSummary:
+    """``torchscope.summary`` on a zoo entry's call, as tests/test_real_zoo.py ``_summary``."""
+    if call.args:
+        return torchscope.summary(
+            model, input=call.args, forward_kwargs=dict(call.kwargs) or None, **options
+        )
+    return torchscope.summary(model, input=dict(call.kwargs), **options)
+
+
+def _zoo_torchinfo(model: nn.Module, call: Any) -> torchinfo.ModelStatistics:
+    if call.args:
+        return _torchinfo(model, input_data=list(call.args), **dict(call.kwargs))
+    return _torchinfo(model, input_data=dict(call.kwargs))
+
+
+def _signed(estimate: float, truth: float) -> str:
+    return f"{(estimate / truth - 1) * 100:+.1f}%"
+
+
+def _mb(nbytes: float) -> str:
+    return f"{nbytes / 1e6:,.2f} MB"
+
+
+def _fails(error: BaseException) -> str:
+    return f"fails ({type(error).__name__})"
+
+
+@contextlib.contextmanager
+def _quiet_fd2() -> Any:
+    """File descriptor 2 sent to /dev/null: the profiler's C++ start/stop lines and the
+    Hugging Face config notes the zoo's builds print, kept out of the tables."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _geomean(values: list[float]) -> float:
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+def _measured_peaks(
+    model: nn.Module, call: Any, output_tensors: Callable[[Any], list[torch.Tensor]], train: bool
+) -> int:
+    """The real CPU peak of a no_grad eval forward, or of a train-mode forward, a sum over
+    the output's floating tensors and ``backward()``; parameters, buffers and inputs count
+    as existing. The output is dropped before the backward, as the estimate does (a training
+    loop keeps the loss). One unmeasured warm-up run first; the model is left in eval mode."""
+    inputs = output_tensors((call.args, call.kwargs))
+
+    def step() -> None:
+        if not train:
+            with torch.no_grad():
+                model(*call.args, **call.kwargs)
+            return
+        output = model(*call.args, **call.kwargs)
+        roots = [t for t in output_tensors(output) if t.is_floating_point() and t.requires_grad]
+        del output
+        loss = sum((t.sum() for t in roots), torch.zeros(()))
+        del roots
+        loss.backward()
+
+    model.train(train)
+    try:
+        torch.manual_seed(0)
+        step()
+        for param in model.parameters():
+            param.grad = None
+        torch.manual_seed(0)
+        return measure_peak_bytes(step, existing=[*model.parameters(), *model.buffers(), *inputs])
+    finally:
+        for param in model.parameters():
+            param.grad = None
+        model.eval()
+
+
+def zoo(repeat: int) -> tuple[list[list[str]], dict[str, str]]:
+    """One row per entry of ``REAL_ZOO``: times, MACs against the oracle, memory against
+    measured peaks; then the geo-means."""
+    from tests.real_zoo import REAL_ZOO
+    from tests.test_real_zoo import _oracle, _output_tensors
+
+    rows: list[list[str]] = []
+    vs_torchinfo: list[tuple[float, str]] = []
+    memory_ratios: list[float] = []
+    trained = within_10 = 0
+    for entry in REAL_ZOO:
+        with _quiet_fd2():
+            model, call = entry.build(), entry.inputs()
+
+        def plain(model: nn.Module = model, call: Any = call) -> None:
+            with torch.no_grad():
+                model(*call.args, **call.kwargs)
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                _zoo_torchinfo(model, call)
+            theirs_ok: BaseException | None = None
+        except Exception as error:
+            theirs_ok = error
+        fns: list[Callable[[], object]] = [
+            plain,
+            lambda m=model, c=call: _zoo_summary(m, c),
+        ]
+        if theirs_ok is None:
+            fns.append(lambda m=model, c=call: _zoo_torchinfo(m, c))
+        times = interleaved_medians(fns, repeat=repeat, warmup=1)
+        forward, ours = times[0], times[1]
+        if theirs_ok is None:
+            theirs = times[2]
+            vs_torchinfo.append((ours / theirs, entry.name))
+            theirs_text, vs_text = ms(theirs), ratio(ours, theirs)
+        else:
+            theirs_text, vs_text = _fails(theirs_ok), "n/a"
+
+        summary = _zoo_summary(model, call)
+        with _quiet_fd2():
+            oracle = _oracle(entry).macs
+        macs_text = _signed(summary.total_macs, oracle) if oracle else "n/a (oracle 0)"
+
+        start = time.perf_counter()
+        estimate = _zoo_summary(model, call, memory=True).memory
+        with_memory = time.perf_counter() - start
+        memory_ratios.append(with_memory / forward)
+
+        if estimate is None:
+            inference_text = training_text = "n/a (no estimate)"
+        else:
+            with _quiet_fd2():
+                real = _measured_peaks(model, call, _output_tensors, train=False)
+            inference_text = f"{_mb(real)} ({_signed(estimate.inference_peak, real)})"
+            if estimate.training_peak is None or entry.family == "torchvision_detection":
+                training_text = "n/a"
+            else:
+                try:
+                    with _quiet_fd2():
+                        real = _measured_peaks(model, call, _output_tensors, train=True)
+                except Exception as error:
+                    training_text = _fails(error)
+                else:
+                    trained += 1
+                    within_10 += abs(estimate.training_peak / real - 1) <= 0.10
+                    training_text = f"{_mb(real)} ({_signed(estimate.training_peak, real)})"
+        rows.append(
+            [
+                entry.name,
+                ms(forward),
+                ms(ours),
+                theirs_text,
+                vs_text,
+                ratio(ours, forward),
+                macs_text,
+                ms(with_memory),
+                ratio(with_memory, forward),
+                inference_text,
+                training_text,
+            ]
+        )
+    worst, worst_name = max(vs_torchinfo)
+    figures = {
+        "zoo: summary / torchinfo (geo-mean)": f"{_geomean([r for r, _ in vs_torchinfo]):.2f}x"
+        f" over {len(vs_torchinfo)} models",
+        "zoo: summary / torchinfo (worst)": f"{worst:.2f}x ({worst_name})",
+        "zoo: summary(memory=True) / forward (geo-mean)": f"{_geomean(memory_ratios):.2f}x",
+        "zoo: training peak within 10% of measured": f"{within_10} of {trained} models",
+    }
+    return rows, figures
+
+
+ZOO_HEADERS = [
+    "model",
+    "forward",
+    "torchscope",
+    "torchinfo",
+    "torchscope/torchinfo",
+    "torchscope/forward",
+    "MACs vs oracle",
+    "memory=True (once)",
+    "memory=True/forward",
+    "inference peak: measured (estimate error)",
+    "training peak: measured (estimate error)",
+]
+
+
+def zoo_section(repeat: int) -> dict[str, str]:
+    print(
+        "## Real-world zoo (tests/real_zoo.py): median ms of a no_grad forward, of "
+        "torchscope.summary and of torchinfo.summary, timed interleaved; MACs against "
+        "FlopCounterMode plus the analytic formulas of tests/test_real_zoo.py; memory "
+        "estimates against peaks measured with the profiler (estimate/measured - 1)\n"
+    )
+    rows, figures = zoo(repeat)
+    print(table(ZOO_HEADERS, rows))
+    print()
+    print(table(["figure", "value"], [[k, v] for k, v in figures.items()]))
+    return figures
+
+
 def main(argv: list[str] | None = None) -> dict[str, str]:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer models and repetitions")
+    parser.add_argument("--zoo", action="store_true", help="only the real-world zoo section")
     args = parser.parse_args(argv)
+    zoo_repeat = 3  # few: memory=True, the oracle and the measured steps dominate the time
+    if args.zoo:
+        print(
+            f"# torchscope.summary vs torchinfo {torchinfo.__version__} on the real-world zoo "
+            f"(torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} threads)\n"
+        )
+        return zoo_section(zoo_repeat)
     models = QUICK_MODELS if args.quick else SPEED_MODELS
     repeat = 5 if args.quick else 11
 
@@ -240,9 +464,12 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
     with contextlib.redirect_stdout(io.StringIO()):
         effects = side_effects()
     print(table(["check", "torchscope", "torchinfo"], effects))
+    print()
+    figures = zoo_section(zoo_repeat)
     return {
         "summary time / forward time (worst model)": f"{max(ratios):.2f}x",
         "summary time / forward time (best model)": f"{min(ratios):.2f}x",
+        **figures,
     }
 
 
