@@ -276,7 +276,11 @@ def _measured_peaks(
         output = model(*call.args, **call.kwargs)
         roots = [t for t in output_tensors(output) if t.is_floating_point() and t.requires_grad]
         del output
-        loss = sum((t.sum() for t in roots), torch.zeros(()))
+        if not roots:
+            raise RuntimeError("no output tensor requires grad")
+        loss = roots[0].sum()
+        for root in roots[1:]:
+            loss = loss + root.sum()
         del roots
         loss.backward()
 
