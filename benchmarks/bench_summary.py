@@ -414,6 +414,12 @@ def zoo_section(repeat: int) -> dict[str, str]:
         "FlopCounterMode plus the analytic formulas of tests/test_real_zoo.py; memory "
         "estimates against peaks measured with the profiler (estimate/measured - 1)\n"
     )
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if load > cores:
+        print(
+            f"(load average {load:.1f} on {cores} cores: other processes share the CPUs, so the "
+            "times are unreliable, multi-threaded ones most; the MACs and memory are not)\n"
+        )
     rows, figures = zoo(repeat)
     print(table(ZOO_HEADERS, rows))
     print()
