@@ -36,6 +36,7 @@ from torchscope.collect._call_recorder import (
 from torchscope.collect._module_tree import index_model, tree_layers
 from torchscope.collect._parameter_summary import parameter_summary
 from torchscope.collect._preserved_state import ParameterWriteGuard
+from torchscope.collect._shape_only import ShapeOnly
 from torchscope.collect._summary_args import (
     DEFAULT_COLUMNS,
     MODES,
@@ -150,88 +151,107 @@ def summary(
     optimizer_state = optimizer_state_bytes(model, optimizer) if memory else 0
     index = index_model(model, hookable=not scripted_root)
 
-    modules = index.modules
-    recorder = CallRecorder(modules)
-    counter = CostCounter(recorder.current_call, all_ops=bool(all_ops))
+    def attempt(shape_only: ShapeOnly | None) -> tuple[ModelSummary, CallRecorder]:
+        """One instrumented forward (and backward); ``shape_only`` skips heavy arithmetic."""
+        modules = index.modules
+        recorder = CallRecorder(modules)
+        counter = CostCounter(recorder.current_call, all_ops=bool(all_ops))
 
-    def build(
-        output_shapes: tuple[_nested.Shape, ...],
-        output_bytes: int,
-        table_depth: int,
-        *,
-        complete: bool,
-        backward: tuple[int, int] | None = None,
-    ) -> ModelSummary:
-        inclusive = inclusive_costs(recorder.calls, counter)
-        return ModelSummary(
-            model_type=type_name(model),
-            layers=tuple(
-                call.freeze(modules[call.module_id], counter, inclusive) for call in recorder.calls
-            ),
-            parameters=index.parameters,
-            buffers=index.buffers,
-            input_shapes=_nested.shapes((args, kwargs)),
-            output_shapes=output_shapes,
-            input_bytes=_nested.tensor_bytes((args, kwargs)),
-            output_bytes=output_bytes,
-            uncalled=uncalled(modules, recorder.calls) if complete else (),
-            scripted=index.scripted,
-            depth=table_depth,
-            columns=columns,
-            mode=mode,
-            device=str(input_device),
-            total_macs=sum(counter.macs.values()),
-            total_flops=sum(counter.flops.values()),
-            backward_macs=None if backward is None else backward[0],
-            backward_flops=None if backward is None else backward[1],
-            uncounted_ops=dict(sorted(counter.uncounted.items())),
-            all_ops=bool(all_ops),
-        )
-
-    grad = model.training if mode == "same" else mode == "train"
-    with instrumented(model, grad=grad) as hooks:
-        if mode != "same":
-            model.train(mode == "train")
-        for module in [] if scripted_root else index.module_objects:
-            hooks.add(
-                module.register_forward_pre_hook(recorder.enter, with_kwargs=True, prepend=True)
-            )
-            hooks.add(
-                module.register_forward_hook(recorder.leave, with_kwargs=True, always_call=True)
-            )
-            if type(module) in FUSED_RECURRENT and not all_ops:
-                hooks.add(_priced_from_weights(module, counter))
-        try:
-            with counter, plain_execution(bool(index.scripted)):
-                output = _call_model(model, args, kwargs, recorder, hooked=not scripted_root)
-        except Exception as error:
-            origin = recorder.origin_of(error)
-            failed_depth = max([depth, *(c.depth for c in recorder.calls if c.failed)])
-            partial = build((), 0, failed_depth, complete=False)
-            raise SummaryError(
-                failure_message(
-                    error, origin, partial, no_input=input is None and input_size is None
+        def build(
+            output_shapes: tuple[_nested.Shape, ...],
+            output_bytes: int,
+            table_depth: int,
+            *,
+            complete: bool,
+            backward: tuple[int, int] | None = None,
+        ) -> ModelSummary:
+            inclusive = inclusive_costs(recorder.calls, counter)
+            return ModelSummary(
+                model_type=type_name(model),
+                layers=tuple(
+                    call.freeze(modules[call.module_id], counter, inclusive)
+                    for call in recorder.calls
                 ),
-                module_name=origin.name if origin else "",
-                module_type=origin.type if origin else type(model).__name__,
-                input_shapes=origin.input_shapes if origin else (),
-                partial=partial,
-            ) from error
-        # backward may re-run module forwards (activation checkpointing): those are not calls
-        # of the summarised pass, so the hooks come off first
-        hooks.remove_all()
-        backward = _count_backward(model, output, counter) if mode == "train" else None
-        result = build(
-            _nested.shapes(output),
-            _nested.tensor_bytes(output),
-            depth,
-            complete=True,
-            backward=backward,
-        )
-        if scripted_root:  # the root's call, then the modules inside it (not calls: no hooks)
-            tree = tree_layers(model, index.modules)
-            result = dataclasses.replace(result, layers=(result.layers[0], *tree[1:]))
-        del output
+                parameters=index.parameters,
+                buffers=index.buffers,
+                input_shapes=_nested.shapes((args, kwargs)),
+                output_shapes=output_shapes,
+                input_bytes=_nested.tensor_bytes((args, kwargs)),
+                output_bytes=output_bytes,
+                uncalled=uncalled(modules, recorder.calls) if complete else (),
+                scripted=index.scripted,
+                depth=table_depth,
+                columns=columns,
+                mode=mode,
+                device=str(input_device),
+                total_macs=sum(counter.macs.values()),
+                total_flops=sum(counter.flops.values()),
+                backward_macs=None if backward is None else backward[0],
+                backward_flops=None if backward is None else backward[1],
+                uncounted_ops=dict(sorted(counter.uncounted.items())),
+                all_ops=bool(all_ops),
+            )
+
+        grad = model.training if mode == "same" else mode == "train"
+        with instrumented(model, grad=grad) as hooks:
+            if mode != "same":
+                model.train(mode == "train")
+            for module in [] if scripted_root else index.module_objects:
+                hooks.add(
+                    module.register_forward_pre_hook(recorder.enter, with_kwargs=True, prepend=True)
+                )
+                hooks.add(
+                    module.register_forward_hook(recorder.leave, with_kwargs=True, always_call=True)
+                )
+                if type(module) in FUSED_RECURRENT and not all_ops:
+                    hooks.add(_priced_from_weights(module, counter, shape_only))
+            try:
+                with _maybe(shape_only), counter, plain_execution(bool(index.scripted)):
+                    output = _call_model(model, args, kwargs, recorder, hooked=not scripted_root)
+            except Exception as error:
+                if shape_only is not None:
+                    raise
+                origin = recorder.origin_of(error)
+                failed_depth = max([depth, *(c.depth for c in recorder.calls if c.failed)])
+                partial = build((), 0, failed_depth, complete=False)
+                raise SummaryError(
+                    failure_message(
+                        error, origin, partial, no_input=input is None and input_size is None
+                    ),
+                    module_name=origin.name if origin else "",
+                    module_type=origin.type if origin else type(model).__name__,
+                    input_shapes=origin.input_shapes if origin else (),
+                    partial=partial,
+                ) from error
+            # backward may re-run module forwards (activation checkpointing): those are not calls
+            # of the summarised pass, so the hooks come off first
+            hooks.remove_all()
+            backward = (
+                _count_backward(model, output, counter, shape_only) if mode == "train" else None
+            )
+            result = build(
+                _nested.shapes(output),
+                _nested.tensor_bytes(output),
+                depth,
+                complete=True,
+                backward=backward,
+            )
+            if scripted_root:  # the root's call, then the modules inside it (not calls: no hooks)
+                tree = tree_layers(model, index.modules)
+                result = dataclasses.replace(result, layers=(result.layers[0], *tree[1:]))
+            del output
+        return result, recorder
+
+    result: ModelSummary | None = None
+    if _shape_only_allowed(model, index.module_objects, bool(index.scripted)) and _worth_it(
+        model, (args, kwargs)
+    ):
+        try:
+            result, recorder = attempt(ShapeOnly())
+        except Exception:  # values were needed (or garbage upset an op): run them for real
+            result = None
+    if result is None:
+        result, recorder = attempt(None)
     if memory:
         result = _with_memory(result, model, args, kwargs, optimizer_state)
     if recorder.internal_errors:
@@ -255,7 +275,9 @@ class _Restore:
         self.module.__dict__.pop("forward", None)
 
 
-def _priced_from_weights(module: nn.Module, counter: CostCounter) -> _Restore:
+def _priced_from_weights(
+    module: nn.Module, counter: CostCounter, shape_only: ShapeOnly | None
+) -> _Restore:
     """Runs a recurrent module's forward with the Python dispatch modes off, and charges its
     MACs from its weights (``costs.recurrent_macs``).
 
@@ -268,13 +290,55 @@ def _priced_from_weights(module: nn.Module, counter: CostCounter) -> _Restore:
     original = module.forward
 
     def forward(input: Any, *args: Any, **kwargs: Any) -> Any:
-        with _modes_off((CostCounter, ParameterWriteGuard)):
+        with _modes_off((CostCounter, ShapeOnly, ParameterWriteGuard)):
             output = original(input, *args, **kwargs)
+        if shape_only is not None and shape_only.marked(_nested.tensors((input, args, kwargs))):
+            shape_only.mark(_nested.tensors(output))  # computed from values that are garbage
         counter.charge(recurrent_macs(module, input))  # type: ignore[arg-type]
         return output
 
     module.__dict__["forward"] = forward
     return _Restore(module)
+
+
+def _maybe(mode: ShapeOnly | None) -> contextlib.AbstractContextManager[Any]:
+    return contextlib.nullcontext() if mode is None else mode
+
+
+#: the shape-only forward costs one more Python dispatch mode per op (a few microseconds);
+#: it pays only where some op reaches ``_shape_only.MIN_MACS``, which needs a large weight
+#: times a large input: below this product of their element counts it is not tried
+WORTH_SKIPPING = 1 << 27
+
+
+def _worth_it(model: nn.Module, inputs: Any) -> bool:
+    weight = max((int(p.numel()) for p in model.parameters()), default=0)
+    data = max((int(t.numel()) for t in _nested.tensors(inputs)), default=0)
+    return weight * data >= WORTH_SKIPPING
+
+
+def _shape_only_allowed(model: nn.Module, modules: Iterable[nn.Module], scripted: bool) -> bool:
+    """Whether the forward may skip its heavy arithmetic (``_shape_only``): not when hooks of
+    your own are registered (they see real values, as in any forward), not for TorchScript,
+    and not for tensor subclasses (quantised weights, DTensor)."""
+    if scripted:
+        return False
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if type(tensor.data) is not torch.Tensor:
+            return False
+    from torch.nn.modules import module as torch_module
+
+    if (
+        torch_module._global_forward_pre_hooks
+        or torch_module._global_forward_hooks
+        or torch_module._global_backward_pre_hooks
+        or torch_module._global_backward_hooks
+    ):
+        return False
+    return not any(
+        m._forward_pre_hooks or m._forward_hooks or m._backward_pre_hooks or m._backward_hooks
+        for m in modules
+    )
 
 
 @contextlib.contextmanager
@@ -322,7 +386,9 @@ def _with_memory(
     return dataclasses.replace(result, memory=estimate)
 
 
-def _count_backward(model: nn.Module, output: Any, counter: CostCounter) -> tuple[int, int]:
+def _count_backward(
+    model: nn.Module, output: Any, counter: CostCounter, shape_only: ShapeOnly | None = None
+) -> tuple[int, int]:
     """MACs and FLOPs of the backward pass a training step would run from ``output``.
 
     Uses ``torch.autograd.grad`` with the trainable parameters as inputs, so the real backward
@@ -335,9 +401,11 @@ def _count_backward(model: nn.Module, output: Any, counter: CostCounter) -> tupl
     seeds = [torch.ones_like(t) for t in roots]
     counter.backward = True
     try:
-        with counter:
+        with _maybe(shape_only), counter:
             torch.autograd.grad(roots, params, grad_outputs=seeds, allow_unused=True)
     except Exception as e:
+        if shape_only is not None:
+            raise
         raise SummaryError(
             f"the backward pass of mode='train' failed: {type(e).__name__}: {e}"
         ) from e
