@@ -9,7 +9,7 @@ import contextlib
 import gc
 import logging
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -174,10 +174,11 @@ def _reorders_weight(weight: torch.Tensor) -> bool:
     )
 
 
-def _fake_state(
-    model: nn.Module, fake: FakeTensorMode
+def _twins(
+    model: nn.Module, make: Callable[[torch.Tensor], torch.Tensor]
 ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
-    """Fake twins of every parameter and buffer, by name; tied tensors stay one tensor."""
+    """A twin of every parameter and buffer, by name (tied tensors stay one twin), made by
+    ``make`` from the tensor's ``.data``; a trainable parameter's twin requires grad."""
     twins: dict[int, torch.Tensor] = {}
     state: dict[str, torch.Tensor] = {}
     named = [
@@ -187,9 +188,7 @@ def _fake_state(
     for name, tensor in named:
         twin = twins.get(id(tensor))
         if twin is None:
-            # .data, not .detach(): a detached tensor shares the version counter, and a
-            # forward's in-place write to the twin would bump the real parameter's
-            twin = fake.from_tensor(tensor.data)
+            twin = make(tensor.data)
             if isinstance(tensor, nn.Parameter) and tensor.requires_grad:
                 twin.requires_grad_(True)
             twins[id(tensor)] = twin
@@ -215,7 +214,9 @@ def _fake_copy(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) 
     shapes, dtypes, devices and shared storages matter to either pass."""
     mode = FakeTensorMode(allow_non_fake_inputs=True)
     with mode:
-        state, persistent = _fake_state(model, mode)
+        # .data, not .detach(): a detached tensor shares the version counter, and a
+        # forward's in-place write to the twin would bump the real parameter's
+        state, persistent = _twins(model, mode.from_tensor)
         fake_args, fake_kwargs = _nested.map_tensors((args, kwargs), mode.from_tensor)
     return _FakeCopy(mode, state, persistent, fake_args, fake_kwargs)
 
@@ -243,22 +244,9 @@ def _real_copy(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) 
     beyond them. Parameters are detached leaves (their gradients land on the twins, never on
     the model's ``.grad``); the arguments are copied, so an in-place first op cannot reach the
     caller's tensors. Writes into parameters and buffers are undone by ``instrumented``."""
-    twins: dict[int, torch.Tensor] = {}
-    state: dict[str, torch.Tensor] = {}
-    named = [
-        *model.named_parameters(remove_duplicate=False),
-        *model.named_buffers(remove_duplicate=False),
-    ]
-    for name, tensor in named:
-        twin = twins.get(id(tensor))
-        if twin is None:
-            twin = tensor.detach()
-            if isinstance(tensor, nn.Parameter) and tensor.requires_grad:
-                twin.requires_grad_(True)
-            twins[id(tensor)] = twin
-        state[name] = twin
+    state, persistent = _twins(model, torch.Tensor.detach)
     real_args, real_kwargs = _nested.map_tensors((args, kwargs), lambda t: t.detach().clone())
-    return _FakeCopy(contextlib.nullcontext(), state, list(twins.values()), real_args, real_kwargs)
+    return _FakeCopy(contextlib.nullcontext(), state, persistent, real_args, real_kwargs)
 
 
 def _where(error: BaseException, model: nn.Module) -> str:
