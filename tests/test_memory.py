@@ -153,7 +153,9 @@ class Selector(nn.Module):
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # the profiler's notes about its own setup
-def test_data_dependent_shapes_are_measured_on_the_real_tensors_and_nothing_changes():
+def test_data_dependent_shapes_are_measured_on_the_real_tensors_and_nothing_changes(
+    on_fake_tensors,
+):
     torch.manual_seed(0)
     model = Selector()
     x = torch.randn(256, 16)
@@ -171,7 +173,7 @@ def test_data_dependent_shapes_are_measured_on_the_real_tensors_and_nothing_chan
         assert abs(predicted - real) <= 0.05 * real, (train, predicted, real)
 
 
-def test_a_custom_op_without_a_fake_kernel_is_measured():
+def test_a_custom_op_without_a_fake_kernel_is_measured(on_fake_tensors):
     @torch.library.custom_op("torchscope_tests::doubled", mutates_args=())
     def doubled(x: torch.Tensor) -> torch.Tensor:
         return x * 2
@@ -230,7 +232,7 @@ class Experts(nn.Module):
         return torch._grouped_mm(hidden, self.down, offs=offs)
 
 
-def test_grouped_matmuls_are_estimated_quietly_in_float32(caplog):
+def test_grouped_matmuls_are_estimated_quietly_in_float32(caplog, on_fake_tensors):
     model = Experts()
     x = torch.randn(64, 16)
     with caplog.at_level(logging.DEBUG):
@@ -286,7 +288,7 @@ def test_fused_attention_and_lstm_training_within_reach():
     assert abs(predicted - real) / real < 0.15  # oneDNN's workspace is an empirical fit
 
 
-def test_the_model_is_made_fake_once_for_both_passes(monkeypatch):
+def test_the_model_is_made_fake_once_for_both_passes(on_fake_tensors, monkeypatch):
     """Converting every parameter to a fake tensor takes about twice as long as a
     fake forward (resnet50): the inference and training passes share one set of fake twins."""
     from torch._subclasses.fake_tensor import FakeTensorMode

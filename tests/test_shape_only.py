@@ -25,9 +25,12 @@ def attempts(monkeypatch):
             self.abandoned = False
             made.append(self)
 
-        def __exit__(self, kind, value, traceback):
-            self.abandoned = self.abandoned or kind is not None
-            return super().__exit__(kind, value, traceback)
+        def call(self, func, args, kwargs=None):  # what the summary's cost counter runs
+            try:
+                return super().call(func, args, kwargs)
+            except BaseException:
+                self.abandoned = True
+                raise
 
     monkeypatch.setattr(summary_module, "ShapeOnly", Recording)
     return made

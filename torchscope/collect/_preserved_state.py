@@ -11,7 +11,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
@@ -27,7 +27,14 @@ from torch.utils._python_dispatch import (
 from torchscope.collect._module_walk import iter_modules
 from torchscope.errors import TorchscopeWarning
 
-__all__ = ["ParameterWriteGuard", "parameter_writes_unwatched", "preserved_state"]
+__all__ = [
+    "OpCall",
+    "ParameterWriteGuard",
+    "parameter_writes_inline",
+    "parameter_writes_unwatched",
+    "plain_call",
+    "preserved_state",
+]
 
 
 def _version(tensor: torch.Tensor) -> int | None:
@@ -192,15 +199,18 @@ class _TensorState:
 
     def restore_values(self) -> None:
         if self.values is None or _same_bits(self.tensor, self.values):
-            # no write: a copy would bump the version counter and break a backward pass the
-            # caller still has pending through this buffer
-            return
+            return  # no write
+        # through the ``.data`` alias, whose version counter is its own: the tensor's counter
+        # stays where the forward left it, so a backward pass the caller still has pending
+        # through it runs, when the forward wrote only to a twin that shares its storage
+        # (the memory estimate's measured passes)
+        target = self.data if _plain(self.tensor) else self.tensor
         try:
-            self.tensor.copy_(self.values)
+            target.copy_(self.values)
         except RuntimeError:
             if self.tensor.is_inference():
                 with torch.inference_mode():
-                    self.tensor.copy_(self.values)
+                    target.copy_(self.values)
             # else: an expanded or otherwise overlapping tensor, which no in-place op can have
             # written
 
@@ -268,6 +278,11 @@ class ParameterWriteGuard(TorchDispatchMode):
         self._parameters = {id(s.tensor): s for states in parameters.values() for s in states}
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        return self.call(func, args, kwargs)
+
+    def call(self, func: Any, args: Any, kwargs: Any = None) -> Any:
+        """Runs one aten op, copying first each parameter it writes to (the mode's handler;
+        also called by a mode of torchscope's own: :func:`parameter_writes_inline`)."""
         # id(parameter) -> (its state, its version before, how many written arguments alias
         # it), for the parameters this op writes to outside their watched storage
         elsewhere: dict[int, tuple[_TensorState, int | None, int]] | None = None
@@ -365,6 +380,31 @@ def parameter_writes_unwatched() -> Iterator[None]:
         return
     with _pop_mode_temporarily():
         yield
+
+
+def plain_call(func: Any, args: Any, kwargs: Any = None) -> Any:
+    """Runs one aten op as the dispatcher would (an :data:`OpCall`)."""
+    return func(*args, **kwargs) if kwargs else func(*args)
+
+
+#: how a dispatch mode of torchscope's runs the op it intercepts: ``(func, args, kwargs)``
+OpCall = Callable[[Any, Any, Any], Any]
+
+
+@contextlib.contextmanager
+def parameter_writes_inline() -> Iterator[OpCall]:
+    """For a dispatch mode of torchscope's own that sees every op anyway (the summary's cost
+    counter): the innermost instrumented block's parameter-write guard is taken off the mode
+    stack for the block, and its handler is what runs each op. One Python dispatch mode per
+    op instead of two, a few microseconds an op. Where the guard is not the innermost mode,
+    it stays where it is, and ops are run plainly (it sees them as before).
+    """
+    guard = _GUARDS[-1] if _GUARDS else None
+    if guard is None or _get_current_dispatch_mode() is not guard:
+        yield plain_call
+        return
+    with _pop_mode_temporarily():
+        yield guard.call
 
 
 def _tracked(tensor: Any) -> TypeGuard[torch.Tensor]:

@@ -23,12 +23,15 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
+from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 
 from torchscope.collect._mac_formulas import MAC_FORMULAS, MAC_FORMULAS_BY_NAME
+from torchscope.collect._preserved_state import OpCall, plain_call
 
-__all__ = ["NeedsValues", "ShapeOnly"]
+__all__ = ["NeedsValues", "ShapeOnly", "shape_only_allowed"]
+
 
 #: an op is skipped when its tensor arguments hold at least this many elements...
 MIN_ELEMENTS = 1 << 15
@@ -71,6 +74,10 @@ class ShapeOnly(TorchDispatchMode):
         self._marked: dict[int, weakref.ref[torch.Tensor]] = {}
         self._decisions: dict[Any, Any] = {}
         self._replaceable_ops: dict[Any, bool] = {}
+        #: what runs an op that is not skipped: the op itself, or the handler of a mode of
+        #: torchscope's below this one (the summary runs this mode inside its cost counter's
+        #: handler, with the parameter-write guard's after it: one Python mode per op)
+        self.run_op: OpCall = plain_call
 
     # -- marks -----------------------------------------------------------------------------------
 
@@ -97,9 +104,13 @@ class ShapeOnly(TorchDispatchMode):
     # -- dispatch --------------------------------------------------------------------------------
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        return self.call(func, args, kwargs)
+
+    def call(self, func: Any, args: Any, kwargs: Any = None) -> Any:
+        """Runs one aten op, or answers it from its meta kernel (the mode's handler)."""
         kwargs = kwargs or {}
         if not self._marked and self._formula(func) is None:
-            return func(*args, **kwargs)  # the common case: no garbage yet, a light op
+            return self.run_op(func, args, kwargs)  # the common case: no garbage yet, a light op
         leaves, _ = tree_flatten((args, kwargs))
         tainted = bool(self._marked) and self.marked(leaves)
         if tainted and func.namespace != "aten":
@@ -115,7 +126,7 @@ class ShapeOnly(TorchDispatchMode):
                 self.skipped += 1
                 self.mark(tree_flatten(out)[0])
                 return out
-        out = func(*args, **kwargs)
+        out = self.run_op(func, args, kwargs)
         if tainted:
             self.mark(tree_flatten(out)[0])
         return out
@@ -180,3 +191,27 @@ class ShapeOnly(TorchDispatchMode):
             return value
 
         return tree_map(real, meta_out)
+
+
+def shape_only_allowed(model: nn.Module, modules: Iterable[nn.Module], scripted: bool) -> bool:
+    """Whether the forward may skip its heavy arithmetic (``_shape_only``): not when hooks of
+    your own are registered (they see real values, as in any forward), not for TorchScript,
+    and not for tensor subclasses (quantised weights, DTensor)."""
+    if scripted:
+        return False
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if type(tensor.data) is not torch.Tensor:
+            return False
+    from torch.nn.modules import module as torch_module
+
+    if (
+        torch_module._global_forward_pre_hooks
+        or torch_module._global_forward_hooks
+        or torch_module._global_backward_pre_hooks
+        or torch_module._global_backward_hooks
+    ):
+        return False
+    return not any(
+        m._forward_pre_hooks or m._forward_hooks or m._backward_pre_hooks or m._backward_hooks
+        for m in modules
+    )

@@ -28,6 +28,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from torchscope.collect._mac_formulas import MAC_FORMULAS, MAC_FORMULAS_BY_NAME, MacFormula
 from torchscope.collect._op_kinds import op_category
+from torchscope.collect._preserved_state import OpCall, plain_call
 
 __all__ = ["MAC_FORMULAS", "CostCounter", "op_cost"]
 
@@ -122,10 +123,13 @@ class CostCounter(TorchDispatchMode):
         self.backward_flops = 0
         self.uncounted: Counter[str] = Counter()
         self._handlers: dict[Any, MacFormula | str] = {}
+        #: what runs each op: the op itself, or the handler of a mode of torchscope's that
+        #: the counter stands in for (one Python dispatch mode per op instead of several)
+        self.run_op: OpCall = plain_call
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         # runs for every aten op: keep the common cases (data movement, no-MAC ops) short
-        out = func(*args, **kwargs) if kwargs else func(*args)
+        out = self.run_op(func, args, kwargs)
         handler = self._handlers.get(func)
         if handler is None:
             handler = self._handlers[func] = _handler(func, self.all_ops)

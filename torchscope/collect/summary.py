@@ -35,8 +35,8 @@ from torchscope.collect._call_recorder import (
 )
 from torchscope.collect._module_tree import index_model, tree_layers
 from torchscope.collect._parameter_summary import parameter_summary
-from torchscope.collect._preserved_state import ParameterWriteGuard
-from torchscope.collect._shape_only import ShapeOnly
+from torchscope.collect._preserved_state import ParameterWriteGuard, parameter_writes_inline
+from torchscope.collect._shape_only import ShapeOnly, shape_only_allowed
 from torchscope.collect._summary_args import (
     DEFAULT_COLUMNS,
     MODES,
@@ -111,7 +111,8 @@ def summary(
         all_ops: also count FLOPs of ops without multiply-accumulates (elementwise,
             reductions, normalisation, softmax, pooling); MACs are unaffected.
         memory: also estimate the peak memory of an inference forward and of a training
-            step (``summary.memory``), on fake tensors: nothing is allocated, but it runs the
+            step (``summary.memory``), measured on a CPU model's own storage (within a budget)
+            or on fake tensors (see ``estimate_memory``), but it runs the
             model twice more, so it is off by default.
         optimizer: with ``memory=True``, add this optimizer's state to the training peak (an
             optimizer object or a name such as ``"adam"``; see ``torchscope.estimate_memory``).
@@ -206,7 +207,7 @@ def summary(
                 if type(module) in FUSED_RECURRENT and not all_ops:
                     hooks.add(_priced_from_weights(module, counter, shape_only))
             try:
-                with _maybe(shape_only), counter, plain_execution(bool(index.scripted)):
+                with _counting(counter, shape_only), plain_execution(bool(index.scripted)):
                     output = _call_model(model, args, kwargs, recorder, hooked=not scripted_root)
             except Exception as error:
                 if shape_only is not None:
@@ -243,7 +244,7 @@ def summary(
         return result, recorder
 
     result: ModelSummary | None = None
-    if _shape_only_allowed(model, index.module_objects, bool(index.scripted)) and _worth_it(
+    if shape_only_allowed(model, index.module_objects, bool(index.scripted)) and _worth_it(
         model, (args, kwargs)
     ):
         try:
@@ -301,8 +302,19 @@ def _priced_from_weights(
     return _Restore(module)
 
 
-def _maybe(mode: ShapeOnly | None) -> contextlib.AbstractContextManager[Any]:
-    return contextlib.nullcontext() if mode is None else mode
+@contextlib.contextmanager
+def _counting(counter: CostCounter, shape_only: ShapeOnly | None) -> Iterator[None]:
+    """The cost counter on for the block, as the one dispatch mode of the summary's: the
+    shape-only forward and the parameter-write guard run inside its handler, in that order
+    (as three stacked modes would run them), where stacked Python modes cost a few
+    microseconds each per op."""
+    with parameter_writes_inline() as run_op:
+        if shape_only is not None:
+            shape_only.run_op = run_op
+            run_op = shape_only.call
+        counter.run_op = run_op
+        with counter:
+            yield
 
 
 #: the shape-only forward costs one more Python dispatch mode per op (a few microseconds);
@@ -315,30 +327,6 @@ def _worth_it(model: nn.Module, inputs: Any) -> bool:
     weight = max((int(p.numel()) for p in model.parameters()), default=0)
     data = max((int(t.numel()) for t in _nested.tensors(inputs)), default=0)
     return weight * data >= WORTH_SKIPPING
-
-
-def _shape_only_allowed(model: nn.Module, modules: Iterable[nn.Module], scripted: bool) -> bool:
-    """Whether the forward may skip its heavy arithmetic (``_shape_only``): not when hooks of
-    your own are registered (they see real values, as in any forward), not for TorchScript,
-    and not for tensor subclasses (quantised weights, DTensor)."""
-    if scripted:
-        return False
-    for tensor in [*model.parameters(), *model.buffers()]:
-        if type(tensor.data) is not torch.Tensor:
-            return False
-    from torch.nn.modules import module as torch_module
-
-    if (
-        torch_module._global_forward_pre_hooks
-        or torch_module._global_forward_hooks
-        or torch_module._global_backward_pre_hooks
-        or torch_module._global_backward_hooks
-    ):
-        return False
-    return not any(
-        m._forward_pre_hooks or m._forward_hooks or m._backward_pre_hooks or m._backward_hooks
-        for m in modules
-    )
 
 
 @contextlib.contextmanager
@@ -401,7 +389,7 @@ def _count_backward(
     seeds = [torch.ones_like(t) for t in roots]
     counter.backward = True
     try:
-        with _maybe(shape_only), counter:
+        with _counting(counter, shape_only):
             torch.autograd.grad(roots, params, grad_outputs=seeds, allow_unused=True)
     except Exception as e:
         if shape_only is not None:
