@@ -25,12 +25,12 @@ test: $(STAMP) dot chromium
 	$(VENV)/bin/ruff check torchscope tests benchmarks examples conftest.py
 	$(VENV)/bin/mypy torchscope
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder
+	$(PY) -m pytest -n 2 --dist loadfile
 
 # float32 results differ in the last bits between CPUs: the suite must pass whatever kernels run
 test-cpus: $(STAMP) dot chromium
-	ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 $(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
-	ONEDNN_MAX_CPU_ISA=SSE41 ATEN_CPU_CAPABILITY=default $(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
+	ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 $(PY) -m pytest -q -n 2 --dist loadfile
+	ONEDNN_MAX_CPU_ISA=SSE41 ATEN_CPU_CAPABILITY=default $(PY) -m pytest -q -n 2 --dist loadfile
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check torchscope tests benchmarks examples conftest.py
