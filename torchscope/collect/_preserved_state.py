@@ -138,8 +138,13 @@ class _ModuleSnapshot:
         if list(live) != list(self.attributes):  # an attribute deleted and set again moved last
             for key in self.attributes:
                 live[key] = live.pop(key)
+        attributes = self.attributes
         for key, saved in self.contents.items():
-            _refill(self.attributes[key], saved)
+            container = attributes[key]
+            if saved:
+                _refill(container, saved)
+            elif container:  # empty before (most hook tables): emptied again
+                container.clear()
 
 
 def _storage_key(tensor: torch.Tensor) -> tuple[Any, ...] | None:
