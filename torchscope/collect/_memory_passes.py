@@ -105,6 +105,8 @@ class _LiveBytes(TorchDispatchMode):
             self.peak = max(self.peak, self.live + nbytes(args[weight_at]))
         elif func in _FUSED_ATTENTION:
             self.peak = max(self.peak, self.live + _fused_attention_workspace(func, args))
+        elif func in _MATMULS:
+            self.peak = max(self.peak, self.live + _expanded_operand_copies(args))
         return out
 
 
@@ -177,6 +179,36 @@ def _fused_attention_workspace(func: Any, args: Any) -> int:
     )
     elements = 3 * batch * length * embed + batch * heads * length * source
     return elements * query.element_size()
+
+
+_MATMULS = frozenset(
+    {
+        torch.ops.aten.mm.default,
+        torch.ops.aten.addmm.default,
+        torch.ops.aten.bmm.default,
+        torch.ops.aten.baddbmm.default,
+    }
+)
+
+
+def _expanded_operand_copies(args: Any) -> int:
+    """A CPU matrix product copies an operand that is expanded (a stride of 0 over a
+    dimension of more than one element) into a dense one before the BLAS call, inside the
+    kernel: the backward of a ``sum()`` loss hands the last linear layer an expanded
+    gradient (``ones.expand``), whose copy the size of the output is alive while its weight
+    gradient is computed."""
+    total = 0
+    for value in args[:3]:
+        if (
+            isinstance(value, torch.Tensor)
+            and value.device.type == "cpu"
+            and any(
+                stride == 0 and size > 1
+                for size, stride in zip(value.shape, value.stride(), strict=True)
+            )
+        ):
+            total += nbytes(value)
+    return total
 
 
 def _mkldnn_lstm_workspace(args: Any) -> int:
