@@ -107,6 +107,9 @@ def test_a_value_read_from_skipped_arithmetic_runs_the_real_forward(reads, attem
     model, x = Heavy(reads), torch.randn(256, 512)
     result = torchscope.summary(model, x)
     assert attempts[0].abandoned  # then the real forward
+    again = torchscope.summary(model, x)
+    assert len(attempts) == 1  # the same model is not tried without arithmetic again
+    assert again.total_macs == result.total_macs and again.output_shapes == result.output_shapes
     with torch.no_grad():
         expected = model(x)
     assert result.output_shapes == (tuple(expected.shape),)

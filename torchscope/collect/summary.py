@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import warnings
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -244,13 +245,16 @@ def summary(
         return result, recorder
 
     result: ModelSummary | None = None
-    if shape_only_allowed(model, index.module_objects, bool(index.scripted)) and _worth_it(
-        model, (args, kwargs)
+    if (
+        model not in _NEEDED_VALUES
+        and shape_only_allowed(model, index.module_objects, bool(index.scripted))
+        and _worth_it(model, (args, kwargs))
     ):
         try:
             result, recorder = attempt(ShapeOnly())
         except Exception:  # values were needed (or garbage upset an op): run them for real
             result = None
+            _NEEDED_VALUES[model] = True
     if result is None:
         result, recorder = attempt(None)
     if memory:
@@ -317,8 +321,12 @@ def _counting(counter: CostCounter, shape_only: ShapeOnly | None) -> Iterator[No
             yield
 
 
-#: the shape-only forward costs one more Python dispatch mode per op (a few microseconds);
-#: it pays only where some op reaches ``_shape_only.MIN_MACS``, which needs a large weight
+#: models whose shape-only forward had to give way to the real one (detection models read
+#: their scores): a later summary of the same model runs the real forward at once
+_NEEDED_VALUES: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
+
+#: the shape-only forward costs some bookkeeping on every op once a value is marked; it
+#: pays only where some op reaches ``_shape_only.MIN_MACS``, which needs a large weight
 #: times a large input: below this product of their element counts it is not tried
 WORTH_SKIPPING = 1 << 27
 
