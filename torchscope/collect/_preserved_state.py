@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import operator
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -130,15 +131,21 @@ class _ModuleSnapshot:
         if type(module) is not self.cls:  # a forward that swapped its class, as lazy modules do
             module.__class__ = self.cls
         live = module.__dict__
-        for key in [k for k in live if k not in self.attributes]:
-            del live[key]
-        for key, value in self.attributes.items():
-            if live.get(key, _MISSING) is not value:
-                live[key] = value
-        if list(live) != list(self.attributes):  # an attribute deleted and set again moved last
-            for key in self.attributes:
-                live[key] = live.pop(key)
         attributes = self.attributes
+        # the common case, in C loops: the same names in the same order, bound to the same
+        # objects (names are strings: comparing them runs no user code)
+        unchanged = list(live) == list(attributes) and all(
+            map(operator.is_, live.values(), attributes.values())
+        )
+        if not unchanged:
+            for key in [k for k in live if k not in attributes]:
+                del live[key]
+            for key, value in attributes.items():
+                if live.get(key, _MISSING) is not value:
+                    live[key] = value
+            if list(live) != list(attributes):  # an attribute deleted and set again moved last
+                for key in attributes:
+                    live[key] = live.pop(key)
         for key, saved in self.contents.items():
             container = attributes[key]
             if saved:
