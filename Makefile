@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.torchscope-installed
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,zoo]'
+	$(PY) -m pip install --quiet --no-compile --disable-pip-version-check -c constraints.txt -e '.[dev,zoo]'
 	touch $(STAMP)
 
 dot:
@@ -39,7 +39,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check torchscope tests benchmarks examples conftest.py
 
 bench: $(STAMP)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,zoo,bench]'
+	$(PY) -m pip install --quiet --no-compile --disable-pip-version-check -c constraints.txt -e '.[dev,zoo,bench]'
 	$(PY) -m benchmarks
 
 clean:
