@@ -36,12 +36,3 @@ def golden(request: pytest.FixtureRequest):
         )
 
     return check
-
-
-@pytest.fixture
-def on_fake_tensors(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Memory estimates on fake tensors even for CPU models: a measured pass (the default on
-    the CPU) is abandoned for the fake one as soon as it holds more than its budget, here 0."""
-    from torchscope.collect import _memory_passes
-
-    monkeypatch.setattr(_memory_passes, "MEASURED_BUDGET", 0)

@@ -258,28 +258,16 @@ def test_every_op_is_priced_or_classified(entry: RealModel) -> None:
 
 
 @pytest.mark.parametrize("entry", REAL_ZOO, ids=_ids)
-def test_memory_is_estimated_on_every_model_quietly(entry: RealModel, caplog, monkeypatch) -> None:
-    """On fake tensors: data-dependent shapes (detection's nonzero, wav2vec2's .item()) are
-    measured on the real tensors; a fake kernel stricter than the real one (the MoE's float32
-    grouped matmul) is handled; torch's own loggers print nothing. The measured estimate (the
-    default for a CPU model) agrees with it."""
-    from torchscope.collect import _memory_passes
-
-    measured = _summary(entry, memory=True, depth=0).memory
-    assert measured is not None and not measured.measured
-    monkeypatch.setattr(_memory_passes, "MEASURED_BUDGET", 0)  # over budget at once: fake
+def test_memory_is_estimated_on_every_model_quietly(entry: RealModel, caplog) -> None:
+    """Data-dependent shapes (detection's nonzero, wav2vec2's .item()) are measured on the
+    real tensors; a fake kernel stricter than the real one (the MoE's float32 grouped
+    matmul) is handled; torch's own loggers print nothing."""
     with caplog.at_level(logging.DEBUG):
         s = _summary(entry, memory=True, depth=0)
     assert s.memory is not None, s.memory_error
     assert not [r for r in caplog.records if r.name.startswith("torch")], caplog.text
     assert s.memory.inference_peak > 0
     assert bool(s.memory.measured) == entry.data_dependent, s.memory.measured
-    # equal on every model but two (Llama's and Mixtral's rotary embedding: fake tensors
-    # take another branch, 0.1% and 3% more in the training step)
-    assert abs(measured.inference_peak - s.memory.inference_peak) <= 0.01 * s.memory.inference_peak
-    if s.memory.training_peak is not None:
-        assert measured.training_peak is not None
-        assert abs(measured.training_peak - s.memory.training_peak) <= 0.05 * s.memory.training_peak
     # detection asks for targets in training mode: its training step cannot be estimated
     assert (s.memory.training_peak is None) == (entry.family == "torchvision_detection"), (
         s.memory.training_error

@@ -25,11 +25,9 @@ from torch._subclasses.fake_tensor import (
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import torchscope._util.nested as _nested
-from torchscope.collect._preserved_state import OpCall, parameter_writes_inline, plain_call
-from torchscope.collect._shape_only import ShapeOnly, shape_only_allowed
 from torchscope.collect.hooks import instrumented
 
-__all__ = ["MEASURED_BUDGET", "PassFailed", "Passes", "nbytes", "run_passes"]
+__all__ = ["PassFailed", "Passes", "nbytes", "run_passes"]
 
 
 # convolution ops and the position of their weight argument
@@ -40,25 +38,13 @@ _CONVOLUTIONS = {
 }
 
 
-class _OverBudget(Exception):
-    """A measured pass came to hold more than its budget of bytes."""
-
-
 class _LiveBytes(TorchDispatchMode):
-    """Follows the storages that ops create and records the peak of the bytes alive.
+    """Follows the storages that ops create and records the peak of the bytes alive."""
 
-    ``budget``: a pass on real tensors is abandoned (:class:`_OverBudget`) as soon as the
-    bytes it allocated pass this many. ``run_op`` runs each op (the parameter-write guard's
-    handler, and the shape-only forward's, stand in for their own modes: one Python mode per
-    op)."""
-
-    def __init__(self, budget: int | None = None) -> None:
+    def __init__(self) -> None:
         super().__init__()
         self.live = 0
         self.peak = 0
-        self.budget = budget
-        self.base = 0  # bytes that existed before the pass (parameters, inputs)
-        self.run_op: OpCall = plain_call
         self._refs: dict[int, weakref.ref[Any]] = {}
 
     def track(self, tensor: torch.Tensor, size: int | None = None) -> None:
@@ -74,10 +60,7 @@ class _LiveBytes(TorchDispatchMode):
 
         self._refs[key] = weakref.ref(storage, released)
         self.live += nbytes
-        if self.live > self.peak:
-            self.peak = self.live
-            if self.budget is not None and self.peak - self.base > self.budget:
-                raise _OverBudget(f"the pass holds more than {self.budget} bytes")
+        self.peak = max(self.peak, self.live)
 
     def _rnn_workspace(self, args: Any, out: Any) -> None:
         workspace = out[3]
@@ -90,14 +73,14 @@ class _LiveBytes(TorchDispatchMode):
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
         try:
-            out = self.run_op(func, args, kwargs)
+            out = func(*args, **kwargs)
         except RuntimeError:
             if func not in _GROUPED_MM or not isinstance(args[0], FakeTensor):
                 raise
             out = _fake_grouped_mm(args, kwargs)
         if func is torch.ops.aten.mkldnn_rnn_layer.default:
             self._rnn_workspace(args, out)
-        for tensor in _outputs(out):
+        for tensor in _nested.tensors(out):
             if not tensor.is_nested:
                 self.track(tensor)
         weight_at = _CONVOLUTIONS.get(func)
@@ -106,23 +89,8 @@ class _LiveBytes(TorchDispatchMode):
         elif func in _FUSED_ATTENTION:
             self.peak = max(self.peak, self.live + _fused_attention_workspace(func, args))
         elif func in _MATMULS:
-            self.peak = max(self.peak, self.live + _expanded_operand_copies(args))
+            self.peak = max(self.peak, self.live + _expanded_operand_copies(func, args))
         return out
-
-
-def _outputs(out: Any) -> Any:
-    """The tensors an op returned (aten ops return a tensor, or a tuple or list of them)."""
-    if isinstance(out, torch.Tensor):
-        return (out,)
-    if isinstance(out, (tuple, list)):
-        flat: list[torch.Tensor] = []
-        for value in out:
-            if isinstance(value, torch.Tensor):
-                flat.append(value)
-            elif isinstance(value, (tuple, list)):
-                flat.extend(v for v in value if isinstance(v, torch.Tensor))
-        return flat
-    return _nested.tensors(out)
 
 
 _GROUPED_MM = frozenset(
@@ -181,24 +149,19 @@ def _fused_attention_workspace(func: Any, args: Any) -> int:
     return elements * query.element_size()
 
 
-_MATMULS = frozenset(
-    {
-        torch.ops.aten.mm.default,
-        torch.ops.aten.addmm.default,
-        torch.ops.aten.bmm.default,
-        torch.ops.aten.baddbmm.default,
-    }
-)
+#: matrix products and where their matrix operands are
+_MATMULS = {torch.ops.aten.mm.default: (0, 1), torch.ops.aten.addmm.default: (1, 2)}
 
 
-def _expanded_operand_copies(args: Any) -> int:
-    """A CPU matrix product copies an operand that is expanded (a stride of 0 over a
-    dimension of more than one element) into a dense one before the BLAS call, inside the
-    kernel: the backward of a ``sum()`` loss hands the last linear layer an expanded
+def _expanded_operand_copies(func: Any, args: Any) -> int:
+    """A CPU matrix product (``mm``, ``addmm``) copies a matrix operand that is expanded (a
+    stride of 0 over a dimension of more than one element) into a dense one before the BLAS
+    call, inside the kernel: the backward of a ``sum()`` loss hands the last linear layer an expanded
     gradient (``ones.expand``), whose copy the size of the output is alive while its weight
     gradient is computed."""
     total = 0
-    for value in args[:3]:
+    for position in _MATMULS[func]:
+        value = args[position]
         if (
             isinstance(value, torch.Tensor)
             and value.device.type == "cpu"
@@ -380,57 +343,37 @@ _DATA_DEPENDENT = (
 )
 
 
-def _run(
-    model: nn.Module,
-    fake: _FakeCopy,
-    *,
-    train: bool,
-    budget: int | None = None,
-    shape_only: bool = False,
-) -> tuple[int, int, int]:
+def _run(model: nn.Module, fake: _FakeCopy, *, train: bool) -> tuple[int, int, int]:
     """(peak, bytes live after the forward, bytes live before it) of one pass.
 
     Each pass is instrumented on its own: what one forward leaves on the model (a cache in
     a plain attribute) is undone before the next, so each starts from the model as found.
-    ``budget`` and ``shape_only`` are for passes on real tensors: the pass stops once it
-    holds more than ``budget`` bytes beyond the parameters and inputs, and skips the
-    arithmetic of its heavy ops (``_shape_only``: outputs of the right size, not computed).
     Raises :class:`PassFailed` naming the module call that raised.
     """
     live = _LiveBytes()
     for tensor in [*fake.persistent, *_nested.tensors((fake.args, fake.kwargs))]:
         live.track(tensor)
-    before = live.base = live.live
-    live.budget = budget
+    before = live.live
     with instrumented(model, grad=train), _cycles_kept(), _quiet_fake_logs():
         try:
-            with fake.mode, parameter_writes_inline() as run_op:
-                if shape_only:
-                    skipping = ShapeOnly()
-                    skipping.run_op = run_op
-                    run_op = skipping.call
-                live.run_op = run_op
-                with live:
-                    model.train(train)
-                    # a copy of the name table: a forward that rebinds a parameter changes
-                    # this pass only
-                    state = dict(fake.state)
-                    output = torch.func.functional_call(
-                        model, state, fake.args, fake.kwargs, strict=False
-                    )
-                    after_forward = live.live
-                    roots = [
-                        t
-                        for t in _nested.tensors(output)
-                        if t.requires_grad and t.grad_fn is not None
-                    ]
-                    del output  # a training loop keeps the loss, not the output
-                    if train and roots:
-                        loss = roots[0].sum()  # a scalar loss: its gradient seeds the outputs
-                        for root in roots[1:]:
-                            loss = loss + root.sum()
-                        del roots
-                        loss.backward()
+            with fake.mode, live:
+                model.train(train)
+                # a copy of the name table: a forward that rebinds a parameter changes this pass only
+                state = dict(fake.state)
+                output = torch.func.functional_call(
+                    model, state, fake.args, fake.kwargs, strict=False
+                )
+                after_forward = live.live
+                roots = [
+                    t for t in _nested.tensors(output) if t.requires_grad and t.grad_fn is not None
+                ]
+                del output  # a training loop keeps the loss, not the output
+                if train and roots:
+                    loss = roots[0].sum()  # a scalar loss: its gradient seeds the outputs
+                    for root in roots[1:]:
+                        loss = loss + root.sum()
+                    del roots
+                    loss.backward()
         except Exception as error:
             raise PassFailed(error, _where(error, model)) from error
     return live.peak, after_forward, before
@@ -448,91 +391,40 @@ class Passes:
     training_error: str
 
 
-#: a pass on a CPU model's own tensors is abandoned for one on fake tensors as soon as it
-#: holds this many bytes beyond the parameters and inputs
-MEASURED_BUDGET = 256 << 20
-
-
 def run_passes(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Passes:
-    """The inference pass, then the training pass (see :class:`_Plan` for which tensors).
+    """The inference pass, then the training pass, each on fake tensors where it can be.
 
-    A training step that cannot run at all (BatchNorm on a batch of one, a detection model
-    asking for targets) leaves the inference peak and says why. An inference pass that
-    fails on the real tensors raises ``PassFailed``.
+    A pass that fake tensors cannot run (an op whose output shape or value depends on the
+    data, such as ``nonzero`` in detection and ``.item()``; a custom op without a fake
+    kernel; a fake kernel stricter than the real one) is run again on the real tensors,
+    measured the same way (a real forward, and backward for training). A training step
+    that cannot run at all (BatchNorm on a batch of one, a detection model asking for
+    targets) leaves the inference peak and says why. An inference pass that fails on the
+    real tensors too raises ``PassFailed``.
     """
-    plan = _Plan(model, args, kwargs)
-    # the inference pass first: the training pass's backward leaves .grad on the twins
-    inference_peak, _, _ = plan.run(train=False)
-    try:
-        training_peak, after_forward, before = plan.run(train=True)
-    except PassFailed as failed:
-        return Passes(inference_peak, None, 0, 0, plan.measured, failed.describe())
-    return Passes(inference_peak, training_peak, after_forward, before, plan.measured, "")
+    fake: _FakeCopy | None = _fake_copy(model, args, kwargs)
+    real: _FakeCopy | None = None
+    measured = ""
 
-
-class _Plan:
-    """Which tensors the passes run on.
-
-    - A model whose parameters, buffers and inputs are plain CPU tensors is **measured**: the
-      pass runs on twins that share the real storages, without the arithmetic of its heavy
-      ops (``_shape_only``; with real arithmetic where a value is read, or where hooks of
-      yours would see the values), and stops as soon as it holds more than
-      :data:`MEASURED_BUDGET` bytes: a model too big to run is still sized, on fake tensors.
-      About ten times cheaper than fake tensors, whose every op costs Python work.
-    - Otherwise (GPU, meta, a pass over budget) on **fake** tensors: nothing is allocated.
-    - A pass that fake tensors cannot run (an op whose output shape or value depends on the
-      data, such as ``nonzero`` in detection and ``.item()``; a custom op without a fake
-      kernel; a fake kernel stricter than the real one) runs again on the real tensors, with
-      no budget, and ``measured`` says why.
-    """
-
-    def __init__(self, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        self.model, self.args, self.kwargs = model, args, kwargs
-        self.budgeted = _on_cpu(model, args, kwargs)
-        self.shape_only = self.budgeted and shape_only_allowed(
-            model, list(model.modules()), isinstance(model, torch.jit.ScriptModule)
-        )
-        self.fake_runs = True
-        self.measured = ""
-        self._real: _FakeCopy | None = None
-        self._fake: _FakeCopy | None = None
-
-    def run(self, *, train: bool) -> tuple[int, int, int]:
-        if self.budgeted:
-            try:
-                return self._measure(train, MEASURED_BUDGET)
-            except PassFailed as failed:
-                if not isinstance(failed.error, _OverBudget):
-                    raise
-                self.budgeted = False  # too big to run here: fake tensors from now on
+    def one(train: bool) -> tuple[int, int, int]:
+        nonlocal fake, real, measured
         reason = ""
-        if self.fake_runs:
-            if self._fake is None:
-                self._fake = _fake_copy(self.model, self.args, self.kwargs)
+        if fake is not None:
             try:
-                return _run(self.model, self._fake, train=train)
+                return _run(model, fake, train=train)
             except PassFailed as failed:
                 reason = failed.describe()
-        result = self._measure(train, None)  # raises the real failure, if any
+        if real is None:
+            real = _real_copy(model, args, kwargs)
+        result = _run(model, real, train=train)  # raises the real failure, if any
         if reason:  # fake tensors failed where real ones did not: the other pass meets it too
-            self.fake_runs, self.measured = False, f"measured on the real tensors: {reason}"
+            fake, measured = None, f"measured on the real tensors: {reason}"
         return result
 
-    def _measure(self, train: bool, budget: int | None) -> tuple[int, int, int]:
-        if self._real is None:
-            self._real = _real_copy(self.model, self.args, self.kwargs)
-        if self.shape_only:
-            try:
-                return _run(self.model, self._real, train=train, budget=budget, shape_only=True)
-            except PassFailed as failed:
-                if isinstance(failed.error, _OverBudget):
-                    raise
-                self.shape_only = False  # a value was read: real arithmetic from now on
-        return _run(self.model, self._real, train=train, budget=budget)
-
-
-def _on_cpu(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
-    """Whether every parameter, buffer and input is a plain CPU tensor (not meta, not a
-    GPU's, not a subclass such as DTensor or a quantised tensor)."""
-    tensors = [*model.parameters(), *model.buffers(), *_nested.tensors((args, kwargs))]
-    return all(type(t.data) is torch.Tensor and t.device.type == "cpu" for t in tensors)
+    # the inference pass first: the training pass's backward leaves .grad on the twins
+    inference_peak, _, _ = one(False)
+    try:
+        training_peak, after_forward, before = one(True)
+    except PassFailed as failed:
+        return Passes(inference_peak, None, 0, 0, measured, failed.describe())
+    return Passes(inference_peak, training_peak, after_forward, before, measured, "")

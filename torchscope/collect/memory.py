@@ -1,18 +1,15 @@
-"""Peak memory of an inference forward and of a training step.
+"""Peak memory of an inference forward and of a training step, estimated on fake tensors.
 
-A dispatch mode follows every storage the ops create and free (weak references fire when
-PyTorch releases a storage) and keeps the peak of the bytes alive. A CPU model is measured:
-the passes run on twins that share its storage, without the arithmetic of their heavy ops,
-and are abandoned for fake tensors once they hold more than a budget. Otherwise (a GPU or
-meta model, or over budget) the model runs with its parameters, buffers and inputs swapped
-for fake tensors (``FakeTensorMode``: shapes, dtypes and devices, no storage), so nothing
-is allocated and a model too big for the machine can still be sized. What the mode cannot
-see is documented in ``docs/costs.md``: allocator rounding and caching, and workspaces that
-kernels allocate internally (one is modelled: a CPU oneDNN convolution, forward or backward,
-reorders its weight into a transient copy). Where fake tensors cannot know a shape or a
-value (``nonzero`` in detection models, ``.item()``), the pass is run on the real tensors
-instead and measured the same way; the passes themselves are in
-:mod:`torchscope.collect._memory_passes`.
+The model runs with its parameters, buffers and inputs swapped for fake tensors
+(``FakeTensorMode``: shapes, dtypes and devices, no storage), so nothing is allocated and a
+model too big for the machine can still be sized. A dispatch mode follows every storage the
+ops create and free (weak references fire when PyTorch releases a storage) and keeps the
+peak of the bytes alive. What it cannot see is documented in ``docs/costs.md``: allocator
+rounding and caching, and workspaces that kernels allocate internally (one is modelled: a
+CPU oneDNN convolution, forward or backward, reorders its weight into a transient copy).
+Where fake tensors cannot know a shape or a value (``nonzero`` in detection models,
+``.item()``), the pass is run on the real tensors instead and measured the same way; the
+passes themselves are in :mod:`torchscope.collect._memory_passes`.
 """
 
 from __future__ import annotations
@@ -164,9 +161,7 @@ def estimate_memory(
     :func:`torchscope.summary`. ``optimizer`` adds its per-parameter state to the training
     peak: an optimizer object (its real state once it has stepped, else predicted from its
     type and settings) or a name from ``OPTIMIZER_STATE_FACTORS`` (``"adam"``, ``"sgd_momentum"``).
-    The model is left exactly as it was. A CPU model's passes run on its own storage and
-    allocate at most ``MEASURED_BUDGET`` (256 MiB) beyond it before they give way to fake
-    tensors, on which nothing is allocated (``docs/costs.md``).
+    Nothing is allocated and the model is left exactly as it was.
     """
     model = unwrap(model, caller="estimate_memory")
     lazy = bool(lazy_tensor_names(model))  # their sizes are known once a copy is initialised

@@ -112,8 +112,7 @@ def summary(
         all_ops: also count FLOPs of ops without multiply-accumulates (elementwise,
             reductions, normalisation, softmax, pooling); MACs are unaffected.
         memory: also estimate the peak memory of an inference forward and of a training
-            step (``summary.memory``), measured on a CPU model's own storage (within a budget)
-            or on fake tensors (see ``estimate_memory``), but it runs the
+            step (``summary.memory``), on fake tensors: nothing is allocated, but it runs the
             model twice more, so it is off by default.
         optimizer: with ``memory=True``, add this optimizer's state to the training peak (an
             optimizer object or a name such as ``"adam"``; see ``torchscope.estimate_memory``).

@@ -313,8 +313,7 @@ class ModelSummary:
 
 @dataclass(frozen=True)
 class MemoryEstimate:
-    """Estimated peak bytes of live tensors, found by running the model on its own CPU
-    storage (measured, heavy ops not computed) or on fake tensors.
+    """Estimated peak bytes of live tensors, found by running the model on fake tensors.
 
     Attributes:
         inference_peak: peak of an inference forward (``eval()``, no autograd).
@@ -327,9 +326,8 @@ class MemoryEstimate:
         gradients: bytes of the gradients of the trainable parameters.
         optimizer_state: bytes of the optimizer's per-parameter state (0 without optimizer).
         device: the device the estimate models.
-        measured: empty when the passes ran as planned (measured on a CPU model's storage,
-            or on fake tensors); otherwise why fake passes gave way to real ones (an op whose
-            output shape or value depends on the data, and where).
+        measured: empty when both passes ran on fake tensors; otherwise why they ran on the
+            real tensors (an op whose output shape or value depends on the data, and where).
         training_error: why the training step could not be run (then ``training_peak`` is
             None and only the inference peak is known), naming the module.
 
