@@ -227,7 +227,7 @@ def shape_only_allowed(model: nn.Module, modules: Iterable[nn.Module], scripted:
     if scripted:
         return False
     for tensor in [*model.parameters(), *model.buffers()]:
-        if type(tensor.data) is not torch.Tensor:
+        if type(tensor.data) is not torch.Tensor or tensor.is_quantized:
             return False
     from torch.nn.modules import module as torch_module
 

@@ -245,7 +245,7 @@ def summary(
 
     result: ModelSummary | None = None
     if (
-        model not in _NEEDED_VALUES
+        not _needed_values(model)
         and shape_only_allowed(model, index.module_objects, bool(index.scripted))
         and _worth_it(model, (args, kwargs))
     ):
@@ -253,7 +253,8 @@ def summary(
             result, recorder = attempt(ShapeOnly())
         except Exception:  # values were needed (or garbage upset an op): run them for real
             result = None
-            _NEEDED_VALUES[model] = True
+            with contextlib.suppress(TypeError):  # a module that cannot be hashed: not kept
+                _NEEDED_VALUES[model] = True
     if result is None:
         result, recorder = attempt(None)
     if memory:
@@ -323,6 +324,14 @@ def _counting(counter: CostCounter, shape_only: ShapeOnly | None) -> Iterator[No
 #: models whose shape-only forward had to give way to the real one (detection models read
 #: their scores): a later summary of the same model runs the real forward at once
 _NEEDED_VALUES: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
+
+
+def _needed_values(model: nn.Module) -> bool:
+    try:
+        return model in _NEEDED_VALUES
+    except TypeError:  # __eq__ without __hash__: never kept
+        return False
+
 
 #: the shape-only forward costs some bookkeeping on every op once a value is marked; it
 #: pays only where some op reaches ``_shape_only.MIN_MACS``, which needs a large weight
