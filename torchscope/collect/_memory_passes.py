@@ -156,9 +156,9 @@ _MATMULS = {torch.ops.aten.mm.default: (0, 1), torch.ops.aten.addmm.default: (1,
 def _expanded_operand_copies(func: Any, args: Any) -> int:
     """A CPU matrix product (``mm``, ``addmm``) copies a matrix operand that is expanded (a
     stride of 0 over a dimension of more than one element) into a dense one before the BLAS
-    call, inside the kernel: the backward of a ``sum()`` loss hands the last linear layer an expanded
-    gradient (``ones.expand``), whose copy the size of the output is alive while its weight
-    gradient is computed."""
+    call, inside the kernel: the backward of a ``sum()`` loss hands the last linear layer an
+    expanded gradient (``ones.expand``), whose copy the size of the output is alive while its
+    weight gradient is computed."""
     total = 0
     for position in _MATMULS[func]:
         value = args[position]

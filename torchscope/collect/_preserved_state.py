@@ -215,7 +215,7 @@ class _TensorState:
         # through the ``.data`` alias, whose version counter is its own: the tensor's counter
         # stays where the forward left it, so a backward pass the caller still has pending
         # through it runs, when the forward wrote only to a twin that shares its storage
-        # (the memory estimate's measured passes)
+        # (the memory estimate's passes on the real tensors)
         target = self.data if _plain(self.tensor) else self.tensor
         try:
             target.copy_(self.values)
