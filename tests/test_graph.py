@@ -345,6 +345,68 @@ def test_find_repeats_finds_planted_runs(prefix, block, count, suffix):
     assert all(covered[i] for i in planted)
 
 
+@settings(max_examples=80, deadline=None)
+@given(
+    sequence=st.lists(st.integers(0, 3), max_size=60),
+    low=st.integers(1, 12),
+    extra=st.integers(0, 12),
+    min_count=st.integers(2, 4),
+)
+def test_repeat_stretches_match_a_plain_scan(sequence, low, extra, min_count):
+    """The vectorised scan (all periods of a chunk at once) finds the same stretches as a
+    position-by-position scan of each period."""
+    from torchscope.records.graph_views import _stretches
+
+    high = low + extra
+    expected = []
+    for period in range(low, high + 1):
+        i = 0
+        while i < len(sequence) - period:
+            if sequence[i] != sequence[i + period]:
+                i += 1
+                continue
+            start = i
+            while i < len(sequence) - period and sequence[i] == sequence[i + period]:
+                i += 1
+            length = i - start
+            if length >= (min_count - 1) * period:
+                count = (length + period) // period
+                expected.append((-(count * period), period, start, count))
+    seq = torch.tensor(sequence, dtype=torch.int64)
+    assert sorted(_stretches(seq, low, high, min_count)) == sorted(expected)
+
+
+def test_fast_record_builders_equal_the_constructors():
+    from torchscope.records import GradInfo, GraphEdge, GraphNode
+    from torchscope.records.graph import make_edge, make_node
+
+    fields = ("k", "l", "op", "Mul", ((2, 3),), ("float32",), "m.a", 7, GradInfo(1.0, "ok"), ())
+    built, constructed = make_node(*fields), GraphNode(*fields)
+    assert built == constructed and hash(built) == hash(constructed)
+    assert repr(built) == repr(constructed)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        built.key = "other"  # type: ignore[misc]
+    assert make_edge("a", "b", "") == GraphEdge("a", "b")
+    assert make_edge("a", "b", "x") == GraphEdge("a", "b", "x")
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_graph_capture_leaves_the_garbage_collector_as_found(enabled):
+    import gc
+
+    x = torch.randn(3, requires_grad=True)
+    was = gc.isenabled()
+    try:
+        gc.enable() if enabled else gc.disable()
+        torchscope.autograd_graph((x * 2).sum())
+        assert gc.isenabled() is enabled
+        with pytest.raises(TypeError):
+            torchscope.autograd_graph((x * 2).sum(), params=42)
+        assert gc.isenabled() is enabled
+    finally:
+        gc.enable() if was else gc.disable()
+
+
 # ---------------------------------------------------------------------------------------------
 # module graph
 

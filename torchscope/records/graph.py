@@ -103,6 +103,64 @@ class GraphEdge:
     label: str = ""
 
 
+# Builders of GraphNode and GraphEdge from all their fields, for the collectors that make one
+# per node of graphs of 400k nodes: the same objects as the constructors give, about three
+# times faster, since the slots are set through their descriptors instead of the frozen
+# __init__'s object.__setattr__ calls (tests/test_graph.py compares the two).
+_new = object.__new__
+(
+    _node_key,
+    _node_label,
+    _node_kind,
+    _node_op,
+    _node_shapes,
+    _node_dtypes,
+    _node_module,
+    _node_order,
+    _node_grad,
+    _node_attrs,
+) = (getattr(GraphNode, field.name).__set__ for field in dataclasses.fields(GraphNode))
+_edge_src, _edge_dst, _edge_label = (
+    getattr(GraphEdge, field.name).__set__ for field in dataclasses.fields(GraphEdge)
+)
+
+
+def make_node(
+    key: str,
+    label: str,
+    kind: str,
+    op: str,
+    shapes: tuple[Shape, ...],
+    dtypes: tuple[str, ...],
+    module: str | None,
+    order: int,
+    grad: GradInfo | None,
+    attrs: tuple[tuple[str, str], ...],
+) -> GraphNode:
+    """``GraphNode(...)`` with every field given, positionally, faster."""
+    node = _new(GraphNode)
+    _node_key(node, key)
+    _node_label(node, label)
+    _node_kind(node, kind)
+    _node_op(node, op)
+    _node_shapes(node, shapes)
+    _node_dtypes(node, dtypes)
+    _node_module(node, module)
+    _node_order(node, order)
+    _node_grad(node, grad)
+    _node_attrs(node, attrs)
+    return node
+
+
+def make_edge(src: str, dst: str, label: str = "") -> GraphEdge:
+    """``GraphEdge(src, dst, label)``, faster."""
+    edge = _new(GraphEdge)
+    _edge_src(edge, src)
+    _edge_dst(edge, dst)
+    _edge_label(edge, label)
+    return edge
+
+
 @dataclass(frozen=True, slots=True)
 class GraphCluster:
     """A module whose nodes are drawn together. ``key`` is its qualified name (``""``: the

@@ -7,7 +7,7 @@ from typing import Any
 
 from torchscope.collect.graph._common import MIN_FOLD_COUNT
 from torchscope.collect.graph.capturing import ModuleCapture
-from torchscope.collect.graph.walk import _Walked
+from torchscope.collect.graph.walk import Meta, Walk
 from torchscope.records import GradInfo, GraphCluster, GraphFold, GraphNode
 from torchscope.records.graph_views import common_module, find_repeats
 
@@ -40,53 +40,91 @@ def _module_clusters(modules: set[str], types: Mapping[str, str]) -> tuple[Graph
 
 
 def _autograd_folds(
-    walked: list[_Walked],
+    walk: Walk,
     order: list[int],
     keys: list[str],
     kinds: list[str],
-    consumers: list[list[int]],
+    metadata: list[Meta],
     modules: list[str | None],
     capture_: ModuleCapture | None,
 ) -> tuple[GraphFold, ...]:
-    ops = [i for i in order if kinds[i] == "op"]
-    position = {i: p for p, i in enumerate(ops)}
+    """Repeated steps: runs of ops whose names, output shapes and inputs (as offsets back to
+    earlier ops, or the shapes of leaves) repeat back to back."""
+    names = walk.names
+    children = walk.children
+    leaves = walk.leaves
+    ops: list[int] = []
+    op_meta: list[Meta] = []
+    for i, meta in zip(order, metadata, strict=True):
+        if kinds[i] == "op":
+            ops.append(i)
+            op_meta.append(meta)
+    position = [-1] * len(walk)
+    for p, i in enumerate(ops):
+        position[i] = p
+    leaf_parts: dict[int, tuple[str, tuple[int, ...]]] = {}
     signatures = []
-    for i in ops:
-        entry = walked[i]
-        parts: list[Any] = [entry.name, entry.shapes_and_dtypes()]
-        for child in entry.children:
-            if child in position:
-                parts.append(position[i] - position[child])
+    for p, i in enumerate(ops):
+        parts: list[Any] = [names[i], op_meta[p]]
+        for child in children[i]:
+            at = position[child]
+            if at >= 0:
+                parts.append(p - at)
             else:
-                leaf = walked[child].leaf
-                parts.append((kinds[child], tuple(leaf.shape) if leaf is not None else ()))
+                part = leaf_parts.get(child)
+                if part is None:
+                    leaf = leaves.get(child)
+                    part = leaf_parts[child] = (
+                        kinds[child],
+                        tuple(leaf.shape) if leaf is not None else (),
+                    )
+                parts.append(part)
         signatures.append(tuple(parts))
+    runs = find_repeats(signatures, min_count=MIN_FOLD_COUNT)
+    if not runs:
+        return ()
+    # the span of positions of each leaf's users: a leaf whose users all lie in one
+    # repetition (its own weights) folds with it
+    first_use: dict[int, int] = {}
+    last_use: dict[int, int] = {}
+    for p, i in enumerate(ops):
+        for child in children[i]:
+            if position[child] < 0:
+                if child not in first_use:
+                    first_use[child] = p
+                last_use[child] = p
+    op_keys = [keys[i] for i in ops]
     folds = []
-    for start, period, count in find_repeats(signatures, min_count=MIN_FOLD_COUNT):
-        blocks = [ops[start + k * period : start + (k + 1) * period] for k in range(count)]
-        members = [set(block) for block in blocks]
-        # a leaf used only by one repetition (its own weights) folds with it
+    for start, period, count in runs:
+        blocks = []
         own_leaves = []
-        for block, inside in zip(blocks, members, strict=True):
-            leaves = [
-                c
-                for i in block
-                for c in walked[i].children
-                if c not in position and all(u in inside for u in consumers[c])
-            ]
-            own_leaves.append(list(dict.fromkeys(leaves)))
+        for first in range(start, start + period * count, period):
+            last = first + period
+            blocks.append(tuple(op_keys[first:last]))
+            own_leaves.append(
+                tuple(
+                    dict.fromkeys(
+                        keys[c]
+                        for i in ops[first:last]
+                        for c in children[i]
+                        if position[c] < 0 and first <= first_use[c] and last_use[c] < last
+                    )
+                )
+            )
         same = len({len(leaves) for leaves in own_leaves}) == 1
-        instances = tuple(
-            tuple(keys[i] for i in block) + (tuple(keys[c] for c in leaves) if same else ())
-            for block, leaves in zip(blocks, own_leaves, strict=True)
+        instances = (
+            tuple(block + leaves for block, leaves in zip(blocks, own_leaves, strict=True))
+            if same
+            else tuple(blocks)
         )
-        folds.append(GraphFold(_fold_label(walked, blocks[0], modules, capture_), count, instances))
+        label = _fold_label(walk, ops[start : start + period], modules, capture_)
+        folds.append(GraphFold(label, count, instances))
     folds.sort(key=lambda f: -f.count * len(f.instances[0]))
     return tuple(folds)
 
 
 def _fold_label(
-    walked: list[_Walked],
+    walk: Walk,
     block: list[int],
     modules: list[str | None],
     capture_: ModuleCapture | None,
@@ -102,12 +140,12 @@ def _fold_label(
         if len(types) == 1 and all(modules[i] for i in block):
             return types.pop()
     if len(block) <= 4:
-        return " → ".join(walked[i].name for i in block)
+        return " → ".join(walk.names[i] for i in block)
     return f"{len(block)} ops"
 
 
 def _grad_origin(
-    walked: list[_Walked], order: list[int], grad_of: dict[int, GradInfo], keys: list[str]
+    walk: Walk, order: list[int], grad_of: dict[int, GradInfo], keys: list[str]
 ) -> str | None:
     """The node closest to the loss where the gradient first became zero or non-finite.
 
@@ -119,9 +157,9 @@ def _grad_origin(
     partial: str | None = None
     for i in reversed(order):
         info = grad_of.get(i)
-        if info is None or walked[i].leaf is not None or info.status != "ok":
+        if info is None or i in walk.leaves or info.status != "ok":
             continue
-        statuses = [grad_of[c].status for c in walked[i].children if c in grad_of]
+        statuses = [grad_of[c].status for c in walk.children[i] if c in grad_of]
         if statuses and all(s in bad for s in statuses):
             return keys[i]
         if partial is None and any(s in bad for s in statuses):
@@ -130,7 +168,7 @@ def _grad_origin(
         return partial
     leaf_bits: dict[int, int] = {}
     bad_bits = 0
-    for bit, i in enumerate(i for i in order if walked[i].leaf is not None and i in grad_of):
+    for bit, i in enumerate(i for i in order if i in walk.leaves and i in grad_of):
         leaf_bits[i] = 1 << bit
         if grad_of[i].status in bad:
             bad_bits |= 1 << bit
@@ -139,13 +177,13 @@ def _grad_origin(
     below: dict[int, int] = {}
     for i in order:  # children come before their consumers in forward order
         mask = leaf_bits.get(i, 0)
-        for child in walked[i].children:
+        for child in walk.children[i]:
             mask |= below.get(child, 0)
         below[i] = mask
     best: tuple[int, int] | None = None
     for i in order:
         mask = below[i]
-        if mask and mask & bad_bits == mask and walked[i].leaf is None:
+        if mask and mask & bad_bits == mask and i not in walk.leaves:
             size = bin(mask).count("1")
             if best is None or size >= best[0]:
                 best = (size, i)

@@ -1,6 +1,9 @@
 """The autograd walk: every node behind the outputs, and the facts read off each node.
 
-The walk follows ``next_functions`` iteratively and in linear time (no recursion limit).
+The walk follows ``next_functions`` iteratively and in linear time (no recursion limit). It
+keeps what it reads in flat lists, one entry per node (a graph of 400k nodes makes no
+object per node beyond torch's own), and reads only what every graph needs: the node's
+name, its sequence number and its inputs. Shapes are read in bulk by :meth:`Walk.metadata`.
 """
 
 from __future__ import annotations
@@ -11,9 +14,27 @@ import torch
 
 from torchscope.collect.graph._common import Node, _dtype_name
 
+#: autograd's sequence number of nodes that are not ops (AccumulateGrad: UINT64_MAX)
+UNSEQUENCED = 2**63
 
-def _node_meta(node: Node) -> tuple[tuple[tuple[int, ...], ...], tuple[str, ...]]:
+Meta = tuple[tuple[tuple[int, ...], ...], tuple[str, ...]]
+
+
+def _node_meta(node: Node) -> Meta:
     """Shapes and dtypes of what the forward op produced (the gradients the node receives)."""
+    try:
+        metadata = node._input_metadata
+        if len(metadata) == 1:  # most ops: one output
+            only = metadata[0]
+            return (tuple(only.shape),), (_dtype_name(only.dtype),)
+    except (AttributeError, RuntimeError, TypeError, ValueError):
+        return _each_meta(node)
+    return _each_meta(node)
+
+
+def _each_meta(node: Node) -> Meta:
+    """``_node_meta`` one output at a time: an unreadable one (nested, symbolic) gives ``()``
+    and ``""``."""
     try:
         metadata = node._input_metadata
     except (AttributeError, RuntimeError):
@@ -50,59 +71,87 @@ def _saved(node: Node) -> tuple[tuple[str, str], ...]:
 
 
 @dataclasses.dataclass
-class _Walked:
-    """One autograd node found by the walk, before keys are assigned."""
+class Walk:
+    """Every node found by the walk, by index (the order in which the walk found them).
 
-    node: Node
-    name: str
-    leaf: torch.Tensor | None  # the tensor of an AccumulateGrad node
-    children: list[int]  # indices of next_functions' nodes (inputs of the forward op)
-    seq: int
-    discovered: int
-    meta: tuple[tuple[tuple[int, ...], ...], tuple[str, ...]] | None = None
+    Attributes:
+        nodes: the autograd nodes.
+        names: their class names (``MulBackward0``, ``AccumulateGrad``).
+        seqs: their sequence numbers (forward order of ops; ``UNSEQUENCED`` or more for a
+            node that is not an op, -1 where torch gives none).
+        children: the indices of each node's ``next_functions`` (the inputs of its forward
+            op), in order, repeats kept.
+        leaves: index -> tensor of each AccumulateGrad node (a leaf that requires grad).
+    """
 
-    def shapes_and_dtypes(self) -> tuple[tuple[tuple[int, ...], ...], tuple[str, ...]]:
-        if self.meta is None:
-            self.meta = _node_meta(self.node)
-        return self.meta
+    nodes: list[Node]
+    names: list[str]
+    seqs: list[int]
+    children: list[list[int]]
+    leaves: dict[int, torch.Tensor]
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def metadata(self, indices: list[int]) -> list[Meta]:
+        """Shapes and dtypes of each node in ``indices``: a leaf's tensor's, an op's outputs'.
+
+        Equal answers are one shared tuple (most nodes of a deep graph repeat a few shapes).
+        """
+        leaves = self.leaves
+        nodes = self.nodes
+        shared: dict[Meta, Meta] = {}
+        result: list[Meta] = []
+        for i in indices:
+            leaf = leaves.get(i)
+            if leaf is not None:
+                meta: Meta = ((tuple(leaf.shape),), (_dtype_name(leaf.dtype),))
+            else:
+                meta = _node_meta(nodes[i])
+            result.append(shared.setdefault(meta, meta))
+        return result
 
 
-def _walk(roots: list[Node]) -> list[_Walked]:
+def _walk(roots: list[Node]) -> Walk:
     """Every node reachable from ``roots`` through ``next_functions``, iteratively."""
     index: dict[Node, int] = {}
-    walked: list[_Walked] = []
-    pending: list[Node] = []
-
-    def visit(node: Node) -> int:
-        found = index.get(node)
-        if found is None:
-            found = index[node] = len(walked)
-            name = node.name().rpartition("::")[2]
-            # only AccumulateGrad nodes hold a tensor; asking the others costs a lookup each
-            leaf = getattr(node, "variable", None) if name == "AccumulateGrad" else None
-            try:
-                seq = int(node._sequence_nr())
-            except (AttributeError, RuntimeError):
-                seq = -1
-            walked.append(
-                _Walked(
-                    node=node,
-                    name=name,
-                    leaf=leaf if isinstance(leaf, torch.Tensor) else None,
-                    children=[],
-                    seq=seq,
-                    discovered=found,
-                )
-            )
-            pending.append(node)
-        return found
-
+    nodes: list[Node] = []
     for root in roots:
-        visit(root)
+        if root not in index:
+            index[root] = len(nodes)
+            nodes.append(root)
+    children: list[list[int]] = [[] for _ in nodes]
+    pending = list(range(len(nodes)))  # expanded last first, as a stack
     while pending:
-        node = pending.pop()
-        entry = walked[index[node]]
-        for child, _ in node.next_functions:
+        at = pending.pop()
+        kids = children[at]
+        for child, _ in nodes[at].next_functions:
             if child is not None:
-                entry.children.append(visit(child))
-    return walked
+                found = index.get(child)
+                if found is None:
+                    found = index[child] = len(nodes)
+                    nodes.append(child)
+                    children.append([])
+                    pending.append(found)
+                kids.append(found)
+    names = [node.name() for node in nodes]
+    leaves: dict[int, torch.Tensor] = {}
+    for i, name in enumerate(names):
+        if "::" in name:  # torch::autograd::AccumulateGrad and other C++ nodes
+            name = names[i] = name.rpartition("::")[2]
+            if name == "AccumulateGrad":  # only these hold a tensor
+                leaf = getattr(nodes[i], "variable", None)
+                if isinstance(leaf, torch.Tensor):
+                    leaves[i] = leaf
+    try:
+        seqs = [int(node._sequence_nr()) for node in nodes]
+    except (AttributeError, RuntimeError):
+        seqs = [_sequence_nr(node) for node in nodes]
+    return Walk(nodes, names, seqs, children, leaves)
+
+
+def _sequence_nr(node: Node) -> int:
+    try:
+        return int(node._sequence_nr())
+    except (AttributeError, RuntimeError):
+        return -1
