@@ -310,6 +310,23 @@ def test_edges_past_the_dummy_budget_are_straight(monkeypatch):
     )
 
 
+def test_edges_from_one_node_share_their_route_until_they_part():
+    """A DenseNet layer's output feeds every later layer of its block: its long edges run as
+    one bundle (shared dummy nodes) and leave it where they end, instead of a line each."""
+    nodes = [GraphNode(f"n{i}", "MulBackward0", "op", order=i) for i in range(7)]
+    edges = [(f"n{i}", f"n{i + 1}") for i in range(6)] + [("n0", "n3"), ("n0", "n4"), ("n0", "n6")]
+    graph = make_graph(nodes, edges)
+    result = layered_layout(graph)
+    assert_valid(graph, result)
+    path = {(p.src, p.dst): p.points for p in result.edges}
+    short, middle, long = path[("n0", "n3")], path[("n0", "n4")], path[("n0", "n6")]
+    # the same bends (the first point is the port on the source's box, the last the target's)
+    assert short[1:-1] == middle[1 : len(short) - 1] == long[1 : len(short) - 1]
+    assert middle[1:-1] == long[1 : len(middle) - 1]
+    # a budget that holds the bundle holds every edge of it: none is drawn straight
+    assert all(len(path[("n0", k)]) > 2 for k in ("n3", "n4", "n6"))
+
+
 def test_same_graph_gives_identical_layout():
     graph = random_dag(150, 300, seed=3, clusters=True)
     first = layered_layout(graph)

@@ -126,30 +126,53 @@ def layered_layout(graph: Graph) -> Layout:
         (layer[b] - layer[a], p) for p, (a, b) in enumerate(flow) if layer[b] - layer[a] > 1
     )
     span_top, span_bottom = tree.spans(node_cluster, layer)
+    # edges that leave one node share their dummies down to where they part (the outputs of
+    # a DenseNet layer feed every later layer of its block: one bundle, not a dozen lines),
+    # as long as they would be drawn in the same cluster on each row
+    shared: dict[tuple[int, int], int] = {}  # (the item above, its cluster) -> dummy
     budget = DUMMY_BUDGET
-    for span, p in long_pairs:
-        if span - 1 > budget:
-            straight[p] = True
-            continue
-        budget -= span - 1
+    for _, p in long_pairs:  # shortest first
         a, b = flow[p]
-        for lay in range(layer[a] + 1, layer[b]):
-            chains[p].append(len(item_layer))
+        homes = [
+            tree.dummy_home(node_cluster[a], node_cluster[b], lay, span_top, span_bottom)
+            for lay in range(layer[a] + 1, layer[b])
+        ]
+        above = a
+        new = 0
+        for home in homes:
+            found = shared.get((above, home), -1)
+            if found < 0:
+                new = len(homes) - len(chains[p])
+                break
+            chains[p].append(found)
+            above = found
+        if new > budget:
+            straight[p] = True
+            chains[p] = []
+            continue
+        budget -= new
+        for lay, home in zip(
+            range(layer[a] + 1 + len(chains[p]), layer[b]), homes[len(chains[p]) :], strict=True
+        ):
+            item = shared[(above, home)] = len(item_layer)
+            chains[p].append(item)
             item_layer.append(lay)
             item_width.append(DUMMY_WIDTH)
-            item_cluster.append(
-                tree.dummy_home(node_cluster[a], node_cluster[b], lay, span_top, span_bottom)
-            )
+            item_cluster.append(home)
+            above = item
     items = len(item_layer)
     up: list[list[int]] = [[] for _ in range(items)]
     down: list[list[int]] = [[] for _ in range(items)]
+    linked: set[tuple[int, int]] = set()
     for p, (a, b) in enumerate(flow):
         if straight[p]:
             continue
         path = [a, *chains[p], b]
         for upper, lower in itertools.pairwise(path):
-            down[upper].append(lower)
-            up[lower].append(upper)
+            if (upper, lower) not in linked:
+                linked.add((upper, lower))
+                down[upper].append(lower)
+                up[lower].append(upper)
 
     # ---- 4. order inside the layers
     layer_count = max(item_layer) + 1 if items else 0
