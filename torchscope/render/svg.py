@@ -250,8 +250,15 @@ def layout_to_svg(graph: Graph, layout: Layout) -> str:
             f'fill="{other["muted"]}">{_text(label)}</text></g>'
         )
 
+    written: dict[tuple[float, float], str] = {}  # bundled edges repeat their bends
     for path in layout.edges:
-        points = " ".join(f"{_num(px)},{_num(py)}" for px, py in path.points)
+        coordinates = []
+        for point in path.points:
+            text = written.get(point)
+            if text is None:
+                text = written[point] = f"{_num(point[0])},{_num(point[1])}"
+            coordinates.append(text)
+        points = " ".join(coordinates)
         dash = ' stroke-dasharray="5,3"' if path.reversed else ""
         out.append(
             f'<polyline class="edge" data-src="{_text(path.src)}" data-dst="{_text(path.dst)}" '

@@ -130,13 +130,18 @@ def layered_layout(graph: Graph) -> Layout:
     # a DenseNet layer feed every later layer of its block: one bundle, not a dozen lines),
     # as long as they would be drawn in the same cluster on each row
     shared: dict[tuple[int, int], int] = {}  # (the item above, its cluster) -> dummy
+    home_of: dict[tuple[int, int], dict[int, int]] = {}
     budget = DUMMY_BUDGET
     for _, p in long_pairs:  # shortest first
         a, b = flow[p]
-        homes = [
-            tree.dummy_home(node_cluster[a], node_cluster[b], lay, span_top, span_bottom)
-            for lay in range(layer[a] + 1, layer[b])
-        ]
+        ends = (node_cluster[a], node_cluster[b])
+        known = home_of.get(ends)
+        if known is None:  # per pair of clusters: the row a dummy is on -> its cluster
+            known = home_of[ends] = {}
+        for lay in range(layer[a] + 1, layer[b]):
+            if lay not in known:
+                known[lay] = tree.dummy_home(*ends, lay, span_top, span_bottom)
+        homes = [known[lay] for lay in range(layer[a] + 1, layer[b])]
         above = a
         new = 0
         for home in homes:
