@@ -2,6 +2,9 @@
 tool captures from five models, how long capturing and drawing an SVG take, and where each
 one breaks.
 
+First, the cost of capture per node against a bare walk, 1k to 400k nodes, and densenet121's
+SVG time (``benchmarks/bench_graph_capture.py``). Then the peers.
+
 Run: ``python benchmarks/bench_graph.py`` (or ``make bench``; ``--json PATH`` also writes the
 results as JSON; ``--quick`` drops the two unrolled loops; ``--models``/``--tools`` pick a
 subset; ``--dot-timeout`` bounds every Graphviz call). Peers: torchviz 0.0.3 and torchview
@@ -59,6 +62,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torchscope
+from benchmarks import bench_graph_capture
 from benchmarks._common import quietly, table
 
 #: Seconds a capture may take (per run) and a whole worker may spend beyond its dot calls.
@@ -602,6 +606,7 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
 
     began = time.perf_counter()
     load_before = os.getloadavg()[0]
+    capture_headline = bench_graph_capture.run(args.quick)
     found = versions()
     models = args.models or [m.name for m in MODELS.values() if m.quick or not args.quick]
     tools = args.tools or list(TOOLS)
@@ -690,8 +695,9 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
         args.json.write_text(json.dumps(payload, indent=1), encoding="utf-8")
         print(f"Results written to {args.json}")
 
-    # the headline of `python -m benchmarks`: drawing and TensorBoard ratios, peer failures
-    headline: dict[str, str] = {}
+    # the headline of `python -m benchmarks`: capture cost, drawing and TensorBoard ratios,
+    # peer failures
+    headline: dict[str, str] = dict(capture_headline)
     for row in rows:
         if not row[1].startswith("capture"):
             headline[f"{row[0]}: {row[1]}"] = row[2]

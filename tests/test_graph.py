@@ -390,6 +390,39 @@ def test_fast_record_builders_equal_the_constructors():
     assert make_edge("a", "b", "x") == GraphEdge("a", "b", "x")
 
 
+def test_a_deep_graph_warns_that_freeing_it_may_crash(monkeypatch):
+    """PyTorch 2.14 frees nodes seen from Python recursively: a capture of a graph deeper
+    than the threshold says so (the threshold is lowered here; the real one is 30,000)."""
+    from torchscope.collect.graph import autograd as autograd_module
+
+    monkeypatch.setattr(autograd_module, "DEEP_GRAPH", 50)
+    a = nn.Parameter(torch.randn(3))
+    x = torch.randn(3)
+    for _ in range(30):  # two nodes a step
+        x = x * a + 1.0
+    # sum, 60 steps, the parameter's AccumulateGrad
+    with pytest.warns(TorchscopeWarning, match=r"62 nodes deep.*threading.stack_size"):
+        torchscope.autograd_graph(x.sum())
+    # as many nodes side by side are not deep: no warning
+    wide = sum((a * float(k)).sum() for k in range(40))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        graph = torchscope.autograd_graph(wide)
+    assert len(graph.nodes) > 50
+
+
+def test_walk_depth_is_the_longest_path():
+    from torchscope.collect.graph.walk import _walk
+
+    a = torch.randn(2, requires_grad=True)
+    b = a * 2  # MulBackward0
+    c = b.exp()  # ExpBackward0
+    d = (c + b).sum()  # AddBackward0 joins a long and a short branch, then SumBackward0
+    # Sum -> Add -> Exp -> Mul -> AccumulateGrad(a)
+    assert _walk([d.grad_fn]).depth() == 5
+    assert _walk([]).depth() == 0
+
+
 @pytest.mark.parametrize("enabled", [True, False])
 def test_graph_capture_leaves_the_garbage_collector_as_found(enabled):
     import gc

@@ -93,6 +93,26 @@ class Walk:
     def __len__(self) -> int:
         return len(self.nodes)
 
+    def depth(self) -> int:
+        """The number of nodes on the longest path from an output to a leaf (Kahn's order:
+        a node is settled once all the nodes that use it are)."""
+        children = self.children
+        users = [0] * len(children)
+        for kids in children:
+            for child in kids:
+                users[child] += 1
+        depth = [1] * len(children)
+        ready = [i for i, count in enumerate(users) if not count]
+        for at in ready:  # grows while it is read
+            below = depth[at] + 1
+            for child in children[at]:
+                if depth[child] < below:
+                    depth[child] = below
+                users[child] -= 1
+                if not users[child]:
+                    ready.append(child)
+        return max(depth, default=0)
+
     def metadata(self, indices: list[int]) -> list[Meta]:
         """Shapes and dtypes of each node in ``indices``: a leaf's tensor's, an op's outputs'.
 
