@@ -28,7 +28,7 @@ import statistics
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torchscope
+import torchscope.collect.gradients._state as monitor_state
 from benchmarks._common import available_peers as _available_peers
 from benchmarks._common import first_line, ratio, table
 from tests.bugs import (
@@ -296,6 +297,14 @@ def overhead_cases(quick: bool) -> list[OverheadCase]:
             rounds,
         ),
         OverheadCase(
+            "resnet18, batch 16 at 3x64x64",
+            torchvision.models.resnet18,
+            (16, 3, 64, 64),
+            1000,
+            5 if quick else 10,
+            rounds,
+        ),
+        OverheadCase(
             "resnet18, batch 16 at 3x224x224",
             torchvision.models.resnet18,
             (16, 3, 224, 224),
@@ -306,8 +315,23 @@ def overhead_cases(quick: bool) -> list[OverheadCase]:
     ]
 
 
+@contextlib.contextmanager
+def _past_the_first_steps() -> Iterator[None]:
+    """The monitor as it runs after the first ``MEASURE_EVERY_STEP`` steps of a ``with``
+    block (tensor statistics on every ``MEASURE_STRIDE``-th step), from its first step: the
+    stride starts at step 0. The same work per step as a long run's, without running
+    hundreds of steps of resnet18 per round."""
+    before = monitor_state.MEASURE_EVERY_STEP
+    monitor_state.MEASURE_EVERY_STEP = 0
+    try:
+        yield
+    finally:
+        monitor_state.MEASURE_EVERY_STEP = before
+
+
 def overhead(case: OverheadCase, *, warmup: int = 3) -> dict[str, Any]:
-    """Per-step times bare and monitored, in alternating rounds on the same model and batch."""
+    """Per-step times bare and monitored (the first steps of a ``with`` block, and past its
+    first 100), in rotating rounds on the same model and batch."""
     torch.manual_seed(0)
     model = case.build().train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -331,26 +355,36 @@ def overhead(case: OverheadCase, *, warmup: int = 3) -> dict[str, Any]:
         reported = time.perf_counter()
         return entered - start, (done - entered) / steps, reported - done, report.kinds
 
+    def steady(steps: int) -> float:
+        with _past_the_first_steps(), torchscope.GradientMonitor(model, optimizer=optimizer):
+            train(1)  # step 0: measured, like every 10th
+            start = time.perf_counter()
+            train(steps)
+            return (time.perf_counter() - start) / steps
+
     train(warmup)
     monitored(warmup)
-    bare, watched, enter, report = [], [], [], []
+    steady(warmup)
+    bare, watched, after, enter, report = [], [], [], [], []
     kinds: set[str] = set()
     for i in range(case.rounds):
-        order = (0, 1) if i % 2 == 0 else (1, 0)  # alternate who goes first
-        for which in order:
+        for which in [(0, 1, 2), (1, 2, 0), (2, 0, 1)][i % 3]:  # rotate who goes first
             if which == 0:
                 start = time.perf_counter()
                 train(case.steps)
                 bare.append((time.perf_counter() - start) / case.steps)
-            else:
+            elif which == 1:
                 entered, per_step, reported, found = monitored(case.steps)
                 enter.append(entered)
                 watched.append(per_step)
                 report.append(reported)
                 kinds |= found
+            else:
+                after.append(steady(case.steps))
     return {
         "bare": bare,
         "monitored": watched,
+        "after": after,
         "enter": statistics.median(enter),
         "report": statistics.median(report),
         "kinds": kinds,
@@ -366,21 +400,59 @@ def overhead_table(quick: bool) -> tuple[list[list[str]], dict[str, float]]:
     rows, ratios = [], {}
     for case in overhead_cases(quick):
         result = overhead(case)
-        bare, watched = statistics.median(result["bare"]), statistics.median(result["monitored"])
-        ratios[case.name] = watched / bare
+        bare = statistics.median(result["bare"])
+        watched = statistics.median(result["monitored"])
+        after = statistics.median(result["after"])
+        ratios[case.name] = after / bare
         rows.append(
             [
                 case.name,
                 f"{case.rounds} x {case.steps}",
                 _spread(result["bare"]),
-                _spread(result["monitored"]),
-                ratio(watched, bare),
+                f"{_spread(result['monitored'])}, {ratio(watched, bare)}",
+                f"{_spread(result['after'])}, {ratio(after, bare)}",
                 f"{result['enter'] * 1e3:,.1f}",
                 f"{result['report'] * 1e3:,.1f}",
                 ", ".join(sorted(result["kinds"])) or "none",
             ]
         )
     return rows, ratios
+
+
+def _resident_mb() -> float:
+    """This process's resident memory (Linux ``/proc``; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as f:
+            pages = int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def scaling(steps: int, block: int) -> list[list[str]]:
+    """One ``with`` block over ``steps`` steps of the MLP: ms per step and resident memory
+    after each ``block`` of steps, then the time of ``report()``."""
+    torch.manual_seed(0)
+    model = MLP().train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 10, generator=g)
+    y = torch.randint(0, CLASSES, (64,), generator=g)
+    rows = []
+    with torchscope.GradientMonitor(model, optimizer=optimizer) as monitor:
+        base = _resident_mb()
+        for done in range(block, steps + 1, block):
+            start = time.perf_counter()
+            for _ in range(block):
+                optimizer.zero_grad()
+                F.cross_entropy(model(x), y).backward()
+                optimizer.step()
+            per_step = (time.perf_counter() - start) / block
+            rows.append([f"{done:,}", f"{per_step * 1e3:.3f}", f"{_resident_mb() - base:+.1f}"])
+    start = time.perf_counter()
+    monitor.report()
+    rows.append(["report()", f"{(time.perf_counter() - start) * 1e3:,.0f} ms once", ""])
+    return rows
 
 
 # -- main ----------------------------------------------------------------------------------------
@@ -446,8 +518,8 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
                 "model",
                 "rounds x steps",
                 "bare ms/step (range)",
-                "monitored ms/step (range)",
-                "monitored/bare",
+                "monitored, first 100 steps",
+                "monitored, after step 100",
                 "enter ms",
                 "report() ms",
                 "findings",
@@ -456,9 +528,25 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
         )
     )
     print(
-        "\nMedians of per-round means; 3 warm-up steps each way; rounds alternate which goes "
-        f"first. Load average (1 min, this run included): {load:.2f} before, "
+        "\nMedians of per-round means; 3 warm-up steps each way; rounds rotate which goes "
+        "first. 'First 100 steps': a fresh with block, where every step takes the tensor "
+        "statistics; 'after step 100': every 10th does (the stride started at step 0, the "
+        "same work per step as a long run's past its 100th). Load average "
+        f"(1 min, this run included): {load:.2f} before, "
         f"{os.getloadavg()[0]:.2f} after.\n"
+    )
+
+    steps = 2_000 if args.quick else 10_000
+    print(f"## Scaling: one with block over {steps:,} steps of the MLP (tests.bugs), batch 64\n")
+    print(
+        table(
+            ["steps done", "ms/step in the block", "resident MB since entry"],
+            scaling(steps, steps // 10),
+        )
+    )
+    print(
+        "\nThe history grows by one row per step (the max |grad| of each parameter), one "
+        "float per module output and the loss; the full statistics by a row per measured step.\n"
     )
 
     mine = totals[ours]
@@ -471,7 +559,7 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
     print(
         f"Headline: torchscope caught {mine.caught}/{len(BUGS)} (exact kind {mine.exact}/"
         f"{len(BUGS)}, false alarms {mine.false_alarms}/{len(CLEAN)}); {peers}; resnet18 bs16 "
-        f"CPU step overhead {resnet:.2f}x (target <= 1.05x). "
+        f"CPU step overhead past the first 100 steps {resnet:.2f}x (target <= 1.05x). "
         f"Bench time {time.perf_counter() - began:.0f} s."
     )
     headline = {
@@ -484,7 +572,7 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
     }
     headline[f"{ours}: exact kind named"] = f"{mine.exact}/{len(BUGS)}"
     for name, value in ratios.items():
-        headline[f"monitored/bare step time, {name}"] = f"{value:.2f}x"
+        headline[f"monitored/bare step time after step 100, {name}"] = f"{value:.2f}x"
     return headline
 
 

@@ -19,6 +19,23 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 from torchscope.collect.freezing import close_names
 from torchscope.collect.hooks import iter_modules
 
+# The monitor's statistics that read whole tensors (the gradients' three norms, how far each
+# step moved the weights, a sum per module output, which ReLU units fired, the L1 norm of the
+# output gradients a bias sums) are taken at every one of the first MEASURE_EVERY_STEP steps
+# of a with block, then at every MEASURE_STRIDE-th: the kinds that read them judge conditions
+# that hold step after step or that a bug sets off from the start, and a long run's cost per
+# step no longer carries them. What costs a few Python operations (gradients arriving, the
+# identity of each .grad, the loss, learning rates) is seen at every step. A step is an
+# optimizer step, or a backward pass while no optimizer has stepped.
+MEASURE_EVERY_STEP = 100
+MEASURE_STRIDE = 10
+
+
+def measured_step(step: int) -> bool:
+    """Whether the step numbered ``step`` (from 0) has its tensor statistics taken."""
+    return step < MEASURE_EVERY_STEP or step % MEASURE_STRIDE == 0
+
+
 _NORMALISATION = (_BatchNorm, _InstanceNorm)
 # modules whose output cannot be non-finite when their input and parameters are finite: not
 # worth a pass over their output (normalisation divides by sqrt(var + eps), eps > 0; a
@@ -155,6 +172,9 @@ class _StepRow:
     # those output gradients: the scale of the sum a bias gradient is made of
     output_index: tuple[int, ...] = ()
     output_l1: torch.Tensor | None = None
+    # False on a step whose tensor statistics are not taken (measured_step): only the
+    # max-abs row is computed (exact for NaN, Inf and zero), L1 and L2 are NaN
+    measured: bool = True
 
 
 def local(tensor: torch.Tensor) -> torch.Tensor:

@@ -93,6 +93,8 @@ class Evidence:
         linf: dict[int, list[float]] = {e.index: [] for e in o.params}
         ratios: dict[int, list[float | None]] = {e.index: [] for e in o.params}
         for row in o.rows:
+            if not row.measured:  # only max |grad|: it serves the non-finite rules
+                continue
             ratio: dict[int, float] = {}
             for i, w, change in zip(
                 row.weight_index, row.weight_norm, row.weight_change, strict=True
@@ -136,7 +138,7 @@ class Evidence:
         """
         ratios: dict[int, list[float]] = {}
         for row in self.observed.rows:
-            if not row.output_index:
+            if not row.output_index or not row.measured:
                 continue
             l1 = dict(zip(row.grad_index, row.grad_l1, strict=True))
             if not any(v > 0 for v in l1.values()):

@@ -162,10 +162,13 @@ class FunctionCalls:
         _probability_inputs: list[tuple[_Clock, str, torch.Tensor | None]]
         _losses: list[tuple[_Clock, torch.Tensor]]
         _clock: Callable[[], _Clock]
+        _measuring: Callable[[], bool]
 
     def _on_relu(self, func: Any, out: Any) -> None:
         if not (torch.is_grad_enabled() and isinstance(out, torch.Tensor)):
             return
+        if not self._measuring():
+            return  # a unit that never fires never fires on the steps measured either
         if not out.is_floating_point() or out.numel() == 0:
             return
         dims = _unit_dims(out)
@@ -217,7 +220,7 @@ class FunctionCalls:
             self._clip_coefficients.append((self._clock(), factor.detach().float()))
 
     def _on_classification_loss(self, loss_name: str, scores: torch.Tensor) -> None:
-        if not scores.is_floating_point() or scores.numel() == 0:
+        if not scores.is_floating_point() or scores.numel() == 0 or not self._measuring():
             return
         if scores in self._softmax_outputs:
             self._probability_inputs.append((self._clock(), loss_name, None))

@@ -51,6 +51,7 @@ from torchscope.collect.gradients._state import (
     _StepRow,
     l1_norm,
     local,
+    measured_step,
 )
 from torchscope.collect.gradients.compiled import (
     CompiledCalls,
@@ -370,6 +371,11 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
     def _clock(self) -> _Clock:
         return _Clock(self._steps, self._backwards)
 
+    def _measuring(self) -> bool:
+        """Whether this step's tensor statistics are taken (``_state.measured_step``): a step
+        is an optimizer step, or a backward pass while no optimizer has stepped."""
+        return measured_step(self._steps if self._optimizers else self._backwards)
+
     def _on_forward_pre(self, info: _Module, args: tuple[Any, ...]) -> None:
         if torch.compiler.is_compiling():
             return  # nothing in the graph, no guard on this state (see compiled.py)
@@ -437,6 +443,7 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
         self._last_finished = info.path
         if not torch.is_grad_enabled():
             return
+        # every step: the first non-finite value of a run is named by when it arose
         if info.checks_output:
             for tensor in _nested.tensors(output):
                 if tensor.is_floating_point():
@@ -444,7 +451,7 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
                     self._forward_checks.append((info.path, tensor.detach().sum(dtype=kind)))
         if info.biases and isinstance(output, torch.Tensor):
             self._produced[id(output)] = (weakref.ref(output), info)
-            if output.requires_grad and output.is_floating_point():
+            if output.requires_grad and output.is_floating_point() and self._measuring():
                 output.register_hook(lambda grad, info=info: self._on_output_gradient(info, grad))
         if info.module is self._model:
             self._end_forward()
@@ -526,28 +533,37 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
         for entry in self._params:
             entry.key_after_backward = _grad_key(entry.tensor)
         if not self._optimizers:  # no optimizer seen yet: every backward pass is a step
-            row = self._gradient_row(from_step=False)
+            row = self._gradient_row(from_step=False, measured=measured_step(self._backwards))
             if row is not None:
                 self._rows.append(row)
         self._backwards += 1
         self._backwards_since_step += 1
 
     def _gradient_row(
-        self, *, from_step: bool, weights: tuple[tuple[int, ...], torch.Tensor] | None = None
+        self,
+        *,
+        from_step: bool,
+        weights: tuple[tuple[int, ...], torch.Tensor] | None = None,
+        measured: bool = True,
     ) -> _StepRow | None:
+        """The gradients' L1, L2 and max-abs norms; on a step that is not ``measured`` the
+        max-abs norm only (one pass instead of three: NaN, Inf and exact zeros are still seen
+        at the step they happen), with NaN in the L1 and L2 rows."""
         with_grad = [e for e in self._params if e.tensor.grad is not None]
         if not with_grad:
             return None
         index, stats = _norm_rows(
             [e.tensor.grad for e in with_grad],  # type: ignore[misc]
             [e.index for e in with_grad],
-            (1.0, 2.0, math.inf),
+            (1.0, 2.0, math.inf) if measured else (math.inf,),
         )
+        if not measured:
+            stats = torch.cat([stats.new_full((2, stats.shape[1]), math.nan), stats])
         weight_index, weight_stats = weights if weights is not None else ((), None)
         output_index, output_l1 = self._take_output_l1()
         return _StepRow(
             self._clock(), from_step, index, stats, weight_index, weight_stats,
-            output_index, output_l1,
+            output_index, output_l1, measured,
         )  # fmt: skip
 
     def _take_output_l1(self) -> tuple[tuple[int, ...], torch.Tensor | None]:

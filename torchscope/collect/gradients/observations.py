@@ -92,6 +92,9 @@ class StepView:
     output_l1: tuple[float, ...]
     has_weights: bool
     frozen: frozenset[int] = frozenset()  # stepped while not requiring grad
+    # False on a step whose tensor statistics were not taken (``_state.measured_step``): its
+    # max-abs norms are real, its L1 and L2 norms NaN, and it holds no weights or outputs
+    measured: bool = True
 
 
 @dataclass(frozen=True)
@@ -253,6 +256,7 @@ def observe(monitor: GradientMonitor) -> Observations:
                 tuple(output_l1),
                 r.weight_stats is not None,
                 m._frozen_at_step.get(r.clock.step, frozenset()) if r.from_step else frozenset(),
+                r.measured,
             )
         )
     losses: list[float] = _floats(torch.stack([v for _, v in m._losses]).cpu()) if m._losses else []

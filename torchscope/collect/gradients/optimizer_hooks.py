@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from torchscope.collect.gradients._state import (
+    MEASURE_EVERY_STEP,
+    MEASURE_STRIDE,
     GradKey,
     _Clock,
     _grad_key,
@@ -23,6 +25,7 @@ from torchscope.collect.gradients._state import (
     _Param,
     _StepRow,
     local,
+    measured_step,
 )
 
 if TYPE_CHECKING:
@@ -32,18 +35,17 @@ if TYPE_CHECKING:
 __all__ = ["WEIGHTS_EVERY_STEP", "WEIGHTS_STRIDE", "OptimizerHooks"]
 
 # How far each step moves the weights (a copy of them before the step, the difference after,
-# two norms: four passes over the parameters) is measured at every one of the first
-# WEIGHTS_EVERY_STEP optimizer steps, then at every WEIGHTS_STRIDE-th: the kinds that read it
-# (frozen_but_updated, not_updated, tiny_updates and its causes, weight_decay_collapse,
-# symmetric_weights) judge conditions that hold step after step, and a long run's cost per
-# step no longer carries them. Gradient statistics are taken at every step.
-WEIGHTS_EVERY_STEP = 100
-WEIGHTS_STRIDE = 10
+# two norms: four passes over the parameters) is measured on the steps that _state's
+# MEASURE_EVERY_STEP and MEASURE_STRIDE pick, like every statistic that reads whole tensors:
+# the kinds that read it (frozen_but_updated, not_updated, tiny_updates and its causes,
+# weight_decay_collapse, symmetric_weights) judge conditions that hold step after step.
+WEIGHTS_EVERY_STEP = MEASURE_EVERY_STEP
+WEIGHTS_STRIDE = MEASURE_STRIDE
 
 
 def measures_weights(step: int) -> bool:
     """Whether the optimizer step numbered ``step`` (from 0) has its weight change measured."""
-    return step < WEIGHTS_EVERY_STEP or step % WEIGHTS_STRIDE == 0
+    return measured_step(step)
 
 
 class OptimizerHooks:
@@ -183,10 +185,14 @@ class OptimizerHooks:
             # snapshots share their parameters' dtypes and devices, so the columns line up
             assert change_index == weight_index
             measured = (weight_index, torch.cat([weight_norms, change]))
-        row = self._gradient_row(from_step=True, weights=measured)
+        full = measured_step(self._steps)
+        row = self._gradient_row(from_step=True, weights=measured, measured=full)
         if row is None:  # nothing had a gradient; still record the step (and how far it moved)
-            weights = measured if measured is not None else ((), None)
-            row = _StepRow(self._clock(), True, (), torch.zeros(3, 0), *weights)
+            weight_index, weight_stats = measured if measured is not None else ((), None)
+            row = _StepRow(
+                self._clock(), True, (), torch.zeros(3, 0), weight_index, weight_stats,
+                measured=full,
+            )  # fmt: skip
         self._rows.append(row)
         self._windows.append((self._clock(), self._backwards_since_step))
         # a closure (LBFGS) runs its backward inside step(): counted by now

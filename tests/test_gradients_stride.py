@@ -1,0 +1,115 @@
+"""GradientMonitor's tensor statistics on a stride of steps (``_state.measured_step``): every
+step of the first ``MEASURE_EVERY_STEP``, then every ``MEASURE_STRIDE``-th; the first
+non-finite value of a run is still named at the step it arose.
+
+The constants are lowered here (dense for 5 steps, then every 3rd) so that the stride shows
+in a few steps of a small model.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import torchscope
+import torchscope.collect.gradients._state as state
+
+from .bugs import CLASSES, MLP
+
+DENSE, STRIDE = 5, 3
+MEASURED = (0, 1, 2, 3, 4, 6, 9, 12)  # of steps 0..13
+
+
+@pytest.fixture
+def short_stride(monkeypatch):
+    monkeypatch.setattr(state, "MEASURE_EVERY_STEP", DENSE)
+    monkeypatch.setattr(state, "MEASURE_STRIDE", STRIDE)
+
+
+def _train(model, steps, *, before_step=None, optimizer=True, inputs=None):
+    torch.manual_seed(0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05) if optimizer else None
+    x = inputs if inputs is not None else torch.randn(32, 10)
+    y = torch.randint(0, CLASSES, (x.shape[0],))
+    with torchscope.GradientMonitor(model, optimizer=opt) as monitor:
+        for step in range(steps):
+            if before_step is not None:
+                before_step(step, model)
+            if opt is not None:
+                opt.zero_grad()
+            else:
+                model.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            if opt is not None:
+                opt.step()
+    return monitor
+
+
+def test_statistics_follow_the_stride(short_stride):
+    assert [s for s in range(14) if state.measured_step(s)] == list(MEASURED)
+    monitor = _train(MLP(), 14)
+    report = monitor.report()
+    for history in report.history.values():
+        assert history.steps == MEASURED
+        assert all(math.isfinite(v) for v in history.grad_norm + history.grad_mean_abs)
+        assert all(r is not None for r in history.update_ratio)
+    # a row per step all the same (max |grad| is taken at every one), full ones on the stride
+    rows = monitor._rows
+    assert len(rows) == 14
+    assert tuple(r.clock.step for r in rows if r.measured) == MEASURED
+    for row in rows:
+        l1, l2, top = row.grad_stats.tolist()
+        assert all(math.isfinite(v) for v in top)
+        assert all(math.isnan(v) for v in l1 + l2) != row.measured
+    # module outputs are checked at every step (to name where a NaN arose); ReLU units and
+    # the output gradients a bias sums only on the stride
+    assert len(monitor._forwards) == 14
+    assert not report.findings
+
+
+def test_without_an_optimizer_the_stride_counts_backward_passes(short_stride):
+    monitor = _train(MLP(), 14, optimizer=False)
+    history = next(iter(monitor.report().history.values()))
+    assert history.steps == MEASURED
+    assert len(monitor._rows) == 14
+
+
+@pytest.mark.parametrize("step", [7, 8, 10])  # steps off the stride
+def test_a_nan_weight_between_measured_steps_is_named_at_its_step(short_stride, step):
+    def poison(at, model):
+        if at == step:
+            with torch.no_grad():
+                model.fc1.weight[0, 0] = float("nan")
+
+    findings = _train(MLP(), 14, before_step=poison).report().findings
+    first = [f for f in findings if f.severity == "error"]
+    assert [(f.kind, f.where, f.step) for f in first] == [("nonfinite_activation", "fc1", step)]
+
+
+class _SqrtAtZero(nn.Module):
+    """sqrt(|h|) has an infinite derivative where h is 0: a NaN gradient with a finite loss."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(10, 16)
+        self.fc2 = nn.Linear(16, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.fc1(x).abs().sqrt())
+
+
+def test_a_nan_gradient_between_measured_steps_is_named_at_its_step(short_stride):
+    def zero_weights_at_step_8(at, model):
+        if at == 8:  # fc1's output is exactly 0 from here: sqrt's derivative there is inf
+            with torch.no_grad():
+                model.fc1.weight.zero_()
+                model.fc1.bias.zero_()
+
+    findings = _train(_SqrtAtZero(), 14, before_step=zero_weights_at_step_8).report().findings
+    first = [f for f in findings if f.severity == "error"]
+    assert first and {f.kind for f in first} == {"nan_grad"}
+    assert {f.step for f in first} == {8}
