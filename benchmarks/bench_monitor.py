@@ -296,21 +296,16 @@ def overhead_cases(quick: bool) -> list[OverheadCase]:
             20,
             rounds,
         ),
-        OverheadCase(
-            "resnet18, batch 16 at 3x64x64",
-            torchvision.models.resnet18,
-            (16, 3, 64, 64),
-            1000,
-            5 if quick else 10,
-            rounds,
-        ),
-        OverheadCase(
-            "resnet18, batch 16 at 3x224x224",
-            torchvision.models.resnet18,
-            (16, 3, 224, 224),
-            1000,
-            3 if quick else 5,
-            rounds,
+        *(
+            OverheadCase(
+                f"resnet18, batch 16 at 3x{side}x{side}",
+                torchvision.models.resnet18,
+                (16, 3, side, side),
+                1000,
+                steps,
+                rounds,
+            )
+            for side, steps in ((64, 5 if quick else 10), (224, 3 if quick else 5))
         ),
     ]
 

@@ -6,7 +6,6 @@ tensors, measured on the real tensors where fake ones cannot know a shape.
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import weakref
 from collections.abc import Callable, Iterator
@@ -25,6 +24,7 @@ from torch._subclasses.fake_tensor import (
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import torchscope._util.nested as _nested
+from torchscope._util.collector import collector_paused
 from torchscope.collect.hooks import instrumented
 
 __all__ = ["PassFailed", "Passes", "nbytes", "run_passes"]
@@ -248,24 +248,6 @@ def _fake_copy(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) 
     return _FakeCopy(mode, state, persistent, fake_args, fake_kwargs)
 
 
-@contextlib.contextmanager
-def _cycles_kept() -> Iterator[None]:
-    """Python's cycle collector held off for one pass (then put back as it was).
-
-    Tensors that a reference cycle holds (an output object that points back to its
-    container, as Hugging Face caches do) are then alive until the pass ends in every run;
-    with the collector on they were freed whenever it happened to run, so the same model's
-    training peak changed with what the process had done before.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
 def _real_copy(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _FakeCopy:
     """Twins that share the real storages: a measured pass allocates what a real step does
     beyond them. Parameters are detached leaves (their gradients land on the twins, never on
@@ -354,7 +336,12 @@ def _run(model: nn.Module, fake: _FakeCopy, *, train: bool) -> tuple[int, int, i
     for tensor in [*fake.persistent, *_nested.tensors((fake.args, fake.kwargs))]:
         live.track(tensor)
     before = live.live
-    with instrumented(model, grad=train), _cycles_kept(), _quiet_fake_logs():
+    # the cycle collector held off for the pass: tensors that a reference cycle holds (an
+    # output object that points back to its container, as Hugging Face caches do) are then
+    # alive until the pass ends in every run; with the collector on they were freed whenever
+    # it happened to run, so the same model's training peak changed with what the process
+    # had done before
+    with instrumented(model, grad=train), collector_paused(), _quiet_fake_logs():
         try:
             with fake.mode, live:
                 model.train(train)

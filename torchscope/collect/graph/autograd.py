@@ -6,18 +6,17 @@ that op nodes are clustered by the module that created them.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import gc
 import math
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
 import torchscope._util.nested as _nested
+from torchscope._util.collector import collector_paused
 from torchscope._util.inputs import call_arguments, model_devices, resolve_device, unwrap
 from torchscope.collect._torchscript import (
     OPTIMIZED_NOTE,
@@ -129,7 +128,10 @@ def autograd_graph(
         else:
             roots.append(node)
         root_of_output.append((path, tensor, node))
-    with _collection_paused():
+    # building a graph makes a few objects per node and frees none, which set the collector
+    # off over and over on a heap that only grows (a third of the time of a 40k-node graph);
+    # the records hold no reference cycles, so there is nothing for it to find
+    with collector_paused():
         walk = _walk(roots)
         graph = _build_autograd(walk, root_of_output, names, module, grads, show_saved, warn)
     for message in warn[: len(warn) - (graph.grad_origin is not None)]:
@@ -163,23 +165,6 @@ def _deep_graph_note(depth: int) -> str:
         "stack (threading.stack_size(1 << 29) before starting the thread), or raise the limit "
         "of the main thread (ulimit -s unlimited)"
     )
-
-
-@contextlib.contextmanager
-def _collection_paused() -> Iterator[None]:
-    """Python's cyclic garbage collector off for the block, as found afterwards.
-
-    Building a graph makes a few objects per node and frees none, which sets the collector
-    off over and over on a heap that only grows: a third of the time of a 40k-node graph.
-    The graph holds no reference cycles, so there is nothing for it to find.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _accumulate_node(tensor: torch.Tensor) -> Node | None:
