@@ -6,8 +6,8 @@ compilation; ``--steps N`` per timed round). The model is a 3-layer MLP, 1024 wi
 512, SGD with momentum: a mid-sized step where the monitor's per-step cost shows. Bare and
 monitored steps are timed in alternating rounds (interleaved medians). Each monitored round
 is a fresh ``with`` block, timed twice: over its first steps, where the weights' change is
-measured at every step, and after WEIGHTS_EVERY_STEP steps, where it is measured every
-WEIGHTS_STRIDE-th (the steady state of a real run); both include the eager sample every 50
+measured at every step, and after MEASURE_EVERY_STEP steps, where it is measured every
+MEASURE_STRIDE-th (the steady state of a real run); both include the eager sample every 50
 steps, as a user's loop would.
 """
 
@@ -25,7 +25,7 @@ from torch._dynamo.utils import counters
 
 import torchscope
 from benchmarks._common import ratio, table
-from torchscope.collect.gradients.optimizer_hooks import WEIGHTS_EVERY_STEP
+from torchscope.collect.gradients._state import MEASURE_EVERY_STEP
 
 
 def _model() -> nn.Module:
@@ -67,7 +67,7 @@ def _rounds(compiled: bool, backend: str, steps: int, rounds: int) -> dict[str, 
                 continue
             with monitor:  # a fresh run: its first steps, then the steady state
                 first.append(timed(steps))
-                train(max(WEIGHTS_EVERY_STEP - steps, 0))
+                train(max(MEASURE_EVERY_STEP - steps, 0))
                 steady.append(timed(steps))
     report = monitor.report()
     return {
@@ -104,13 +104,13 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
             ]
         )
         figures[f"monitor cost, {name}"] = cost
-        figures[f"monitor cost, {name}, first {WEIGHTS_EVERY_STEP} steps"] = early
+        figures[f"monitor cost, {name}, first {MEASURE_EVERY_STEP} steps"] = early
     print(
         table(
             [
                 "model run",
                 "bare ms/step",
-                f"monitored, first {WEIGHTS_EVERY_STEP} steps",
+                f"monitored, first {MEASURE_EVERY_STEP} steps",
                 "monitored ms/step, after",
                 "cost",
                 "graphs (bare -> after monitoring)",

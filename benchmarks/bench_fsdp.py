@@ -21,7 +21,7 @@ from torch import nn
 
 import torchscope
 from torchscope import distributed
-from torchscope.collect.gradients.optimizer_hooks import WEIGHTS_EVERY_STEP
+from torchscope.collect.gradients._state import MEASURE_EVERY_STEP
 
 
 def _model(width: int) -> nn.Module:
@@ -61,7 +61,7 @@ def _worker(steps: int, rounds: int, width: int) -> None:
             bare.append(timed(steps))
             with torchscope.GradientMonitor(model, optimizer) as monitor:
                 first.append(timed(steps))
-                timed(max(WEIGHTS_EVERY_STEP - steps, 0))
+                timed(max(MEASURE_EVERY_STEP - steps, 0))
                 steady.append(timed(steps))
             start = time.perf_counter()
             monitor.report()
@@ -71,7 +71,7 @@ def _worker(steps: int, rounds: int, width: int) -> None:
             print(f"FSDP2, {info.world_size} ranks (gloo, CPU), {width}-wide 4-layer MLP")
             print(f"bare ms/step               {b:8.2f}")
             print(f"monitored, first steps     {f:8.2f}  ({f / b:.2f}x)")
-            print(f"monitored, after step {WEIGHTS_EVERY_STEP:<4} {s:8.2f}  ({s / b:.2f}x)")
+            print(f"monitored, after step {MEASURE_EVERY_STEP:<4} {s:8.2f}  ({s / b:.2f}x)")
             print(f"report() incl. combining   {statistics.median(reports) * 1e3:8.1f} ms")
 
 

@@ -113,3 +113,48 @@ def test_a_nan_gradient_between_measured_steps_is_named_at_its_step(short_stride
     first = [f for f in findings if f.severity == "error"]
     assert first and {f.kind for f in first} == {"nan_grad"}
     assert {f.step for f in first} == {8}
+
+
+class _Gated(nn.Module):
+    """A branch that contributes only when ``gate`` is on: its gradient is exactly zero on
+    the other steps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.main = nn.Linear(10, CLASSES)
+        self.branch = nn.Linear(10, CLASSES)
+        self.gate = 0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.main(x) + self.gate * self.branch(x)
+
+
+def test_zero_grad_reads_every_step_not_only_the_measured_ones(short_stride):
+    def gate(at, model):
+        model.gate = 1.0 if at in (7, 8) else 0.0  # both off the stride
+
+    findings = _train(_Gated(), 14, before_step=gate).report().findings
+    assert not [f for f in findings if f.kind == "zero_grad"]
+    # and a branch that never contributes is still found
+    findings = _train(_Gated(), 14).report().findings
+    assert [f.where for f in findings if f.kind == "zero_grad"] == ["branch.weight", "branch.bias"]
+
+
+def test_two_optimizers_stepping_in_turn_are_each_measured_on_the_stride(short_stride):
+    torch.manual_seed(0)
+    model = MLP()
+    layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    first = torch.optim.SGD(layers[0].parameters(), lr=0.05)
+    rest = torch.optim.SGD([p for m in layers[1:] for p in m.parameters()], lr=0.05)
+    x, y = torch.randn(32, 10), torch.randint(0, CLASSES, (32,))
+    with torchscope.GradientMonitor(model) as monitor:
+        for _ in range(14):
+            first.zero_grad()
+            rest.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            first.step()
+            rest.step()
+    history = monitor.report().history
+    for name, h in history.items():
+        measured = [r for r in h.update_ratio if r is not None]
+        assert len(measured) == len(MEASURED), name  # each optimizer's steps 0-4, 6, 9, 12

@@ -124,6 +124,17 @@ class Evidence:
         return out
 
     @cached_property
+    def max_abs_every_step(self) -> dict[int, list[float]]:
+        """Parameter index -> max |grad| at every step it had a gradient: the histories hold
+        the steps whose full statistics were taken (``_state.measured_step``), this every
+        row."""
+        out: dict[int, list[float]] = {e.index: [] for e in self.observed.params}
+        for row in self.observed.rows:
+            for i, top in zip(row.grad_index, row.grad_max_abs, strict=True):
+                out[i].append(top)
+        return out
+
+    @cached_property
     def rounding_zero(self) -> set[int]:
         """Biases whose gradient is zero up to floating-point rounding in the median step.
 
@@ -182,8 +193,9 @@ class Evidence:
             h = self.history[e.index]
             if not e.trainable or not (e.received > 0 or h.steps):
                 continue
-            # max |grad| is exact (the L2 norm of fp32 values under ~1e-19 underflows to 0)
-            finite = [v for v in h.grad_max_abs if math.isfinite(v)]
+            # max |grad| is exact (the L2 norm of fp32 values under ~1e-19 underflows to 0),
+            # and taken at every step, on the stride or off it
+            finite = [v for v in self.max_abs_every_step[e.index] if math.isfinite(v)]
             if finite and all(v == 0 for v in finite):
                 if e.cancelled_by is None and e.index not in self.rounding_zero:
                     zero.append((e, h, len(finite)))

@@ -201,6 +201,7 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
         self._lr_trace: list[tuple[_Clock, dict[int, tuple[float | None, float, bool]]]] = []
         self._optimizer_kind: dict[int, str] = {}  # param group id -> its optimizer's class
         self._last_step_backwards: dict[int, int] = {}  # optimizer id -> backwards at its step
+        self._steps_of: dict[int, int] = {}  # optimizer id -> its steps (for the stride)
         self._steps_without_backward: list[tuple[_Clock, str]] = []
         self._signals = CallSignals()
         self._sequence_inputs: list[tuple[str, tuple[int, ...]]] = []  # (module, input shape)

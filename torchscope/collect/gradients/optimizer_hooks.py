@@ -16,8 +16,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from torchscope.collect.gradients._state import (
-    MEASURE_EVERY_STEP,
-    MEASURE_STRIDE,
     GradKey,
     _Clock,
     _grad_key,
@@ -32,20 +30,13 @@ if TYPE_CHECKING:
     from torchscope.collect.gradients.compiled import EagerSampler
     from torchscope.collect.gradients.structure import Hidden
 
-__all__ = ["WEIGHTS_EVERY_STEP", "WEIGHTS_STRIDE", "OptimizerHooks"]
+__all__ = ["OptimizerHooks"]
 
 # How far each step moves the weights (a copy of them before the step, the difference after,
-# two norms: four passes over the parameters) is measured on the steps that _state's
-# MEASURE_EVERY_STEP and MEASURE_STRIDE pick, like every statistic that reads whole tensors:
-# the kinds that read it (frozen_but_updated, not_updated, tiny_updates and its causes,
+# two norms: four passes over the parameters) is measured on the steps that
+# _state.measured_step picks, like every statistic that reads whole tensors: the kinds that
+# read it (frozen_but_updated, not_updated, tiny_updates and its causes,
 # weight_decay_collapse, symmetric_weights) judge conditions that hold step after step.
-WEIGHTS_EVERY_STEP = MEASURE_EVERY_STEP
-WEIGHTS_STRIDE = MEASURE_STRIDE
-
-
-def measures_weights(step: int) -> bool:
-    """Whether the optimizer step numbered ``step`` (from 0) has its weight change measured."""
-    return measured_step(step)
 
 
 class OptimizerHooks:
@@ -72,6 +63,7 @@ class OptimizerHooks:
         _output_l1: dict[int, torch.Tensor]
         _windows: list[tuple[_Clock, int]]
         _last_step_backwards: dict[int, int]
+        _steps_of: dict[int, int]
         _steps_without_backward: list[tuple[_Clock, str]]
         _stale: list[tuple[_Clock, int, torch.Tensor]]
         _hidden: list[Hidden]
@@ -149,7 +141,7 @@ class OptimizerHooks:
         frozen = frozenset(e.index for e, _ in held if not e.tensor.requires_grad)
         if frozen:
             self._frozen_at_step[self._steps] = frozen
-        if not measures_weights(self._steps):
+        if not measured_step(self._steps_of.get(id(optimizer), 0)):
             self._pending = (optimizer, held, None, (), None)
             return
         shards = [local(p.detach()) for p in params]  # a sharded parameter: its shard
@@ -185,7 +177,11 @@ class OptimizerHooks:
             # snapshots share their parameters' dtypes and devices, so the columns line up
             assert change_index == weight_index
             measured = (weight_index, torch.cat([weight_norms, change]))
-        full = measured_step(self._steps)
+        # each optimizer's own count: two that step in turn (a GAN's) would otherwise take
+        # one parity of the shared count each, and the second would never land on the stride
+        own_steps = self._steps_of.get(id(optimizer), 0)
+        self._steps_of[id(optimizer)] = own_steps + 1
+        full = measured_step(own_steps)
         row = self._gradient_row(from_step=True, weights=measured, measured=full)
         if row is None:  # nothing had a gradient; still record the step (and how far it moved)
             weight_index, weight_stats = measured if measured is not None else ((), None)

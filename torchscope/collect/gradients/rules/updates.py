@@ -49,7 +49,7 @@ def not_updated(ev: Evidence) -> Iterator[Finding]:
         if not e.trainable:
             continue
         h = ev.history[e.index]
-        if not any(v > 0 and math.isfinite(v) for v in h.grad_max_abs):
+        if not any(v > 0 and math.isfinite(v) for v in ev.max_abs_every_step[e.index]):
             continue  # no gradient: no_grad or zero_grad says why
         if not e.held:
             yield ev.finding(
