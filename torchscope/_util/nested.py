@@ -284,7 +284,7 @@ def shapes(obj: object) -> tuple[Shape, ...]:
     if isinstance(obj, torch.Tensor):  # the common cases, kept cheap: they run on every module call
         return (shape_of(obj),)
     if type(obj) is tuple and all(type(v) is torch.Tensor for v in obj):  # positional tensors
-        return tuple(tuple(v.shape) if not v.is_nested else shape_of(v) for v in obj)
+        return tuple(shape_of(v) for v in obj)
     return tuple(shape_of(t) for t in tensors(obj))
 
 

@@ -19,14 +19,16 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 from torchscope.collect.freezing import close_names
 from torchscope.collect.hooks import iter_modules
 
-# The monitor's statistics that read whole tensors (the gradients' three norms, how far each
-# step moved the weights, a sum per module output, which ReLU units fired, the L1 norm of the
-# output gradients a bias sums) are taken at every one of the first MEASURE_EVERY_STEP steps
-# of a with block, then at every MEASURE_STRIDE-th: the kinds that read them judge conditions
-# that hold step after step or that a bug sets off from the start, and a long run's cost per
-# step no longer carries them. What costs a few Python operations (gradients arriving, the
-# identity of each .grad, the loss, learning rates) is seen at every step. A step is an
-# optimizer step, or a backward pass while no optimizer has stepped.
+# The monitor's statistics that read whole tensors and that kinds judge over many steps (the
+# gradients' L1 and L2 norms, how far each step moved the weights, which ReLU units fired,
+# the L1 norm of the output gradients a bias sums, the probability check of a loss's scores)
+# are taken at every one of the first MEASURE_EVERY_STEP steps of a with block, then at every
+# MEASURE_STRIDE-th: those kinds judge conditions that hold step after step or that a bug sets
+# off from the start, and a long run's cost per step no longer carries them. What names the
+# first non-finite value of a run at the step it arose is taken at every step (max |grad|,
+# one sum per module output, the loss), as is what costs a few Python operations (gradients
+# arriving, the identity of each .grad, learning rates). A step is an optimizer step (each
+# optimizer's own count), or a backward pass while no optimizer has stepped.
 MEASURE_EVERY_STEP = 100
 MEASURE_STRIDE = 10
 

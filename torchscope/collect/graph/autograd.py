@@ -169,9 +169,8 @@ def _deep_graph_note(depth: int) -> str:
         "recursively, one C stack frame per node: freeing one this deep, or calling "
         "backward() through it, may overflow the stack and crash the process (a default 8 MB "
         "stack freed 40,000 nodes and crashed on 60,000). Build, capture and free it in a "
-        "thread with a larger "
-        "stack (threading.stack_size(1 << 29) before starting the thread), or raise the limit "
-        "of the main thread (ulimit -s unlimited)"
+        "thread with a larger stack (threading.stack_size(1 << 29) before starting the "
+        "thread), or raise the limit of the main thread (ulimit -s unlimited)"
     )
 
 

@@ -21,24 +21,18 @@ Meta = tuple[tuple[tuple[int, ...], ...], tuple[str, ...]]
 
 
 def _node_meta(node: Node) -> Meta:
-    """Shapes and dtypes of what the forward op produced (the gradients the node receives)."""
-    try:
-        metadata = node._input_metadata
-        if len(metadata) == 1:  # most ops: one output
-            only = metadata[0]
-            return (tuple(only.shape),), (_dtype_name(only.dtype),)
-    except (AttributeError, RuntimeError, TypeError, ValueError):
-        return _each_meta(node)
-    return _each_meta(node)
-
-
-def _each_meta(node: Node) -> Meta:
-    """``_node_meta`` one output at a time: an unreadable one (nested, symbolic) gives ``()``
-    and ``""``."""
+    """Shapes and dtypes of what the forward op produced (the gradients the node receives);
+    an unreadable one (nested, symbolic) gives ``()`` and ``""``."""
     try:
         metadata = node._input_metadata
     except (AttributeError, RuntimeError):
         return (), ()
+    if len(metadata) == 1:  # most ops: one output, without the lists
+        only = metadata[0]
+        try:
+            return (tuple(only.shape),), (_dtype_name(only.dtype),)
+        except (RuntimeError, TypeError, ValueError):
+            return ((),), ("",)
     shapes = []
     dtypes = []
     for meta in metadata:
