@@ -52,6 +52,9 @@ def _train(model, steps, *, before_step=None, optimizer=True, inputs=None):
 def test_statistics_follow_the_stride(short_stride):
     assert [s for s in range(14) if state.measured_step(s)] == list(MEASURED)
     monitor = _train(MLP(), 14)
+    # module outputs are checked at every step (to name where a NaN arose), read back in
+    # batches (history.Folds); ReLU units and the output gradients a bias sums on the stride
+    assert len(monitor._folds._forwards) == 14
     report = monitor.report()
     for history in report.history.values():
         assert history.steps == MEASURED
@@ -65,9 +68,6 @@ def test_statistics_follow_the_stride(short_stride):
         l1, l2, top = row.grad_stats.tolist()
         assert all(math.isfinite(v) for v in top)
         assert all(math.isnan(v) for v in l1 + l2) != row.measured
-    # module outputs are checked at every step (to name where a NaN arose); ReLU units and
-    # the output gradients a bias sums only on the stride
-    assert len(monitor._forwards) == 14
     assert not report.findings
 
 

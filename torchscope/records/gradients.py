@@ -162,8 +162,11 @@ class GradientReport:
         parameters: the history of every parameter, in the model's order.
         steps: optimizer steps observed (backward passes, when no optimizer stepped).
         backward_passes: backward passes observed.
-        losses: the loss of every backward pass, in order.
+        losses: the loss of every backward pass, in order. A run longer than 2048 steps
+            keeps the losses of evenly spaced steps (every 2nd, 4th, ...; the monitor's
+            memory stays bounded): ``loss_steps`` says which.
         step_unit: what a step is: ``"optimizer step"`` or ``"backward pass"``.
+        loss_steps: the step of each value in ``losses``.
     """
 
     findings: tuple[Finding, ...]
@@ -172,6 +175,7 @@ class GradientReport:
     backward_passes: int
     losses: tuple[float, ...] = ()
     step_unit: str = "optimizer step"
+    loss_steps: tuple[int, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -227,6 +231,7 @@ class GradientReport:
             backward_passes=data["backward_passes"],
             losses=tuple(data.get("losses", ())),
             step_unit=data.get("step_unit", "optimizer step"),
+            loss_steps=tuple(data.get("loss_steps", ())),
         )
 
     def __str__(self) -> str:

@@ -124,15 +124,24 @@ class Evidence:
         return out
 
     @cached_property
-    def max_abs_every_step(self) -> dict[int, list[float]]:
-        """Parameter index -> max |grad| at every step it had a gradient: the histories hold
-        the steps whose full statistics were taken (``_state.measured_step``), this every
-        row."""
-        out: dict[int, list[float]] = {e.index: [] for e in self.observed.params}
-        for row in self.observed.rows:
+    def grad_steps(self) -> dict[int, tuple[int, int]]:
+        """Parameter index -> (steps whose max |grad| was finite, steps where it was finite and
+        non-zero), over every step it had a gradient: the histories hold the steps whose full
+        statistics were taken (``_state.measured_step``), this every row, and the steps a
+        long run's thinned rows dropped (``history.Folds``)."""
+        o = self.observed
+        finite = {e.index: 0 for e in o.params}
+        nonzero = dict(finite)
+        for row in o.rows:
             for i, top in zip(row.grad_index, row.grad_max_abs, strict=True):
-                out[i].append(top)
-        return out
+                if math.isfinite(top):
+                    finite[i] += 1
+                    nonzero[i] += top != 0
+        for i, (count, moving) in (o.dropped_grad_steps or {}).items():
+            if i in finite:
+                finite[i] += count
+                nonzero[i] += moving
+        return {i: (finite[i], nonzero[i]) for i in finite}
 
     @cached_property
     def rounding_zero(self) -> set[int]:
@@ -195,10 +204,10 @@ class Evidence:
                 continue
             # max |grad| is exact (the L2 norm of fp32 values under ~1e-19 underflows to 0),
             # and taken at every step, on the stride or off it
-            finite = [v for v in self.max_abs_every_step[e.index] if math.isfinite(v)]
-            if finite and all(v == 0 for v in finite):
+            finite, nonzero = self.grad_steps[e.index]
+            if finite and not nonzero:
                 if e.cancelled_by is None and e.index not in self.rounding_zero:
-                    zero.append((e, h, len(finite)))
+                    zero.append((e, h, finite))
                 continue
             judged.append((e, h))
         return zero, judged

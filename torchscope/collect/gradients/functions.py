@@ -16,6 +16,7 @@ from torchscope.collect.gradients.signals import LOSS_FUNCTIONS, CallSignals
 if TYPE_CHECKING:
     from torch.utils.weak import WeakIdKeyDictionary
 
+    from torchscope.collect.gradients.history import Series
     from torchscope.collect.gradients.monitor import GradientMonitor
     from torchscope.collect.gradients.thresholds import GradientThresholds
 
@@ -157,10 +158,10 @@ class FunctionCalls:
         _backward_calls: int
         _signals: CallSignals
         _params: list[_Param]
-        _clip_coefficients: list[tuple[_Clock, torch.Tensor]]
+        _clip_coefficients: Series[tuple[_Clock, torch.Tensor]]
         _softmax_outputs: WeakIdKeyDictionary
-        _probability_inputs: list[tuple[_Clock, str, torch.Tensor | None]]
-        _losses: list[tuple[_Clock, torch.Tensor]]
+        _probability_inputs: Series[tuple[_Clock, str, torch.Tensor | None]]
+        _losses: Series[tuple[_Clock, torch.Tensor]]
         _clock: Callable[[], _Clock]
         _measuring: Callable[[], bool]
 
@@ -241,4 +242,4 @@ class FunctionCalls:
                 value = tensor.detach()
                 value = value if value.dim() == 0 else value.sum()
                 self._losses.append((self._clock(), value.float()))
-                self._signals.on_backward(value.float())
+                self._signals.on_backward(self._clock(), value.float())

@@ -61,6 +61,7 @@ from torchscope.collect.gradients.compiled import (
 )
 from torchscope.collect.gradients.evidence import Evidence
 from torchscope.collect.gradients.functions import FunctionCalls, FunctionWatch
+from torchscope.collect.gradients.history import Folds, Series, Thinning
 from torchscope.collect.gradients.observations import Fixed, observe
 from torchscope.collect.gradients.optimizer_hooks import OptimizerHooks
 from torchscope.collect.gradients.ranks import RankView, merge_ranks, world_size
@@ -80,6 +81,10 @@ from torchscope.errors import TorchscopeError
 from torchscope.records import GradientReport
 
 __all__ = ["GradientMonitor"]
+
+
+def _row_clock(row: _StepRow) -> _Clock:
+    return row.clock
 
 
 class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
@@ -170,47 +175,51 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
         self._backwards = 0
         self._backward_calls = 0
         self._backwards_since_step = 0
-        self._windows: list[tuple[_Clock, int]] = []  # backward passes per optimizer step
+        # every list that grows with the run is a bounded, evenly thinned series (history.py);
+        # the folds keep what the dropped entries carried that no sample stands for
+        t = self._thinning = Thinning()
+        self._folds = Folds()
+        self._windows: Series[tuple[_Clock, int]] = t.new()  # backward passes per step
         self._callback_queued = False
         self._optimizers: dict[int, weakref.ref[torch.optim.Optimizer]] = {}
         self._held_indices: set[int] = set()  # parameters some observed optimizer stepped
         self._fixed: Fixed | None = None  # host state when the `with` block ended
-        self._rows: list[_StepRow] = []
+        self._rows: Series[_StepRow] = t.new(clock_of=_row_clock, dropped=self._folds.row)
         self._pending: tuple[Any, ...] | None = None
         self._snapshots: dict[int, torch.Tensor] = {}
         self._forward_checks: list[tuple[str, torch.Tensor]] = []
-        self._forwards: list[tuple[_Clock, tuple[str, ...], torch.Tensor]] = []
         self._produced: dict[int, tuple[weakref.ref[torch.Tensor], _Module]] = {}
         self._output_l1: dict[int, torch.Tensor] = {}  # bias index -> sum of |output grad|
         self._eval_pending: list[str] | None = None
-        self._eval_root_forwards: list[tuple[_Clock, tuple[str, ...]]] = []
-        self._eval_sub_forwards: list[tuple[_Clock, tuple[str, ...]]] = []
+        self._eval_root_forwards: Series[tuple[_Clock, tuple[str, ...]]] = t.new()
+        self._eval_sub_forwards: Series[tuple[_Clock, tuple[str, ...]]] = t.new()
         self._forward_eval: set[str] = set()
         self._forward_root_eval = False
-        self._losses: list[tuple[_Clock, torch.Tensor]] = []
+        self._losses: Series[tuple[_Clock, torch.Tensor]] = t.new(dropped=self._folds.loss)
         self._relu_sites: dict[tuple[str, int], _ReluSite] = {}
         self._softmax_outputs: WeakIdKeyDictionary = WeakIdKeyDictionary()
-        self._probability_inputs: list[tuple[_Clock, str, torch.Tensor | None]] = []
-        self._batch_of_one: list[tuple[_Clock, str, tuple[int, ...]]] = []
-        self._stale: list[tuple[_Clock, int, torch.Tensor]] = []
-        self._cleared_in_window: list[tuple[_Clock, int]] = []
+        self._probability_inputs: Series[tuple[_Clock, str, torch.Tensor | None]] = t.new()
+        self._batch_of_one: Series[tuple[_Clock, str, tuple[int, ...]]] = t.new()
+        self._stale: Series[tuple[_Clock, int, torch.Tensor]] = t.new()
+        self._cleared_in_window: Series[tuple[_Clock, int]] = t.new()
         self._zero_lr: dict[int, _Clock] = {}
         self._group_of: dict[int, int] = {}  # parameter index -> id of its param group
         self._lr_of: dict[int, float | None] = {}  # parameter index -> its group's lr
         # per optimizer step: {param group id: (lr, weight_decay)}; plain floats, no device read
-        self._lr_trace: list[tuple[_Clock, dict[int, tuple[float | None, float, bool]]]] = []
+        self._lr_trace: Series[tuple[_Clock, dict[int, tuple[float | None, float, bool]]]] = t.new()
         self._optimizer_kind: dict[int, str] = {}  # param group id -> its optimizer's class
         self._last_step_backwards: dict[int, int] = {}  # optimizer id -> backwards at its step
         self._steps_of: dict[int, int] = {}  # optimizer id -> its steps (for the stride)
-        self._steps_without_backward: list[tuple[_Clock, str]] = []
-        self._signals = CallSignals()
+        self._steps_without_backward: Series[tuple[_Clock, str]] = t.new()
+        self._signals = CallSignals(t)
         self._sequence_inputs: list[tuple[str, tuple[int, ...]]] = []  # (module, input shape)
         self._input_scale: torch.Tensor | None = None  # max |x| of the first training input
         self._rows_identical: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._hidden: list[Hidden] = []
         self._hidden_keys: list[list[GradKey | None]] = []
-        self._frozen_at_step: dict[int, frozenset[int]] = {}  # step -> held, not requiring grad
-        self._clip_coefficients: list[tuple[_Clock, torch.Tensor]] = []
+        # per step: the parameters held that did not require grad (when there are any)
+        self._frozen_at_step: Series[tuple[_Clock, frozenset[int]]] = t.new()
+        self._clip_coefficients: Series[tuple[_Clock, torch.Tensor]] = t.new()
 
     def __enter__(self) -> GradientMonitor:
         if self._active:
@@ -472,7 +481,7 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
         if self._forward_checks:
             paths = tuple(path for path, _ in self._forward_checks)
             values = torch.stack([value for _, value in self._forward_checks])
-            self._forwards.append((self._clock(), paths, values))
+            self._folds.forward((self._clock(), paths, values))
             self._forward_checks = []
 
     # -- backward --------------------------------------------------------------------------------
@@ -539,6 +548,8 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
                 self._rows.append(row)
         self._backwards += 1
         self._backwards_since_step += 1
+        if not self._optimizers:
+            self._thinning.advance(self._backwards)
 
     def _gradient_row(
         self,
@@ -613,6 +624,7 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
             backward_passes=max(observed.backwards, observed.backward_calls),
             losses=tuple(value for _, value in observed.losses),
             step_unit="optimizer step" if observed.stepped else "backward pass",
+            loss_steps=tuple(observed.step_of(clock) for clock, _ in observed.losses),
         )
         if not gather:
             return local

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from torchscope.collect.gradients._state import _Clock as Clock
+from torchscope.collect.gradients._state import _StepRow
 from torchscope.collect.gradients.thresholds import GradientThresholds
 
 if TYPE_CHECKING:
@@ -146,7 +147,8 @@ class Observations:
     backward_calls: int
     accumulation_steps: int
     called: frozenset[str]  # modules that ran in a training forward
-    # (clock, module paths, the sum of each module's output) per training forward
+    # (clock, module paths, the sum of each module's output): the first training forward with
+    # a NaN or +Inf sum, if any (the monitor reads them in batches and keeps only that one)
     forwards: tuple[tuple[Clock, tuple[str, ...], tuple[float, ...]], ...]
     losses: tuple[tuple[Clock, float], ...]  # what was handed to backward()
     relu_sites: tuple[ReluView, ...]
@@ -177,6 +179,16 @@ class Observations:
     # the forward ran compiled: its own signals (loss functions inside the model included)
     # were seen on eager samples only
     forward_sampled: bool = False
+    # A run longer than history.HISTORY_STEPS steps keeps evenly spaced steps of each series
+    # above (rows, losses, lr_trace, ...); of the steps it dropped it keeps exactly: per
+    # parameter (steps whose max |grad| was finite, steps where it was finite and non-zero),
+    # the earliest row with a non-finite max |grad| and the earliest non-finite loss
+    dropped_grad_steps: dict[int, tuple[int, int]] | None = None
+    dropped_nonfinite_row: StepView | None = None
+    dropped_nonfinite_loss: tuple[Clock, float] | None = None
+    # training forwards run in eval mode (with the model's root in eval mode, without), all
+    # of them: eval_root_forwards and eval_sub_forwards may be thinned
+    eval_forwards: tuple[int, int] = (0, 0)
 
     def step_of(self, clock: Clock) -> int:
         """The 0-based step an event belongs to, in the report's step unit."""
@@ -199,6 +211,32 @@ def _read(values: list[torch.Tensor | float | None]) -> list[float | None]:
         next(read) if isinstance(v, torch.Tensor) else (None if v is None else float(v))
         for v in values
     ]
+
+
+def _step_view(r: _StepRow, frozen_at: dict[int, frozenset[int]]) -> StepView:
+    grad = r.grad_stats.detach().cpu()
+    l1, l2, linf = grad.tolist() if r.grad_index else ([], [], [])
+    norms: list[float] = []
+    changes: list[float] = []
+    if r.weight_stats is not None:
+        norms, changes = r.weight_stats.cpu().tolist()
+    output_l1 = _floats(r.output_l1.cpu()) if r.output_l1 is not None else []
+    return StepView(
+        r.clock,
+        r.from_step,
+        r.grad_index,
+        tuple(l1),
+        tuple(l2),
+        tuple(linf),
+        r.weight_index,
+        tuple(norms),
+        tuple(changes),
+        r.output_index,
+        tuple(output_l1),
+        r.weight_stats is not None,
+        frozen_at.get(r.clock.step, frozenset()) if r.from_step else frozenset(),
+        r.measured,
+    )
 
 
 def observe(monitor: GradientMonitor) -> Observations:
@@ -230,35 +268,11 @@ def observe(monitor: GradientMonitor) -> Observations:
         )
         for e in m._params
     )
-    rows = []
-    for r in m._rows:
-        if r.from_step != stepped:
-            continue
-        grad = r.grad_stats.detach().cpu()
-        l1, l2, linf = grad.tolist() if r.grad_index else ([], [], [])
-        norms: list[float] = []
-        changes: list[float] = []
-        if r.weight_stats is not None:
-            norms, changes = r.weight_stats.cpu().tolist()
-        output_l1 = _floats(r.output_l1.cpu()) if r.output_l1 is not None else []
-        rows.append(
-            StepView(
-                r.clock,
-                r.from_step,
-                r.grad_index,
-                tuple(l1),
-                tuple(l2),
-                tuple(linf),
-                r.weight_index,
-                tuple(norms),
-                tuple(changes),
-                r.output_index,
-                tuple(output_l1),
-                r.weight_stats is not None,
-                m._frozen_at_step.get(r.clock.step, frozenset()) if r.from_step else frozenset(),
-                r.measured,
-            )
-        )
+    frozen_at = {clock.step: frozen for clock, frozen in m._frozen_at_step}
+    rows = tuple(_step_view(r, frozen_at) for r in m._rows if r.from_step == stepped)
+    folds = m._folds
+    folds.flush()
+    dropped_row = folds.first_row
     losses: list[float] = _floats(torch.stack([v for _, v in m._losses]).cpu()) if m._losses else []
     relu_sites = tuple(
         ReluView(s.name, s.fired.numel(), int(s.fired.sum()), s.observations)
@@ -277,7 +291,7 @@ def observe(monitor: GradientMonitor) -> Observations:
     )
     deviations = _read([d for *_, d in s.wrong_dim])
     saturated = _read([site.saturated for site in s.squash_sites.values()])
-    scaled_pairs = _read([v for pair in s.scaled for v in pair])
+    scaled_pairs = _read([v for _, *pair in s.scaled for v in pair])
     identical = _read([v for pair in m._rows_identical.values() for v in pair])
     coefficients = _read([c for _, c in m._clip_coefficients])
     input_scale = _read([m._input_scale])[0]
@@ -335,13 +349,13 @@ def observe(monitor: GradientMonitor) -> Observations:
         thresholds=m.thresholds,
         params=params,
         stepped=stepped,
-        rows=tuple(rows),
+        rows=rows,
         steps=m._steps,
         backwards=m._backwards,
         backward_calls=m._backward_calls,
         accumulation_steps=m._accumulation_steps,
         called=frozenset(m._called),
-        forwards=tuple((c, p, tuple(_floats(v.cpu()))) for c, p, v in m._forwards),
+        forwards=(folds.first_forward,) if folds.first_forward is not None else (),
         losses=tuple((c, v) for (c, _), v in zip(m._losses, losses, strict=True)),
         relu_sites=relu_sites,
         windows=tuple(m._windows),
@@ -351,5 +365,15 @@ def observe(monitor: GradientMonitor) -> Observations:
         eval_sub_forwards=tuple(m._eval_sub_forwards),
         probability_inputs=probability_inputs,
         batch_of_one=tuple(m._batch_of_one),
+        dropped_grad_steps={
+            i: (count, folds.nonzero_steps.get(i, 0)) for i, count in folds.finite_steps.items()
+        },
+        dropped_nonfinite_row=(
+            _step_view(dropped_row, frozen_at)
+            if dropped_row is not None and dropped_row.from_step == stepped
+            else None
+        ),
+        dropped_nonfinite_loss=folds.first_loss,
+        eval_forwards=(m._eval_root_forwards.total, m._eval_sub_forwards.total),
         **extra,  # type: ignore[arg-type]
     )

@@ -28,6 +28,7 @@ from torchscope.collect.gradients._state import (
 
 if TYPE_CHECKING:
     from torchscope.collect.gradients.compiled import EagerSampler
+    from torchscope.collect.gradients.history import Folds, Series, Thinning
     from torchscope.collect.gradients.structure import Hidden
 
 __all__ = ["OptimizerHooks"]
@@ -53,19 +54,21 @@ class OptimizerHooks:
         _optimizer_kind: dict[int, str]
         _zero_lr: dict[int, _Clock]
         _snapshots: dict[int, torch.Tensor]
-        _lr_trace: list[tuple[_Clock, dict[int, tuple[float | None, float, bool]]]]
-        _frozen_at_step: dict[int, frozenset[int]]
+        _lr_trace: Series[tuple[_Clock, dict[int, tuple[float | None, float, bool]]]]
+        _frozen_at_step: Series[tuple[_Clock, frozenset[int]]]
         _steps: int
         _backwards: int
         _backwards_since_step: int
         _pending: tuple[Any, ...] | None
-        _rows: list[_StepRow]
+        _rows: Series[_StepRow]
         _output_l1: dict[int, torch.Tensor]
-        _windows: list[tuple[_Clock, int]]
+        _windows: Series[tuple[_Clock, int]]
         _last_step_backwards: dict[int, int]
         _steps_of: dict[int, int]
-        _steps_without_backward: list[tuple[_Clock, str]]
-        _stale: list[tuple[_Clock, int, torch.Tensor]]
+        _steps_without_backward: Series[tuple[_Clock, str]]
+        _stale: Series[tuple[_Clock, int, torch.Tensor]]
+        _thinning: Thinning
+        _folds: Folds
         _hidden: list[Hidden]
         _hidden_keys: list[list[GradKey | None]]
         _clock: Callable[[], _Clock]
@@ -101,7 +104,9 @@ class OptimizerHooks:
                 for i, scale in zip(last.output_index, last.output_l1, strict=True):
                     previous = self._output_l1.get(i)
                     self._output_l1[i] = scale if previous is None else previous + scale
-            self._rows = [row for row in self._rows if row.from_step]
+            self._rows.retain(lambda row: row.from_step)
+            self._folds.forget_rows()
+            self._thinning.stepped = True
         self._optimizers[id(optimizer)] = weakref.ref(optimizer)
         self._held_indices.update(entry.index for entry, _ in held)
         clock = self._clock()
@@ -140,7 +145,7 @@ class OptimizerHooks:
         self._lr_trace.append((clock, groups))
         frozen = frozenset(e.index for e, _ in held if not e.tensor.requires_grad)
         if frozen:
-            self._frozen_at_step[self._steps] = frozen
+            self._frozen_at_step.append((clock, frozen))
         if not measured_step(self._steps_of.get(id(optimizer), 0)):
             self._pending = (optimizer, held, None, (), None)
             return
@@ -198,6 +203,7 @@ class OptimizerHooks:
         self._last_step_backwards[id(optimizer)] = self._backwards
         self._backwards_since_step = 0
         self._steps += 1
+        self._thinning.advance(self._steps)
         self._sampler.after_step(self._steps)
         for entry, _ in held:  # only the parameters this optimizer applied gradients to
             entry.key_after_step = _grad_key(entry.tensor)

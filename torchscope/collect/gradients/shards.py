@@ -84,8 +84,17 @@ def combine_shards(observed: Observations, plan: ShardPlan) -> Observations:
         for row in observed.rows
         if row.grad_index or row.has_weights
     }
-    sent: dict[str, Any] = {"plan": plan, "rows": mine}
+    dropped = {i: v for i, v in (observed.dropped_grad_steps or {}).items() if i in plan}
+    sent: dict[str, Any] = {"plan": plan, "rows": mine, "dropped": dropped}
     views = all_gather_objects(sent)
+    # a long run's dropped steps: a shard's max |grad| was non-zero at some step where any
+    # shard's was (the whole tensor's is the largest of its shards')
+    combined = dict(observed.dropped_grad_steps or {})
+    for i in dropped:
+        theirs = [
+            v["dropped"][i] for v in views if v["plan"].get(i) == plan[i] and i in v["dropped"]
+        ]
+        combined[i] = (min(f for f, _ in theirs), max(n for _, n in theirs))
     rows = []
     for row in observed.rows:
         figures = mine.get(row.clock)
@@ -125,7 +134,7 @@ def combine_shards(observed: Observations, plan: ShardPlan) -> Observations:
                 weight_change=tuple(change),
             )
         )
-    return replace(observed, rows=tuple(rows))
+    return replace(observed, rows=tuple(rows), dropped_grad_steps=combined)
 
 
 def _nan_first(value: float) -> float:

@@ -11,13 +11,14 @@ from __future__ import annotations
 import math
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from torchscope.collect.gradients._state import _Clock
+from torchscope.collect.gradients.history import Series, Thinning
 
 __all__ = ["LOSS_FUNCTIONS", "CallSignals", "LossCall", "SquashSite", "chance_level"]
 
@@ -67,6 +68,11 @@ class _ByStorage:
         return value
 
 
+def _clock_attribute(entry: Any) -> _Clock:
+    clock: _Clock = entry.clock
+    return clock
+
+
 @dataclass
 class LossCall:
     clock: _Clock
@@ -86,27 +92,29 @@ class SquashSite:
     feeds_loss: bool = False  # its output went straight into a loss function (an output layer)
 
 
-@dataclass
 class CallSignals:
-    """The monitor's record of the calls around its loss (see the module docstring)."""
+    """The monitor's record of the calls around its loss (see the module docstring). Its
+    per-call lists are bounded series (:mod:`.history`), thinned with the monitor's."""
 
-    losses: list[LossCall] = field(default_factory=list)
-    broadcasts: list[tuple[_Clock, str, tuple[int, ...], tuple[int, ...]]] = field(
-        default_factory=list
-    )
-    probabilities: list[tuple[_Clock, str]] = field(default_factory=list)  # sigmoid -> logits
-    clipped: list[tuple[_Clock, str, str]] = field(default_factory=list)  # (.., loss, clipper)
-    # (clock, loss, softmax dim, class dim, |logsumexp| over the class dim, on the device)
-    wrong_dim: list[tuple[_Clock, str, int, int, torch.Tensor]] = field(default_factory=list)
-    squash_sites: dict[tuple[str, str], SquashSite] = field(default_factory=dict)
-    # (the loss handed to backward, the sum of the loss functions' values since the last one)
-    scaled: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
-    _since_backward: list[torch.Tensor] = field(default_factory=list)
-    _sigmoid_outputs: _ByStorage = field(default_factory=_ByStorage)
-    _clipped_outputs: _ByStorage = field(default_factory=_ByStorage)
-    _squash_outputs: _ByStorage = field(default_factory=_ByStorage)
-    # log_softmax outputs -> (their dim, their shape): the loss may get a reshaped view
-    _normalised: _ByStorage = field(default_factory=lambda: _ByStorage(limit=64))
+    def __init__(self, thinning: Thinning) -> None:
+        self.losses: Series[LossCall] = thinning.new(clock_of=_clock_attribute)
+        self.broadcasts: Series[tuple[_Clock, str, tuple[int, ...], tuple[int, ...]]] = (
+            thinning.new()
+        )
+        self.probabilities: Series[tuple[_Clock, str]] = thinning.new()  # sigmoid -> logits
+        self.clipped: Series[tuple[_Clock, str, str]] = thinning.new()  # (.., loss, clipper)
+        # (clock, loss, softmax dim, class dim, |logsumexp| over the class dim, on the device)
+        self.wrong_dim: Series[tuple[_Clock, str, int, int, torch.Tensor]] = thinning.new()
+        self.squash_sites: dict[tuple[str, str], SquashSite] = {}
+        # (clock, the loss handed to backward, the sum of the loss functions' values since
+        # the last one)
+        self.scaled: Series[tuple[_Clock, torch.Tensor, torch.Tensor]] = thinning.new()
+        self._since_backward: list[torch.Tensor] = []
+        self._sigmoid_outputs = _ByStorage()
+        self._clipped_outputs = _ByStorage()
+        self._squash_outputs = _ByStorage()
+        # log_softmax outputs -> (their dim, their shape): the loss may get a reshaped view
+        self._normalised = _ByStorage(limit=64)
 
     # -- activations -------------------------------------------------------------------------
 
@@ -195,10 +203,10 @@ class CallSignals:
             deviation = torch.logsumexp(scores.detach().float(), dim=class_dim).abs().amax()
         self.wrong_dim.append((clock, name, dim, class_dim, deviation))
 
-    def on_backward(self, value: torch.Tensor) -> None:
+    def on_backward(self, clock: _Clock, value: torch.Tensor) -> None:
         if self._since_backward:
             total = torch.stack(self._since_backward).sum()
-            self.scaled.append((value, total))
+            self.scaled.append((clock, value, total))
             self._since_backward = []
 
 

@@ -43,11 +43,14 @@ def dead_activation(ev: Evidence) -> Iterator[Finding]:
 @rule("eval_mode")
 def eval_mode(ev: Evidence) -> Iterator[Finding]:
     o = ev.observed
+    # every such forward counted (the series of them is thinned in a long run)
+    root = max(o.eval_forwards[0], len(o.eval_root_forwards))
+    sub = max(o.eval_forwards[1], len(o.eval_sub_forwards))
     if o.eval_root_forwards:
         clock, names = o.eval_root_forwards[0]
         yield ev.finding(
-            "eval_mode", "warning", "<model>", clock, float(len(o.eval_root_forwards)), None,
-            f"{len(o.eval_root_forwards)} training step(s) ran with the model in eval "
+            "eval_mode", "warning", "<model>", clock, float(root), None,
+            f"{root} training step(s) ran with the model in eval "
             f"mode, so {_names(names)} behave as at inference (dropout off, BatchNorm "
             "frozen statistics). Call model.train() before the training loop, and again "
             "after each evaluation",
@@ -55,7 +58,7 @@ def eval_mode(ev: Evidence) -> Iterator[Finding]:
     elif o.eval_sub_forwards:
         clock, names = o.eval_sub_forwards[0]
         yield ev.finding(
-            "eval_mode", "info", names[0], clock, float(len(o.eval_sub_forwards)), None,
+            "eval_mode", "info", names[0], clock, float(sub), None,
             f"{_names(names)} ran in eval mode inside a model in training mode; fine if "
             "intended (frozen statistics), otherwise call .train() on them",
         )  # fmt: skip

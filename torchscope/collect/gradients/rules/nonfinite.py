@@ -37,15 +37,21 @@ def _first(evidence: Evidence) -> _First | None:
                 ((clock.backward, 0), _First("activation", "", clock, paths[k], values[k], before))
             )
             break
-    for clock, value in o.losses:
-        if not math.isfinite(value):
-            events.append(((clock.backward, 1), _First("loss", "", clock, "loss", value)))
-            break
-    for row in o.rows:
-        if not all(math.isfinite(v) for v in row.grad_max_abs):  # exact, unlike L2
-            backward_pass = row.clock.backward - 1 if row.from_step else row.clock.backward
-            events.append(((backward_pass, 2), _First("gradient", "", row.clock, row=row)))
-            break
+    # a long run's series are thinned: the earliest of what they dropped is kept apart
+    losses = [*o.losses, *([o.dropped_nonfinite_loss] if o.dropped_nonfinite_loss else [])]
+    bad_losses = [(clock, value) for clock, value in losses if not math.isfinite(value)]
+    if bad_losses:
+        clock, value = min(bad_losses, key=lambda loss: loss[0].backward)
+        events.append(((clock.backward, 1), _First("loss", "", clock, "loss", value)))
+    rows = [*o.rows, *([o.dropped_nonfinite_row] if o.dropped_nonfinite_row else [])]
+    bad_rows = [
+        (row.clock.backward - 1 if row.from_step else row.clock.backward, row)
+        for row in rows
+        if not all(math.isfinite(v) for v in row.grad_max_abs)  # exact, unlike L2
+    ]
+    if bad_rows:
+        backward_pass, row = min(bad_rows, key=lambda bad: bad[0])
+        events.append(((backward_pass, 2), _First("gradient", "", row.clock, row=row)))
     if not events:
         return None
     _, first = min(events, key=lambda event: event[0])

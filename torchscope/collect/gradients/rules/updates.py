@@ -49,7 +49,7 @@ def not_updated(ev: Evidence) -> Iterator[Finding]:
         if not e.trainable:
             continue
         h = ev.history[e.index]
-        if not any(v > 0 and math.isfinite(v) for v in ev.max_abs_every_step[e.index]):
+        if not ev.grad_steps[e.index][1]:
             continue  # no gradient: no_grad or zero_grad says why
         if not e.held:
             yield ev.finding(
