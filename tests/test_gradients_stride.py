@@ -158,3 +158,68 @@ def test_two_optimizers_stepping_in_turn_are_each_measured_on_the_stride(short_s
     for name, h in history.items():
         measured = [r for r in h.update_ratio if r is not None]
         assert len(measured) == len(MEASURED), name  # each optimizer's steps 0-4, 6, 9, 12
+
+
+# -- the function mode rests between an optimizer step and the next forward -----------------------
+
+
+def _mode():
+    return torch.overrides._get_current_function_mode()
+
+
+def test_the_mode_rests_from_a_step_until_the_next_forward():
+    model = MLP()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = torch.randn(8, 10), torch.randint(0, CLASSES, (8,))
+    during: list[object] = []
+    handle = model.fc1.register_forward_hook(lambda *_: during.append(_mode()))
+    before = _mode()
+    try:
+        with torchscope.GradientMonitor(model, optimizer=opt) as monitor:
+            watch = _mode()
+            assert watch is not None and watch is not before
+            for _ in range(3):
+                opt.zero_grad()
+                F.cross_entropy(model(x), y).backward()
+                opt.step()
+                # zero_grad, a scheduler, the DataLoader's indexing: none goes through it
+                assert _mode() is before
+            # a loss computed after the forward and its backward are still seen
+            F.cross_entropy(model(x), y).backward()
+            assert _mode() is watch
+    finally:
+        handle.remove()
+    assert _mode() is before  # the stack is left as found, resting or not
+    assert during == [watch] * 4
+    report = monitor.report()
+    assert len(report.losses) == 4 and report.backward_passes == 4
+
+
+def test_a_step_before_backward_keeps_the_mode_for_that_backward():
+    """forward, step(), then backward(): the backward of the forward before the step is still
+    to come, so the mode stays and the loss handed to backward() is seen."""
+    model = MLP()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = torch.randn(8, 10), torch.randint(0, CLASSES, (8,))
+    with torchscope.GradientMonitor(model, optimizer=opt) as monitor:
+        for _ in range(4):
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            opt.step()
+            loss.backward()
+    assert len(monitor.report().losses) == 4
+
+
+def test_a_compiled_model_keeps_the_mode_as_before():
+    model = MLP()
+    compiled = torch.compile(model, backend="eager")
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = torch.randn(8, 10), torch.randint(0, CLASSES, (8,))
+    with torchscope.GradientMonitor(compiled, optimizer=opt) as monitor:
+        watch = _mode()
+        for _ in range(2):
+            opt.zero_grad()
+            F.cross_entropy(compiled(x), y).backward()
+            opt.step()
+            assert _mode() is watch  # no rest: the compiled frames were traced with it
+    assert monitor.report().steps == 2

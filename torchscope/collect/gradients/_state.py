@@ -236,6 +236,30 @@ def l1_norm(tensor: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Ten
     return torch.stack([c.abs().sum(dtype=dtype) for c in flat.split(_L1_CHUNK)]).sum()
 
 
+# tensors up to this many elements get their max |x| from one fused multi-tensor kernel
+# (per-call overhead dominates); larger ones from aminmax, which reads them once with no
+# temporary (a fused |x| would copy them)
+_FUSED_MAX_NUMEL = 1 << 16
+
+
+def _max_abs(values: Sequence[torch.Tensor]) -> torch.Tensor:
+    """max |x| of each tensor as one float32 tensor; NaN propagates, an empty tensor gives 0."""
+    out: list[torch.Tensor | None] = [None] * len(values)
+    small = [k for k, v in enumerate(values) if 0 < v.numel() <= _FUSED_MAX_NUMEL]
+    if small:
+        fused = torch._foreach_max(torch._foreach_abs([values[k] for k in small]))
+        for k, top in zip(small, fused, strict=True):
+            out[k] = top
+    for k, v in enumerate(values):
+        if out[k] is None:
+            if v.numel():
+                low, high = torch.aminmax(v)
+                out[k] = torch.maximum(high, low.neg())
+            else:
+                out[k] = v.new_zeros(())
+    return torch.stack(out).float()  # type: ignore[arg-type]
+
+
 def _norm_rows(
     tensors: Sequence[torch.Tensor], index: Sequence[int], orders: Sequence[float]
 ) -> tuple[tuple[int, ...], torch.Tensor]:
@@ -264,12 +288,7 @@ def _norm_rows(
         rows = []
         for o in orders:
             if o == math.inf:
-                extremes = [
-                    torch.aminmax(v) if v.numel() else (v.new_zeros(()),) * 2 for v in values
-                ]
-                low = torch.stack([lo for lo, _ in extremes]).float()
-                high = torch.stack([hi for _, hi in extremes]).float()
-                rows.append(torch.maximum(high, low.neg()))
+                rows.append(_max_abs(values))
             elif o == 1.0 and dev.type == "cpu":
                 rows.append(torch.stack([l1_norm(v, kind) for v in values]).float())
             else:

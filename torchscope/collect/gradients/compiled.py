@@ -177,6 +177,7 @@ class CompiledCalls:
     if TYPE_CHECKING:
         _mode: TorchFunctionMode | None
         _mode_left: bool
+        _resting: bool
         _sampler: EagerSampler
 
     def _around_compiled(self, compiled: Any) -> Any:
@@ -190,6 +191,7 @@ class CompiledCalls:
         return call
 
     def _before_compiled(self, module: nn.Module | None, args: Any, kwargs: Any) -> None:
+        self._wake()
         self._sampler.before_compiled_call(args, kwargs)
         if self._sampler.forcing or not torch.is_grad_enabled():
             return
@@ -211,3 +213,16 @@ class CompiledCalls:
         if self._mode_left and self._mode is not None:
             self._mode_left = False
             self._mode.__enter__()
+
+    def _rest(self) -> None:
+        """Leave the mode off after an optimizer step, until a watched module is next called
+        (:meth:`_wake`). Between the two a loop clears gradients, steps a scheduler, logs and
+        loads the next batch (a DataLoader indexes and stacks every sample): torch calls the
+        mode has nothing to see in, each of which it would turn into a Python call."""
+        if self._mode_left:
+            self._resting = True
+
+    def _wake(self) -> None:
+        if self._resting:
+            self._resting = False
+            self._mode_on()

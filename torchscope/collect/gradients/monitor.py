@@ -147,6 +147,7 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
         self._model = unwrap(model, caller="GradientMonitor")
         self._wrapper = model if type(model).__name__ == "OptimizedModule" else None
         self._mode_left = False  # the mode is off the stack during a compiled call
+        self._resting = False  # off since an optimizer step, until a module is called
         self._compiled_calls: list[tuple[nn.Module, Any]] = []  # model.compile()d modules
         self._optimizer = optimizer
         self._accumulation_steps = accumulation_steps
@@ -276,6 +277,7 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
                 mode.__exit__(None, None, None)
         finally:
             self._mode_left = False
+            self._resting = False
             self._active = False
             self._snapshots.clear()
             self._stack.clear()
@@ -389,6 +391,7 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
     def _on_forward_pre(self, info: _Module, args: tuple[Any, ...]) -> None:
         if torch.compiler.is_compiling():
             return  # nothing in the graph, no guard on this state (see compiled.py)
+        self._wake()  # the mode rests between an optimizer step and the next forward
         self._eager_forwards += 1
         # a new outermost call starts a forward: the root's, or a submodule's called directly
         # (Lightning's training_step calling self.net(x)); per-forward counters restart
@@ -448,6 +451,20 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
     def _on_forward(self, info: _Module, output: Any) -> None:
         if torch.compiler.is_compiling():
             return
+        # the statistics below are the monitor's own torch calls: off the mode, each would be
+        # a Python call through FunctionWatch (popped only when it is on top of the stack)
+        mode = self._mode
+        depth = torch._C._len_torch_function_stack()
+        popped = bool(depth) and torch._C._get_function_stack_at(depth - 1) is mode
+        if popped:
+            torch._C._pop_torch_function_stack()
+        try:
+            self._after_forward(info, output)
+        finally:
+            if popped:
+                torch._C._push_on_torch_function_stack(mode)
+
+    def _after_forward(self, info: _Module, output: Any) -> None:
         if self._stack and self._stack[-1].info is info:
             self._stack.pop()
         self._last_finished = info.path

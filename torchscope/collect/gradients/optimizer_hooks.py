@@ -76,6 +76,8 @@ class OptimizerHooks:
         _sampler: EagerSampler
         _mode_off: Callable[[], None]
         _mode_on: Callable[[], None]
+        _rest: Callable[[], None]
+        _eager_forwards: int
 
     def _held(self, optimizer: torch.optim.Optimizer) -> list[tuple[_Param, Any]]:
         held = []
@@ -166,7 +168,13 @@ class OptimizerHooks:
         try:
             self._after_step(optimizer)
         finally:
-            self._mode_on()
+            # rest when every forward so far had its backward (not when step() came before
+            # backward()) and nothing runs compiled (a compiled frame resumed after a step
+            # must find the mode stack as dynamo traced it)
+            if self._eager_forwards == 0 and not self._sampler.active:
+                self._rest()
+            else:
+                self._mode_on()
 
     def _after_step(self, optimizer: torch.optim.Optimizer) -> None:
         pending, self._pending = self._pending, None
