@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import copy
 import io
+import itertools
 import os
 import platform
 import statistics
@@ -37,6 +38,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -283,12 +285,16 @@ class OverheadCase:
     classes: int
     steps: int  # per round, each way
     rounds: int
+    loader: bool = False  # batches from a shuffling DataLoader (else one fixed batch)
 
 
 def overhead_cases(quick: bool) -> list[OverheadCase]:
     rounds = 3 if quick else 5
     return [
         OverheadCase("MLP (tests.bugs), batch 64", MLP, (64, 10), CLASSES, 50, rounds),
+        OverheadCase(
+            "MLP, batch 64 from a DataLoader", MLP, (64, 10), CLASSES, 50, rounds, loader=True
+        ),
         OverheadCase(
             "SmallCNN (tests.bugs), batch 16 at 3x32x32",
             SmallCNN,
@@ -325,6 +331,18 @@ def _past_the_first_steps() -> Iterator[None]:
         monitor_state.MEASURE_EVERY_STEP = before
 
 
+def _batches(case: OverheadCase, g: torch.Generator) -> Iterator[tuple[Any, ...]]:
+    """Endless batches of a shuffling DataLoader over 20 batches' worth of samples (the
+    usual loop: the loader indexes and stacks every sample between two steps)."""
+    samples = 20 * case.input_shape[0]
+    inputs = torch.randn((samples, *case.input_shape[1:]), generator=g)
+    # labels the inputs decide: a healthy run that learns, with nothing to report
+    data = TensorDataset(inputs, inputs.flatten(1)[:, : case.classes].argmax(dim=1))
+    loader = DataLoader(data, batch_size=case.input_shape[0], shuffle=True, generator=g)
+    while True:
+        yield from loader
+
+
 def overhead(case: OverheadCase, *, warmup: int = 3) -> dict[str, Any]:
     """Per-step times bare and monitored (the first steps of a ``with`` block, and past its
     first 100), in rotating rounds on the same model and batch."""
@@ -334,9 +352,11 @@ def overhead(case: OverheadCase, *, warmup: int = 3) -> dict[str, Any]:
     g = torch.Generator().manual_seed(1)
     x = torch.randn(case.input_shape, generator=g)
     y = torch.randint(0, case.classes, (case.input_shape[0],), generator=g)
+    batches = _batches(case, g) if case.loader else itertools.repeat((x, y))
 
     def train(steps: int) -> None:
         for _ in range(steps):
+            x, y = next(batches)
             optimizer.zero_grad()
             F.cross_entropy(model(x), y).backward()
             optimizer.step()

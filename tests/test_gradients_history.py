@@ -250,3 +250,72 @@ def test_eval_mode_counts_every_step_of_a_long_run(short_history):
     report = _run(model, 300).report()
     found = [f for f in report.findings if f.kind == "eval_mode"]
     assert found and found[0].value == 300 and found[0].step == 0
+
+
+def test_two_optimizers_in_turn_are_both_kept(short_history):
+    """A GAN's two optimizers step in turn, so one takes the even steps and the other the odd
+    ones: the spacing counts rounds (the most steps of any one optimizer), not steps."""
+    torch.manual_seed(0)
+    gen = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 4))
+    disc = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    model = nn.ModuleDict({"G": gen, "D": disc})
+    opt_g = torch.optim.Adam(gen.parameters(), lr=0.0)  # a generator that never moves
+    opt_d = torch.optim.Adam(disc.parameters(), lr=1e-3)
+    real = torch.randn(32, 4)
+    with torchscope.GradientMonitor(model) as monitor:
+        for _ in range(150):
+            opt_d.zero_grad()
+            fake = gen(torch.randn(32, 4)).detach()
+            d_loss = F.softplus(-disc(real)).mean() + F.softplus(disc(fake)).mean()
+            d_loss.backward()
+            opt_d.step()
+            opt_g.zero_grad()
+            F.softplus(-disc(gen(torch.randn(32, 4)))).mean().backward()
+            opt_g.step()
+    assert monitor._thinning.spacing > 1
+    report = monitor.report()
+    kept = {name: report.history[name].steps for name in ("G.0.weight", "D.0.weight")}
+    assert all(len(steps) > 4 for steps in kept.values()), kept
+    assert abs(len(kept["G.0.weight"]) - len(kept["D.0.weight"])) <= 1, kept
+    assert {s % 2 for s in report.loss_steps} == {0, 1}  # both optimizers' losses
+    not_updated = {f.where for f in report.findings if f.kind == "not_updated"}
+    assert {"G.0.weight", "G.2.weight"} <= not_updated and not any(
+        w.startswith("D.") for w in not_updated
+    )
+
+
+def test_events_of_a_bug_are_counted_in_full(short_history):
+    """A bug's events are capped, not thinned: the first ones are kept, all are counted."""
+    model = nn.Sequential(nn.Linear(10, 16), nn.Linear(16, CLASSES))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(16, 10), torch.randint(0, CLASSES, (16,))
+    with torchscope.GradientMonitor(model, optimizer=opt) as monitor:
+        for _ in range(100):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+            opt.step()  # a second step with no backward pass in between
+    assert len(monitor._steps_without_backward) == CAP
+    found = [f for f in monitor.report().findings if f.kind == "step_without_backward"]
+    assert found and found[0].value == 100 and "ran 100 time(s)" in found[0].message
+    assert found[0].step == 1
+
+
+def test_the_first_optimizer_step_starts_the_spacing_afresh(short_history):
+    """Backward passes with no optimizer count as steps until one steps: from then on an
+    optimizer step is a step, and a run of 40 of them keeps all 40."""
+    model = MLP()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = torch.randn(16, 10), torch.randint(0, CLASSES, (16,))
+    with torchscope.GradientMonitor(model) as monitor:
+        for _ in range(100):
+            model.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+        assert monitor._thinning.spacing > 1
+        for _ in range(CAP):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+    report = monitor.report()
+    assert report.step_unit == "optimizer step" and report.steps == CAP
+    assert report.history["fc1.weight"].steps == tuple(range(CAP))

@@ -223,3 +223,58 @@ def test_a_compiled_model_keeps_the_mode_as_before():
             opt.step()
             assert _mode() is watch  # no rest: the compiled frames were traced with it
     assert monitor.report().steps == 2
+
+
+def test_a_user_mode_entered_while_the_mode_rests_keeps_its_place():
+    """The user's own mode, entered after step() (while the monitor's rests) around the
+    forward: the monitor's mode goes back below it, so the user's with block pops its own."""
+    from torch.overrides import TorchFunctionMode
+
+    class Counting(TorchFunctionMode):
+        calls = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            Counting.calls += 1
+            return func(*args, **(kwargs or {}))
+
+    model = MLP()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = torch.randn(8, 10), torch.randint(0, CLASSES, (8,))
+    with torchscope.GradientMonitor(model, optimizer=opt) as monitor:
+        watch = _mode()
+        for _ in range(3):
+            with Counting():
+                out = model(x)
+                loss = F.cross_entropy(out, y)
+            assert _mode() is watch
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    assert _mode() is None
+    calls = Counting.calls
+    torch.ones(2).sum()
+    assert Counting.calls == calls  # the user's mode ended with its block
+    assert len(monitor.report().losses) == 3
+
+
+@pytest.mark.filterwarnings("ignore:Using a target size")
+def test_a_backward_that_keeps_its_graph_keeps_the_mode_for_the_next():
+    """Two losses of one forward, each with its optimizer: the second loss and its backward
+    come after the first step, on the graph the first backward kept."""
+    model = MLP()
+    opt1 = torch.optim.SGD(model.fc1.parameters(), lr=0.05)
+    opt2 = torch.optim.SGD(model.head.parameters(), lr=0.05)
+    x, y = torch.randn(8, 10), torch.randint(0, CLASSES, (8,))
+    with torchscope.GradientMonitor(model) as monitor:
+        for _ in range(3):
+            opt1.zero_grad()
+            opt2.zero_grad()
+            out = model(x)
+            F.cross_entropy(out, y).backward(retain_graph=True)
+            opt1.step()
+            F.mse_loss(out, torch.zeros(3)).backward()  # broadcasts: (8, 3) against (3,)
+            opt2.step()
+    report = monitor.report()
+    assert len(report.losses) == 6
+    found = [f for f in report.findings if f.kind == "loss_broadcast"]
+    assert found and found[0].step == 1 and "(3 call(s))" in found[0].message, found

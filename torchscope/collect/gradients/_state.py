@@ -160,6 +160,10 @@ class _ReluSite:
 class _Clock:
     step: int  # optimizer steps completed before the event
     backward: int  # backward passes completed before the event
+    # the round of optimizer steps: inside a step, the steps its optimizer took before it;
+    # between steps, the most steps any one optimizer has taken (with one optimizer, its
+    # steps; with two stepping in turn, a GAN's, one round covers a step of each)
+    round: int = 0
 
 
 @dataclass(frozen=True)

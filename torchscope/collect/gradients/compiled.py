@@ -177,6 +177,7 @@ class CompiledCalls:
     if TYPE_CHECKING:
         _mode: TorchFunctionMode | None
         _mode_left: bool
+        _left_at: int  # the depth of the mode stack where the mode was taken off
         _resting: bool
         _sampler: EagerSampler
 
@@ -207,12 +208,21 @@ class CompiledCalls:
         if mode is not None and torch.overrides._get_current_function_mode() is mode:
             mode.__exit__(None, None, None)
             self._mode_left = True
+            self._left_at = torch._C._len_torch_function_stack()
 
     def _mode_on(self) -> None:
-        """Put the mode back after :meth:`_mode_off`."""
+        """Put the mode back after :meth:`_mode_off`, where it was: below any mode the user
+        entered since (a user's ``with`` block that began while it was off pops its own
+        mode when it ends, whichever mode is on top)."""
         if self._mode_left and self._mode is not None:
             self._mode_left = False
+            above = [
+                torch._C._pop_torch_function_stack()
+                for _ in range(max(torch._C._len_torch_function_stack() - self._left_at, 0))
+            ]
             self._mode.__enter__()
+            for mode in reversed(above):
+                torch._C._push_on_torch_function_stack(mode)
 
     def _rest(self) -> None:
         """Leave the mode off after an optimizer step, until a watched module is next called

@@ -138,6 +138,12 @@ class FunctionWatch(TorchFunctionMode):
                 monitor._on_gradient_scaled(grads[0], args[1])
         if func in _BACKWARD_FUNCTIONS:
             monitor._on_backward_call(args[0] if args else kwargs.get("tensors"))
+            # Tensor.backward(gradient, retain_graph, create_graph) and
+            # autograd.backward(tensors, grad_tensors, retain_graph, create_graph): a graph
+            # kept for another backward (create_graph keeps it too)
+            monitor._retained = bool(_argument(args, kwargs, 2, "retain_graph")) or bool(
+                _argument(args, kwargs, 3, "create_graph")
+            )
         return func(*args, **kwargs)
 
 
@@ -162,6 +168,7 @@ class FunctionCalls:
         _softmax_outputs: WeakIdKeyDictionary
         _probability_inputs: Series[tuple[_Clock, str, torch.Tensor | None]]
         _losses: Series[tuple[_Clock, torch.Tensor]]
+        _retained: bool
         _clock: Callable[[], _Clock]
         _measuring: Callable[[], bool]
 

@@ -9,6 +9,10 @@ run and the fractions and medians the rules take over it are not biased towards 
 the run. Each series always keeps its first entry, so a finding still names the step an event
 was first seen.
 
+The events a bug leaves at every step (a batch of one, a step without backward, a
+broadcasting loss, ...) are not thinned but capped (:meth:`Thinning.events`): the first
+:data:`HISTORY_STEPS` are kept, the rest only counted.
+
 What a dropped entry carried that a sample cannot stand for is kept exactly by a
 :class:`Folds`: the first non-finite value of each kind (a module output, a loss, a
 gradient) and, per parameter, at how many steps its max |grad| was finite and at how many it
@@ -51,7 +55,9 @@ class Thinning:
         self.series: list[Series[Any]] = []
 
     def step_of(self, clock: _Clock) -> int:
-        return clock.step if self.stepped else clock.backward
+        """What the spacing counts: rounds of optimizer steps (``_Clock.round``), or backward
+        passes before any optimizer stepped."""
+        return clock.round if self.stepped else clock.backward
 
     def keeps(self, clock: _Clock) -> bool:
         return self.step_of(clock) % self.spacing == 0
@@ -65,6 +71,12 @@ class Thinning:
         series: Series[Any] = Series(self, clock_of, dropped)
         self.series.append(series)
         return series
+
+    def events(self) -> Series[Any]:
+        """A series of the events a bug leaves (none in a healthy run): the first
+        :data:`HISTORY_STEPS` are kept and the rest counted (``total``), so a finding names
+        the first ones and says how many there were in all."""
+        return Series(self, _clock_of_first, None, capped=True)
 
     def advance(self, steps: int) -> None:
         """``steps`` steps are complete: widen the spacing (and thin every series) when the
@@ -81,32 +93,41 @@ class Series(Generic[T]):
     """One per-step series, thinned by its :class:`Thinning`; reads like a list of what it
     kept. ``total`` counts every entry appended, kept or not."""
 
-    __slots__ = ("_clock_of", "_dropped", "_entries", "_thinning", "total")
+    __slots__ = ("_capped", "_clock_of", "_dropped", "_entries", "_thinning", "total")
 
     def __init__(
         self,
         thinning: Thinning,
         clock_of: Callable[[T], _Clock],
         dropped: Callable[[T], None] | None,
+        *,
+        capped: bool = False,
     ) -> None:
         self._thinning = thinning
         self._clock_of = clock_of
         self._dropped = dropped
+        self._capped = capped  # keeps its first entries (Thinning.events), never thinned
         self._entries: list[T] = []
         self.total = 0
 
     def append(self, entry: T) -> None:
         self.total += 1
         t = self._thinning
+        if self._capped:
+            if len(self._entries) < t.cap:
+                self._entries.append(entry)
+            return
         if t.spacing != 1 and self.total != 1:  # (keeps(), inlined: called at every step)
             clock = self._clock_of(entry)
-            if (clock.step if t.stepped else clock.backward) % t.spacing:
+            if (clock.round if t.stepped else clock.backward) % t.spacing:
                 if self._dropped is not None:
                     self._dropped(entry)
                 return
         self._entries.append(entry)
 
     def thin(self) -> None:
+        if self._capped:
+            return
         keeps, clock_of = self._thinning.keeps, self._clock_of
         kept = self._entries[:1]  # the first entry of the run stays
         for entry in self._entries[1:]:

@@ -186,9 +186,13 @@ class Observations:
     dropped_grad_steps: dict[int, tuple[int, int]] | None = None
     dropped_nonfinite_row: StepView | None = None
     dropped_nonfinite_loss: tuple[Clock, float] | None = None
-    # training forwards run in eval mode (with the model's root in eval mode, without), all
-    # of them: eval_root_forwards and eval_sub_forwards may be thinned
-    eval_forwards: tuple[int, int] = (0, 0)
+    # how many events of each kind a bug left (field name -> count), where the field keeps
+    # only the first history.HISTORY_STEPS of them; read through total()
+    event_totals: dict[str, int] | None = None
+
+    def total(self, name: str) -> int:
+        """How many events the field ``name`` saw in all (it keeps the first ones)."""
+        return max((self.event_totals or {}).get(name, 0), len(getattr(self, name)))
 
     def step_of(self, clock: Clock) -> int:
         """The 0-based step an event belongs to, in the report's step unit."""
@@ -374,6 +378,17 @@ def observe(monitor: GradientMonitor) -> Observations:
             else None
         ),
         dropped_nonfinite_loss=folds.first_loss,
-        eval_forwards=(m._eval_root_forwards.total, m._eval_sub_forwards.total),
+        event_totals={
+            "eval_root_forwards": m._eval_root_forwards.total,
+            "eval_sub_forwards": m._eval_sub_forwards.total,
+            "batch_of_one": m._batch_of_one.total,
+            "stale": m._stale.total,
+            "cleared_in_window": m._cleared_in_window.total,
+            "steps_without_backward": m._steps_without_backward.total,
+            "broadcasts": s.broadcasts.total,
+            "probabilities": s.probabilities.total,
+            "clipped": s.clipped.total,
+            "wrong_dim": s.wrong_dim.total,
+        },
         **extra,  # type: ignore[arg-type]
     )

@@ -57,6 +57,7 @@ class OptimizerHooks:
         _lr_trace: Series[tuple[_Clock, dict[int, tuple[float | None, float, bool]]]]
         _frozen_at_step: Series[tuple[_Clock, frozenset[int]]]
         _steps: int
+        _round: int
         _backwards: int
         _backwards_since_step: int
         _pending: tuple[Any, ...] | None
@@ -78,6 +79,7 @@ class OptimizerHooks:
         _mode_on: Callable[[], None]
         _rest: Callable[[], None]
         _eager_forwards: int
+        _retained: bool
 
     def _held(self, optimizer: torch.optim.Optimizer) -> list[tuple[_Param, Any]]:
         held = []
@@ -108,8 +110,13 @@ class OptimizerHooks:
                     self._output_l1[i] = scale if previous is None else previous + scale
             self._rows.retain(lambda row: row.from_step)
             self._folds.forget_rows()
+            # from now on a step is an optimizer step: counted afresh, kept every one
             self._thinning.stepped = True
+            self._thinning.spacing = 1
         self._optimizers[id(optimizer)] = weakref.ref(optimizer)
+        # what this step records is of this optimizer's round: its own steps so far, which
+        # its measurement stride counts too (thinned rows and measured rows then line up)
+        self._round = self._steps_of.get(id(optimizer), 0)
         self._held_indices.update(entry.index for entry, _ in held)
         clock = self._clock()
         params = [entry.tensor for entry, _ in held]
@@ -169,9 +176,10 @@ class OptimizerHooks:
             self._after_step(optimizer)
         finally:
             # rest when every forward so far had its backward (not when step() came before
-            # backward()) and nothing runs compiled (a compiled frame resumed after a step
-            # must find the mode stack as dynamo traced it)
-            if self._eager_forwards == 0 and not self._sampler.active:
+            # backward(), nor after a backward that kept its graph for another) and nothing
+            # runs compiled (a compiled frame resumed after a step must find the mode stack
+            # as dynamo traced it)
+            if self._eager_forwards == 0 and not self._retained and not self._sampler.active:
                 self._rest()
             else:
                 self._mode_on()
@@ -211,7 +219,11 @@ class OptimizerHooks:
         self._last_step_backwards[id(optimizer)] = self._backwards
         self._backwards_since_step = 0
         self._steps += 1
-        self._thinning.advance(self._steps)
+        # the series are thinned by rounds: two optimizers stepping in turn (a GAN's) take
+        # the even and the odd steps, and a spacing of steps would keep one of them only;
+        # between steps, a round is the most steps any one optimizer has taken
+        self._round = max(self._steps_of.values())
+        self._thinning.advance(self._round)
         self._sampler.after_step(self._steps)
         for entry, _ in held:  # only the parameters this optimizer applied gradients to
             entry.key_after_step = _grad_key(entry.tensor)

@@ -98,13 +98,14 @@ class CallSignals:
 
     def __init__(self, thinning: Thinning) -> None:
         self.losses: Series[LossCall] = thinning.new(clock_of=_clock_attribute)
+        # the events of a bug: capped, counted in full
         self.broadcasts: Series[tuple[_Clock, str, tuple[int, ...], tuple[int, ...]]] = (
-            thinning.new()
+            thinning.events()
         )
-        self.probabilities: Series[tuple[_Clock, str]] = thinning.new()  # sigmoid -> logits
-        self.clipped: Series[tuple[_Clock, str, str]] = thinning.new()  # (.., loss, clipper)
+        self.probabilities: Series[tuple[_Clock, str]] = thinning.events()  # sigmoid -> logits
+        self.clipped: Series[tuple[_Clock, str, str]] = thinning.events()  # (.., loss, clipper)
         # (clock, loss, softmax dim, class dim, |logsumexp| over the class dim, on the device)
-        self.wrong_dim: Series[tuple[_Clock, str, int, int, torch.Tensor]] = thinning.new()
+        self.wrong_dim: Series[tuple[_Clock, str, int, int, torch.Tensor]] = thinning.events()
         self.squash_sites: dict[tuple[str, str], SquashSite] = {}
         # (clock, the loss handed to backward, the sum of the loss functions' values since
         # the last one)

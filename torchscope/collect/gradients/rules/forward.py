@@ -43,9 +43,7 @@ def dead_activation(ev: Evidence) -> Iterator[Finding]:
 @rule("eval_mode")
 def eval_mode(ev: Evidence) -> Iterator[Finding]:
     o = ev.observed
-    # every such forward counted (the series of them is thinned in a long run)
-    root = max(o.eval_forwards[0], len(o.eval_root_forwards))
-    sub = max(o.eval_forwards[1], len(o.eval_sub_forwards))
+    root, sub = o.total("eval_root_forwards"), o.total("eval_sub_forwards")
     if o.eval_root_forwards:
         clock, names = o.eval_root_forwards[0]
         yield ev.finding(
@@ -90,10 +88,11 @@ def batchnorm_batch_of_one(ev: Evidence) -> Iterator[Finding]:
     if not seen:
         return
     clock, path, shape = seen[0]
+    times = ev.observed.total("batch_of_one")
     yield ev.finding(
         "batchnorm_batch_of_one", "warning", path, clock, 1.0, None,
         f"{path} normalised a batch of one sample in training mode (input shape "
-        f"{list(shape)}), {len(seen)} time(s): its statistics come from a "
+        f"{list(shape)}), {times} time(s): its statistics come from a "
         "single sample, and the running averages are skewed. Use drop_last=True in the "
         "DataLoader, a larger batch, or GroupNorm/LayerNorm",
     )  # fmt: skip

@@ -53,9 +53,10 @@ def step_without_backward(ev: Evidence) -> Iterator[Finding]:
     if not seen:
         return
     clock, optimizer = seen[0]
+    times = ev.observed.total("steps_without_backward")
     yield ev.finding(
-        "step_without_backward", "error", "optimizer", clock, float(len(seen)), None,
-        f"{optimizer}.step() ran {len(seen)} time(s) with no backward pass since its "
+        "step_without_backward", "error", "optimizer", clock, float(times), None,
+        f"{optimizer}.step() ran {times} time(s) with no backward pass since its "
         "previous step: it applies the same gradients again (and advances momentum, Adam's "
         "moments and weight decay) as if the batch were seen twice. Call step() once per "
         "backward pass (once per accumulation window); look for a helper that steps too",

@@ -22,10 +22,11 @@ def loss_broadcast(ev: Evidence) -> Iterator[Finding]:
     if not seen:
         return
     clock, name, scores, target = seen[0]
+    calls = ev.observed.total("broadcasts")
     yield ev.finding(
-        "loss_broadcast", "error", name, clock, float(len(seen)), None,
+        "loss_broadcast", "error", name, clock, float(calls), None,
         f"{name} got an input of shape {list(scores)} and a target of shape {list(target)} "
-        f"({len(seen)} call(s)): they broadcast against each other, so the loss compares "
+        f"({calls} call(s)): they broadcast against each other, so the loss compares "
         "every prediction with every target and the model learns the mean. Make the shapes "
         "equal (output.squeeze(-1), or target.view(-1, 1))",
     )  # fmt: skip
@@ -37,9 +38,10 @@ def probabilities_into_logits_loss(ev: Evidence) -> Iterator[Finding]:
     if not seen:
         return
     clock, name = seen[0]
+    calls = ev.observed.total("probabilities")
     yield ev.finding(
-        "probabilities_into_logits_loss", "error", name, clock, float(len(seen)), None,
-        f"{name} received the output of a sigmoid ({len(seen)} call(s)). It applies the "
+        "probabilities_into_logits_loss", "error", name, clock, float(calls), None,
+        f"{name} received the output of a sigmoid ({calls} call(s)). It applies the "
         "sigmoid itself and expects raw logits: the sigmoid is applied twice, which squashes "
         "the predictions into [0.5, 0.73] and the gradients with them. Remove the sigmoid "
         "from the training output (or use binary_cross_entropy on probabilities)",
@@ -52,9 +54,10 @@ def clipped_logits(ev: Evidence) -> Iterator[Finding]:
     if not seen:
         return
     clock, name, how = seen[0]
+    calls = ev.observed.total("clipped")
     yield ev.finding(
-        "clipped_logits", "error", name, clock, float(len(seen)), None,
-        f"{name} received scores passed through {how} ({len(seen)} call(s)): logits must be "
+        "clipped_logits", "error", name, clock, float(calls), None,
+        f"{name} received scores passed through {how} ({calls} call(s)): logits must be "
         "free to go negative. A negative score is cut to 0 and gets no gradient, so classes "
         "cannot be pushed down and units after the cut die. Remove the activation after the "
         "last layer",
