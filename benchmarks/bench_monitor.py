@@ -447,7 +447,9 @@ def _resident_mb() -> float:
 
 def scaling(steps: int, block: int) -> list[list[str]]:
     """One ``with`` block over ``steps`` steps of the MLP: ms per step and resident memory
-    after each ``block`` of steps, then the time of ``report()``."""
+    after each ``block`` of steps (the process's, and its change since the block was
+    entered: the allocator may hand back what earlier benchmarks freed, so the change can be
+    negative; flat is what matters), then the time of ``report()``."""
     torch.manual_seed(0)
     model = MLP().train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -464,7 +466,15 @@ def scaling(steps: int, block: int) -> list[list[str]]:
                 F.cross_entropy(model(x), y).backward()
                 optimizer.step()
             per_step = (time.perf_counter() - start) / block
-            rows.append([f"{done:,}", f"{per_step * 1e3:.3f}", f"{_resident_mb() - base:+.1f}"])
+            resident = _resident_mb()
+            rows.append(
+                [
+                    f"{done:,}",
+                    f"{per_step * 1e3:.3f}",
+                    f"{resident:,.1f}",
+                    f"{resident - base:+.1f}",
+                ]
+            )
     start = time.perf_counter()
     monitor.report()
     rows.append(["report()", f"{(time.perf_counter() - start) * 1e3:,.0f} ms once", ""])
@@ -524,7 +534,8 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
 
     load = os.getloadavg()[0]
     print(
-        "## Overhead: one training step (SGD momentum, cross_entropy, fixed batch), "
+        "## Overhead: one training step (SGD momentum, cross_entropy, a fixed batch unless "
+        "said), "
         "bare vs inside GradientMonitor\n"
     )
     rows, ratios = overhead_table(args.quick)
@@ -556,7 +567,7 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
     print(f"## Scaling: one with block over {steps:,} steps of the MLP (tests.bugs), batch 64\n")
     print(
         table(
-            ["steps done", "ms/step in the block", "resident MB since entry"],
+            ["steps done", "ms/step in the block", "resident MB", "since entry"],
             scaling(steps, steps // 10),
         )
     )
