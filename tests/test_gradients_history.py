@@ -319,3 +319,14 @@ def test_the_first_optimizer_step_starts_the_spacing_afresh(short_history):
     report = monitor.report()
     assert report.step_unit == "optimizer step" and report.steps == CAP
     assert report.history["fc1.weight"].steps == tuple(range(CAP))
+
+
+def test_every_event_series_is_named_after_its_observations_field():
+    import dataclasses
+
+    from torchscope.collect.gradients.observations import Observations
+
+    monitor = torchscope.GradientMonitor(MLP())
+    names = set(monitor._thinning.events_by_name)
+    assert len(names) == 10
+    assert names <= {f.name for f in dataclasses.fields(Observations)}

@@ -46,13 +46,14 @@ class Thinning:
     """Which steps the series keep: every step until the run is :data:`HISTORY_STEPS` steps
     long, then every ``spacing``-th (a power of two), so that no series holds more."""
 
-    __slots__ = ("cap", "series", "spacing", "stepped")
+    __slots__ = ("cap", "events_by_name", "series", "spacing", "stepped")
 
     def __init__(self, cap: int | None = None) -> None:
         self.cap = HISTORY_STEPS if cap is None else cap
         self.spacing = 1
         self.stepped = False  # a step is an optimizer step (else a backward pass)
         self.series: list[Series[Any]] = []
+        self.events_by_name: dict[str, Series[Any]] = {}  # see events()
 
     def step_of(self, clock: _Clock) -> int:
         """What the spacing counts: rounds of optimizer steps (``_Clock.round``), or backward
@@ -72,11 +73,14 @@ class Thinning:
         self.series.append(series)
         return series
 
-    def events(self) -> Series[Any]:
+    def events(self, name: str) -> Series[Any]:
         """A series of the events a bug leaves (none in a healthy run): the first
         :data:`HISTORY_STEPS` are kept and the rest counted (``total``), so a finding names
-        the first ones and says how many there were in all."""
-        return Series(self, _clock_of_first, None, capped=True)
+        the first ones and says how many there were in all. ``name`` is the
+        ``Observations`` field it becomes, whose count ``Observations.total`` gives."""
+        series: Series[Any] = Series(self, _clock_of_first, None, capped=True)
+        self.events_by_name[name] = series
+        return series
 
     def advance(self, steps: int) -> None:
         """``steps`` steps are complete: widen the spacing (and thin every series) when the

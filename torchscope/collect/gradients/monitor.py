@@ -174,7 +174,7 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
         self._occurrences: dict[str, int] = {}  # module calls so far in the current forward
         self._last_finished: str | None = None
         self._steps = 0
-        self._round = 0  # the most optimizer steps of any one optimizer (_Clock.round)
+        self._round = 0  # the round of optimizer steps the clock carries (_Clock.round)
         self._backwards = 0
         self._backward_calls = 0
         self._backwards_since_step = 0
@@ -195,17 +195,21 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
         self._produced: dict[int, tuple[weakref.ref[torch.Tensor], _Module]] = {}
         self._output_l1: dict[int, torch.Tensor] = {}  # bias index -> sum of |output grad|
         self._eval_pending: list[str] | None = None
-        self._eval_root_forwards: Series[tuple[_Clock, tuple[str, ...]]] = t.events()
-        self._eval_sub_forwards: Series[tuple[_Clock, tuple[str, ...]]] = t.events()
+        self._eval_root_forwards: Series[tuple[_Clock, tuple[str, ...]]] = t.events(
+            "eval_root_forwards"
+        )
+        self._eval_sub_forwards: Series[tuple[_Clock, tuple[str, ...]]] = t.events(
+            "eval_sub_forwards"
+        )
         self._forward_eval: set[str] = set()
         self._forward_root_eval = False
         self._losses: Series[tuple[_Clock, torch.Tensor]] = t.new(dropped=self._folds.loss)
         self._relu_sites: dict[tuple[str, int], _ReluSite] = {}
         self._softmax_outputs: WeakIdKeyDictionary = WeakIdKeyDictionary()
         self._probability_inputs: Series[tuple[_Clock, str, torch.Tensor | None]] = t.new()
-        self._batch_of_one: Series[tuple[_Clock, str, tuple[int, ...]]] = t.events()
-        self._stale: Series[tuple[_Clock, int, torch.Tensor]] = t.events()
-        self._cleared_in_window: Series[tuple[_Clock, int]] = t.events()
+        self._batch_of_one: Series[tuple[_Clock, str, tuple[int, ...]]] = t.events("batch_of_one")
+        self._stale: Series[tuple[_Clock, int, torch.Tensor]] = t.events("stale")
+        self._cleared_in_window: Series[tuple[_Clock, int]] = t.events("cleared_in_window")
         self._zero_lr: dict[int, _Clock] = {}
         self._group_of: dict[int, int] = {}  # parameter index -> id of its param group
         self._lr_of: dict[int, float | None] = {}  # parameter index -> its group's lr
@@ -214,7 +218,9 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
         self._optimizer_kind: dict[int, str] = {}  # param group id -> its optimizer's class
         self._last_step_backwards: dict[int, int] = {}  # optimizer id -> backwards at its step
         self._steps_of: dict[int, int] = {}  # optimizer id -> its steps (for the stride)
-        self._steps_without_backward: Series[tuple[_Clock, str]] = t.events()
+        self._steps_without_backward: Series[tuple[_Clock, str]] = t.events(
+            "steps_without_backward"
+        )
         self._signals = CallSignals(t)
         self._sequence_inputs: list[tuple[str, tuple[int, ...]]] = []  # (module, input shape)
         self._input_scale: torch.Tensor | None = None  # max |x| of the first training input

@@ -378,17 +378,6 @@ def observe(monitor: GradientMonitor) -> Observations:
             else None
         ),
         dropped_nonfinite_loss=folds.first_loss,
-        event_totals={
-            "eval_root_forwards": m._eval_root_forwards.total,
-            "eval_sub_forwards": m._eval_sub_forwards.total,
-            "batch_of_one": m._batch_of_one.total,
-            "stale": m._stale.total,
-            "cleared_in_window": m._cleared_in_window.total,
-            "steps_without_backward": m._steps_without_backward.total,
-            "broadcasts": s.broadcasts.total,
-            "probabilities": s.probabilities.total,
-            "clipped": s.clipped.total,
-            "wrong_dim": s.wrong_dim.total,
-        },
+        event_totals={name: e.total for name, e in m._thinning.events_by_name.items()},
         **extra,  # type: ignore[arg-type]
     )

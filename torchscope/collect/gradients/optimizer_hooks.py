@@ -155,7 +155,7 @@ class OptimizerHooks:
         frozen = frozenset(e.index for e, _ in held if not e.tensor.requires_grad)
         if frozen:
             self._frozen_at_step.append((clock, frozen))
-        if not measured_step(self._steps_of.get(id(optimizer), 0)):
+        if not measured_step(self._round):
             self._pending = (optimizer, held, None, (), None)
             return
         shards = [local(p.detach()) for p in params]  # a sharded parameter: its shard

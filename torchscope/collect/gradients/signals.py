@@ -100,12 +100,18 @@ class CallSignals:
         self.losses: Series[LossCall] = thinning.new(clock_of=_clock_attribute)
         # the events of a bug: capped, counted in full
         self.broadcasts: Series[tuple[_Clock, str, tuple[int, ...], tuple[int, ...]]] = (
-            thinning.events()
+            thinning.events("broadcasts")
         )
-        self.probabilities: Series[tuple[_Clock, str]] = thinning.events()  # sigmoid -> logits
-        self.clipped: Series[tuple[_Clock, str, str]] = thinning.events()  # (.., loss, clipper)
+        self.probabilities: Series[tuple[_Clock, str]] = thinning.events(
+            "probabilities"
+        )  # sigmoid -> logits
+        self.clipped: Series[tuple[_Clock, str, str]] = thinning.events(
+            "clipped"
+        )  # (.., loss, clipper)
         # (clock, loss, softmax dim, class dim, |logsumexp| over the class dim, on the device)
-        self.wrong_dim: Series[tuple[_Clock, str, int, int, torch.Tensor]] = thinning.events()
+        self.wrong_dim: Series[tuple[_Clock, str, int, int, torch.Tensor]] = thinning.events(
+            "wrong_dim"
+        )
         self.squash_sites: dict[tuple[str, str], SquashSite] = {}
         # (clock, the loss handed to backward, the sum of the loss functions' values since
         # the last one)
