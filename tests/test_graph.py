@@ -400,8 +400,14 @@ def test_a_deep_graph_warns_that_freeing_it_may_crash(monkeypatch):
     x = torch.randn(3)
     for _ in range(30):  # two nodes a step
         x = x * a + 1.0
-    # sum, 60 steps, the parameter's AccumulateGrad
-    with pytest.warns(TorchscopeWarning, match=r"62 nodes deep.*threading.stack_size"):
+    # sum, 60 steps, the parameter's AccumulateGrad: 62 deep; the walk reached the last Mul
+    # by the longest path (61 nodes) and the parameter first from the top, so the warning
+    # gives the bound it had at no cost
+    with pytest.warns(TorchscopeWarning, match=r"at least 61 nodes deep.*threading.stack_size"):
+        torchscope.autograd_graph(x.sum())
+    # deeper than the bound the walk found: the longest path is searched for, and exact
+    monkeypatch.setattr(autograd_module, "DEEP_GRAPH", 62)
+    with pytest.warns(TorchscopeWarning, match=r"graph is 62 nodes deep"):
         torchscope.autograd_graph(x.sum())
     # as many nodes side by side are not deep: no warning
     wide = sum((a * float(k)).sum() for k in range(40))

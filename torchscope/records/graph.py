@@ -13,13 +13,16 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torchscope.records._html as records_html
 import torchscope.records._text as records_text
 from torchscope._util.format import format_shapes
 from torchscope.records._common import SCHEMA_VERSION, Shape, _plural, _pretty, _shapes
 from torchscope.records._exporters import exporter
+
+if TYPE_CHECKING:  # it builds these records, so it imports this module
+    from torchscope.records.graph_assembly import AutogradColumns
 
 __all__ = [
     "GRAD_STATUSES",
@@ -337,9 +340,44 @@ def graph_json(graph: Graph, *, indent: int | None = 1) -> str:
     )
 
 
+#: What an :class:`AutogradGraph` made by :meth:`AutogradGraph.from_columns` assembles when one
+#: of them is first read.
+_ASSEMBLED = frozenset({"nodes", "edges", "clusters", "folds", "grad_origin"})
+
+
 @dataclass(frozen=True, repr=False)  # repr=False: keep Graph's short repr
 class AutogradGraph(Graph):
     """The autograd graph behind one or more tensors: what ``backward()`` will run."""
+
+    @classmethod
+    def from_columns(
+        cls, columns: AutogradColumns, *, title: str, warnings: tuple[str, ...] = ()
+    ) -> AutogradGraph:
+        """The graph whose nodes, edges, clusters, folds and ``grad_origin`` are assembled
+        from ``columns`` (what a capture read off the autograd nodes) when one of them is
+        first read. It equals the graph made from those records directly, and behaves as it
+        does in every way (comparison, hashing, ``dataclasses.replace``, pickling)."""
+        graph = object.__new__(cls)
+        graph.__dict__.update(kind="autograd", title=title, warnings=warnings, _columns=columns)
+        return graph
+
+    def __getattribute__(self, name: str) -> Any:
+        if name in _ASSEMBLED:
+            state = object.__getattribute__(self, "__dict__")
+            if "_columns" in state:
+                _assemble_into(state)
+        return object.__getattribute__(self, name)
+
+
+def _assemble_into(state: dict[str, Any]) -> None:
+    """Put the assembled records in a graph's ``__dict__`` (once: two threads reading a new
+    graph at once each assemble the same records, and either's are kept)."""
+    columns = state.get("_columns")
+    if columns is None:
+        return
+    nodes, edges, clusters, folds, origin = columns.assemble()
+    state.update(nodes=nodes, edges=edges, clusters=clusters, folds=folds, grad_origin=origin)
+    state.pop("_columns", None)
 
 
 @dataclass(frozen=True, repr=False)

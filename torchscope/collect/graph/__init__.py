@@ -15,7 +15,7 @@ and process (they come from module names, op names and execution order, never fr
 Repeated computation is found with :func:`torchscope.records.graph_views.find_repeats` and recorded as
 :class:`~torchscope.records.GraphFold`.
 
-The package: ``capturing`` (:func:`capture`), ``walk``, ``autograd_structure`` and ``autograd``
+The package: ``capturing`` (:func:`capture`), ``walk`` and ``autograd``
 (:func:`autograd_graph`, :func:`autograd_graph_of`), ``modules`` (:func:`module_graph`),
 ``_common`` (what they share).
 """

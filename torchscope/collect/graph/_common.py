@@ -5,15 +5,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import torch
-
 from torchscope._util.format import format_shapes
 from torchscope.errors import GraphError
+from torchscope.records.graph_assembly import MIN_FOLD_COUNT
+from torchscope.records.graph_assembly import dtype_name as _dtype_name
+
+__all__ = ["MIN_FOLD_COUNT", "Node", "_dtype_name"]
 
 Node = Any  # torch.autograd.graph.Node; its Python type differs per op
-
-#: Fewest back-to-back repetitions that are folded.
-MIN_FOLD_COUNT = 3
 
 
 @dataclasses.dataclass
@@ -30,17 +29,6 @@ def _raising() -> bool:
     import sys
 
     return sys.exc_info()[0] is not None
-
-
-_DTYPE_NAMES: dict[torch.dtype, str] = {}
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    """``float32`` for ``torch.float32`` (cached: it runs once per node of graphs of 400k)."""
-    name = _DTYPE_NAMES.get(dtype)
-    if name is None:
-        name = _DTYPE_NAMES[dtype] = str(dtype).removeprefix("torch.")
-    return name
 
 
 def _forward_error(error: Exception, failed: _Call | None) -> GraphError:

@@ -26,18 +26,12 @@ from torchscope.collect._torchscript import (
     type_name,
 )
 from torchscope.collect.graph._common import Node, _dtype_name
-from torchscope.collect.graph.autograd_structure import (
-    _autograd_folds,
-    _bad_below,
-    _grad_origin,
-    _module_clusters,
-)
 from torchscope.collect.graph.capturing import ModuleCapture, _grad_stats, capture, run_forward
-from torchscope.collect.graph.walk import UNSEQUENCED, Walk, _saved, _walk
+from torchscope.collect.graph.walk import Walk, _saved, _shape, _walk
 from torchscope.collect.hooks import initialised, instrumented, iter_modules
 from torchscope.errors import TorchscopeWarning
-from torchscope.records import AutogradGraph, GradInfo, GraphEdge, GraphNode
-from torchscope.records.graph import make_edge, make_node
+from torchscope.records import AutogradGraph, GradInfo
+from torchscope.records.graph_assembly import AutogradColumns, bad_below
 
 
 def _parameter_names(params: nn.Module | Mapping[str, torch.Tensor] | None) -> dict[int, str]:
@@ -107,8 +101,21 @@ def autograd_graph(
         module: a :func:`capture` of the forward, to cluster op nodes by module.
 
     Keys are stable across runs and processes; the walk is iterative and linear in the size
-    of the graph, with no recursion limit.
+    of the graph, with no recursion limit. The capture reads only what the live autograd
+    nodes can tell; the records (nodes, edges, clusters, folds) are built from it when first
+    read.
     """
+    return _autograd_graph(outputs, params, grads, show_saved, module)[0]
+
+
+def _autograd_graph(
+    outputs: Any,
+    params: nn.Module | Mapping[str, torch.Tensor] | None,
+    grads: bool,
+    show_saved: bool,
+    module: ModuleCapture | None,
+) -> tuple[AutogradGraph, list[str]]:
+    """:func:`autograd_graph`, and the class names of its autograd nodes."""
     names = _parameter_names(params)
     named_outputs = list(_nested.named_tensors(outputs, "output"))
     if not named_outputs:
@@ -135,14 +142,18 @@ def autograd_graph(
     with collector_paused():
         walk = _walk(roots)
         graph = _build_autograd(walk, root_of_output, names, module, grads, show_saved, warn)
-    for message in warn[: len(warn) - (graph.grad_origin is not None)]:
-        warnings.warn(message, TorchscopeWarning, stacklevel=2)
-    deep = _FREES_SEEN_NODES_RECURSIVELY and len(walk) >= DEEP_GRAPH
-    if deep and (depth := walk.depth()) >= DEEP_GRAPH:
-        warnings.warn(_deep_graph_note(depth), TorchscopeWarning, stacklevel=2)
+    for message in warn[: len(warn) - (grads and graph.grad_origin is not None)]:
+        warnings.warn(message, TorchscopeWarning, stacklevel=3)
+    if _FREES_SEEN_NODES_RECURSIVELY and len(walk) >= DEEP_GRAPH:
+        # the path the walk took is a lower bound of the longest: where it is long enough
+        # already, the longest path need not be found
+        exact = walk.reached < DEEP_GRAPH
+        depth = walk.depth() if exact else walk.reached
+        if depth >= DEEP_GRAPH:
+            warnings.warn(_deep_graph_note(depth, exact), TorchscopeWarning, stacklevel=3)
     if module is not None and grads:
         module.remove_node_hooks()
-    return graph
+    return graph, walk.names
 
 
 #: Nodes on the longest path from which the capture warns that freeing the graph may crash.
@@ -153,7 +164,7 @@ DEEP_GRAPH = 30_000
 _FREES_SEEN_NODES_RECURSIVELY = TorchVersion(torch.__version__) >= "2.14"
 
 
-def _deep_graph_note(depth: int) -> str:
+def _deep_graph_note(depth: int, exact: bool = True) -> str:
     """Why freeing a graph this deep may crash, and how to avoid it.
 
     Since PyTorch 2.14 an autograd node keeps the Python object that stands for it once one
@@ -164,7 +175,8 @@ def _deep_graph_note(depth: int) -> str:
     nodes freed fine, 60,000 crashed).
     """
     return (
-        f"this autograd graph is {depth:,} nodes deep. PyTorch 2.14 frees a graph whose "
+        f"this autograd graph is {'' if exact else 'at least '}{depth:,} nodes deep. "
+        "PyTorch 2.14 frees a graph whose "
         "nodes were seen from Python (by this capture, or any walk of grad_fn.next_functions) "
         "recursively, one C stack frame per node: freeing one this deep, or calling "
         "backward() through it, may overflow the stack and crash the process (a default 8 MB "
@@ -203,26 +215,6 @@ def _why_no_grad_fn(tensor: torch.Tensor, names: dict[int, str], grad_was_on: bo
     )
 
 
-def _forward_order(walk: Walk) -> list[int]:
-    """Node indices in forward (execution) order: ops by sequence number; a leaf (or any node
-    without one) just before its first user; ties by the order the walk found them."""
-    seqs = walk.seqs
-    first_user = [-1] * len(seqs)
-    for user, children in enumerate(walk.children):
-        seq = seqs[user]
-        if 0 <= seq < UNSEQUENCED:
-            for child in children:
-                if first_user[child] < 0 or seq < first_user[child]:
-                    first_user[child] = seq
-    n = len(seqs)
-    # one integer per node, (position, 1 for an op) then the walk's index: one sort of ints
-    keys = [
-        ((2 * seq + 1) if 0 <= seq < UNSEQUENCED else 2 * first_user[i]) * n + i
-        for i, seq in enumerate(seqs)
-    ]
-    return sorted(range(n), key=keys.__getitem__)
-
-
 def _build_autograd(
     walk: Walk,
     outputs: list[tuple[str, torch.Tensor, Node | None]],
@@ -232,101 +224,58 @@ def _build_autograd(
     show_saved: bool,
     warn: list[str],
 ) -> AutogradGraph:
-    order = _forward_order(walk)
-    module_of = capture_.module_of if capture_ is not None else {}
+    """The graph of ``walk``: what only the live nodes can tell is read now, into columns;
+    the records are assembled from them when first read (``AutogradColumns``)."""
+    nodes = walk.nodes
     leaves = walk.leaves
-    walk_names = walk.names
-    walk_nodes = walk.nodes
-    size = len(walk)
-    # parameter leaves go in the cluster of the module owning them
-    keys: list[str] = [""] * size
-    modules: list[str | None] = [None] * size
-    kinds: list[str] = ["op"] * size
-    labels: list[str] = walk_names.copy()
-    counters: dict[tuple[str | None, str], int] = {}
-    input_count = 0
-    for i in order:
-        leaf = leaves.get(i)
-        if leaf is not None:
-            name = names.get(id(leaf))
-            if name is not None:
-                keys[i], kinds[i], labels[i] = f"param:{name}", "parameter", name
-                modules[i] = name.rpartition(".")[0] if capture_ is not None else None
-            else:
-                keys[i], kinds[i] = f"input:{input_count}", "input"
-                labels[i] = f"input {input_count}"
-                input_count += 1
-            continue
-        op = walk_names[i]
-        module = module_of.get(walk_nodes[i]) if module_of else None
-        count = counters.get((module, op), 0)
-        counters[(module, op)] = count + 1
-        keys[i] = f"{module}/{op}#{count}" if module else f"{op}#{count}"
-        modules[i] = module
-    received = capture_.received if capture_ is not None else {}
-    metadata = walk.metadata(order)
-    grad_of: dict[int, GradInfo] = {}
+    modules: list[str | None] | None = None
+    if capture_ is not None:
+        module_of = capture_.module_of
+        modules = [module_of.get(node) for node in nodes] if module_of else [None] * len(nodes)
+    grad_of: dict[int, GradInfo] | None = None
     if grads:
-        for i in order:
+        grad_of = {}
+        received = capture_.received if capture_ is not None else {}
+        for i, node in enumerate(nodes):
             leaf = leaves.get(i)
             if leaf is not None:
                 grad_of[i] = _tensor_grad(leaf)
             elif capture_ is not None and capture_.grads:
-                stats = received.get(walk_nodes[i])
+                stats = received.get(node)
                 grad_of[i] = _grad_info(stats) if stats is not None else GradInfo(None, "none")
-    nodes = [
-        make_node(
-            keys[i],
-            labels[i],
-            kinds[i],
-            walk_names[i],
-            shapes,
-            dtypes,
-            modules[i],
-            r,
-            grad_of.get(i),
-            _saved(walk_nodes[i]) if show_saved and i not in leaves else (),
-        )
-        for r, (i, (shapes, dtypes)) in enumerate(zip(order, metadata, strict=True))
-    ]
-    children = walk.children
-    edges = [
-        make_edge(keys[child], keys[i], "")
-        for i in order
-        for child in (children[i] if len(children[i]) < 2 else dict.fromkeys(children[i]))
-    ]
-    index_of_node = {node: i for i, node in enumerate(walk_nodes)} if outputs else {}
-    next_order = len(nodes)
-    for path, tensor, node in outputs:
-        if node is None:
-            continue
-        key = path if path == "output" else f"output:{path.removeprefix('output')}"
-        nodes.append(
-            GraphNode(
-                key=key,
-                label=path,
-                kind="output",
-                op="output",
-                shapes=(tuple(tensor.shape),),
-                dtypes=(_dtype_name(tensor.dtype),),
-                module=None,
-                order=next_order,
-            )
-        )
-        next_order += 1
-        edges.append(GraphEdge(keys[index_of_node[node]], key))
-    clusters = _module_clusters(
-        {m for m in modules if m}, capture_.types if capture_ is not None else {}
+    columns = AutogradColumns(
+        names=walk.names,
+        seqs=walk.seqs,
+        children=walk.children,
+        sizes=walk.sizes,
+        dtypes=walk.dtypes,
+        leaves={i: names.get(id(leaf)) for i, leaf in leaves.items()},
+        modules=modules,
+        types=dict(capture_.types) if capture_ is not None else None,
+        outputs=[
+            (path, tuple(_shape(tensor)), _dtype_name(tensor.dtype), walk.index[node])
+            for path, tensor, node in outputs
+            if node is not None
+        ],
+        grads=grad_of,
+        saved=(
+            {i: _saved(node) for i, node in enumerate(nodes) if i not in leaves}
+            if show_saved
+            else {}
+        ),
     )
-    folds = _autograd_folds(walk, order, keys, kinds, metadata, modules, capture_)
-    origin = _grad_origin(walk, order, grad_of, keys) if grads else None
-    if grads and origin is not None:
-        warn.append(f"the gradient first became {_bad_below(nodes, origin)} at {origin}")
+    title = type_name(capture_.model) if capture_ is not None else "autograd graph"
+    if not grads:  # assembled when first read
+        return AutogradGraph.from_columns(columns, title=title, warnings=tuple(warn))
+    # the gradient's origin is given as a warning too: assembled now
+    built, edges, clusters, folds, origin = columns.assemble()
+    if origin is not None:
+        warn.append(f"the gradient first became {bad_below(built)} at {origin}")
     return AutogradGraph(
         kind="autograd",
-        title=type_name(capture_.model) if capture_ is not None else "autograd graph",
-        nodes=tuple(nodes),
-        edges=tuple(edges),
+        title=title,
+        nodes=built,
+        edges=edges,
         clusters=clusters,
         folds=folds,
         warnings=tuple(warn),
@@ -365,8 +314,8 @@ def autograd_graph_of(
             outputs = run_forward(model, args, kwargs, cap)
         if next(_nested.tensors(outputs), None) is None:
             return _empty_autograd_graph(outputs, cap)
-        graph = autograd_graph(outputs, params=model, show_saved=show_saved, module=cap)
-    if any(node.op == "DifferentiableGraphBackward" for node in graph.nodes):
+        graph, ops = _autograd_graph(outputs, model, False, show_saved, cap)
+    if "DifferentiableGraphBackward" in ops:
         graph = dataclasses.replace(graph, warnings=(*graph.warnings, OPTIMIZED_NOTE))
     return graph
 

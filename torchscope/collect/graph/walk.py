@@ -2,47 +2,77 @@
 
 The walk follows ``next_functions`` iteratively and in linear time (no recursion limit). It
 keeps what it reads in flat lists, one entry per node (a graph of 400k nodes makes no
-object per node beyond torch's own), and reads only what every graph needs: the node's
-name, its sequence number and its inputs. Shapes are read in bulk by :meth:`Walk.metadata`.
+object per node beyond torch's own), and reads only what no one can read once the graph is
+gone: each node's name, sequence number, inputs and output shapes. The records are built
+from those columns by :mod:`torchscope.records.graph_assembly`, on first use.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import torch
 
 from torchscope.collect.graph._common import Node, _dtype_name
+from torchscope.records.graph_assembly import UNSEQUENCED
 
-#: autograd's sequence number of nodes that are not ops (AccumulateGrad: UINT64_MAX)
-UNSEQUENCED = 2**63
-
-Meta = tuple[tuple[tuple[int, ...], ...], tuple[str, ...]]
+__all__ = ["UNSEQUENCED", "Walk"]
 
 
-def _node_meta(node: Node) -> Meta:
-    """Shapes and dtypes of what the forward op produced (the gradients the node receives);
-    an unreadable one (nested, symbolic) gives ``()`` and ``""``."""
+def _read_metadata(nodes: list[Node]) -> tuple[list[Any], list[Any]]:
+    """Each node's output shapes and dtypes as :class:`AutogradColumns` keeps them: a list
+    of ints and a ``torch.dtype`` for an op of one output (most), tuples of them for others."""
+    sizes: list[Any] = []
+    dtypes: list[Any] = []
+    add_size = sizes.append
+    add_dtype = dtypes.append
+    try:
+        for node in nodes:
+            metadata = node._input_metadata
+            if len(metadata) == 1:
+                only = metadata[0]
+                add_size(only.shape)
+                add_dtype(only.dtype)
+            else:
+                add_size(tuple([meta.shape for meta in metadata]))
+                add_dtype(tuple([meta.dtype for meta in metadata]))
+    except (AttributeError, RuntimeError, TypeError, ValueError):
+        # a node without metadata, or a nested / symbolic shape: read each node with care
+        sizes.clear()
+        dtypes.clear()
+        for node in nodes:
+            size, dtype = _careful_metadata(node)
+            add_size(size)
+            add_dtype(dtype)
+    return sizes, dtypes
+
+
+def _careful_metadata(node: Node) -> tuple[Any, Any]:
+    """One node's metadata, where reading some of it raises: None for what cannot be read."""
     try:
         metadata = node._input_metadata
     except (AttributeError, RuntimeError):
-        return (), ()
-    if len(metadata) == 1:  # most ops: one output, without the lists
+        return None, None
+    if len(metadata) == 1:
         only = metadata[0]
         try:
-            return (tuple(only.shape),), (_dtype_name(only.dtype),)
-        except (RuntimeError, TypeError, ValueError):
-            return ((),), ("",)
-    shapes = []
-    dtypes = []
+            return only.shape, only.dtype
+        except (RuntimeError, TypeError, ValueError):  # a nested tensor's: it has a dtype
+            try:
+                return [], only.dtype
+            except (RuntimeError, TypeError, ValueError):
+                return [], None
+    sizes: list[Any] = []
+    dtypes: list[Any] = []
     for meta in metadata:
         try:
-            shapes.append(tuple(meta.shape))  # a torch.Size: already ints
-            dtypes.append(_dtype_name(meta.dtype))
+            size, dtype = meta.shape, meta.dtype
         except (RuntimeError, TypeError, ValueError):  # nested / symbolic shapes
-            shapes.append(())
-            dtypes.append("")
-    return tuple(shapes), tuple(dtypes)
+            size = dtype = None
+        sizes.append(size)
+        dtypes.append(dtype)
+    return tuple(sizes), tuple(dtypes)
 
 
 def _saved(node: Node) -> tuple[tuple[str, str], ...]:
@@ -70,19 +100,28 @@ class Walk:
 
     Attributes:
         nodes: the autograd nodes.
+        index: node -> its index.
         names: their class names (``MulBackward0``, ``AccumulateGrad``).
         seqs: their sequence numbers (forward order of ops; ``UNSEQUENCED`` or more for a
             node that is not an op, -1 where torch gives none).
         children: the indices of each node's ``next_functions`` (the inputs of its forward
             op), in order, repeats kept.
         leaves: index -> tensor of each AccumulateGrad node (a leaf that requires grad).
+        sizes, dtypes: each node's output shapes and dtypes (see ``AutogradColumns``); a
+            leaf's are its tensor's.
+        reached: the length of the longest path the walk took from an output (a lower bound
+            of :meth:`depth`, at no cost).
     """
 
     nodes: list[Node]
+    index: dict[Node, int]
     names: list[str]
     seqs: list[int]
     children: list[list[int]]
     leaves: dict[int, torch.Tensor]
+    sizes: list[Any]
+    dtypes: list[Any]
+    reached: int
 
     def __len__(self) -> int:
         return len(self.nodes)
@@ -107,24 +146,6 @@ class Walk:
                     ready.append(child)
         return max(depth, default=0)
 
-    def metadata(self, indices: list[int]) -> list[Meta]:
-        """Shapes and dtypes of each node in ``indices``: a leaf's tensor's, an op's outputs'.
-
-        Equal answers are one shared tuple (most nodes of a deep graph repeat a few shapes).
-        """
-        leaves = self.leaves
-        nodes = self.nodes
-        shared: dict[Meta, Meta] = {}
-        result: list[Meta] = []
-        for i in indices:
-            leaf = leaves.get(i)
-            if leaf is not None:
-                meta: Meta = ((tuple(leaf.shape),), (_dtype_name(leaf.dtype),))
-            else:
-                meta = _node_meta(nodes[i])
-            result.append(shared.setdefault(meta, meta))
-        return result
-
 
 def _walk(roots: list[Node]) -> Walk:
     """Every node reachable from ``roots`` through ``next_functions``, iteratively."""
@@ -135,6 +156,7 @@ def _walk(roots: list[Node]) -> Walk:
             index[root] = len(nodes)
             nodes.append(root)
     children: list[list[int]] = [[] for _ in nodes]
+    reach = [1] * len(nodes)  # nodes on the path the walk found each one by
     pending = list(range(len(nodes)))  # expanded last first, as a stack
     while pending:
         at = pending.pop()
@@ -146,9 +168,11 @@ def _walk(roots: list[Node]) -> Walk:
                     found = index[child] = len(nodes)
                     nodes.append(child)
                     children.append([])
+                    reach.append(reach[at] + 1)
                     pending.append(found)
                 kids.append(found)
     names = [node.name() for node in nodes]
+    sizes, dtypes = _read_metadata(nodes)
     leaves: dict[int, torch.Tensor] = {}
     for i, name in enumerate(names):
         if "::" in name:  # torch::autograd::AccumulateGrad and other C++ nodes
@@ -157,11 +181,20 @@ def _walk(roots: list[Node]) -> Walk:
                 leaf = getattr(nodes[i], "variable", None)
                 if isinstance(leaf, torch.Tensor):
                     leaves[i] = leaf
+                    sizes[i], dtypes[i] = _shape(leaf), leaf.dtype
     try:
         seqs = [int(node._sequence_nr()) for node in nodes]
     except (AttributeError, RuntimeError):
         seqs = [_sequence_nr(node) for node in nodes]
-    return Walk(nodes, names, seqs, children, leaves)
+    return Walk(nodes, index, names, seqs, children, leaves, sizes, dtypes, max(reach, default=0))
+
+
+def _shape(tensor: torch.Tensor) -> Any:
+    """A tensor's shape; empty for a nested tensor, which has none."""
+    try:
+        return tensor.shape
+    except RuntimeError:  # "NestedTensorImpl doesn't support sizes"
+        return []
 
 
 def _sequence_nr(node: Node) -> int:
