@@ -129,6 +129,46 @@ def test_a_deferred_graph_is_the_records_it_assembles(name):
     assert len(graph) == len(eager.nodes)
 
 
+def test_an_unread_graph_pickles_as_the_read_one():
+    """Byte for byte: the pickle names only the record classes (an unread graph's columns
+    would name torch.Size and the assembly module, which a weights_only load refuses)."""
+    a = nn.Parameter(torch.randn(3))
+    x = torch.randn(3)
+    for _ in range(4):
+        x = x * a + 1.0
+    unread, read = _same_graph(x.sum(), {"a": a})
+    read.nodes  # noqa: B018 (assembled)
+    data = pickle.dumps(unread)
+    assert data == pickle.dumps(read)
+    assert b"graph_assembly" not in data and b"Size" not in data
+    assert pickle.loads(data) == read
+
+
+def test_reading_a_graph_is_out_of_reach_of_the_torch_context():
+    """The fold search uses tensors; reading a graph under a device context or a dispatch
+    mode neither fails nor shows the mode the record's own work."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen: list[str] = []
+
+    class Seen(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    a = nn.Parameter(torch.randn(3))
+    x = torch.randn(3)
+    for _ in range(6):
+        x = x * a + 1.0
+    unread, reference = _same_graph(x.sum(), {"a": a})
+    other, _ = _same_graph(x.sum(), {"a": a})
+    with torch.device("meta"):
+        assert unread.folds == reference.folds and reference.folds
+    with Seen():
+        assert len(other) == len(reference)
+    assert seen == []
+
+
 def test_threads_that_read_a_new_graph_at_once_agree():
     a = nn.Parameter(torch.randn(8))
     x = torch.randn(8)
@@ -149,6 +189,8 @@ def test_threads_that_read_a_new_graph_at_once_agree():
         thread.join()
     assert len(seen) == 4
     assert all(s == (reference.nodes, reference.edges, reference.folds) for s in seen)
+    # assembled once: every thread holds the very objects the graph keeps
+    assert all(s[0] is graph.nodes and s[2] is graph.folds for s in seen)
 
 
 def test_shapes_of_ops_of_several_outputs_and_of_nested_tensors():
@@ -181,5 +223,7 @@ def test_with_grads_the_origin_is_known_at_capture():
     out.sum().backward()
     graph = torchscope.autograd_graph(out, params=model, grads=True)
     assert not _deferred(graph)
+    # a falsy grads= (a config's missing key) is grads=False, as before
+    assert _deferred(torchscope.autograd_graph(out, params=model, grads=None))  # type: ignore[arg-type]
     assert graph.grad_origin is not None
     assert f"the gradient first became zero at {graph.grad_origin}" in graph.warnings

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -368,16 +369,29 @@ class AutogradGraph(Graph):
                 _assemble_into(state)
         return object.__getattribute__(self, name)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # the fields, in order, as any graph pickles: one not read yet is assembled first
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+
+#: Held while a graph is assembled, so that one read by several threads at once is
+#: assembled once (the same objects for all) and no thread waits on a graph of its own twice.
+_ASSEMBLING = threading.Lock()
+
 
 def _assemble_into(state: dict[str, Any]) -> None:
-    """Put the assembled records in a graph's ``__dict__`` (once: two threads reading a new
-    graph at once each assemble the same records, and either's are kept)."""
-    columns = state.get("_columns")
-    if columns is None:
-        return
-    nodes, edges, clusters, folds, origin = columns.assemble()
-    state.update(nodes=nodes, edges=edges, clusters=clusters, folds=folds, grad_origin=origin)
-    state.pop("_columns", None)
+    """Put the assembled records in a graph's ``__dict__``, once."""
+    with _ASSEMBLING:
+        columns = state.get("_columns")
+        if columns is None:  # another thread assembled it while this one waited
+            return
+        nodes, edges, clusters, folds, origin = columns.assemble()
+        state.update(nodes=nodes, edges=edges, clusters=clusters, folds=folds)
+        state["grad_origin"] = origin
+        del state["_columns"]
 
 
 @dataclass(frozen=True, repr=False)

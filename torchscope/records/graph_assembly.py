@@ -69,9 +69,9 @@ class AutogradColumns:
             where torch gives none).
         children: the indices of each node's ``next_functions``, in order, repeats kept.
         sizes: the shape of what the forward op produced, a list of ints (a leaf's: a
-            ``torch.Size``), empty with a None dtype when it could not be read; a tuple of
-            them (None for an unreadable one) for an op of several outputs or none; None
-            when the node has no metadata at all.
+            ``torch.Size``), empty where it could not be read (a nested tensor's: its dtype
+            is still read); a tuple of them (None for an unreadable one) for an op of
+            several outputs or none; None when the node has no metadata at all.
         dtypes: their dtypes, the same way (``torch.dtype``, None when unreadable).
         leaves: index of each AccumulateGrad node -> the qualified name of its parameter
             (None for an input that requires grad).

@@ -12,6 +12,7 @@ import dataclasses
 from collections.abc import Collection, Hashable, Iterable, Sequence
 
 import torch
+from torch.utils._python_dispatch import _disable_current_modes
 
 from torchscope._util.format import format_shapes
 from torchscope.records.graph import Graph, GraphCluster, GraphDiff, GraphEdge, GraphFold, GraphNode
@@ -34,14 +35,18 @@ def find_repeats(
     """
     n = len(signatures)
     ids: dict[Hashable, int] = {}
-    seq = torch.tensor([ids.setdefault(s, len(ids)) for s in signatures], dtype=torch.int64)
+    codes = [ids.setdefault(s, len(ids)) for s in signatures]
     candidates: list[tuple[int, int, int, int]] = []  # (-covered, period, start, count)
     longest = min(max_period, n // min_count)
     # all periods at once, in chunks of about 4M comparisons: a few tensor ops per chunk
-    # instead of per period (a graph of 2k nodes searched 256 periods one by one in 30 ms)
+    # instead of per period (a graph of 2k nodes searched 256 periods one by one in 30 ms).
+    # On the CPU and out of reach of the caller's torch context (a device context, a
+    # dispatch mode): a record read under `with torch.device("meta")` is still searched
     chunk = max(1, (1 << 22) // max(n, 1))
-    for low in range(1, longest + 1, chunk):
-        candidates.extend(_stretches(seq, low, min(longest, low + chunk - 1), min_count))
+    with torch._C.DisableTorchFunction(), _disable_current_modes():
+        seq = torch.tensor(codes, dtype=torch.int64, device="cpu")
+        for low in range(1, longest + 1, chunk):
+            candidates.extend(_stretches(seq, low, min(longest, low + chunk - 1), min_count))
     candidates.sort()
     starts_taken: list[int] = []  # chosen runs as sorted, disjoint [start, end) intervals
     ends_taken: list[int] = []
@@ -79,9 +84,9 @@ def _stretches(
     n = len(seq)
     if not n:
         return []
-    padded = torch.cat([seq, torch.full((high,), -1, dtype=seq.dtype)])  # -1: no id
+    padded = torch.cat([seq, torch.full((high,), -1, dtype=seq.dtype, device=seq.device)])
     windows = padded.unfold(0, high + 1, 1)  # windows[i, k] == padded[i + k], a view
-    framed = torch.zeros(high - low + 1, n + 2, dtype=torch.int8)  # a row per period
+    framed = torch.zeros(high - low + 1, n + 2, dtype=torch.int8, device=seq.device)
     framed[:, 1:-1] = (windows[:, low:] == seq[:, None]).T
     change = torch.diff(framed, dim=1)
     rows, columns = torch.nonzero(change, as_tuple=True)  # row-major: rises and falls alternate

@@ -142,7 +142,7 @@ def _autograd_graph(
     with collector_paused():
         walk = _walk(roots)
         graph = _build_autograd(walk, root_of_output, names, module, grads, show_saved, warn)
-    for message in warn[: len(warn) - (grads and graph.grad_origin is not None)]:
+    for message in warn[: len(warn) - (bool(grads) and graph.grad_origin is not None)]:
         warnings.warn(message, TorchscopeWarning, stacklevel=3)
     if _FREES_SEEN_NODES_RECURSIVELY and len(walk) >= DEEP_GRAPH:
         # the path the walk took is a lower bound of the longest: where it is long enough
