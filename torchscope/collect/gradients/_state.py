@@ -171,7 +171,8 @@ class _StepRow:
     clock: _Clock
     from_step: bool  # measured at optimizer.step (else at the end of a backward pass)
     grad_index: tuple[int, ...]
-    grad_stats: torch.Tensor  # [3, n]: L1, L2 and max-abs norms of the gradients
+    # [3, n]: L1, L2 and max-abs norms of the gradients; [1, n] (max-abs) when not measured
+    grad_stats: torch.Tensor
     weight_index: tuple[int, ...]
     weight_stats: torch.Tensor | None  # [2, m]: weight norm before the step, norm of the change
     # biases whose module output got gradients since the previous row, and the L1 norm of
@@ -179,7 +180,7 @@ class _StepRow:
     output_index: tuple[int, ...] = ()
     output_l1: torch.Tensor | None = None
     # False on a step whose tensor statistics are not taken (measured_step): only the
-    # max-abs row is computed (exact for NaN, Inf and zero), L1 and L2 are NaN
+    # max-abs row is computed (exact for NaN, Inf and zero); L1 and L2 read as NaN
     measured: bool = True
 
 
@@ -297,11 +298,11 @@ def _norm_rows(
                 rows.append(torch.stack([l1_norm(v, kind) for v in values]).float())
             else:
                 rows.append(torch.stack(torch._foreach_norm(values, o, dtype=kind)).float())
-        block = torch.stack(rows)
+        block = torch.stack(rows) if len(rows) > 1 else rows[0].unsqueeze(0)
         device = device or dev
         blocks.append(block if dev == device else block.to(device))  # multi-device models only
         order_out.extend(ids)
-    return tuple(order_out), torch.cat(blocks, dim=1)
+    return tuple(order_out), torch.cat(blocks, dim=1) if len(blocks) > 1 else blocks[0]
 
 
 def _unit_dims(tensor: torch.Tensor) -> tuple[int, ...] | None:

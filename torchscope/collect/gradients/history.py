@@ -236,7 +236,7 @@ class Folds:
             if r.grad_index:
                 groups.setdefault(r.grad_index, []).append(r)
         for index, members in groups.items():
-            top = _to_host([r.grad_stats for r in members], stack=True)[:, 2]  # max |grad|
+            top = _to_host([r.grad_stats[-1] for r in members], stack=True)  # max |grad|
             finite = top.isfinite()
             counts = finite.sum(0).tolist()
             nonzero = (finite & (top != 0)).sum(0).tolist()

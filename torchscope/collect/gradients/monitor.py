@@ -179,6 +179,7 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
         self._backward_calls = 0
         self._backwards_since_step = 0
         self._retained = False  # the last backward() kept its graph for another one
+        self._graph_kept = False  # the last backward pass ended with its graph kept
         # every list that grows with the run is a bounded, evenly thinned series (history.py);
         # the folds keep what the dropped entries carried that no sample stands for
         t = self._thinning = Thinning()
@@ -558,8 +559,11 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
 
     def _end_backward(self) -> None:
         self._callback_queued = False
-        if self._eager_forwards == 0:
-            self._sampler.saw_compiled_forward()  # a backward with no forward seen: compiled
+        if self._eager_forwards == 0 and not self._graph_kept:
+            # a backward with no forward seen, and no graph kept by the last backward for
+            # this one (two losses of one forward): the forward ran compiled
+            self._sampler.saw_compiled_forward()
+        self._graph_kept = self._retained
         self._eager_forwards = 0
         self._sampler.after_backward()
         self._flush_forward_checks()
@@ -586,7 +590,7 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
     ) -> _StepRow | None:
         """The gradients' L1, L2 and max-abs norms; on a step that is not ``measured`` the
         max-abs norm only (one pass instead of three: NaN, Inf and exact zeros are still seen
-        at the step they happen), with NaN in the L1 and L2 rows."""
+        at the step they happen), whose L1 and L2 read as NaN."""
         with_grad = [e for e in self._params if e.tensor.grad is not None]
         if not with_grad:
             return None
@@ -595,8 +599,6 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
             [e.index for e in with_grad],
             (1.0, 2.0, math.inf) if measured else (math.inf,),
         )
-        if not measured:
-            stats = torch.cat([stats.new_full((2, stats.shape[1]), math.nan), stats])
         weight_index, weight_stats = weights if weights is not None else ((), None)
         output_index, output_l1 = self._take_output_l1()
         return _StepRow(

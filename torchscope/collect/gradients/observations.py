@@ -10,6 +10,7 @@ does not change it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -218,8 +219,10 @@ def _read(values: list[torch.Tensor | float | None]) -> list[float | None]:
 
 
 def _step_view(r: _StepRow, frozen_at: dict[int, frozenset[int]]) -> StepView:
-    grad = r.grad_stats.detach().cpu()
-    l1, l2, linf = grad.tolist() if r.grad_index else ([], [], [])
+    grad = r.grad_stats.detach().cpu().tolist() if r.grad_index else [[], [], []]
+    if len(grad) == 1:  # a step not measured: max |grad| only
+        grad = [[math.nan] * len(grad[0]), [math.nan] * len(grad[0]), grad[0]]
+    l1, l2, linf = grad
     norms: list[float] = []
     changes: list[float] = []
     if r.weight_stats is not None:
