@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,61 @@ def test_nonfinite_activation_names_the_first_module_and_its_neighbour():
     (finding,) = report.findings
     assert finding.where == "fc2" and math.isnan(finding.value)
     assert "(fc1) was finite" in finding.message
+
+
+class _Block(nn.Module):
+    """A container returning its child's output: as it is, or changed in place (a NaN
+    planted at ``poison_at`` calls, to be named at the container, not at the child)."""
+
+    def __init__(self, in_place: bool, poison_at: int = -1) -> None:
+        super().__init__()
+        self.inner = nn.Linear(6, 6)
+        self.in_place = in_place
+        self.poison_at = poison_at
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.inner(x)
+        self.calls += 1
+        if self.in_place:
+            out.mul_(math.nan if self.calls == self.poison_at else 1.0)
+        return out
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_a_container_returning_its_childs_output_is_checked_once(in_place):
+    """Every module output is summed at every step to name where a NaN arose; a container
+    returning its last child's very tensor (a Sequential, a block, the root) adds nothing,
+    unless it changed it in place since."""
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), _Block(in_place))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(8, 4), torch.randn(8, 6)
+    with GradientMonitor(model, optimizer=opt) as monitor:
+        for _ in range(3):
+            opt.zero_grad()
+            F.mse_loss(model(x), y).backward()
+            opt.step()
+        checks = [paths for _, paths, _ in monitor._folds._forwards]
+        assert monitor._last_checked is None  # no output is held past its forward
+    changed = ("2",) if in_place else ()
+    assert checks == [("0", "2.inner", *changed)] * 3
+    assert not monitor.report().findings
+
+
+def test_a_nan_a_container_plants_in_its_childs_output_is_named_at_the_container():
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), _Block(in_place=True, poison_at=3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(8, 4), torch.randn(8, 6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with GradientMonitor(model, optimizer=opt) as monitor:
+            for _ in range(5):
+                opt.zero_grad()
+                F.mse_loss(model(x), y).backward()
+                opt.step()
+    (finding,) = [f for f in monitor.report().findings if f.kind == "nonfinite_activation"]
+    # the third forward: step 2, counted from 0
+    assert finding.where == "2" and finding.step == 2 and "(2.inner) was finite" in finding.message
 
 
 def test_zero_grad_between_backward_and_step_gets_its_own_hint():

@@ -193,6 +193,9 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
         self._pending: tuple[Any, ...] | None = None
         self._snapshots: dict[int, torch.Tensor] = {}
         self._forward_checks: list[tuple[str, torch.Tensor]] = []
+        # the tensor checked last in this forward, and its version then: a container returns
+        # its last child's output, which need not be summed again
+        self._last_checked: tuple[torch.Tensor, int] | None = None
         self._produced: dict[int, tuple[weakref.ref[torch.Tensor], _Module]] = {}
         self._output_l1: dict[int, torch.Tensor] = {}  # bias index -> sum of |output grad|
         self._eval_pending: list[str] | None = None
@@ -291,6 +294,7 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
             self._active = False
             self._snapshots.clear()
             self._stack.clear()
+            self._last_checked = None
             self._produced.clear()
             self._hooks.remove_all()
 
@@ -484,8 +488,16 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
         if info.checks_output:
             for tensor in _nested.tensors(output):
                 if tensor.is_floating_point():
+                    try:
+                        version = tensor._version
+                    except RuntimeError:  # an inference tensor has no version counter
+                        version = -1
+                    last = self._last_checked
+                    if last is not None and last[0] is tensor and last[1] == version >= 0:
+                        continue  # checked as a submodule's output, unchanged since
                     kind = None if tensor.dtype == torch.float64 else torch.float32
                     self._forward_checks.append((info.path, tensor.detach().sum(dtype=kind)))
+                    self._last_checked = (tensor, version)
         if info.biases and isinstance(output, torch.Tensor):
             self._produced[id(output)] = (weakref.ref(output), info)
             if output.requires_grad and output.is_floating_point() and self._measuring():
@@ -505,6 +517,7 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
             self._forward_eval = set()
 
     def _flush_forward_checks(self) -> None:
+        self._last_checked = None  # holds an output no longer than its forward
         if self._forward_checks:
             paths = tuple(path for path, _ in self._forward_checks)
             values = torch.stack([value for _, value in self._forward_checks])
