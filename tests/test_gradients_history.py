@@ -301,6 +301,24 @@ def test_events_of_a_bug_are_counted_in_full(short_history):
     assert found[0].step == 1
 
 
+@pytest.mark.parametrize("steps", [4, 100])
+def test_gradients_never_cleared_are_counted_as_far_as_kept(short_history, steps):
+    """Stale gradients leave an event per parameter and step: a run past the cap says how
+    many it kept as a floor, a short one exactly."""
+    model = nn.Sequential(nn.Linear(10, 16), nn.Linear(16, CLASSES))  # 4 parameters
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+    x, y = torch.randn(16, 10), torch.randint(0, CLASSES, (16,))
+    with torchscope.GradientMonitor(model, optimizer=opt) as monitor:
+        for _ in range(steps):
+            F.cross_entropy(model(x), y).backward()  # no zero_grad()
+            opt.step()
+    (found,) = [f for f in monitor.report().findings if f.kind == "grad_accumulation"]
+    if steps == 4:  # every step after the first, 4 events each: within the cap
+        assert "(4 parameter(s), 3 step(s))" in found.message
+    else:  # the cap's 16 events are the first 4 stale steps'
+        assert "(at least 4 parameter(s), at least 4 step(s))" in found.message
+
+
 def test_the_first_optimizer_step_starts_the_spacing_afresh(short_history):
     """Backward passes with no optimizer count as steps until one steps: from then on an
     optimizer step is a step, and a run of 40 of them keeps all 40."""

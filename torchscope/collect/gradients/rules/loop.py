@@ -19,10 +19,13 @@ def grad_accumulation(ev: Evidence) -> Iterator[Finding]:
         clock, index = stale[0]
         count = len({i for _, i in stale})
         steps = len({c.step for c, _ in stale})
+        # a long run keeps the first events only (history.Thinning.events): a floor
+        floor = "at least " if o.total("stale") > len(o.stale) else ""
         yield ev.finding(
             "grad_accumulation", "error", ev.params[index].name, clock, float(steps), None,
-            f"gradients were not cleared after an optimizer step ({count} parameter(s), "
-            f"{steps} step(s)): each step adds to the previous steps' gradients. Call "
+            f"gradients were not cleared after an optimizer step ({floor}{count} "
+            f"parameter(s), {floor}{steps} step(s)): each step adds to the previous steps' "
+            "gradients. Call "
             "optimizer.zero_grad() once per step"
             + (f", every {n} backward passes" if n > 1 else ""),
         )  # fmt: skip
