@@ -13,6 +13,7 @@ paid by drawing it.
 from __future__ import annotations
 
 import dataclasses
+from bisect import bisect_left
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -272,19 +273,33 @@ def _folds(
     position = [-1] * len(names)
     for p, i in enumerate(ops):
         position[i] = p
-    leaf_parts: dict[int, tuple[str, tuple[int, ...]]] = {}
+    # a signature is a flat tuple of ints, cheap to hash: a code for the op's name and
+    # metadata (equal metadata are one shared tuple, so its id stands for its value), then
+    # per input its offset back (>= 1) or a code for the leaf's kind and shape (<= -1)
+    heads: dict[tuple[str, int], int] = {}
+    leaf_codes: dict[tuple[str, tuple[int, ...]], int] = {}
+    code_of_leaf: dict[int, int] = {}
+    leaves = columns.leaves
     signatures = []
     for p, i in enumerate(ops):
-        parts: list[Any] = [names[i], op_meta[p]]
+        head = (names[i], id(op_meta[p]))
+        code = heads.get(head)
+        if code is None:
+            code = heads[head] = len(heads)
+        parts = [code]
         for child in children[i]:
             at = position[child]
             if at >= 0:
                 parts.append(p - at)
             else:
-                part = leaf_parts.get(child)
+                part = code_of_leaf.get(child)
                 if part is None:
-                    shape = sizes[child] if child in columns.leaves else ()
-                    part = leaf_parts[child] = (kinds[child], tuple(shape or ()))
+                    shape = sizes[child] if child in leaves else ()
+                    value = (kinds[child], tuple(shape or ()))
+                    part = leaf_codes.get(value)
+                    if part is None:
+                        part = leaf_codes[value] = -1 - len(leaf_codes)
+                    code_of_leaf[child] = part
                 parts.append(part)
         signatures.append(tuple(parts))
     runs = find_repeats(signatures, min_count=MIN_FOLD_COUNT)
@@ -301,23 +316,19 @@ def _folds(
                     first_use[child] = p
                 last_use[child] = p
     op_keys = [keys[i] for i in ops]
+    # leaves in the order they are first used (that of their first appearance in any block)
+    by_first_use = list(first_use)
+    first_uses = list(first_use.values())  # never decreasing
     folds = []
     for start, period, count in runs:
-        blocks = []
-        own_leaves = []
-        for first in range(start, start + period * count, period):
-            last = first + period
-            blocks.append(tuple(op_keys[first:last]))
-            own_leaves.append(
-                tuple(
-                    dict.fromkeys(
-                        keys[c]
-                        for i in ops[first:last]
-                        for c in children[i]
-                        if position[c] < 0 and first <= first_use[c] and last_use[c] < last
-                    )
-                )
-            )
+        end = start + period * count
+        blocks = [tuple(op_keys[first : first + period]) for first in range(start, end, period)]
+        owned: list[list[str]] = [[] for _ in range(count)]
+        for leaf in by_first_use[bisect_left(first_uses, start) : bisect_left(first_uses, end)]:
+            block = (first_use[leaf] - start) // period
+            if last_use[leaf] < start + (block + 1) * period:  # used in that block only
+                owned[block].append(keys[leaf])
+        own_leaves = [tuple(leaves) for leaves in owned]
         same = len({len(leaves) for leaves in own_leaves}) == 1
         instances = (
             tuple(block + leaves for block, leaves in zip(blocks, own_leaves, strict=True))
