@@ -227,3 +227,24 @@ def test_with_grads_the_origin_is_known_at_capture():
     assert _deferred(torchscope.autograd_graph(out, params=model, grads=None))  # type: ignore[arg-type]
     assert graph.grad_origin is not None
     assert f"the gradient first became zero at {graph.grad_origin}" in graph.warnings
+
+
+def test_ops_recorded_on_another_thread_do_not_fold_as_one():
+    """autograd numbers each thread's ops apart, so an op's input may come later in forward
+    order (an offset back below zero); three different multiplications are no fold."""
+    w = torch.randn(4, requires_grad=True)
+    for _ in range(50):  # the main thread's numbering well above the worker's
+        torch.ones(1, requires_grad=True) * 1
+    a = w * 2
+    made: dict[str, torch.Tensor] = {}
+
+    def worker() -> None:
+        made["b"] = w * 2  # numbered from 0: before `a` in forward order
+        made["c"] = a * 2  # its input `a` comes after it
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    graph = torchscope.autograd_graph((made["b"] + made["c"]).sum(), params={"w": w})
+    assert graph.folds == ()
+    assert sum(node.op == "MulBackward0" for node in graph.nodes) == 3

@@ -275,7 +275,10 @@ def _folds(
         position[i] = p
     # a signature is a flat tuple of ints, cheap to hash: a code for the op's name and
     # metadata (equal metadata are one shared tuple, so its id stands for its value), then
-    # per input its offset back (>= 1) or a code for the leaf's kind and shape (<= -1)
+    # per input its offset back, or a code for the leaf's kind and shape below any offset (an
+    # offset is negative where an input comes later in forward order: autograd numbers the
+    # ops of each thread apart)
+    below_offsets = -len(ops) - 1
     heads: dict[tuple[str, int], int] = {}
     leaf_codes: dict[tuple[str, tuple[int, ...]], int] = {}
     code_of_leaf: dict[int, int] = {}
@@ -298,7 +301,7 @@ def _folds(
                     value = (kinds[child], tuple(shape or ()))
                     part = leaf_codes.get(value)
                     if part is None:
-                        part = leaf_codes[value] = -1 - len(leaf_codes)
+                        part = leaf_codes[value] = below_offsets - len(leaf_codes)
                     code_of_leaf[child] = part
                 parts.append(part)
         signatures.append(tuple(parts))
