@@ -315,3 +315,27 @@ def test_check_gradients_and_fit_accept_a_compiled_model() -> None:
     )
     assert history.gradient_report is not None and history.gradient_report.ok
     assert history.gradient_report.steps == 6
+
+
+def test_a_model_compiled_after_steps_that_kept_their_graphs_is_still_seen_compiled() -> None:
+    """The monitor watches the plain model; after two eager steps whose backward kept its graph
+    (a habit of some loops), the loop switches to a compiled copy. A backward with no forward
+    seen is taken for a second loss of a kept graph only when it reaches that graph's nodes: a
+    compiled forward's are all new, so its steps are sampled eagerly and a BatchNorm left in
+    eval mode halfway is found."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    fast = torch.compile(model, backend="aot_eager")
+    x, y = torch.randn(16, 4), torch.randn(16, 1)
+    with torchscope.GradientMonitor(model, optimizer) as monitor:
+        for step in range(EAGER_EVERY * 3):
+            net = model if step < 2 else fast
+            if step == EAGER_EVERY:
+                model.eval()
+            optimizer.zero_grad()
+            ((net(x) - y) ** 2).mean().backward(retain_graph=True)
+            optimizer.step()
+    assert monitor._sampler.active and monitor._sampler.eager_steps >= 2
+    assert "eval_mode" in {f.kind for f in monitor.report().findings}

@@ -169,6 +169,7 @@ class FunctionCalls:
         _probability_inputs: Series[tuple[_Clock, str, torch.Tensor | None]]
         _losses: Series[tuple[_Clock, torch.Tensor]]
         _retained: bool
+        _backward_roots: list[Any]
         _clock: Callable[[], _Clock]
         _measuring: Callable[[], bool]
 
@@ -244,6 +245,9 @@ class FunctionCalls:
 
     def _on_backward_call(self, tensors: Any) -> None:
         self._backward_calls += 1
+        self._backward_roots = [
+            t.grad_fn for t in _nested.tensors(tensors) if t.grad_fn is not None
+        ]
         for tensor in _nested.tensors(tensors):
             if tensor.is_floating_point() or tensor.is_complex():
                 value = tensor.detach()

@@ -179,7 +179,11 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
         self._backward_calls = 0
         self._backwards_since_step = 0
         self._retained = False  # the last backward() kept its graph for another one
-        self._graph_kept = False  # the last backward pass ended with its graph kept
+        # the autograd nodes of the tensors the last backward() was called on (held until
+        # its pass ends), and with a kept graph the sequence number of its loss: the nodes
+        # of that graph are numbered below it
+        self._backward_roots: list[Any] = []
+        self._kept_below: int | None = None
         # every list that grows with the run is a bounded, evenly thinned series (history.py);
         # the folds keep what the dropped entries carried that no sample stands for
         t = self._thinning = Thinning()
@@ -193,9 +197,6 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
         self._pending: tuple[Any, ...] | None = None
         self._snapshots: dict[int, torch.Tensor] = {}
         self._forward_checks: list[tuple[str, torch.Tensor]] = []
-        # the tensor checked last in this forward, and its version then: a container returns
-        # its last child's output, which need not be summed again
-        self._last_checked: tuple[torch.Tensor, int] | None = None
         self._produced: dict[int, tuple[weakref.ref[torch.Tensor], _Module]] = {}
         self._output_l1: dict[int, torch.Tensor] = {}  # bias index -> sum of |output grad|
         self._eval_pending: list[str] | None = None
@@ -294,7 +295,7 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
             self._active = False
             self._snapshots.clear()
             self._stack.clear()
-            self._last_checked = None
+            self._backward_roots = []
             self._produced.clear()
             self._hooks.remove_all()
 
@@ -488,16 +489,11 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
         if info.checks_output:
             for tensor in _nested.tensors(output):
                 if tensor.is_floating_point():
-                    try:
-                        version = tensor._version
-                    except RuntimeError:  # an inference tensor has no version counter
-                        version = -1
-                    last = self._last_checked
-                    if last is not None and last[0] is tensor and last[1] == version >= 0:
-                        continue  # checked as a submodule's output, unchanged since
+                    # a container's output is summed again though it may be its last child's
+                    # very tensor: a write through .data (or a NumPy view) changes the values
+                    # without a new version, and a NaN planted so is named where it was
                     kind = None if tensor.dtype == torch.float64 else torch.float32
                     self._forward_checks.append((info.path, tensor.detach().sum(dtype=kind)))
-                    self._last_checked = (tensor, version)
         if info.biases and isinstance(output, torch.Tensor):
             self._produced[id(output)] = (weakref.ref(output), info)
             if output.requires_grad and output.is_floating_point() and self._measuring():
@@ -517,7 +513,6 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
             self._forward_eval = set()
 
     def _flush_forward_checks(self) -> None:
-        self._last_checked = None  # holds an output no longer than its forward
         if self._forward_checks:
             paths = tuple(path for path, _ in self._forward_checks)
             values = torch.stack([value for _, value in self._forward_checks])
@@ -572,11 +567,14 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
 
     def _end_backward(self) -> None:
         self._callback_queued = False
-        if self._eager_forwards == 0 and not self._graph_kept:
-            # a backward with no forward seen, and no graph kept by the last backward for
-            # this one (two losses of one forward): the forward ran compiled
+        roots, self._backward_roots = self._backward_roots, []
+        if self._eager_forwards == 0 and not _reaches_below(roots, self._kept_below):
+            # a backward with no forward seen that is not on a graph the last backward kept
+            # (two losses of one forward): the forward ran compiled
             self._sampler.saw_compiled_forward()
-        self._graph_kept = self._retained
+        self._kept_below = (
+            max((_sequence_nr(node) for node in roots), default=None) if self._retained else None
+        )
         self._eager_forwards = 0
         self._sampler.after_backward()
         self._flush_forward_checks()
@@ -686,3 +684,36 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
 
 
 keep_out_of_dynamo(GradientMonitor, OptimizerHooks, FunctionCalls, CompiledCalls, FunctionWatch)
+
+
+#: Nodes searched from a backward's roots for one of a kept graph (a second loss reaches its
+#: forward's nodes within a few ops; past this the backward is taken for a compiled forward's)
+KEPT_GRAPH_SEARCH = 256
+
+
+def _sequence_nr(node: Any) -> int:
+    try:
+        return int(node._sequence_nr())
+    except (AttributeError, RuntimeError):
+        return -1
+
+
+def _reaches_below(roots: list[Any], mark: int | None) -> bool:
+    """Whether the graph behind ``roots`` reaches, within ``KEPT_GRAPH_SEARCH`` nodes, an op
+    numbered at or below ``mark`` (one of the graph a retaining backward kept; a compiled
+    forward's nodes are all newer). AccumulateGrad nodes are not numbered."""
+    if mark is None or not roots:
+        return False
+    seen = set(roots)
+    pending = list(roots)
+    for _ in range(KEPT_GRAPH_SEARCH):
+        if not pending:
+            return False
+        node = pending.pop()
+        if 0 <= _sequence_nr(node) <= mark:
+            return True
+        for child, _ in node.next_functions:
+            if child is not None and child not in seen:
+                seen.add(child)
+                pending.append(child)
+    return False
