@@ -282,3 +282,24 @@ def test_a_backward_that_keeps_its_graph_keeps_the_mode_for_the_next():
     assert len(report.losses) == 6
     found = [f for f in report.findings if f.kind == "loss_broadcast"]
     assert found and found[0].step == 1 and "(3 call(s))" in found[0].message, found
+
+
+def test_a_gradient_penalty_loop_is_not_taken_for_a_compiled_one():
+    """autograd.grad(loss, params, create_graph=True) runs a backward pass of its own (the
+    parameters' hooks see it), so the loop's backward() comes with no forward since: its
+    graph reaches the eager forward's nodes, so nothing ran compiled and the mode rests."""
+    model = MLP()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = torch.randn(8, 10), torch.randint(0, CLASSES, (8,))
+    with torchscope.GradientMonitor(model, optimizer=opt) as monitor:
+        for _ in range(3):
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            grads = torch.autograd.grad(loss, list(model.parameters()), create_graph=True)
+            penalty = sum(g.pow(2).sum() for g in grads)
+            (loss + 0.01 * penalty).backward()
+            opt.step()
+            assert _mode() is None
+    assert not monitor._sampler.active
+    report = monitor.report()
+    assert report.steps == 3 and not report.findings

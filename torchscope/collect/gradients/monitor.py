@@ -180,10 +180,11 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
         self._backwards_since_step = 0
         self._retained = False  # the last backward() kept its graph for another one
         # the autograd nodes of the tensors the last backward() was called on (held until
-        # its pass ends), and with a kept graph the sequence number of its loss: the nodes
-        # of that graph are numbered below it
+        # its pass ends), and the sequence number of the newest op the last eager forward of
+        # the model produced: that forward's nodes are numbered at or below it, a compiled
+        # forward's since are all above
         self._backward_roots: list[Any] = []
-        self._kept_below: int | None = None
+        self._eager_below: int | None = None
         # every list that grows with the run is a bounded, evenly thinned series (history.py);
         # the folds keep what the dropped entries carried that no sample stands for
         t = self._thinning = Thinning()
@@ -499,6 +500,11 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
             if output.requires_grad and output.is_floating_point() and self._measuring():
                 output.register_hook(lambda grad, info=info: self._on_output_gradient(info, grad))
         if info.module is self._model:
+            for tensor in _nested.tensors(output):
+                if tensor.grad_fn is not None:
+                    newest = _sequence_nr(tensor.grad_fn)
+                    if self._eager_below is None or newest > self._eager_below:
+                        self._eager_below = newest
             self._end_forward()
 
     def _end_forward(self) -> None:
@@ -568,13 +574,15 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
     def _end_backward(self) -> None:
         self._callback_queued = False
         roots, self._backward_roots = self._backward_roots, []
-        if self._eager_forwards == 0 and not _reaches_below(roots, self._kept_below):
-            # a backward with no forward seen that is not on a graph the last backward kept
-            # (two losses of one forward): the forward ran compiled
+        if (
+            self._eager_forwards == 0
+            and not self._sampler.active
+            and not _reaches_below(roots, self._eager_below)
+        ):
+            # a backward with no forward seen since the last one, whose graph reaches no node
+            # of an eager forward (as a second loss of one forward does, or the backward after
+            # an autograd.grad penalty): the forward ran compiled
             self._sampler.saw_compiled_forward()
-        self._kept_below = (
-            max((_sequence_nr(node) for node in roots), default=None) if self._retained else None
-        )
         self._eager_forwards = 0
         self._sampler.after_backward()
         self._flush_forward_checks()
@@ -686,8 +694,8 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
 keep_out_of_dynamo(GradientMonitor, OptimizerHooks, FunctionCalls, CompiledCalls, FunctionWatch)
 
 
-#: Nodes searched from a backward's roots for one of a kept graph (a second loss reaches its
-#: forward's nodes within a few ops; past this the backward is taken for a compiled forward's)
+#: Nodes searched from a backward's roots for one of an eager forward's (a second loss reaches
+#: its forward's nodes within a few ops; past this the backward is taken for a compiled one's)
 KEPT_GRAPH_SEARCH = 256
 
 
@@ -700,8 +708,8 @@ def _sequence_nr(node: Any) -> int:
 
 def _reaches_below(roots: list[Any], mark: int | None) -> bool:
     """Whether the graph behind ``roots`` reaches, within ``KEPT_GRAPH_SEARCH`` nodes, an op
-    numbered at or below ``mark`` (one of the graph a retaining backward kept; a compiled
-    forward's nodes are all newer). AccumulateGrad nodes are not numbered."""
+    numbered at or below ``mark`` (one of an eager forward's; a compiled forward's since are
+    all newer). AccumulateGrad nodes are not numbered."""
     if mark is None or not roots:
         return False
     seen = set(roots)
