@@ -10,7 +10,9 @@ it runs bare, inside the monitor as it is, and inside the monitor with some of i
 replaced by ones that do nothing (the mode is still entered and left around each step):
 
 - every hook a no-op: what calling the hooks costs (module pre/post hooks, gradient hooks,
-  the optimizer's pre/post hooks, the function mode's watched calls);
+  the optimizer's pre/post hooks, the function mode's watched calls); and the same with the
+  function mode left resting through the forward and backward (it rests from each step):
+  what the mode's pass-through of every torch call costs;
 - the forward's hooks a no-op (module pre/post hooks and ReLU sites): what the rest costs;
 - without the max |grad| row off the stride, or without the module output sums: what each of
   those per-step parts costs.
@@ -80,16 +82,18 @@ def variants() -> dict[str, dict[str, Callable[..., Any]]]:
         "_on_forward": _nothing,
         "_on_relu": _nothing,
     }
+    hooks = {
+        **forward,
+        "_on_gradient": _nothing,
+        "_on_step_pre": _step_pre_leaving,
+        "_on_step_post": _step_post_resting,
+        "_on_backward_call": _nothing,
+        "_on_classification_loss": _nothing,
+    }
     return {
         "the monitor as it is": {},
-        "every hook a no-op": {
-            **forward,
-            "_on_gradient": _nothing,
-            "_on_step_pre": _step_pre_leaving,
-            "_on_step_post": _step_post_resting,
-            "_on_backward_call": _nothing,
-            "_on_classification_loss": _nothing,
-        },
+        "every hook a no-op": hooks,
+        "every hook a no-op, the mode never woken": {**hooks, "_on_forward_pre": _nothing},
         "the forward's hooks a no-op": forward,
         "without the max |grad| row off the stride": {
             "_gradient_row": _max_grad_on_the_stride_only(GradientMonitor._gradient_row)
