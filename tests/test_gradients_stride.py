@@ -168,10 +168,15 @@ def _mode():
     return torch.overrides._get_current_function_mode()
 
 
-def test_the_mode_rests_from_a_step_until_the_next_forward():
+def _mlp_sgd_batch() -> tuple[MLP, torch.optim.SGD, torch.Tensor, torch.Tensor]:
+    """The MLP, plain SGD on its parameters and one batch of 8: what the mode's tests train."""
     model = MLP()
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    x, y = torch.randn(8, 10), torch.randint(0, CLASSES, (8,))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    return model, optimizer, torch.randn(8, 10), torch.randint(0, CLASSES, (8,))
+
+
+def test_the_mode_rests_from_a_step_until_the_next_forward():
+    model, opt, x, y = _mlp_sgd_batch()
     during: list[object] = []
     handle = model.fc1.register_forward_hook(lambda *_: during.append(_mode()))
     before = _mode()
@@ -199,9 +204,7 @@ def test_the_mode_rests_from_a_step_until_the_next_forward():
 def test_a_step_before_backward_keeps_the_mode_for_that_backward():
     """forward, step(), then backward(): the backward of the forward before the step is still
     to come, so the mode stays and the loss handed to backward() is seen."""
-    model = MLP()
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    x, y = torch.randn(8, 10), torch.randint(0, CLASSES, (8,))
+    model, opt, x, y = _mlp_sgd_batch()
     with torchscope.GradientMonitor(model, optimizer=opt) as monitor:
         for _ in range(4):
             opt.zero_grad()
@@ -212,10 +215,8 @@ def test_a_step_before_backward_keeps_the_mode_for_that_backward():
 
 
 def test_a_compiled_model_keeps_the_mode_as_before():
-    model = MLP()
+    model, opt, x, y = _mlp_sgd_batch()
     compiled = torch.compile(model, backend="eager")
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    x, y = torch.randn(8, 10), torch.randint(0, CLASSES, (8,))
     with torchscope.GradientMonitor(compiled, optimizer=opt) as monitor:
         watch = _mode()
         for _ in range(2):
@@ -238,9 +239,7 @@ def test_a_user_mode_entered_while_the_mode_rests_keeps_its_place():
             Counting.calls += 1
             return func(*args, **(kwargs or {}))
 
-    model = MLP()
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    x, y = torch.randn(8, 10), torch.randint(0, CLASSES, (8,))
+    model, opt, x, y = _mlp_sgd_batch()
     with torchscope.GradientMonitor(model, optimizer=opt) as monitor:
         watch = _mode()
         for _ in range(3):
@@ -288,9 +287,7 @@ def test_a_gradient_penalty_loop_is_not_taken_for_a_compiled_one():
     """autograd.grad(loss, params, create_graph=True) runs a backward pass of its own (the
     parameters' hooks see it), so the loop's backward() comes with no forward since: its
     graph reaches the eager forward's nodes, so nothing ran compiled and the mode rests."""
-    model = MLP()
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    x, y = torch.randn(8, 10), torch.randint(0, CLASSES, (8,))
+    model, opt, x, y = _mlp_sgd_batch()
     with torchscope.GradientMonitor(model, optimizer=opt) as monitor:
         for _ in range(3):
             opt.zero_grad()

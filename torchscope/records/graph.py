@@ -373,9 +373,6 @@ class AutogradGraph(Graph):
         # the fields, in order, as any graph pickles: one not read yet is assembled first
         return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-
 
 #: Held while a graph is assembled, so that one read by several threads at once is
 #: assembled once (the same objects for all) and no thread waits on a graph of its own twice.

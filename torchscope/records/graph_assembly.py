@@ -97,9 +97,6 @@ class AutogradColumns:
     grads: Mapping[int, GradInfo] | None = None
     saved: Mapping[int, tuple[tuple[str, str], ...]] = dataclasses.field(default_factory=dict)
 
-    def __len__(self) -> int:
-        return len(self.names)
-
     def assemble(self) -> Assembled:
         """The graph's nodes, edges, clusters, folds and the gradient's origin."""
         # a few objects per node and none freed: the cyclic collector would run over and

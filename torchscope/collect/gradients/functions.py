@@ -245,10 +245,10 @@ class FunctionCalls:
 
     def _on_backward_call(self, tensors: Any) -> None:
         self._backward_calls += 1
-        self._backward_roots = [
-            t.grad_fn for t in _nested.tensors(tensors) if t.grad_fn is not None
-        ]
+        self._backward_roots = []
         for tensor in _nested.tensors(tensors):
+            if tensor.grad_fn is not None:
+                self._backward_roots.append(tensor.grad_fn)
             if tensor.is_floating_point() or tensor.is_complex():
                 value = tensor.detach()
                 value = value if value.dim() == 0 else value.sum()

@@ -75,6 +75,7 @@ from torchscope.collect.gradients.shards import (
 from torchscope.collect.gradients.signals import CallSignals
 from torchscope.collect.gradients.structure import Hidden, hidden_tensors, identical_rows
 from torchscope.collect.gradients.thresholds import GradientThresholds, resolve_thresholds
+from torchscope.collect.graph.walk import sequence_nr
 from torchscope.collect.hooks import HookSet, iter_modules
 from torchscope.distributed import all_gather_objects
 from torchscope.errors import TorchscopeError
@@ -502,7 +503,7 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
         if info.module is self._model:
             for tensor in _nested.tensors(output):
                 if tensor.grad_fn is not None:
-                    newest = _sequence_nr(tensor.grad_fn)
+                    newest = sequence_nr(tensor.grad_fn)
                     if self._eager_below is None or newest > self._eager_below:
                         self._eager_below = newest
             self._end_forward()
@@ -699,13 +700,6 @@ keep_out_of_dynamo(GradientMonitor, OptimizerHooks, FunctionCalls, CompiledCalls
 KEPT_GRAPH_SEARCH = 256
 
 
-def _sequence_nr(node: Any) -> int:
-    try:
-        return int(node._sequence_nr())
-    except (AttributeError, RuntimeError):
-        return -1
-
-
 def _reaches_below(roots: list[Any], mark: int | None) -> bool:
     """Whether the graph behind ``roots`` reaches, within ``KEPT_GRAPH_SEARCH`` nodes, an op
     numbered at or below ``mark`` (one of an eager forward's; a compiled forward's since are
@@ -718,7 +712,7 @@ def _reaches_below(roots: list[Any], mark: int | None) -> bool:
         if not pending:
             return False
         node = pending.pop()
-        if 0 <= _sequence_nr(node) <= mark:
+        if 0 <= sequence_nr(node) <= mark:
             return True
         for child, _ in node.next_functions:
             if child is not None and child not in seen:

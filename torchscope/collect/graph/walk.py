@@ -17,7 +17,7 @@ import torch
 from torchscope.collect.graph._common import Node, _dtype_name
 from torchscope.records.graph_assembly import UNSEQUENCED
 
-__all__ = ["UNSEQUENCED", "Walk"]
+__all__ = ["UNSEQUENCED", "Walk", "sequence_nr"]
 
 
 def _read_metadata(nodes: list[Node]) -> tuple[list[Any], list[Any]]:
@@ -185,7 +185,7 @@ def _walk(roots: list[Node]) -> Walk:
     try:
         seqs = [int(node._sequence_nr()) for node in nodes]
     except (AttributeError, RuntimeError):
-        seqs = [_sequence_nr(node) for node in nodes]
+        seqs = [sequence_nr(node) for node in nodes]
     return Walk(nodes, index, names, seqs, children, leaves, sizes, dtypes, max(reach, default=0))
 
 
@@ -197,7 +197,8 @@ def _shape(tensor: torch.Tensor) -> Any:
         return []
 
 
-def _sequence_nr(node: Node) -> int:
+def sequence_nr(node: Node) -> int:
+    """The node's sequence number (autograd's forward order of ops), -1 where it has none."""
     try:
         return int(node._sequence_nr())
     except (AttributeError, RuntimeError):
