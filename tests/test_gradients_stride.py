@@ -8,7 +8,9 @@ in a few steps of a small model.
 
 from __future__ import annotations
 
+import gc
 import math
+import weakref
 
 import pytest
 import torch
@@ -17,6 +19,7 @@ from torch import nn
 
 import torchscope
 import torchscope.collect.gradients._state as state
+import torchscope.collect.gradients.monitor as monitor_module
 
 from .bugs import CLASSES, MLP
 
@@ -161,6 +164,118 @@ def test_two_optimizers_stepping_in_turn_are_each_measured_on_the_stride(short_s
         assert len(measured) == len(MEASURED), name  # each optimizer's steps 0-4, 6, 9, 12
 
 
+# -- module outputs off the stride: held to the end of the forward, read in one call --------------
+
+
+class _InPlace(nn.Module):
+    """Linear, an in-place ReLU (a module, or the functional form in this forward), Linear:
+    the first layer's output is changed in place after its module returned."""
+
+    def __init__(self, functional: bool) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(10, 16)
+        self.act = nn.ReLU(inplace=True)
+        self.fc2 = nn.Linear(16, CLASSES)
+        self.functional = functional
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc1(x)
+        h = h.relu_() if self.functional else self.act(h)
+        return self.fc2(h)
+
+
+def _poison_fc1_at(step):
+    def poison(at, model):
+        if at == step:
+            with torch.no_grad():
+                model.fc1.weight[0, 0] = float("nan")
+
+    return poison
+
+
+@pytest.mark.parametrize("functional", [False, True])
+@pytest.mark.parametrize("step", [7, 9])  # off the stride, on it
+def test_an_output_changed_in_place_is_named_at_the_layer_that_made_the_nan(
+    short_stride, functional, step
+):
+    findings = _train(_InPlace(functional), 14, before_step=_poison_fc1_at(step)).report().findings
+    first = [f for f in findings if f.severity == "error"]
+    assert [(f.kind, f.where, f.step) for f in first] == [("nonfinite_activation", "fc1", step)]
+
+
+@pytest.mark.parametrize("held", [0, 16, monitor_module.HELD_OUTPUT_NUMEL])
+def test_large_outputs_are_read_on_the_spot_with_the_same_finding(short_stride, monkeypatch, held):
+    """Outputs past HELD_OUTPUT_NUMEL elements (fc2's 32x32 here with 16) are reduced when
+    their module returns, the others at the end of the forward: the finding is the same."""
+    monkeypatch.setattr(monitor_module, "HELD_OUTPUT_NUMEL", held)
+    findings = _train(MLP(), 14, before_step=_poison_fc1_at(8)).report().findings
+    first = [f for f in findings if f.severity == "error"]
+    assert [(f.kind, f.where, f.step) for f in first] == [("nonfinite_activation", "fc1", 8)]
+
+
+def test_held_outputs_are_let_go_when_the_forward_ends(short_stride):
+    model, opt, x, y = _mlp_sgd_batch()
+    outputs: list[weakref.ref[torch.Tensor]] = []
+    handle = model.fc2.register_forward_hook(lambda m, a, out: outputs.append(weakref.ref(out)))
+    try:
+        with torchscope.GradientMonitor(model, optimizer=opt) as monitor:
+            for step in range(8):
+                opt.zero_grad()
+                loss = F.cross_entropy(model(x), y)
+                assert monitor._forward_checks == []  # read when the root's forward ended
+                loss.backward()
+                opt.step()
+                del loss
+                gc.collect()
+                assert outputs[-1]() is None, step  # nothing of the monitor's keeps it
+    finally:
+        handle.remove()
+
+
+class _Masked(nn.Module):
+    """Scores with -inf where a mask is off (a legitimate value), normalised after."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(10, CLASSES)
+        self.register_buffer("mask", torch.arange(CLASSES) == 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x).masked_fill(self.mask, -math.inf)
+
+
+def test_minus_inf_in_an_output_is_a_mask_on_and_off_the_stride(short_stride):
+    model = nn.Sequential(_Masked())
+    torch.manual_seed(0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = torch.randn(32, 10), torch.randint(1, CLASSES, (32,))
+    with torchscope.GradientMonitor(model, optimizer=opt) as monitor:
+        for _ in range(14):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+    assert not [f for f in monitor.report().findings if f.kind.startswith("nonfinite")]
+
+
+def test_a_submodule_called_alone_off_the_stride_is_read_at_the_end_of_its_backward(
+    short_stride,
+):
+    """A loop that calls a part of the watched model (a LightningModule's training_step
+    calling self.net): no root forward ends, the end of the backward pass reads the outputs."""
+    torch.manual_seed(0)
+    outer = nn.ModuleDict({"net": MLP()})
+    opt = torch.optim.SGD(outer.parameters(), lr=0.05)
+    x, y = torch.randn(32, 10), torch.randint(0, CLASSES, (32,))
+    with torchscope.GradientMonitor(outer, optimizer=opt) as monitor:
+        for step in range(14):
+            _poison_fc1_at(7)(step, outer["net"])
+            opt.zero_grad()
+            F.cross_entropy(outer["net"](x), y).backward()
+            opt.step()
+    first = [f for f in monitor.report().findings if f.severity == "error"]
+    assert [(f.kind, f.where, f.step) for f in first] == [("nonfinite_activation", "net.fc1", 7)]
+
+
 # -- the function mode rests between an optimizer step and the next forward -----------------------
 
 
@@ -199,6 +314,27 @@ def test_the_mode_rests_from_a_step_until_the_next_forward():
     assert during == [watch] * 4
     report = monitor.report()
     assert len(report.losses) == 4 and report.backward_passes == 4
+
+
+def test_off_the_stride_the_forward_runs_without_the_mode(short_stride):
+    """What the mode sees inside a forward (ReLU units, a softmax's output) is read on the
+    stride; the loss and backward() that follow are seen at every step."""
+    model, opt, x, y = _mlp_sgd_batch()
+    during: list[object] = []
+    handle = model.fc1.register_forward_hook(lambda *_: during.append(_mode()))
+    before = _mode()
+    try:
+        with torchscope.GradientMonitor(model, optimizer=opt) as monitor:
+            watch = _mode()
+            for _ in range(14):
+                opt.zero_grad()
+                F.cross_entropy(model(x), y).backward()
+                opt.step()
+    finally:
+        handle.remove()
+    assert during == [watch if step in MEASURED else before for step in range(14)]
+    report = monitor.report()
+    assert len(report.losses) == 14 and report.backward_passes == 14
 
 
 def test_a_step_before_backward_keeps_the_mode_for_that_backward():

@@ -252,5 +252,7 @@ class FunctionCalls:
             if tensor.is_floating_point() or tensor.is_complex():
                 value = tensor.detach()
                 value = value if value.dim() == 0 else value.sum()
-                self._losses.append((self._clock(), value.float()))
-                self._signals.on_backward(self._clock(), value.float())
+                value = value if value.dtype == torch.float32 else value.float()
+                clock = self._clock()
+                self._losses.append((clock, value))
+                self._signals.on_backward(clock, value)

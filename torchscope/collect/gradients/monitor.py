@@ -83,6 +83,13 @@ from torchscope.records import GradientReport
 
 __all__ = ["GradientMonitor"]
 
+# Off the stride, a module output of at most this many elements is held (by reference, for
+# the rest of its forward) rather than reduced on the spot; at most this many per forward.
+# Autograd keeps most outputs alive for the backward pass anyway; the bound keeps what the
+# monitor adds small whatever the model.
+HELD_OUTPUT_NUMEL = 1 << 16
+HELD_OUTPUTS = 256
+
 
 def _row_clock(row: _StepRow) -> _Clock:
     return row.clock
@@ -198,7 +205,10 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
         self._rows: Series[_StepRow] = t.new(clock_of=_row_clock, dropped=self._folds.row)
         self._pending: tuple[Any, ...] | None = None
         self._snapshots: dict[int, torch.Tensor] = {}
-        self._forward_checks: list[tuple[str, torch.Tensor]] = []
+        # (module path, its output's max or the output itself, held off the stride with the
+        # version it had; -1 for a max)
+        self._forward_checks: list[tuple[str, torch.Tensor, int]] = []
+        self._forward_measured = True  # the running forward takes the stride's statistics
         self._produced: dict[int, tuple[weakref.ref[torch.Tensor], _Module]] = {}
         self._output_l1: dict[int, torch.Tensor] = {}  # bias index -> sum of |output grad|
         self._eval_pending: list[str] | None = None
@@ -219,7 +229,8 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
         self._cleared_in_window: Series[tuple[_Clock, int]] = t.events("cleared_in_window")
         self._zero_lr: dict[int, _Clock] = {}
         self._group_of: dict[int, int] = {}  # parameter index -> id of its param group
-        self._lr_of: dict[int, float | None] = {}  # parameter index -> its group's lr
+        self._lr_of_group: dict[int, float | None] = {}  # param group id -> its last lr
+        self._plans: dict[int, Any] = {}  # id(optimizer) -> its parameters (optimizer_hooks)
         # per optimizer step: {param group id: (lr, weight_decay)}; plain floats, no device read
         self._lr_trace: Series[tuple[_Clock, dict[int, tuple[float | None, float, bool]]]] = t.new()
         self._optimizer_kind: dict[int, str] = {}  # param group id -> its optimizer's class
@@ -408,7 +419,11 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
     def _on_forward_pre(self, info: _Module, args: tuple[Any, ...]) -> None:
         if torch.compiler.is_compiling():
             return  # nothing in the graph, no guard on this state (see compiled.py)
-        self._wake()  # the mode rests between an optimizer step and the next forward
+        if self._resting and self._measuring():
+            # the mode rests between an optimizer step and the next forward; on a step
+            # whose statistics are not taken it rests through the forward too (what it
+            # sees there is read on measured steps only) and wakes when the forward ends
+            self._wake()
         self._eager_forwards += 1
         # a new outermost call starts a forward: the root's, or a submodule's called directly
         # (Lightning's training_step calling self.net(x)); per-forward counters restart
@@ -420,6 +435,7 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
                 self._stack.clear()
             self._occurrences = {}
             self._last_finished = None
+            self._forward_measured = self._measuring()
         occurrence = self._occurrences.get(info.path, 0)
         self._occurrences[info.path] = occurrence + 1
         self._stack.append(_Call(info, occurrence, self._last_finished))
@@ -469,39 +485,65 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
         if torch.compiler.is_compiling():
             return
         # the statistics below are the monitor's own torch calls: off the mode, each would be
-        # a Python call through FunctionWatch (popped only when it is on top of the stack)
+        # a Python call through FunctionWatch (popped only when it is on top of the stack;
+        # a resting mode is off the stack already)
         mode = self._mode
-        depth = torch._C._len_torch_function_stack()
-        popped = bool(depth) and torch._C._get_function_stack_at(depth - 1) is mode
-        if popped:
-            torch._C._pop_torch_function_stack()
+        popped = False
+        if not self._resting:
+            depth = torch._C._len_torch_function_stack()
+            popped = bool(depth) and torch._C._get_function_stack_at(depth - 1) is mode
+            if popped:
+                torch._C._pop_torch_function_stack()
         try:
             self._after_forward(info, output)
         finally:
             if popped:
                 torch._C._push_on_torch_function_stack(mode)
+        if not self._stack:  # the outermost call is done: the loss and backward() are seen
+            self._wake()
 
     def _after_forward(self, info: _Module, output: Any) -> None:
-        if self._stack and self._stack[-1].info is info:
-            self._stack.pop()
+        stack = self._stack
+        if stack and stack[-1].info is info:
+            stack.pop()
         self._last_finished = info.path
         if not torch.is_grad_enabled():
             return
         # every step: the first non-finite value of a run is named by when it arose
         if info.checks_output:
-            for tensor in _nested.tensors(output):
-                if tensor.is_floating_point():
-                    # a container's output is summed again though it may be its last child's
-                    # very tensor: a write through .data (or a NumPy view) changes the values
-                    # without a new version, and a NaN planted so is named where it was
+            checks = self._forward_checks
+            for tensor in (output,) if type(output) is torch.Tensor else _nested.tensors(output):
+                if not tensor.is_floating_point():
+                    continue
+                if type(tensor) is not torch.Tensor or tensor.layout != torch.strided:
+                    # a sparse, nested or distributed tensor: summed as it is
                     kind = None if tensor.dtype == torch.float64 else torch.float32
-                    self._forward_checks.append((info.path, tensor.detach().sum(dtype=kind)))
-        if info.biases and isinstance(output, torch.Tensor):
+                    checks.append((info.path, tensor.detach().sum(dtype=kind), -1))
+                    continue
+                numel = tensor.numel()
+                if numel == 0:
+                    continue
+                if (
+                    not self._forward_measured
+                    and numel <= HELD_OUTPUT_NUMEL
+                    and len(checks) < HELD_OUTPUTS
+                ):
+                    # off the stride a small output is held, and the maxima of all are taken
+                    # in one fused call when the forward ends (_flush_forward_checks)
+                    checks.append((info.path, tensor, tensor._version))
+                else:
+                    # max, not sum: exact for NaN and +Inf (a sum also overflows), blind to
+                    # -Inf (a mask value). A container's output is checked again though it
+                    # may be its last child's very tensor: a write through .data (or a NumPy
+                    # view) changes the values without a new version, and a NaN planted so
+                    # is named where it was
+                    checks.append((info.path, tensor.detach().amax(), -1))
+        if info.biases and self._forward_measured and isinstance(output, torch.Tensor):
             self._produced[id(output)] = (weakref.ref(output), info)
-            if output.requires_grad and output.is_floating_point() and self._measuring():
+            if output.requires_grad and output.is_floating_point():
                 output.register_hook(lambda grad, info=info: self._on_output_gradient(info, grad))
         if info.module is self._model:
-            for tensor in _nested.tensors(output):
+            for tensor in (output,) if type(output) is torch.Tensor else _nested.tensors(output):
                 if tensor.grad_fn is not None:
                     newest = sequence_nr(tensor.grad_fn)
                     if self._eager_below is None or newest > self._eager_below:
@@ -520,11 +562,24 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
             self._forward_eval = set()
 
     def _flush_forward_checks(self) -> None:
-        if self._forward_checks:
-            paths = tuple(path for path, _ in self._forward_checks)
-            values = torch.stack([value for _, value in self._forward_checks])
-            self._folds.forward((self._clock(), paths, values))
-            self._forward_checks = []
+        """Hand this forward's output maxima, in call order, to the folds (stacked there a
+        few hundred forwards at a time). An output held off the stride is read now: changed
+        in place since its module returned (an in-place ReLU, ``x += y``), it is read as it is
+        now, which is the value it had unless the in-place op made the NaN itself."""
+        checks, self._forward_checks = self._forward_checks, []
+        if not checks:
+            return
+        held = [k for k, (_, _, version) in enumerate(checks) if version >= 0]
+        values: list[tuple[str, torch.Tensor]]
+        if held:
+            with torch.no_grad():
+                maxima = torch._foreach_max([checks[k][1] for k in held])
+            values = [(path, value) for path, value, _ in checks]
+            for k, top in zip(held, maxima, strict=True):
+                values[k] = (checks[k][0], top)
+        else:
+            values = [(path, value) for path, value, _ in checks]
+        self._folds.forward((self._clock(), values))
 
     # -- backward --------------------------------------------------------------------------------
 

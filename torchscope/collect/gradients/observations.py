@@ -270,7 +270,7 @@ def observe(monitor: GradientMonitor) -> Observations:
             cancelled_by=e.cancelled_by,
             held=e.index in held,
             group=m._group_of.get(e.index),
-            lr=m._lr_of.get(e.index),
+            lr=m._lr_of_group.get(m._group_of.get(e.index, -1)),
             zero_lr_at=m._zero_lr.get(e.index),
         )
         for e in m._params

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -33,6 +34,17 @@ if TYPE_CHECKING:
 
 __all__ = ["OptimizerHooks"]
 
+
+@dataclass(frozen=True)
+class _StepPlan:
+    """The monitor's parameters one optimizer holds, by param group."""
+
+    optimizer: weakref.ref[torch.optim.Optimizer]
+    shape: tuple[tuple[int, int, int], ...]  # per group: its id, its params list's id, length
+    held: list[tuple[_Param, Any]]  # (parameter, its group) in the optimizer's order
+    groups: list[tuple[Any, list[_Param]]]  # (group, its parameters)
+
+
 # How far each step moves the weights (a copy of them before the step, the difference after,
 # two norms: four passes over the parameters) is measured on the steps that
 # _state.measured_step picks, like every statistic that reads whole tensors: the kinds that
@@ -50,7 +62,8 @@ class OptimizerHooks:
         _optimizers: dict[int, weakref.ref[torch.optim.Optimizer]]
         _held_indices: set[int]
         _group_of: dict[int, int]
-        _lr_of: dict[int, float | None]
+        _lr_of_group: dict[int, float | None]
+        _plans: dict[int, _StepPlan]
         _optimizer_kind: dict[int, str]
         _zero_lr: dict[int, _Clock]
         _snapshots: dict[int, torch.Tensor]
@@ -90,6 +103,25 @@ class OptimizerHooks:
                     held.append((entry, group))
         return held
 
+    def _plan(self, optimizer: torch.optim.Optimizer) -> _StepPlan:
+        """What a step of ``optimizer`` holds, kept while its param groups stay the same
+        lists (``add_param_group`` or a new ``params`` list makes a new plan)."""
+        shape = tuple((id(g), id(g["params"]), len(g["params"])) for g in optimizer.param_groups)
+        plan = self._plans.get(id(optimizer))
+        if plan is not None and plan.optimizer() is optimizer and plan.shape == shape:
+            return plan
+        held = self._held(optimizer)
+        groups: dict[int, tuple[Any, list[_Param]]] = {}
+        for entry, group in held:
+            groups.setdefault(id(group), (group, []))[1].append(entry)
+            self._group_of[entry.index] = id(group)
+        for group, _ in groups.values():
+            self._optimizer_kind[id(group)] = type(optimizer).__name__
+        self._held_indices.update(entry.index for entry, _ in held)
+        plan = _StepPlan(weakref.ref(optimizer), shape, held, list(groups.values()))
+        self._plans[id(optimizer)] = plan
+        return plan
+
     def _on_step_pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if torch.compiler.is_compiling():
             return  # a compiled training step: observed on its eager samples (compiled.py)
@@ -98,7 +130,8 @@ class OptimizerHooks:
             # tensor attribute the optimizer reads costs a Python call; a closure's forward
             # and backward (LBFGS) are, so the mode stays for those
             self._mode_off()
-        held = self._held(optimizer)
+        plan = self._plan(optimizer)
+        held = plan.held
         if not held:
             return
         if not self._optimizers:  # from now on a step is an optimizer step
@@ -113,33 +146,34 @@ class OptimizerHooks:
             # from now on a step is an optimizer step: counted afresh, kept every one
             self._thinning.stepped = True
             self._thinning.spacing = 1
-        self._optimizers[id(optimizer)] = weakref.ref(optimizer)
+        if id(optimizer) not in self._optimizers:
+            self._optimizers[id(optimizer)] = weakref.ref(optimizer)
+        elif len(self._optimizers) > 1:  # a parameter two optimizers hold: its last group
+            for entry, group in held:
+                self._group_of[entry.index] = id(group)
         # what this step records is of this optimizer's round: its own steps so far, which
         # its measurement stride counts too (thinned rows and measured rows then line up)
         self._round = self._steps_of.get(id(optimizer), 0)
-        self._held_indices.update(entry.index for entry, _ in held)
         clock = self._clock()
-        params = [entry.tensor for entry, _ in held]
-        snapshots = []
         groups: dict[int, tuple[float | None, float, bool]] = {}
-        for entry, group in held:
-            self._group_of[entry.index] = id(group)
+        for group, entries in plan.groups:
             lr = group.get("lr")
             lr = float(lr) if isinstance(lr, (int, float)) else None  # a tensor lr: not read
-            self._lr_of[entry.index] = lr
-            if id(group) not in groups:
-                decay = group.get("weight_decay", 0.0)
-                decoupled = bool(group.get("decoupled_weight_decay", False)) or isinstance(
-                    optimizer, torch.optim.AdamW
-                )
-                groups[id(group)] = (
-                    lr,
-                    float(decay) if isinstance(decay, (int, float)) else 0.0,
-                    decoupled,
-                )
-                self._optimizer_kind[id(group)] = type(optimizer).__name__
-            if lr == 0 and entry.index not in self._zero_lr:
-                self._zero_lr[entry.index] = clock
+            decay = group.get("weight_decay", 0.0)
+            decoupled = bool(group.get("decoupled_weight_decay", False)) or isinstance(
+                optimizer, torch.optim.AdamW
+            )
+            groups[id(group)] = (
+                lr,
+                float(decay) if isinstance(decay, (int, float)) else 0.0,
+                decoupled,
+            )
+            self._lr_of_group[id(group)] = lr
+            if lr == 0:
+                for entry in entries:
+                    if entry.index not in self._zero_lr:
+                        self._zero_lr[entry.index] = clock
+        for entry, _ in held:
             if entry.pending_stale is not None:  # carried over since this optimizer's last step
                 when, leftover = entry.pending_stale
                 grad = entry.tensor.grad
@@ -158,7 +192,9 @@ class OptimizerHooks:
         if not measured_step(self._round):
             self._pending = (optimizer, held, None, (), None)
             return
+        params = [entry.tensor for entry, _ in held]
         shards = [local(p.detach()) for p in params]  # a sharded parameter: its shard
+        snapshots = []
         for (entry, _), param in zip(held, shards, strict=True):
             snap = self._snapshots.get(entry.index)
             if snap is None or snap.shape != param.shape or snap.dtype != param.dtype:

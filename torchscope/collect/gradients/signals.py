@@ -188,7 +188,8 @@ class CallSignals:
         reduction = kwargs.get("reduction", "mean")
         value = None
         if reduction == "mean" and isinstance(out, torch.Tensor) and out.dim() == 0:
-            value = out.detach().float()
+            value = out.detach()
+            value = value if value.dtype == torch.float32 else value.float()
             self._since_backward.append(value)
         self.losses.append(
             LossCall(
@@ -211,8 +212,9 @@ class CallSignals:
         self.wrong_dim.append((clock, name, dim, class_dim, deviation))
 
     def on_backward(self, clock: _Clock, value: torch.Tensor) -> None:
-        if self._since_backward:
-            total = torch.stack(self._since_backward).sum()
+        since = self._since_backward
+        if since:
+            total = since[0] if len(since) == 1 else torch.stack(since).sum()
             self.scaled.append((clock, value, total))
             self._since_backward = []
 
