@@ -846,3 +846,91 @@ def test_skipped_step_at_a_window_boundary_is_not_a_clear_inside_the_window():
                 optimizer.step()
             optimizer.zero_grad()
     assert "grad_accumulation" not in monitor.report().kinds
+
+
+# -- probabilities into a logit loss, ReLU units: read back in report() --------------------------
+
+
+class _Normalised(nn.Module):
+    """Scores made into probabilities without a softmax: positive, divided by their sum."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.fc = nn.Linear(10, CLASSES)
+        self.how = how
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scores = self.fc(x)
+        if self.how == "logits":
+            return scores
+        if self.how == "exp_log_softmax":
+            return scores.log_softmax(dim=1).exp()
+        if self.how == "sum_to_one":
+            positive = scores.abs() + 1e-3
+            return positive / positive.sum(dim=1, keepdim=True)
+        if self.how == "in_range_not_summing":  # in [0, 1], rows not summing to 1
+            return torch.sigmoid(scores) * 0.5
+        # probabilities, one of them NaN: NaN compares false, so not called probabilities
+        probabilities = scores.softmax(dim=1).detach().clone().requires_grad_(True)
+        return probabilities.masked_fill(torch.arange(CLASSES) == 0, math.nan) + 0 * scores
+
+
+@pytest.mark.parametrize(
+    ("how", "named"),
+    [
+        ("logits", False),
+        ("exp_log_softmax", True),
+        ("sum_to_one", True),
+        ("in_range_not_summing", False),
+        ("nan", False),
+    ],
+)
+def test_scores_that_look_like_probabilities_are_named(how, named):
+    torch.manual_seed(0)
+    model = _Normalised(how)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = torch.randn(16, 10), torch.randint(0, CLASSES, (16,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with GradientMonitor(model, optimizer=opt) as monitor:
+            for _ in range(3):
+                opt.zero_grad()
+                F.cross_entropy(model(x), y).backward()
+                opt.step()
+    kinds = monitor.report().kinds
+    assert ("softmax_into_cross_entropy" in kinds) == named
+
+
+def test_a_relu_unit_is_dead_only_when_it_never_fired_and_never_was_nan():
+    """Three units: one that fires on one step only, one that never fires, one NaN on one
+    step (not known to be dead): only the second is dead."""
+    torch.manual_seed(0)
+    bias = nn.Parameter(torch.tensor([-1.0, -1.0, -1.0]))
+
+    class Units(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bias = bias
+            self.calls = 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.calls += 1
+            shift = torch.zeros(3)
+            if self.calls == 2:
+                shift = torch.tensor([2.0, 0.0, math.nan])
+            return F.relu(x * 0 + self.bias + shift).sum(dim=1, keepdim=True) + x[:, :1]
+
+    model = Units()
+    x = torch.randn(8, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with GradientMonitor(model) as monitor:
+            for _ in range(4):
+                model.zero_grad()
+                model(x).pow(2).mean().backward()
+    (site,) = monitor._relu_sites.values()
+    assert (~(site.top <= 0)).tolist() == [True, False, True]
+    from torchscope.collect.gradients.observations import observe
+
+    (view,) = observe(monitor).relu_sites
+    assert (view.units, view.fired_units) == (3, 2)

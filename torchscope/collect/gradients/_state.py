@@ -148,11 +148,11 @@ class _Call:
 
 
 class _ReluSite:
-    __slots__ = ("fired", "name", "observations")
+    __slots__ = ("name", "observations", "top")
 
-    def __init__(self, name: str, fired: torch.Tensor) -> None:
+    def __init__(self, name: str, top: torch.Tensor) -> None:
         self.name = name
-        self.fired = fired  # bool per unit, on the device
+        self.top = top  # the max output per unit so far, on the device: fired if > 0 or NaN
         self.observations = 0  # per unit
 
 
@@ -226,6 +226,10 @@ def _grad_key(param: torch.Tensor) -> GradKey | None:
 # elements per chunk of a CPU L1 norm: large enough that Python's share is small, small
 # enough that the temporary |x| stays in cache
 _L1_CHUNK = 1 << 18
+# on the CPU, tensors up to this many elements get their L1 norm from one fused call (per
+# tensor on one thread: 1.9 µs at 1,024 elements against 3.1 for abs().sum(); at 4,096 the
+# fused order-1 kernel, which is not vectorised, is the slower, 4.6 against 3.5)
+_FUSED_L1_NUMEL = 1 << 11
 
 
 def l1_norm(tensor: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -236,6 +240,8 @@ def l1_norm(tensor: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Ten
     if tensor.device.type != "cpu":
         return torch.linalg.vector_norm(tensor, ord=1, dtype=dtype)
     flat = tensor.reshape(-1)
+    if flat.numel() <= _FUSED_L1_NUMEL:  # one call: the slow kernel is not slow yet
+        return torch.linalg.vector_norm(flat, ord=1, dtype=dtype)
     if flat.numel() <= _L1_CHUNK:
         return flat.abs().sum(dtype=dtype)
     return torch.stack([c.abs().sum(dtype=dtype) for c in flat.split(_L1_CHUNK)]).sum()
@@ -253,8 +259,7 @@ def _max_abs(values: Sequence[torch.Tensor]) -> torch.Tensor:
     """max |x| of each tensor as one float32 tensor; NaN propagates, an empty tensor gives 0."""
     sizes = [v.numel() for v in values]
     if all(0 < n <= _FUSED_MAX_NUMEL for n in sizes):  # small models: one fused pass
-        top = torch.stack(torch._foreach_max(torch._foreach_abs(list(values))))
-        return top if top.dtype == torch.float32 else top.float()
+        return _float32(torch.stack(torch._foreach_max(torch._foreach_abs(list(values)))))
     out: list[torch.Tensor | None] = [None] * len(values)
     small = [k for k, n in enumerate(sizes) if 0 < n <= _FUSED_MAX_NUMEL]
     if small:
@@ -322,7 +327,7 @@ def _norm_rows(
             elif o == 1.0 and dev.type == "cpu":
                 rows.append(_cpu_l1(values, kind))
             else:
-                rows.append(torch.stack(torch._foreach_norm(values, o, dtype=kind)).float())
+                rows.append(_float32(torch.stack(torch._foreach_norm(values, o, dtype=kind))))
         block = torch.stack(rows) if len(rows) > 1 else rows[0].unsqueeze(0)
         device = device or dev
         blocks.append(block if dev == device else block.to(device))  # multi-device models only
@@ -330,17 +335,15 @@ def _norm_rows(
     return tuple(order_out), torch.cat(blocks, dim=1) if len(blocks) > 1 else blocks[0]
 
 
-# on the CPU, tensors up to this many elements get their L1 norm from one fused call (per
-# tensor on one thread: 1.9 µs at 1,024 elements against 3.1 for abs().sum(); at 4,096 the
-# fused order-1 kernel, which is not vectorised, is the slower, 4.6 against 3.5)
-_FUSED_L1_NUMEL = 1 << 11
-
-
 def _cpu_l1(values: list[torch.Tensor], kind: torch.dtype | None) -> torch.Tensor:
     sizes = [v.numel() for v in values]
     if all(n <= _FUSED_L1_NUMEL for n in sizes):
-        return torch.stack(torch._foreach_norm(values, 1, dtype=kind)).float()
-    return torch.stack([l1_norm(v, kind) for v in values]).float()
+        return _float32(torch.stack(torch._foreach_norm(values, 1, dtype=kind)))
+    return _float32(torch.stack([l1_norm(v, kind) for v in values]))
+
+
+def _float32(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor if tensor.dtype == torch.float32 else tensor.float()
 
 
 def _unit_dims(tensor: torch.Tensor) -> tuple[int, ...] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -198,15 +199,15 @@ class FunctionCalls:
         if values.dim() >= 4:  # feature maps: a unit has H*W chances per sample to fire, so
             # four samples of each batch are plenty, and a contiguous slice is cheap to read
             values = values[:4]
-        fired = ~(values.amax(dim=dims) <= 0)  # NaN: not known to be dead
-        key = (key_name, fired.numel())
+        top = values.amax(dim=dims)  # a unit fired when its max is > 0 (or NaN: not dead)
+        key = (key_name, top.numel())
         site = self._relu_sites.get(key)
         if site is None:
             name = f"{key_name} (after {after})" if after else key_name
-            self._relu_sites[key] = site = _ReluSite(name, fired)
+            self._relu_sites[key] = site = _ReluSite(name, top)
         else:
-            site.fired = site.fired | fired
-        site.observations += values.numel() // max(fired.numel(), 1)
+            torch.maximum(site.top, top, out=site.top)  # NaN propagates
+        site.observations += values.numel() // max(top.numel(), 1)
 
     def _on_squash(self, function: str, out: Any) -> None:
         if self._backwards >= SATURATION_WINDOW:
@@ -236,12 +237,11 @@ class FunctionCalls:
             return
         s = scores.detach()
         class_dim = 1 if s.dim() >= 2 else 0
-        looks_like_probabilities = (
-            (s.amin() >= 0)
-            & (s.amax() <= 1)
-            & ((s.sum(dim=class_dim) - 1).abs().amax() <= self.thresholds.softmax_tolerance)
-        )
-        self._probability_inputs.append((self._clock(), loss_name, looks_like_probabilities))
+        # min, max, and how far the sums over the classes are from 1: judged in observe()
+        low, high = torch.aminmax(s)
+        off = torch.linalg.vector_norm(s.sum(dim=class_dim) - 1, ord=math.inf)
+        range_and_sums = torch.stack([low.to(off.dtype), high.to(off.dtype), off])
+        self._probability_inputs.append((self._clock(), loss_name, range_and_sums))
 
     def _on_backward_call(self, tensors: Any) -> None:
         self._backward_calls += 1

@@ -191,8 +191,9 @@ class Folds:
 
     def __init__(self) -> None:
         self._rows: list[_StepRow] = []
-        # per forward: (its clock, [(module path, the sum of its output)]), in call order
-        self._forwards: list[tuple[_Clock, list[tuple[str, torch.Tensor]]]] = []
+        # per forward: its clock, the modules whose outputs were read, in call order, and the
+        # max of each output (0-d tensors)
+        self._forwards: list[tuple[_Clock, list[str], list[torch.Tensor]]] = []
         self._losses: list[tuple[_Clock, torch.Tensor]] = []
         # per parameter index, over the dropped rows: steps whose max |grad| was finite, and
         # finite and non-zero
@@ -208,7 +209,7 @@ class Folds:
         if len(self._rows) >= FOLD_EVERY:
             self._fold_rows()
 
-    def forward(self, entry: tuple[_Clock, list[tuple[str, torch.Tensor]]]) -> None:
+    def forward(self, entry: tuple[_Clock, list[str], list[torch.Tensor]]) -> None:
         self._forwards.append(entry)
         if len(self._forwards) >= FOLD_EVERY:
             self._fold_forwards()
@@ -253,22 +254,23 @@ class Folds:
         forwards, self._forwards = self._forwards, []
         if not forwards:
             return
-        checked = [v for _, checks in forwards for _, v in checks]
-        if any(v.dtype != checked[0].dtype for v in checked):  # mixed precisions
+        checked = [v for _, _, maxima in forwards for v in maxima]
+        dtype = checked[0].dtype
+        if any(v.dtype != dtype for v in checked):  # mixed precisions
             checked = [v.double() for v in checked]
         values = _to_host(checked, stack=True)
         bad = (values.isnan() | (values == torch.inf)).nonzero()
         if not len(bad):
             return
-        ends = torch.tensor([len(checks) for _, checks in forwards]).cumsum(0)
+        ends = torch.tensor([len(paths) for _, paths, _ in forwards]).cumsum(0)
         k = int(torch.searchsorted(ends, int(bad[0]), right=True))  # forwards come in order
-        clock, checks = forwards[k]
+        clock, paths, _ = forwards[k]
         if self.first_forward is None or _order(clock) < _order(self.first_forward[0]):
             end = int(ends[k])
             self.first_forward = (
                 clock,
-                tuple(path for path, _ in checks),
-                tuple(values[end - len(checks) : end].tolist()),
+                tuple(paths),
+                tuple(values[end - len(paths) : end].tolist()),
             )
 
     def _fold_losses(self) -> None:

@@ -183,6 +183,7 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
         self._last_finished: str | None = None
         self._steps = 0
         self._round = 0  # the round of optimizer steps the clock carries (_Clock.round)
+        self._last_clock = _Clock(0, 0, 0)
         self._backwards = 0
         self._backward_calls = 0
         self._backwards_since_step = 0
@@ -409,7 +410,14 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
     # -- forward ---------------------------------------------------------------------------------
 
     def _clock(self) -> _Clock:
-        return _Clock(self._steps, self._backwards, self._round)
+        clock = self._last_clock  # read several times a step: made once per change
+        if (
+            clock.step != self._steps
+            or clock.backward != self._backwards
+            or clock.round != self._round
+        ):
+            clock = self._last_clock = _Clock(self._steps, self._backwards, self._round)
+        return clock
 
     def _measuring(self) -> bool:
         """Whether this step's tensor statistics are taken (``_state.measured_step``): a step
@@ -569,17 +577,22 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
         checks, self._forward_checks = self._forward_checks, []
         if not checks:
             return
+        paths = [path for path, _, _ in checks]
+        values = [value for _, value, _ in checks]
         held = [k for k, (_, _, version) in enumerate(checks) if version >= 0]
-        values: list[tuple[str, torch.Tensor]]
         if held:
-            with torch.no_grad():
-                maxima = torch._foreach_max([checks[k][1] for k in held])
-            values = [(path, value) for path, value, _ in checks]
-            for k, top in zip(held, maxima, strict=True):
-                values[k] = (checks[k][0], top)
-        else:
-            values = [(path, value) for path, value, _ in checks]
-        self._folds.forward((self._clock(), values))
+            enabled = torch.is_grad_enabled()
+            torch._C._set_grad_enabled(False)  # torch.no_grad() costs more than the call
+            try:
+                if len(held) == len(values):  # off the stride, the usual case
+                    values = list(torch._foreach_max(values))
+                else:
+                    maxima = torch._foreach_max([values[k] for k in held])
+                    for k, top in zip(held, maxima, strict=True):
+                        values[k] = top
+            finally:
+                torch._C._set_grad_enabled(enabled)
+        self._folds.forward((self._clock(), paths, values))
 
     # -- backward --------------------------------------------------------------------------------
 
@@ -591,7 +604,8 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
             return
         # half precision sums in float32
         wide = torch.float32 if grad.dtype in (torch.float16, torch.bfloat16) else None
-        scale = l1_norm(grad.detach(), wide).float()
+        scale = l1_norm(grad.detach(), wide)
+        scale = scale if scale.dtype == torch.float32 else scale.float()
         for bias in info.biases:
             previous = self._output_l1.get(bias.index)
             self._output_l1[bias.index] = scale if previous is None else previous + scale

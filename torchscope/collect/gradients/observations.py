@@ -218,6 +218,13 @@ def _read(values: list[torch.Tensor | float | None]) -> list[float | None]:
     ]
 
 
+def _probabilities(range_and_sums: list[float], tolerance: float) -> bool:
+    """Scores in [0, 1] whose sums over the classes are 1 (NaN compares false): ``[min, max,
+    max |sum - 1|]``."""
+    low, high, off = range_and_sums
+    return low >= 0 and high <= 1 and off <= tolerance
+
+
 def _step_view(r: _StepRow, frozen_at: dict[int, frozenset[int]]) -> StepView:
     grad = r.grad_stats.detach().cpu().tolist() if r.grad_index else [[], [], []]
     if len(grad) == 1:  # a step not measured: max |grad| only
@@ -282,12 +289,20 @@ def observe(monitor: GradientMonitor) -> Observations:
     dropped_row = folds.first_row
     losses: list[float] = _floats(torch.stack([v for _, v in m._losses]).cpu()) if m._losses else []
     relu_sites = tuple(
-        ReluView(s.name, s.fired.numel(), int(s.fired.sum()), s.observations)
+        ReluView(s.name, s.top.numel(), int((~(s.top <= 0)).sum()), s.observations)
         for s in m._relu_sites.values()
     )
+    tolerance = m.thresholds.softmax_tolerance
+    measured = [r for _, _, r in m._probability_inputs if r is not None]
+    device = measured[0].device if measured else None
+    read = iter(
+        torch.stack([r.float().to(device) for r in measured]).cpu().tolist() if measured else []
+    )
     probability_inputs = tuple(
-        (clock, name, flag is None, flag is None or bool(flag))
-        for clock, name, flag in m._probability_inputs
+        (clock, name, True, True)
+        if r is None  # a softmax's very output
+        else (clock, name, False, _probabilities(next(read), tolerance))
+        for clock, name, r in m._probability_inputs
     )
     s = m._signals
     loss_values = _read([c.value for c in s.losses])

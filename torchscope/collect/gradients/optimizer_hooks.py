@@ -186,9 +186,9 @@ class OptimizerHooks:
                     self._stale.append((when, entry.index, leftover))
                 entry.pending_stale = None
         self._lr_trace.append((clock, groups))
-        frozen = frozenset(e.index for e, _ in held if not e.tensor.requires_grad)
+        frozen = [e.index for e, _ in held if not e.tensor.requires_grad]
         if frozen:
-            self._frozen_at_step.append((clock, frozen))
+            self._frozen_at_step.append((clock, frozenset(frozen)))
         if not measured_step(self._round):
             self._pending = (optimizer, held, None, (), None)
             return
