@@ -10,11 +10,12 @@ it runs bare, inside the monitor as it is, and inside the monitor with some of i
 replaced by ones that do nothing (the mode is still entered and left around each step):
 
 - every hook a no-op: what calling the hooks costs (module pre/post hooks, gradient hooks,
-  the optimizer's pre/post hooks, the function mode's watched calls); and the same with the
-  function mode left resting through the forward and backward (it rests from each step):
-  what the mode's pass-through of every torch call costs;
+  the optimizer's pre/post hooks, the function mode's watched calls; the mode rests through
+  the forward and wakes for the loss and backward(), as the monitor's does off the stride);
+  and the same with the mode never woken: what its pass-through of the loss's and
+  backward()'s calls costs;
 - the forward's hooks a no-op (module pre/post hooks and ReLU sites): what the rest costs;
-- without the max |grad| row off the stride, or without the module output sums: what each of
+- without the max |grad| row off the stride, or without the module output maxima: what each of
   those per-step parts costs.
 
 The ablations monkeypatch private methods; they measure, they are not ways to run the
@@ -47,8 +48,9 @@ def _nothing(*args: Any, **kwargs: Any) -> None:
     return None
 
 
-def _pre_hook_waking(monitor: Any, info: Any, args: Any) -> None:
-    monitor._wake()  # the mode still comes back for the forward
+def _post_hook_waking(monitor: Any, info: Any, output: Any) -> None:
+    if info.module is monitor._model:
+        monitor._wake()  # as the monitor does: the mode is back for the loss and backward()
 
 
 def _step_pre_leaving(monitor: Any, optimizer: Any, args: Any, kwargs: Any) -> None:
@@ -68,7 +70,7 @@ def _max_grad_on_the_stride_only(original: Callable[..., Any]) -> Callable[..., 
     return row
 
 
-def _after_forward_without_sums(monitor: Any, info: Any, output: Any) -> None:
+def _after_forward_without_maxima(monitor: Any, info: Any, output: Any) -> None:
     if monitor._stack and monitor._stack[-1].info is info:
         monitor._stack.pop()
     monitor._last_finished = info.path
@@ -78,8 +80,8 @@ def _after_forward_without_sums(monitor: Any, info: Any, output: Any) -> None:
 
 def variants() -> dict[str, dict[str, Callable[..., Any]]]:
     forward = {
-        "_on_forward_pre": _pre_hook_waking,
-        "_on_forward": _nothing,
+        "_on_forward_pre": _nothing,
+        "_on_forward": _post_hook_waking,
         "_on_relu": _nothing,
     }
     hooks = {
@@ -93,12 +95,12 @@ def variants() -> dict[str, dict[str, Callable[..., Any]]]:
     return {
         "the monitor as it is": {},
         "every hook a no-op": hooks,
-        "every hook a no-op, the mode never woken": {**hooks, "_on_forward_pre": _nothing},
+        "every hook a no-op, the mode never woken": {**hooks, "_on_forward": _nothing},
         "the forward's hooks a no-op": forward,
         "without the max |grad| row off the stride": {
             "_gradient_row": _max_grad_on_the_stride_only(GradientMonitor._gradient_row)
         },
-        "without the module output sums": {"_after_forward": _after_forward_without_sums},
+        "without the module output maxima": {"_after_forward": _after_forward_without_maxima},
     }
 
 
