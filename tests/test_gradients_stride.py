@@ -290,28 +290,42 @@ def _mlp_sgd_batch() -> tuple[MLP, torch.optim.SGD, torch.Tensor, torch.Tensor]:
     return model, optimizer, torch.randn(8, 10), torch.randint(0, CLASSES, (8,))
 
 
-def test_the_mode_rests_from_a_step_until_the_next_forward():
+def _modes_inside_fc1(steps: int, *, then_forward: bool = False):
+    """Train the MLP ``steps`` steps in a monitor, recording the mode on top of the stack
+    inside each fc1 forward and after each step; ``then_forward``: one more forward and
+    backward with no step after. Returns (the modes in fc1, after each step, after the last
+    backward), the mode before the monitor, the monitor's, and the monitor."""
     model, opt, x, y = _mlp_sgd_batch()
-    during: list[object] = []
-    handle = model.fc1.register_forward_hook(lambda *_: during.append(_mode()))
+    inside: list[object] = []
+    after_steps: list[object] = []
+    handle = model.fc1.register_forward_hook(lambda *_: inside.append(_mode()))
     before = _mode()
+    last = None
     try:
         with torchscope.GradientMonitor(model, optimizer=opt) as monitor:
             watch = _mode()
-            assert watch is not None and watch is not before
-            for _ in range(3):
+            for _ in range(steps):
                 opt.zero_grad()
                 F.cross_entropy(model(x), y).backward()
                 opt.step()
-                # zero_grad, a scheduler, the DataLoader's indexing: none goes through it
-                assert _mode() is before
-            # a loss computed after the forward and its backward are still seen
-            F.cross_entropy(model(x), y).backward()
-            assert _mode() is watch
+                after_steps.append(_mode())
+            if then_forward:
+                F.cross_entropy(model(x), y).backward()
+                last = _mode()
     finally:
         handle.remove()
     assert _mode() is before  # the stack is left as found, resting or not
-    assert during == [watch] * 4
+    return (inside, after_steps, last), before, watch, monitor
+
+
+def test_the_mode_rests_from_a_step_until_the_next_forward():
+    (inside, after_steps, last), before, watch, monitor = _modes_inside_fc1(3, then_forward=True)
+    assert watch is not None and watch is not before
+    # zero_grad, a scheduler, the DataLoader's indexing: none goes through it
+    assert after_steps == [before] * 3
+    # a loss computed after the forward and its backward are still seen
+    assert last is watch
+    assert inside == [watch] * 4
     report = monitor.report()
     assert len(report.losses) == 4 and report.backward_passes == 4
 
@@ -319,20 +333,9 @@ def test_the_mode_rests_from_a_step_until_the_next_forward():
 def test_off_the_stride_the_forward_runs_without_the_mode(short_stride):
     """What the mode sees inside a forward (ReLU units, a softmax's output) is read on the
     stride; the loss and backward() that follow are seen at every step."""
-    model, opt, x, y = _mlp_sgd_batch()
-    during: list[object] = []
-    handle = model.fc1.register_forward_hook(lambda *_: during.append(_mode()))
-    before = _mode()
-    try:
-        with torchscope.GradientMonitor(model, optimizer=opt) as monitor:
-            watch = _mode()
-            for _ in range(14):
-                opt.zero_grad()
-                F.cross_entropy(model(x), y).backward()
-                opt.step()
-    finally:
-        handle.remove()
-    assert during == [watch if step in MEASURED else before for step in range(14)]
+    (inside, after_steps, _), before, watch, monitor = _modes_inside_fc1(14)
+    assert inside == [watch if step in MEASURED else before for step in range(14)]
+    assert after_steps == [before] * 14
     report = monitor.report()
     assert len(report.losses) == 14 and report.backward_passes == 14
 
