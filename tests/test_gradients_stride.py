@@ -276,6 +276,208 @@ def test_a_submodule_called_alone_off_the_stride_is_read_at_the_end_of_its_backw
     assert [(f.kind, f.where, f.step) for f in first] == [("nonfinite_activation", "net.fc1", 7)]
 
 
+class _PlantsInPlace(nn.Module):
+    """A layer whose output the forward fills in place with +Inf or NaN where a mask is on,
+    then reduces so that those values never flow on (masked_fill_ before an amin, NaN
+    before a nanmean): a legitimate use, nothing to report."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.fc = nn.Linear(10, 8)
+        self.head = nn.Linear(1, CLASSES)
+        self.value = value
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d = self.fc(x)
+        mask = torch.arange(8) < 2
+        if math.isnan(self.value):
+            d[:, mask] = math.nan
+            pooled = d.nanmean(dim=1, keepdim=True)
+        else:
+            pooled = d.masked_fill_(mask, self.value).amin(dim=1, keepdim=True)
+        return self.head(pooled)
+
+
+@pytest.mark.parametrize("value", [math.inf, math.nan])
+def test_inf_or_nan_written_in_place_and_never_read_is_no_finding(short_stride, value):
+    findings = _train(_PlantsInPlace(value), 14).report().findings
+    assert not [f for f in findings if f.kind.startswith("nonfinite")]
+
+
+class _CachedTable(nn.Module):
+    """Returns a table it built under torch.inference_mode() (a positional cache): an
+    inference tensor, which has no version counter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table: torch.Tensor | None = None
+
+    def forward(self, n: int) -> torch.Tensor:
+        if self.table is None:
+            with torch.inference_mode():
+                self.table = torch.linspace(0, 1, 10).expand(n, 10).contiguous()
+        return self.table
+
+
+class _WithTable(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.pos = _CachedTable()
+        self.fc = nn.Linear(10, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x + self.pos(x.shape[0]))
+
+
+def test_a_module_returning_an_inference_tensor_is_read_off_the_stride(short_stride):
+    report = _train(_WithTable(), 14).report()
+    assert report.steps == 14 and not report.findings
+
+
+class _Body(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(10, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] == 3:
+            raise ValueError("a bad batch")
+        return self.fc(x)
+
+
+class _CallsItsBody(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = _Body()
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:  # not forward: the root's hooks stay out
+        return self.body(x)
+
+
+def test_a_forward_that_raised_leaves_nothing_behind(short_stride):
+    """A loop that calls a submodule (never the root), where one batch raises inside it and
+    is skipped: the next forward starts afresh (the mode still sees every loss), and the
+    outputs the failed forward held are let go when the next forward begins."""
+    torch.manual_seed(0)
+    model = _CallsItsBody()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(16, 10), torch.randint(0, CLASSES, (16,))
+    with torchscope.GradientMonitor(model, optimizer=opt) as monitor:
+        for step in range(12):
+            if step in (5, 7):  # off the stride: the body's output is held when it raises
+                with pytest.raises(ValueError):
+                    model.logits(torch.randn(3, 10))
+            opt.zero_grad()
+            loss = F.cross_entropy(model.logits(x), y)
+            # this forward's outputs only (held to the end of its backward: no root ends
+            # it); the failed batch's were read when this forward began
+            assert all(v.dim() == 0 or len(v) == 16 for _, v, _ in monitor._forward_checks)
+            if step == 10:  # off the stride
+                loss = loss * math.nan
+            loss.backward()
+            opt.step()
+    assert len(monitor._losses) == 12
+    first = [f for f in monitor.report().findings if f.severity == "error"]
+    assert [(f.kind, f.step) for f in first] == [("nonfinite_loss", 10)]
+
+
+class _RaisesAfterFc1(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(10, 64)
+        self.fc2 = nn.Linear(64, CLASSES)
+        self.fail = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc1(x)
+        if self.fail:
+            raise RuntimeError("out of memory (as a loop might catch it)")
+        return self.fc2(h)
+
+
+def test_outputs_held_by_a_forward_that_raised_are_let_go(short_stride):
+    torch.manual_seed(0)
+    model = _RaisesAfterFc1()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(16, 10), torch.randint(0, CLASSES, (16,))
+    outputs: list[weakref.ref[torch.Tensor]] = []
+    model.fc1.register_forward_hook(lambda m, a, out: outputs.append(weakref.ref(out)))
+    failed = None
+    with torchscope.GradientMonitor(model, optimizer=opt) as monitor:
+        for step in range(8):
+            model.fail = step in (5, 7)  # both off the stride; 7 is the last step
+            opt.zero_grad()
+            try:
+                loss = F.cross_entropy(model(x), y)
+            except RuntimeError:
+                failed = outputs[-1]
+                assert monitor._forward_checks  # held, as the forward did not end
+                continue
+            if step == 6:  # step 5's fc1 output was read when this forward began
+                gc.collect()
+                assert failed is not None and failed() is None
+            loss.backward()
+            opt.step()
+    gc.collect()
+    assert outputs[-1]() is None  # step 7's: read when the with block ended
+    assert monitor._forward_checks == []
+
+
+def test_a_params_list_edited_in_place_is_followed(short_stride):
+    """Stage 2 of a run trains the head instead of the first layer, by editing the
+    optimizer's params list in place (the same list, the same length)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 16), nn.Tanh(), nn.Linear(16, CLASSES))
+    opt = torch.optim.SGD(model[0].parameters(), lr=0.1)
+    x, y = torch.randn(32, 10), torch.randint(0, CLASSES, (32,))
+    with torchscope.GradientMonitor(model, optimizer=opt) as monitor:
+        for step in range(14):
+            if step == 5:
+                opt.param_groups[0]["params"][:] = [model[2].weight, model[2].bias]
+                opt.state.clear()
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+    report = monitor.report()
+    assert not [f for f in report.findings if f.severity == "error"], report.findings
+    held = {e.name for e in monitor._params if e.index in monitor._held_indices}
+    assert held == {"0.weight", "0.bias", "2.weight", "2.bias"}
+
+
+class _LossInside(nn.Module):
+    """Computes its own loss when given labels (the Hugging Face way)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(10, 8)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self.fc(x), labels)
+
+
+@pytest.mark.parametrize("learnable", [False, True])
+def test_a_loss_computed_inside_the_forward_is_judged_over_every_step(short_stride, learnable):
+    """Off the stride the mode rests through the forward, so the loss function's calls are
+    seen on measured steps only; the value handed to backward() stands for the others."""
+    torch.manual_seed(0)
+    model = _LossInside()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    x = torch.randn(64, 10)
+    y = x[:, :8].argmax(dim=1) if learnable else torch.randint(0, 8, (64,))
+    with torchscope.GradientMonitor(model, optimizer=opt) as monitor:
+        for _ in range(60):
+            opt.zero_grad()
+            model(torch.randn(64, 10) if not learnable else x, y).backward()
+            opt.step()
+    report = monitor.report()
+    chance = [f for f in report.findings if f.kind == "loss_at_chance"]
+    if learnable:
+        assert not chance
+    else:
+        (finding,) = chance
+        assert "of 60 steps" in finding.message
+
+
 # -- the function mode rests between an optimizer step and the next forward -----------------------
 
 

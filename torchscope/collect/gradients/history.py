@@ -22,6 +22,7 @@ was non-zero. Dropped entries are read back from the device in batches of
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -163,6 +164,28 @@ def _order(clock: _Clock) -> tuple[int, int]:
     return (clock.backward, clock.step)
 
 
+def _bad(value: float) -> bool:
+    """NaN or +Inf in a module output (-Inf is a legitimate mask value)."""
+    return value != value or value == math.inf
+
+
+def _carried(values: list[float], changed: tuple[int, ...]) -> list[float]:
+    """One forward's output maxima, where an output changed in place after its module
+    returned (read at the end of the forward) counts as bad only when a later output is bad
+    too: the in-place op carried the NaN on (an in-place ReLU), rather than wrote an Inf or a
+    NaN that nothing after it reads (``masked_fill_(mask, inf)`` before an ``amin``)."""
+    if not changed:
+        return values
+    values = list(values)
+    later = False
+    for k in range(len(values) - 1, -1, -1):
+        bad = _bad(values[k])
+        if bad and not later and k in changed:
+            values[k], bad = 0.0, False
+        later = later or bad
+    return values
+
+
 def _to_host(tensors: list[torch.Tensor], *, stack: bool) -> torch.Tensor:
     """Many small device tensors (stacked: of one shape; else 1-D, concatenated) as one
     float64 CPU tensor, in one copy."""
@@ -191,9 +214,10 @@ class Folds:
 
     def __init__(self) -> None:
         self._rows: list[_StepRow] = []
-        # per forward: its clock, the modules whose outputs were read, in call order, and the
-        # max of each output (0-d tensors)
-        self._forwards: list[tuple[_Clock, list[str], list[torch.Tensor]]] = []
+        # per forward: its clock, the modules whose outputs were read, in call order, the
+        # max of each output (0-d tensors), and which of them were changed in place after
+        # their module returned (read at the end of the forward)
+        self._forwards: list[tuple[_Clock, list[str], list[torch.Tensor], tuple[int, ...]]] = []
         self._losses: list[tuple[_Clock, torch.Tensor]] = []
         # per parameter index, over the dropped rows: steps whose max |grad| was finite, and
         # finite and non-zero
@@ -209,7 +233,7 @@ class Folds:
         if len(self._rows) >= FOLD_EVERY:
             self._fold_rows()
 
-    def forward(self, entry: tuple[_Clock, list[str], list[torch.Tensor]]) -> None:
+    def forward(self, entry: tuple[_Clock, list[str], list[torch.Tensor], tuple[int, ...]]) -> None:
         self._forwards.append(entry)
         if len(self._forwards) >= FOLD_EVERY:
             self._fold_forwards()
@@ -254,24 +278,20 @@ class Folds:
         forwards, self._forwards = self._forwards, []
         if not forwards:
             return
-        checked = [v for _, _, maxima in forwards for v in maxima]
+        checked = [v for _, _, maxima, _ in forwards for v in maxima]
         dtype = checked[0].dtype
         if any(v.dtype != dtype for v in checked):  # mixed precisions
             checked = [v.double() for v in checked]
-        values = _to_host(checked, stack=True)
-        bad = (values.isnan() | (values == torch.inf)).nonzero()
-        if not len(bad):
-            return
-        ends = torch.tensor([len(paths) for _, paths, _ in forwards]).cumsum(0)
-        k = int(torch.searchsorted(ends, int(bad[0]), right=True))  # forwards come in order
-        clock, paths, _ = forwards[k]
-        if self.first_forward is None or _order(clock) < _order(self.first_forward[0]):
-            end = int(ends[k])
-            self.first_forward = (
-                clock,
-                tuple(paths),
-                tuple(values[end - len(paths) : end].tolist()),
-            )
+        values = _to_host(checked, stack=True).tolist()
+        start = 0
+        for clock, paths, _, changed in forwards:  # in order: the first bad one is kept
+            end = start + len(paths)
+            mine, start = _carried(values[start:end], changed), end
+            if not any(_bad(v) for v in mine):
+                continue
+            if self.first_forward is None or _order(clock) < _order(self.first_forward[0]):
+                self.first_forward = (clock, tuple(paths), tuple(mine))
+            break
 
     def _fold_losses(self) -> None:
         losses, self._losses = self._losses, []

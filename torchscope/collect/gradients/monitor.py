@@ -207,7 +207,7 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
         self._pending: tuple[Any, ...] | None = None
         self._snapshots: dict[int, torch.Tensor] = {}
         # (module path, its output's max or the output itself, held off the stride with the
-        # version it had; -1 for a max)
+        # version it had when its module returned; -1 for a max)
         self._forward_checks: list[tuple[str, torch.Tensor, int]] = []
         self._forward_measured = True  # the running forward takes the stride's statistics
         self._produced: dict[int, tuple[weakref.ref[torch.Tensor], _Module]] = {}
@@ -281,7 +281,10 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
-        self._detach()
+        try:
+            self._flush_forward_checks()  # outputs a forward that raised left held
+        finally:
+            self._detach()
         # What the loop did is fixed now: a report taken later must not depend on objects the
         # loop has dropped since (its optimizer) or on later changes to the model. Only host
         # state is copied here; the device statistics are read once, by report().
@@ -308,6 +311,7 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
             self._resting = False
             self._active = False
             self._snapshots.clear()
+            self._plans.clear()  # they hold the optimizers' param groups
             self._stack.clear()
             self._backward_roots = []
             self._produced.clear()
@@ -435,12 +439,20 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
         self._eager_forwards += 1
         # a new outermost call starts a forward: the root's, or a submodule's called directly
         # (Lightning's training_step calling self.net(x)); per-forward counters restart
-        if info.module is self._model or not self._stack:
-            # entries left by a forward that raised half way (the post-hooks are not
-            # always_call: under torch.compile that would guard on each hook's id and
-            # recompile at every monitor entry)
-            if info.module is self._model:
-                self._stack.clear()
+        stack = self._stack
+        if stack and info.module is not self._model:
+            # a module already on the stack is called again: a forward of it raised half
+            # way and left its entries (the post-hooks are not always_call: under
+            # torch.compile that would guard on each hook's id and recompile at every
+            # monitor entry), or it calls itself; either way a forward starts here
+            for depth, call in enumerate(stack):
+                if call.info is info:
+                    del stack[depth:]
+                    break
+        if info.module is self._model or not stack:
+            # and the outputs a forward that raised held: read now
+            stack.clear()
+            self._flush_forward_checks()
             self._occurrences = {}
             self._last_finished = None
             self._forward_measured = self._measuring()
@@ -524,10 +536,12 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
                 if not tensor.is_floating_point():
                     continue
                 if type(tensor) is not torch.Tensor or tensor.layout != torch.strided:
-                    # a sparse, nested or distributed tensor: summed as it is
+                    # a sparse, jagged or distributed tensor: summed as it is
                     kind = None if tensor.dtype == torch.float64 else torch.float32
                     checks.append((info.path, tensor.detach().sum(dtype=kind), -1))
                     continue
+                if tensor.is_nested:
+                    continue  # a strided nested tensor: no reduction of it works
                 numel = tensor.numel()
                 if numel == 0:
                     continue
@@ -535,6 +549,7 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
                     not self._forward_measured
                     and numel <= HELD_OUTPUT_NUMEL
                     and len(checks) < HELD_OUTPUTS
+                    and not tensor.is_inference()  # (no version counter)
                 ):
                     # off the stride a small output is held, and the maxima of all are taken
                     # in one fused call when the forward ends (_flush_forward_checks)
@@ -571,15 +586,18 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
 
     def _flush_forward_checks(self) -> None:
         """Hand this forward's output maxima, in call order, to the folds (stacked there a
-        few hundred forwards at a time). An output held off the stride is read now: changed
-        in place since its module returned (an in-place ReLU, ``x += y``), it is read as it is
-        now, which is the value it had unless the in-place op made the NaN itself."""
+        few hundred forwards at a time). An output held off the stride is read now. One
+        changed in place since its module returned (an in-place ReLU, ``x += y``,
+        ``masked_fill_``) is marked: the folds count a NaN or +Inf in it only when a later
+        output of the same forward has one too (the in-place op carried it on), not when
+        the op put it there on purpose and the values that flow on are finite."""
         checks, self._forward_checks = self._forward_checks, []
         if not checks:
             return
         paths = [path for path, _, _ in checks]
         values = [value for _, value, _ in checks]
         held = [k for k, (_, _, version) in enumerate(checks) if version >= 0]
+        changed = tuple(k for k in held if values[k]._version != checks[k][2])
         if held:
             enabled = torch.is_grad_enabled()
             torch._C._set_grad_enabled(False)  # torch.no_grad() costs more than the call
@@ -592,7 +610,7 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
                         values[k] = top
             finally:
                 torch._C._set_grad_enabled(enabled)
-        self._folds.forward((self._clock(), paths, values))
+        self._folds.forward((self._clock(), paths, values, changed))
 
     # -- backward --------------------------------------------------------------------------------
 

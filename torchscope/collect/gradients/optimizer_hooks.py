@@ -40,7 +40,7 @@ class _StepPlan:
     """The monitor's parameters one optimizer holds, by param group."""
 
     optimizer: weakref.ref[torch.optim.Optimizer]
-    shape: tuple[tuple[int, int, int], ...]  # per group: its id, its params list's id, length
+    shape: tuple[tuple[int, ...], ...]  # per group: its id and its parameters' ids
     held: list[tuple[_Param, Any]]  # (parameter, its group) in the optimizer's order
     groups: list[tuple[Any, list[_Param]]]  # (group, its parameters)
 
@@ -93,6 +93,8 @@ class OptimizerHooks:
         _rest: Callable[[], None]
         _eager_forwards: int
         _retained: bool
+        _stack: list[Any]
+        _flush_forward_checks: Callable[[], None]
 
     def _held(self, optimizer: torch.optim.Optimizer) -> list[tuple[_Param, Any]]:
         held = []
@@ -104,9 +106,9 @@ class OptimizerHooks:
         return held
 
     def _plan(self, optimizer: torch.optim.Optimizer) -> _StepPlan:
-        """What a step of ``optimizer`` holds, kept while its param groups stay the same
-        lists (``add_param_group`` or a new ``params`` list makes a new plan)."""
-        shape = tuple((id(g), id(g["params"]), len(g["params"])) for g in optimizer.param_groups)
+        """What a step of ``optimizer`` holds, kept while its param groups hold the same
+        parameters (``add_param_group``, or a ``params`` list edited, makes a new plan)."""
+        shape = tuple((id(g), *map(id, g["params"])) for g in optimizer.param_groups)
         plan = self._plans.get(id(optimizer))
         if plan is not None and plan.optimizer() is optimizer and plan.shape == shape:
             return plan
@@ -119,6 +121,8 @@ class OptimizerHooks:
             self._optimizer_kind[id(group)] = type(optimizer).__name__
         self._held_indices.update(entry.index for entry, _ in held)
         plan = _StepPlan(weakref.ref(optimizer), shape, held, list(groups.values()))
+        for key in [key for key, kept in self._plans.items() if kept.optimizer() is None]:
+            del self._plans[key]  # an optimizer dropped since: its groups go with it
         self._plans[id(optimizer)] = plan
         return plan
 
@@ -146,7 +150,8 @@ class OptimizerHooks:
             # from now on a step is an optimizer step: counted afresh, kept every one
             self._thinning.stepped = True
             self._thinning.spacing = 1
-        if id(optimizer) not in self._optimizers:
+        known = self._optimizers.get(id(optimizer))
+        if known is None or known() is not optimizer:
             self._optimizers[id(optimizer)] = weakref.ref(optimizer)
         elif len(self._optimizers) > 1:  # a parameter two optimizers hold: its last group
             for entry, group in held:
@@ -211,6 +216,11 @@ class OptimizerHooks:
         try:
             self._after_step(optimizer)
         finally:
+            # a step runs between forwards: what is on the call stack now was left by a
+            # forward that raised half way (a loop that calls a submodule, never the root,
+            # would never see its stack empty again), and what it held is read now
+            self._stack.clear()
+            self._flush_forward_checks()
             # rest when every forward so far had its backward (not when step() came before
             # backward(), nor after a backward that kept its graph for another) and nothing
             # runs compiled (a compiled frame resumed after a step must find the mode stack
