@@ -478,6 +478,152 @@ def test_a_loss_computed_inside_the_forward_is_judged_over_every_step(short_stri
         assert "of 60 steps" in finding.message
 
 
+def _nan_step(model, step_with_nan, forward, steps=12):
+    """Train ``model`` with ``forward(model, x)`` giving the logits; the inputs of
+    ``step_with_nan`` carry a NaN. Returns the non-finite findings as (kind, where, step)."""
+    torch.manual_seed(0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    y = torch.randint(0, CLASSES, (8,))
+    with torchscope.GradientMonitor(model, optimizer=opt) as monitor:
+        for step in range(steps):
+            x = torch.randn(8, 10)
+            if step == step_with_nan:
+                x[0, 0] = math.nan
+            opt.zero_grad()
+            F.cross_entropy(forward(model, x), y).backward()
+            opt.step()
+    findings = monitor.report().findings
+    return [(f.kind, f.where, f.step) for f in findings if f.kind.startswith("nonfinite")]
+
+
+def _encode_shift_decode(model, x):
+    h = model.encoder(x)  # the loop calls two parts; it changes the first's output in place
+    h += 0.01
+    return model.decoder(h)
+
+
+def _last_layer_then_in_place(model, x):
+    logits = model(x)
+    logits /= 2.0  # in place, in the loop, after the model's last layer
+    return logits
+
+
+@pytest.mark.parametrize("step", [6, 7, 8, 10])  # measured, off, off, off (the first: 5)
+@pytest.mark.parametrize(
+    ("build", "forward", "where"),
+    [
+        (
+            lambda: nn.ModuleDict({"encoder": nn.Linear(10, 16), "decoder": nn.Linear(16, 3)}),
+            _encode_shift_decode,
+            "encoder",
+        ),
+        (lambda: nn.Sequential(nn.Linear(10, 3)), _last_layer_then_in_place, "0"),
+        (
+            lambda: nn.Sequential(nn.Linear(10, 16), nn.Tanh(), nn.Linear(16, 3), nn.ReLU(True)),
+            lambda model, x: model(x),
+            "0",
+        ),
+    ],
+    ids=["split_forward", "in_place_after_the_model", "sequential_ending_in_place"],
+)
+def test_a_nan_in_an_output_changed_in_place_later_is_named_where_it_arose(
+    short_stride, step, build, forward, where
+):
+    assert _nan_step(build(), step, forward) == [("nonfinite_activation", where, step)]
+
+
+class _PlantsThenHeadFails(_PlantsInPlace):
+    """+inf written in place on purpose (never read on), and at one step a NaN that the
+    head makes itself: the head is named."""
+
+    def __init__(self) -> None:
+        super().__init__(math.inf)
+        self.poison = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        return out * math.nan if self.poison else out
+
+
+@pytest.mark.parametrize("step", [6, 7, 10])
+def test_a_deliberate_in_place_inf_is_not_blamed_for_a_later_nan(short_stride, step):
+    model = _PlantsThenHeadFails()
+    model.head.register_forward_hook(lambda m, a, out: out * math.nan if model.poison else None)
+
+    def forward(model, x):
+        model.poison = model.calls == step
+        model.calls += 1
+        return model(x)
+
+    model.calls = 0
+    errors = _nan_step(model, -1, forward, steps=12)
+    assert errors[:1] == [("nonfinite_activation", "head", step)]
+
+
+def test_checkpointed_blocks_leave_the_call_stack_as_it_was(short_stride):
+    """Activation checkpointing runs the blocks' forwards again inside the backward pass
+    (and stops them early by raising): those are not forwards of the loop."""
+    from torch.utils.checkpoint import checkpoint
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(16, 16)
+            self.act = nn.ReLU()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.act(self.fc(x))
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.blocks = nn.ModuleList([Block(), Block()])
+            self.head = nn.Linear(16, CLASSES)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            for block in self.blocks:
+                x = checkpoint(block, x, use_reentrant=False)
+            return self.head(x)
+
+    torch.manual_seed(0)
+    model = Net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with torchscope.GradientMonitor(model, optimizer=opt) as monitor:
+        for _ in range(14):
+            opt.zero_grad()
+            F.cross_entropy(model(torch.randn(8, 16)), torch.randint(0, CLASSES, (8,))).backward()
+            assert monitor._stack == []
+            opt.step()
+    assert len(monitor._losses) == 14
+    assert sorted(site.name for site in monitor._relu_sites.values()) == [
+        "blocks.0.act (after blocks.0.fc)",
+        "blocks.1.act (after blocks.1.fc)",
+    ]
+
+
+@pytest.mark.parametrize(("paired", "penalty"), [(True, 1.0), (False, 1e-4)])
+def test_two_backward_passes_a_step_judge_loss_at_chance_on_the_loss_function(paired, penalty):
+    """cross_entropy's backward, then a hand-written term's (a reconstruction): the chance
+    level is judged on cross_entropy's values, not on every value handed to backward()."""
+    torch.manual_seed(0)
+    encoder = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 10))
+    model = nn.ModuleDict({"encoder": encoder, "decoder": nn.Linear(10, 20)})
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x = torch.randn(256, 20)
+    y = x[:, :10].argmax(1)
+    with torchscope.GradientMonitor(model, optimizer=opt) as monitor:
+        for _ in range(80):
+            if not paired:  # fresh, unpaired batches: nothing to learn
+                x, y = torch.randn(256, 20), torch.randint(0, 10, (256,))
+            opt.zero_grad()
+            z = encoder(x)
+            F.cross_entropy(z, y).backward(retain_graph=True)
+            (penalty * ((model["decoder"](z) - x) ** 2).sum(1).mean()).backward()
+            opt.step()
+    chance = [f for f in monitor.report().findings if f.kind == "loss_at_chance"]
+    assert bool(chance) == (not paired)
+
+
 # -- the function mode rests between an optimizer step and the next forward -----------------------
 
 

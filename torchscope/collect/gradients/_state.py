@@ -117,6 +117,7 @@ class _Module:
         "checks_output",
         "module",
         "path",
+        "read_on_return",
         "relu",
         "sensitive",
         "squash",
@@ -132,6 +133,9 @@ class _Module:
         self.squash = isinstance(module, (nn.Tanh, nn.Sigmoid))
         # layers that read (time, batch, ...) unless built with batch_first=True
         self.batch_dims = isinstance(module, _SEQUENCE_FIRST) and not _batch_first(module)
+        # its output was once changed in place after it returned: from then on it is read
+        # when the module returns, off the stride too (monitor._flush_forward_checks)
+        self.read_on_return = False
 
 
 class _Call:

@@ -316,10 +316,7 @@ class Evidence:
             value = sum(c.value for c in tail if c.value is not None) / len(tail)
             chance = sum(c.chance for c in tail if c.chance is not None) / len(tail)
             out[name] = ChanceTail(calls[0].family, len(calls), len(tail), value, chance)
-        if len(out) == 1:
-            # the calls seen may be a sample of the steps: a compiled model's eager samples,
-            # or the measured steps of a loop whose model calls its loss function inside its
-            # forward (the monitor's function mode rests through forwards off the stride)
+        if self.observed.forward_sampled and len(out) == 1:
             name, seen = next(iter(out.items()))
             proxy = self._tail_from_backward(seen.family, by_name[name])
             if proxy is not None and proxy.calls > seen.calls:
@@ -328,8 +325,7 @@ class Evidence:
 
     def _tail_from_backward(self, family: str, calls: list[LossView]) -> ChanceTail | None:
         """A compiled model that calls its loss function inside its forward shows that call on
-        eager samples only, and an eager one on measured steps only (``_state.measured_step``);
-        the value handed to ``backward()`` is seen at every step. Where
+        eager samples only; the value handed to ``backward()`` is seen at every step. Where
         the samples show it to be that loss function's value (or its 1/N for N accumulated
         micro-batches), every backward value stands for one call, at the samples' mean
         chance level."""

@@ -126,6 +126,8 @@ class FunctionWatch(TorchFunctionMode):
             return out
         loss = LOSS_FUNCTIONS.get(func)
         if loss is not None:
+            if monitor._stack:  # inside the model's forward: the mode stays for forwards
+                monitor._loss_in_forward = True
             loss_name, family = loss
             scores = _argument(args, kwargs, 0, "input")
             if family == "classification" and isinstance(scores, torch.Tensor):
@@ -170,6 +172,7 @@ class FunctionCalls:
         _probability_inputs: Series[tuple[_Clock, str, torch.Tensor | None]]
         _losses: Series[tuple[_Clock, torch.Tensor]]
         _retained: bool
+        _loss_in_forward: bool
         _backward_roots: list[Any]
         _clock: Callable[[], _Clock]
         _measuring: Callable[[], bool]

@@ -171,18 +171,16 @@ def _bad(value: float) -> bool:
 
 def _carried(values: list[float], changed: tuple[int, ...]) -> list[float]:
     """One forward's output maxima, where an output changed in place after its module
-    returned (read at the end of the forward) counts as bad only when a later output is bad
-    too: the in-place op carried the NaN on (an in-place ReLU), rather than wrote an Inf or a
-    NaN that nothing after it reads (``masked_fill_(mask, inf)`` before an ``amin``)."""
+    returned (read at the end of the forward, once: the module is read when it returns from
+    then on) counts as bad unless the next output of the forward is finite: then the
+    in-place op wrote the NaN or Inf, and nothing carried it on (``masked_fill_(mask, inf)``
+    before an ``amin``). The last output of a forward counts as it reads."""
     if not changed:
         return values
     values = list(values)
-    later = False
-    for k in range(len(values) - 1, -1, -1):
-        bad = _bad(values[k])
-        if bad and not later and k in changed:
-            values[k], bad = 0.0, False
-        later = later or bad
+    for k in changed:
+        if k + 1 < len(values) and _bad(values[k]) and not _bad(values[k + 1]):
+            values[k] = 0.0
     return values
 
 
@@ -282,13 +280,16 @@ class Folds:
         dtype = checked[0].dtype
         if any(v.dtype != dtype for v in checked):  # mixed precisions
             checked = [v.double() for v in checked]
-        values = _to_host(checked, stack=True).tolist()
-        start = 0
-        for clock, paths, _, changed in forwards:  # in order: the first bad one is kept
-            end = start + len(paths)
-            mine, start = _carried(values[start:end], changed), end
+        values = _to_host(checked, stack=True)
+        bad = (values.isnan() | (values == torch.inf)).nonzero()
+        if not len(bad):
+            return  # the usual batch: every output finite
+        ends = torch.tensor([len(paths) for _, paths, _, _ in forwards]).cumsum(0).tolist()
+        k = int(torch.searchsorted(torch.tensor(ends), int(bad[0]), right=True))
+        for (clock, paths, _, changed), end in zip(forwards[k:], ends[k:], strict=True):
+            mine = _carried(values[end - len(paths) : end].tolist(), changed)
             if not any(_bad(v) for v in mine):
-                continue
+                continue  # forwards come in order: the first bad one is kept
             if self.first_forward is None or _order(clock) < _order(self.first_forward[0]):
                 self.first_forward = (clock, tuple(paths), tuple(mine))
             break

@@ -206,10 +206,11 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
         self._rows: Series[_StepRow] = t.new(clock_of=_row_clock, dropped=self._folds.row)
         self._pending: tuple[Any, ...] | None = None
         self._snapshots: dict[int, torch.Tensor] = {}
-        # (module path, its output's max or the output itself, held off the stride with the
+        # (the module, its output's max or the output itself, held off the stride with the
         # version it had when its module returned; -1 for a max)
-        self._forward_checks: list[tuple[str, torch.Tensor, int]] = []
+        self._forward_checks: list[tuple[_Module, torch.Tensor, int]] = []
         self._forward_measured = True  # the running forward takes the stride's statistics
+        self._loss_in_forward = False  # a loss function was called inside a module's forward
         self._produced: dict[int, tuple[weakref.ref[torch.Tensor], _Module]] = {}
         self._output_l1: dict[int, torch.Tensor] = {}  # bias index -> sum of |output grad|
         self._eval_pending: list[str] | None = None
@@ -283,6 +284,8 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
     def __exit__(self, *exc_info: Any) -> None:
         try:
             self._flush_forward_checks()  # outputs a forward that raised left held
+        except Exception:  # (a device error after a failed forward): those checks are lost
+            self._forward_checks = []
         finally:
             self._detach()
         # What the loop did is fixed now: a report taken later must not depend on objects the
@@ -431,10 +434,14 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
     def _on_forward_pre(self, info: _Module, args: tuple[Any, ...]) -> None:
         if torch.compiler.is_compiling():
             return  # nothing in the graph, no guard on this state (see compiled.py)
-        if self._resting and self._measuring():
+        if torch._C._current_graph_task_id() != -1:
+            return  # a forward recomputed inside a backward pass (activation checkpointing)
+        if self._resting and (self._loss_in_forward or self._measuring()):
             # the mode rests between an optimizer step and the next forward; on a step
             # whose statistics are not taken it rests through the forward too (what it
-            # sees there is read on measured steps only) and wakes when the forward ends
+            # sees there is read on measured steps only) and wakes when the forward ends,
+            # unless the model calls its loss function in its forward (the loss-side kinds
+            # count every call)
             self._wake()
         self._eager_forwards += 1
         # a new outermost call starts a forward: the root's, or a submodule's called directly
@@ -502,7 +509,7 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
                 bias.cancelled_by = info.path
 
     def _on_forward(self, info: _Module, output: Any) -> None:
-        if torch.compiler.is_compiling():
+        if torch.compiler.is_compiling() or torch._C._current_graph_task_id() != -1:
             return
         # the statistics below are the monitor's own torch calls: off the mode, each would be
         # a Python call through FunctionWatch (popped only when it is on top of the stack;
@@ -538,7 +545,7 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
                 if type(tensor) is not torch.Tensor or tensor.layout != torch.strided:
                     # a sparse, jagged or distributed tensor: summed as it is
                     kind = None if tensor.dtype == torch.float64 else torch.float32
-                    checks.append((info.path, tensor.detach().sum(dtype=kind), -1))
+                    checks.append((info, tensor.detach().sum(dtype=kind), -1))
                     continue
                 if tensor.is_nested:
                     continue  # a strided nested tensor: no reduction of it works
@@ -549,18 +556,19 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
                     not self._forward_measured
                     and numel <= HELD_OUTPUT_NUMEL
                     and len(checks) < HELD_OUTPUTS
+                    and not info.read_on_return
                     and not tensor.is_inference()  # (no version counter)
                 ):
                     # off the stride a small output is held, and the maxima of all are taken
                     # in one fused call when the forward ends (_flush_forward_checks)
-                    checks.append((info.path, tensor, tensor._version))
+                    checks.append((info, tensor, tensor._version))
                 else:
                     # max, not sum: exact for NaN and +Inf (a sum also overflows), blind to
                     # -Inf (a mask value). A container's output is checked again though it
                     # may be its last child's very tensor: a write through .data (or a NumPy
                     # view) changes the values without a new version, and a NaN planted so
                     # is named where it was
-                    checks.append((info.path, tensor.detach().amax(), -1))
+                    checks.append((info, tensor.detach().amax(), -1))
         if info.biases and self._forward_measured and isinstance(output, torch.Tensor):
             self._produced[id(output)] = (weakref.ref(output), info)
             if output.requires_grad and output.is_floating_point():
@@ -588,16 +596,17 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
         """Hand this forward's output maxima, in call order, to the folds (stacked there a
         few hundred forwards at a time). An output held off the stride is read now. One
         changed in place since its module returned (an in-place ReLU, ``x += y``,
-        ``masked_fill_``) is marked: the folds count a NaN or +Inf in it only when a later
-        output of the same forward has one too (the in-place op carried it on), not when
-        the op put it there on purpose and the values that flow on are finite."""
+        ``masked_fill_``) was not read as it was: its module is read when it returns from
+        then on, and this once it is marked, for the folds to judge (``history._carried``)."""
         checks, self._forward_checks = self._forward_checks, []
         if not checks:
             return
-        paths = [path for path, _, _ in checks]
+        paths = [info.path for info, _, _ in checks]
         values = [value for _, value, _ in checks]
         held = [k for k, (_, _, version) in enumerate(checks) if version >= 0]
         changed = tuple(k for k in held if values[k]._version != checks[k][2])
+        for k in changed:
+            checks[k][0].read_on_return = True
         if held:
             enabled = torch.is_grad_enabled()
             torch._C._set_grad_enabled(False)  # torch.no_grad() costs more than the call
