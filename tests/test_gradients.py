@@ -889,15 +889,8 @@ def test_scores_that_look_like_probabilities_are_named(how, named):
     torch.manual_seed(0)
     model = _Normalised(how)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    x, y = torch.randn(16, 10), torch.randint(0, CLASSES, (16,))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with GradientMonitor(model, optimizer=opt) as monitor:
-            for _ in range(3):
-                opt.zero_grad()
-                F.cross_entropy(model(x), y).backward()
-                opt.step()
-    kinds = monitor.report().kinds
+    batch = (torch.randn(16, 10), torch.randint(0, CLASSES, (16,)))
+    kinds = monitored(Setup(model, opt, F.cross_entropy, [batch] * 3)).kinds
     assert ("softmax_into_cross_entropy" in kinds) == named
 
 

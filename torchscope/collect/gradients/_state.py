@@ -262,14 +262,15 @@ _FUSED_MAX_NUMEL = 1 << 12
 def _max_abs(values: Sequence[torch.Tensor]) -> torch.Tensor:
     """max |x| of each tensor as one float32 tensor; NaN propagates, an empty tensor gives 0."""
     sizes = [v.numel() for v in values]
-    if all(0 < n <= _FUSED_MAX_NUMEL for n in sizes):  # small models: one fused pass
-        return _float32(torch.stack(torch._foreach_max(torch._foreach_abs(list(values)))))
-    out: list[torch.Tensor | None] = [None] * len(values)
     small = [k for k, n in enumerate(sizes) if 0 < n <= _FUSED_MAX_NUMEL]
-    if small:
-        fused = torch._foreach_max(torch._foreach_abs([values[k] for k in small]))
-        for k, top in zip(small, fused, strict=True):
-            out[k] = top
+    fused = (
+        list(torch._foreach_max(torch._foreach_abs([values[k] for k in small]))) if small else []
+    )
+    if len(small) == len(values):  # small models: one fused pass is all
+        return _float32(torch.stack(fused))
+    out: list[torch.Tensor | None] = [None] * len(values)
+    for k, top in zip(small, fused, strict=True):
+        out[k] = top
     for k, v in enumerate(values):
         if out[k] is None:
             if sizes[k]:
@@ -277,7 +278,7 @@ def _max_abs(values: Sequence[torch.Tensor]) -> torch.Tensor:
                 out[k] = torch.maximum(high, low.neg())
             else:
                 out[k] = v.new_zeros(())
-    return torch.stack(out).float()  # type: ignore[arg-type]
+    return _float32(torch.stack(out))  # type: ignore[arg-type]
 
 
 def _plain(tensors: Sequence[torch.Tensor]) -> bool:

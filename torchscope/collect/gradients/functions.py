@@ -11,7 +11,14 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 import torchscope._util.nested as _nested
-from torchscope.collect.gradients._state import _Call, _Clock, _Param, _ReluSite, _unit_dims
+from torchscope.collect.gradients._state import (
+    _Call,
+    _Clock,
+    _float32,
+    _Param,
+    _ReluSite,
+    _unit_dims,
+)
 from torchscope.collect.gradients.signals import LOSS_FUNCTIONS, CallSignals
 
 if TYPE_CHECKING:
@@ -254,8 +261,7 @@ class FunctionCalls:
                 self._backward_roots.append(tensor.grad_fn)
             if tensor.is_floating_point() or tensor.is_complex():
                 value = tensor.detach()
-                value = value if value.dim() == 0 else value.sum()
-                value = value if value.dtype == torch.float32 else value.float()
+                value = _float32(value if value.dim() == 0 else value.sum())
                 clock = self._clock()
                 self._losses.append((clock, value))
                 self._signals.on_backward(clock, value)

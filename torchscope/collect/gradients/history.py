@@ -22,6 +22,8 @@ was non-zero. Dropped entries are read back from the device in batches of
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
@@ -284,8 +286,8 @@ class Folds:
         bad = (values.isnan() | (values == torch.inf)).nonzero()
         if not len(bad):
             return  # the usual batch: every output finite
-        ends = torch.tensor([len(paths) for _, paths, _, _ in forwards]).cumsum(0).tolist()
-        k = int(torch.searchsorted(torch.tensor(ends), int(bad[0]), right=True))
+        ends = list(itertools.accumulate(len(paths) for _, paths, _, _ in forwards))
+        k = bisect.bisect_right(ends, int(bad[0]))  # the forward holding the first bad value
         for (clock, paths, _, changed), end in zip(forwards[k:], ends[k:], strict=True):
             mine = _carried(values[end - len(paths) : end].tolist(), changed)
             if not any(_bad(v) for v in mine):

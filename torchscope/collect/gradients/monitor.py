@@ -42,6 +42,7 @@ from torchscope.collect.gradients._state import (
     GradKey,
     _Call,
     _Clock,
+    _float32,
     _grad_key,
     _Module,
     _norm_rows,
@@ -93,6 +94,11 @@ HELD_OUTPUTS = 256
 
 def _row_clock(row: _StepRow) -> _Clock:
     return row.clock
+
+
+def _output_tensors(output: Any) -> Iterable[torch.Tensor]:
+    """A module output's tensors (most outputs are one plain tensor: no walk for it)."""
+    return (output,) if type(output) is torch.Tensor else _nested.tensors(output)
 
 
 class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
@@ -539,7 +545,7 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
         # every step: the first non-finite value of a run is named by when it arose
         if info.checks_output:
             checks = self._forward_checks
-            for tensor in (output,) if type(output) is torch.Tensor else _nested.tensors(output):
+            for tensor in _output_tensors(output):
                 if not tensor.is_floating_point():
                     continue
                 if type(tensor) is not torch.Tensor or tensor.layout != torch.strided:
@@ -574,7 +580,7 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
             if output.requires_grad and output.is_floating_point():
                 output.register_hook(lambda grad, info=info: self._on_output_gradient(info, grad))
         if info.module is self._model:
-            for tensor in (output,) if type(output) is torch.Tensor else _nested.tensors(output):
+            for tensor in _output_tensors(output):
                 if tensor.grad_fn is not None:
                     newest = sequence_nr(tensor.grad_fn)
                     if self._eager_below is None or newest > self._eager_below:
@@ -611,14 +617,11 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
             enabled = torch.is_grad_enabled()
             torch._C._set_grad_enabled(False)  # torch.no_grad() costs more than the call
             try:
-                if len(held) == len(values):  # off the stride, the usual case
-                    values = list(torch._foreach_max(values))
-                else:
-                    maxima = torch._foreach_max([values[k] for k in held])
-                    for k, top in zip(held, maxima, strict=True):
-                        values[k] = top
+                maxima = torch._foreach_max([values[k] for k in held])
             finally:
                 torch._C._set_grad_enabled(enabled)
+            for k, top in zip(held, maxima, strict=True):
+                values[k] = top
         self._folds.forward((self._clock(), paths, values, changed))
 
     # -- backward --------------------------------------------------------------------------------
@@ -631,8 +634,7 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
             return
         # half precision sums in float32
         wide = torch.float32 if grad.dtype in (torch.float16, torch.bfloat16) else None
-        scale = l1_norm(grad.detach(), wide)
-        scale = scale if scale.dtype == torch.float32 else scale.float()
+        scale = _float32(l1_norm(grad.detach(), wide))
         for bias in info.biases:
             previous = self._output_l1.get(bias.index)
             self._output_l1[bias.index] = scale if previous is None else previous + scale

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from torchscope.collect.gradients._state import _Clock
+from torchscope.collect.gradients._state import _Clock, _float32
 from torchscope.collect.gradients.history import Series, Thinning
 
 __all__ = ["LOSS_FUNCTIONS", "CallSignals", "LossCall", "SquashSite", "chance_level"]
@@ -188,8 +188,7 @@ class CallSignals:
         reduction = kwargs.get("reduction", "mean")
         value = None
         if reduction == "mean" and isinstance(out, torch.Tensor) and out.dim() == 0:
-            value = out.detach()
-            value = value if value.dtype == torch.float32 else value.float()
+            value = _float32(out.detach())
             self._since_backward.append(value)
         self.losses.append(
             LossCall(
