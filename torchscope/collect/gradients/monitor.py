@@ -64,7 +64,7 @@ from torchscope.collect.gradients.evidence import Evidence
 from torchscope.collect.gradients.functions import FunctionCalls, FunctionWatch
 from torchscope.collect.gradients.history import Folds, Series, Thinning
 from torchscope.collect.gradients.observations import Fixed, observe
-from torchscope.collect.gradients.optimizer_hooks import OptimizerHooks
+from torchscope.collect.gradients.optimizer_hooks import OptimizerHooks, copy_every
 from torchscope.collect.gradients.ranks import RankView, merge_ranks, world_size
 from torchscope.collect.gradients.rules import judge
 from torchscope.collect.gradients.shards import (
@@ -124,10 +124,22 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
             parameter names (globs allowed) or parameter tensors. Parameters frozen with
             :func:`torchscope.freeze` are known without this.
         thresholds: a :class:`GradientThresholds` or a dict overriding some of its fields.
+        max_copy_bytes: the memory the monitor may hold to measure how far an optimizer step
+            moves the weights. None (the default): a copy of the parameters, taken before
+            each measured step. A smaller budget copies an evenly spaced sample of each
+            parameter's elements instead (every k-th in memory order, k the parameters'
+            size over the budget rounded up to a prime, so the sample does not fall on the
+            same columns of every row; at least 64 elements of each, all of a smaller one),
+            and the sample's change, scaled to the parameter's size, stands for the
+            parameter's. 0: no copy, and the kinds that read
+            how far the weights moved (``frozen_but_updated``, ``tiny_updates``,
+            ``clipped_to_nothing``, ``weight_decay_collapse``, ``symmetric_weights``,
+            ``not_updated`` where a gradient arrived but the weights stayed put) are not
+            judged.
 
     Everything attached is removed on exit, also on exception. Costs: hooks per module and
     parameter call, a few norms per step, and one copy of the optimizer's parameters (kept to
-    measure how far each step moved them).
+    measure how far each step moved them; see ``max_copy_bytes``).
     """
 
     def __init__(
@@ -138,6 +150,7 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
         accumulation_steps: int = 1,
         frozen: Iterable[Any] | None = None,
         thresholds: GradientThresholds | Mapping[str, float] | None = None,
+        max_copy_bytes: int | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(
@@ -156,6 +169,17 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
             raise ValueError(
                 f"accumulation_steps must be a positive integer, got {accumulation_steps!r}"
             )
+        if max_copy_bytes is not None and (
+            not isinstance(max_copy_bytes, int)
+            or isinstance(max_copy_bytes, bool)
+            or max_copy_bytes < 0
+        ):
+            raise ValueError(
+                f"max_copy_bytes must be None (copy the parameters whole) or a number of bytes "
+                f">= 0 (0: no copy), got {max_copy_bytes!r}"
+            )
+        self._max_copy_bytes = max_copy_bytes
+        self._copy_every = 1
         if isinstance(frozen, (str, nn.Module, torch.Tensor, type)):
             frozen = [frozen]
         self._model = unwrap(model, caller="GradientMonitor")
@@ -267,6 +291,10 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
         try:
             self._index_parameters()
             self._shards = shard_plan([(e.index, e.tensor) for e in self._params])
+            self._copy_every = copy_every(
+                [(x := local(e.tensor)).numel() * x.element_size() for e in self._params],
+                self._max_copy_bytes,
+            )
             self._hidden = hidden_tensors(self._model)
             # gradients they already hold (a teacher trained before) are not this loop's
             self._hidden_keys = [[_grad_key(x) for x in h.tensors] for h in self._hidden]

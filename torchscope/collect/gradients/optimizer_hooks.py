@@ -32,7 +32,62 @@ if TYPE_CHECKING:
     from torchscope.collect.gradients.history import Folds, Series, Thinning
     from torchscope.collect.gradients.structure import Hidden
 
-__all__ = ["OptimizerHooks"]
+__all__ = ["MIN_SAMPLE", "OptimizerHooks", "copy_every", "sample_stride"]
+
+
+def copy_every(sizes: list[int], max_copy_bytes: int | None) -> int:
+    """Every how many elements of each parameter the weights' copy takes one, so the copy
+    of parameters of ``sizes`` bytes fits ``max_copy_bytes`` (give or take one element a
+    parameter): 1 copies them whole (no budget, or one they fit in), 0 copies nothing."""
+    if max_copy_bytes is None:
+        return 1
+    if max_copy_bytes == 0:
+        return 0
+    every = math.ceil(sum(sizes) / max_copy_bytes)
+    return 1 if every <= 1 else _prime_at_least(every)
+
+
+def _is_prime(n: int) -> bool:
+    return n > 1 and all(n % d for d in range(2, math.isqrt(n) + 1))
+
+
+def _prime_at_least(n: int) -> int:
+    # a prime stride: one that divided a row's length would take the same columns of every
+    # row (features a dead unit leaves at zero); a prime takes every column, or, where it
+    # divides the row's length, one column in that prime
+    while not _is_prime(n):
+        n += 1
+    return n
+
+
+# a sampled parameter keeps at least this many elements (all of a smaller one): a bias's
+# change is not read off one or two of its units
+MIN_SAMPLE = 64
+
+
+def sample_stride(numel: int, every: int) -> int:
+    """The stride of one parameter's sample: ``every``, but at least ``MIN_SAMPLE`` elements
+    (a prime stride below ``every`` then, or 1: the whole parameter)."""
+    if every <= 1 or numel <= MIN_SAMPLE:
+        return 1
+    stride = min(every, numel // MIN_SAMPLE)
+    while stride > 1 and not _is_prime(stride):
+        stride -= 1
+    return stride
+
+
+def _sample(tensor: torch.Tensor, every: int) -> torch.Tensor:
+    """A parameter's sample: every ``sample_stride``-th element in memory order, as a view
+    when the tensor is dense in some order of its dims (contiguous, channels-last): the same
+    elements before and after an in-place optimizer step."""
+    stride = sample_stride(tensor.numel(), every)
+    if stride == 1:
+        return tensor
+    strides = tensor.stride()
+    order = sorted(range(tensor.dim()), key=lambda d: -strides[d])
+    dense = tensor.permute(order)
+    flat = dense.view(-1) if dense.is_contiguous() else dense.reshape(-1)  # reshape: a copy
+    return flat[::stride]
 
 
 @dataclass(frozen=True)
@@ -67,6 +122,7 @@ class OptimizerHooks:
         _optimizer_kind: dict[int, str]
         _zero_lr: dict[int, _Clock]
         _snapshots: dict[int, torch.Tensor]
+        _copy_every: int
         _lr_trace: Series[tuple[_Clock, dict[int, tuple[float | None, float, bool]]]]
         _frozen_at_step: Series[tuple[_Clock, frozenset[int]]]
         _steps: int
@@ -197,17 +253,23 @@ class OptimizerHooks:
         if not measured_step(self._round):
             self._pending = (optimizer, held, None, (), None)
             return
+        every = self._copy_every
+        if every == 0:  # max_copy_bytes=0: how far the step moves the weights is not measured
+            self._pending = (optimizer, held, None, (), None)
+            return
         params = [entry.tensor for entry, _ in held]
         shards = [local(p.detach()) for p in params]  # a sharded parameter: its shard
+        # max_copy_bytes below the parameters' size: an evenly spaced sample of each
+        samples = shards if every == 1 else [_sample(s, every) for s in shards]
         snapshots = []
-        for (entry, _), param in zip(held, shards, strict=True):
+        for (entry, _), sample in zip(held, samples, strict=True):
             snap = self._snapshots.get(entry.index)
-            if snap is None or snap.shape != param.shape or snap.dtype != param.dtype:
-                snap = self._snapshots[entry.index] = torch.empty_like(param)
+            if snap is None or snap.shape != sample.shape or snap.dtype != sample.dtype:
+                snap = self._snapshots[entry.index] = torch.empty_like(sample)
             snapshots.append(snap)
         with torch.no_grad():
             weight_index, weight_norms = _norm_rows(shards, [e.index for e, _ in held], (2.0,))
-            torch._foreach_copy_(snapshots, shards)
+            torch._foreach_copy_(snapshots, samples)
         self._pending = (optimizer, held, snapshots, weight_index, weight_norms)
 
     def _on_step_post(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
@@ -237,10 +299,20 @@ class OptimizerHooks:
         _, held, snapshots, weight_index, weight_norms = pending
         measured = None
         if snapshots is not None:
+            every = self._copy_every
             with torch.no_grad():
                 params = [local(entry.tensor.detach()) for entry, _ in held]
+                if every > 1:
+                    params = [_sample(p, every) for p in params]
                 torch._foreach_sub_(snapshots, params)  # snapshot - new value: the step's change
                 change_index, change = _norm_rows(snapshots, [e.index for e, _ in held], (2.0,))
+                if every > 1:  # the sample's change, scaled to the whole parameter's
+                    numel = {e.index: local(e.tensor).numel() for e, _ in held}
+                    scale = [
+                        math.sqrt(n / max(math.ceil(n / sample_stride(n, every)), 1))
+                        for n in (numel[i] for i in change_index)
+                    ]
+                    change = change * torch.tensor(scale, device=change.device)
             # snapshots share their parameters' dtypes and devices, so the columns line up
             assert change_index == weight_index
             measured = (weight_index, torch.cat([weight_norms, change]))
