@@ -310,7 +310,8 @@ def overhead_cases(quick: bool) -> list[OverheadCase]:
                 (16, 3, side, side),
                 1000,
                 steps,
-                rounds,
+                # the smaller step is the one whose ratio the load moves most
+                rounds if side == 224 else 3 * rounds,
             )
             for side, steps in ((64, 5 if quick else 10), (224, 3 if quick else 5))
         ),
@@ -412,21 +413,28 @@ def _spread(values: list[float]) -> str:
     return f"{statistics.median(values) * 1e3:,.1f} ({min(values) * 1e3:,.1f}-{max(values) * 1e3:,.1f})"
 
 
+def _paired(watched: list[float], bare: list[float]) -> float:
+    """The median over rounds of each round's watched/bare step time."""
+    return statistics.median(w / b for w, b in zip(watched, bare, strict=True))
+
+
 def overhead_table(quick: bool) -> tuple[list[list[str]], dict[str, float]]:
     rows, ratios = [], {}
     for case in overhead_cases(quick):
         result = overhead(case)
-        bare = statistics.median(result["bare"])
-        watched = statistics.median(result["monitored"])
-        after = statistics.median(result["after"])
-        ratios[case.name] = after / bare
+        # each round runs its three variants back to back: the ratio within a round is
+        # immune to load that drifts from round to round, and its median over the rounds is
+        # what the table gives
+        watched = _paired(result["monitored"], result["bare"])
+        after = _paired(result["after"], result["bare"])
+        ratios[case.name] = after
         rows.append(
             [
                 case.name,
                 f"{case.rounds} x {case.steps}",
                 _spread(result["bare"]),
-                f"{_spread(result['monitored'])}, {ratio(watched, bare)}",
-                f"{_spread(result['after'])}, {ratio(after, bare)}",
+                f"{_spread(result['monitored'])}, {ratio(watched, 1.0)}",
+                f"{_spread(result['after'])}, {ratio(after, 1.0)}",
                 f"{result['enter'] * 1e3:,.1f}",
                 f"{result['report'] * 1e3:,.1f}",
                 ", ".join(sorted(result["kinds"])) or "none",
@@ -555,8 +563,9 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
         )
     )
     print(
-        "\nMedians of per-round means; 3 warm-up steps each way; rounds rotate which goes "
-        "first. 'First 100 steps': a fresh with block, where every step takes the tensor "
+        "\nTimes: medians of per-round means (range over rounds); ratios: the median over "
+        "rounds of each round's monitored/bare (a round runs the three back to back); 3 "
+        "warm-up steps each way; rounds rotate which goes first. 'First 100 steps': a fresh with block, where every step takes the tensor "
         "statistics; 'after step 100': every 10th does (the stride started at step 0, the "
         "same work per step as a long run's past its 100th). Load average "
         f"(1 min, this run included): {load:.2f} before, "

@@ -230,3 +230,37 @@ def test_under_torchrun_every_rank_monitors_and_rank_0_prints_the_merged_report(
     assert done.stderr.count("gradient report for Net (stepped by SGD)") == 1, done.stderr
     text = " ".join(done.stderr.split())  # the table wraps its messages
     assert "no_grad" in text and "seen on every rank" in text
+
+
+def test_max_copy_bytes_reaches_the_monitor_and_a_bad_size_is_one_line(tmp_path, capsys):
+    path = _script(tmp_path, "train(Net())\n")
+    report = tmp_path / "report.json"
+
+    def ratios(*options: str) -> list[float | None]:
+        assert main(["run", *options, "--report", str(report), path]) == 0
+        document = json.loads(report.read_text())
+        params = document["models"][0]["report"]["parameters"]
+        return [r for p in params for r in p["update_ratio"]]
+
+    whole = ratios()
+    assert whole and all(r is not None and r > 0 for r in whole)
+    assert all(r is None for r in ratios("--max-copy-bytes", "0"))  # no copy: not measured
+    assert ratios("--max-copy-bytes=1G") == whole  # the budget holds the whole copy
+    sampled = ratios("--max-copy-bytes", "1K")  # a.weight (320 floats): a sample
+    assert sampled != whole and all(r is not None and r > 0 for r in sampled)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--max-copy-bytes", "lots", path])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "'lots' is not a size" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("0", 0), ("1000", 1000), ("512K", 512 * 2**10), ("64MB", 64 * 2**20), ("2GiB", 2 * 2**30)],
+)
+def test_sizes_read_in_binary_units(text, size):
+    from torchscope.cli.run import byte_size
+
+    assert byte_size(text) == size

@@ -490,3 +490,13 @@ def test_lightning_is_optional_and_pytorch_lightning_is_a_fallback():
         [sys.executable, "-W", "ignore", "-c", script], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+def test_max_copy_bytes_reaches_the_monitor(tmp_path):
+    callback = TorchscopeCallback(summary=False, max_copy_bytes=0)
+    fit(TinyModule(), callback, tmp_path)
+    report = callback.report
+    assert report is not None and report.ok, str(report)
+    assert all(r is None for p in report.parameters for r in p.update_ratio)  # no copy
+    with pytest.raises(ValueError, match="max_copy_bytes"):
+        TorchscopeCallback(max_copy_bytes=-1)

@@ -58,11 +58,34 @@ def add_parser(commands: Any, debug: argparse.ArgumentParser) -> None:
         choices=FAIL_ON,
         help="exit with status 1 when a finding of this severity (or worse) is reported",
     )
+    parser.add_argument(
+        "--max-copy-bytes",
+        type=byte_size,
+        metavar="SIZE",
+        help="memory each monitor may hold to measure how far a step moves the weights "
+        "(bytes, or with a K, M or G suffix; 0: none); default: a copy of the parameters",
+    )
     parser.add_argument("script_args", nargs=argparse.REMAINDER, metavar="SCRIPT [args ...]")
 
 
 #: run's options that take a value
-_VALUED = ("--report", "--tensorboard", "--fail-on")
+_VALUED = ("--report", "--tensorboard", "--fail-on", "--max-copy-bytes")
+
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30}
+
+
+def byte_size(text: str) -> int:
+    """A size in bytes: ``1000``, ``512K``, ``64M``, ``2G`` (binary units; a trailing ``B``
+    and ``i`` allowed: ``64MB``, ``64MiB``)."""
+    number = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = number[-1:] if number[-1:] in _UNITS else ""
+    digits = number[: len(number) - len(unit)]
+    if not digits.isdigit():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a size: give bytes as a whole number, optionally with a K, M or "
+            "G suffix (512M, 2G), or 0 for no copy"
+        )
+    return int(digits) * _UNITS[unit]
 
 
 def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -123,7 +146,8 @@ class Watcher:
     """Starts a monitor on the models behind each optimizer the script builds; takes the
     reports before the script destroys its process group (so that they can be gathered)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_copy_bytes: int | None = None) -> None:
+        self.max_copy_bytes = max_copy_bytes
         self.watched: list[tuple[nn.Module, GradientMonitor, list[str]]] = []
         self.reports: list[tuple[str, list[str], GradientReport]] | None = None
         self.rank = 0  # this process's rank when the reports were taken
@@ -193,7 +217,7 @@ class Watcher:
             if known is not None:
                 known[2].append(name)
                 continue
-            monitor = GradientMonitor(root)
+            monitor = GradientMonitor(root, max_copy_bytes=self.max_copy_bytes)
             monitor.__enter__()
             self.watched.append((root, monitor, [name]))
 
@@ -253,7 +277,7 @@ def run_command(args: argparse.Namespace) -> int:
     if not args.module and not Path(args.script_args[0]).is_file():
         raise TorchscopeError(f"no such script: {args.script_args[0]}")
     saved_argv, saved_path = list(sys.argv), list(sys.path)
-    watcher = Watcher()
+    watcher = Watcher(args.max_copy_bytes)
     try:
         with watcher.installed():
             code = _run_script(args)

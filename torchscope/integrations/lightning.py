@@ -19,6 +19,7 @@ import torchscope._util.nested as _nested
 from torchscope.collect.freezing import Target
 from torchscope.collect.freezing import freeze as freeze_targets
 from torchscope.collect.gradients import GradientMonitor
+from torchscope.collect.gradients.optimizer_hooks import checked_copy_budget
 from torchscope.collect.hooks import preserved_rng
 from torchscope.collect.summary import summary as summarize
 from torchscope.errors import GradientHealthError, SummaryError
@@ -105,6 +106,9 @@ class TorchscopeCallback(Callback):
             ``configure_model``, and optimizers built over all parameters). Normalisation
             layers inside the targets stay in eval mode. Frozen parameters stay bit-identical
             and the gradient monitor knows they are meant to be frozen.
+        max_copy_bytes: keyword-only; the gradient monitor's budget for its copy of the
+            weights (see :class:`~torchscope.GradientMonitor`): None copies them whole, 0 not
+            at all.
         fail_on_error: keyword-only; raise :class:`~torchscope.GradientHealthError` from
             ``on_train_end`` (so ``trainer.fit`` raises it) when the report has an ``error``
             finding. Warnings and notes never fail the fit.
@@ -121,6 +125,7 @@ class TorchscopeCallback(Callback):
         freeze: Target | Sequence[Target] | None = None,
         *,
         fail_on_error: bool = False,
+        max_copy_bytes: int | None = None,
     ) -> None:
         super().__init__()
         self._summary = bool(summary)
@@ -131,6 +136,7 @@ class TorchscopeCallback(Callback):
                 "fail_on_error=True acts on the gradient report: it needs gradient_health=True"
             )
         self._fail_on_error = bool(fail_on_error)
+        self._max_copy_bytes = checked_copy_budget(max_copy_bytes)
         self.report: GradientReport | None = None
         self.model_summary: ModelSummary | None = None
         self._summarised = False
@@ -186,7 +192,9 @@ class TorchscopeCallback(Callback):
             self._drop_monitor()  # left open by an earlier fit that ended unusually
             accumulation = int(trainer.accumulate_grad_batches)
             self._steps_at_start = trainer.global_step
-            monitor = GradientMonitor(pl_module, accumulation_steps=accumulation)
+            monitor = GradientMonitor(
+                pl_module, accumulation_steps=accumulation, max_copy_bytes=self._max_copy_bytes
+            )
             monitor.__enter__()
             self._monitor = monitor
 

@@ -64,7 +64,11 @@ from torchscope.collect.gradients.evidence import Evidence
 from torchscope.collect.gradients.functions import FunctionCalls, FunctionWatch
 from torchscope.collect.gradients.history import Folds, Series, Thinning
 from torchscope.collect.gradients.observations import Fixed, observe
-from torchscope.collect.gradients.optimizer_hooks import OptimizerHooks, copy_every
+from torchscope.collect.gradients.optimizer_hooks import (
+    OptimizerHooks,
+    checked_copy_budget,
+    copy_every,
+)
 from torchscope.collect.gradients.ranks import RankView, merge_ranks, world_size
 from torchscope.collect.gradients.rules import judge
 from torchscope.collect.gradients.shards import (
@@ -169,16 +173,7 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
             raise ValueError(
                 f"accumulation_steps must be a positive integer, got {accumulation_steps!r}"
             )
-        if max_copy_bytes is not None and (
-            not isinstance(max_copy_bytes, int)
-            or isinstance(max_copy_bytes, bool)
-            or max_copy_bytes < 0
-        ):
-            raise ValueError(
-                f"max_copy_bytes must be None (copy the parameters whole) or a number of bytes "
-                f">= 0 (0: no copy), got {max_copy_bytes!r}"
-            )
-        self._max_copy_bytes = max_copy_bytes
+        self._max_copy_bytes = checked_copy_budget(max_copy_bytes)
         self._copy_every = 1
         if isinstance(frozen, (str, nn.Module, torch.Tensor, type)):
             frozen = [frozen]

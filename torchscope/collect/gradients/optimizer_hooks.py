@@ -32,7 +32,21 @@ if TYPE_CHECKING:
     from torchscope.collect.gradients.history import Folds, Series, Thinning
     from torchscope.collect.gradients.structure import Hidden
 
-__all__ = ["MIN_SAMPLE", "OptimizerHooks", "copy_every", "sample_stride"]
+__all__ = ["MIN_SAMPLE", "OptimizerHooks", "checked_copy_budget", "copy_every", "sample_stride"]
+
+
+def checked_copy_budget(max_copy_bytes: Any) -> int | None:
+    """``max_copy_bytes`` as given, once it is None or a whole number of bytes >= 0."""
+    if max_copy_bytes is not None and (
+        not isinstance(max_copy_bytes, int)
+        or isinstance(max_copy_bytes, bool)
+        or max_copy_bytes < 0
+    ):
+        raise ValueError(
+            f"max_copy_bytes must be None (copy the parameters whole) or a number of bytes "
+            f">= 0 (0: no copy), got {max_copy_bytes!r}"
+        )
+    return max_copy_bytes
 
 
 def copy_every(sizes: list[int], max_copy_bytes: int | None) -> int:
