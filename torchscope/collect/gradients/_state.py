@@ -82,6 +82,7 @@ class _Param:
         "name",
         "pending_stale",
         "received",
+        "sampled",
         "tensor",
     )
 
@@ -101,6 +102,9 @@ class _Param:
         # max |grad| left over from before that step, carried into this window (not cleared)
         self.pending_stale: tuple[_Clock, torch.Tensor] | None = None
         self.key_after_backward: GradKey | None = None
+        # the weights' change is read off a sample of it (max_copy_bytes): a sample that did
+        # not change does not say the parameter did not
+        self.sampled = False
 
 
 def _batch_first(module: nn.Module) -> bool:

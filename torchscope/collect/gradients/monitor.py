@@ -68,6 +68,7 @@ from torchscope.collect.gradients.optimizer_hooks import (
     OptimizerHooks,
     checked_copy_budget,
     copy_every,
+    sample_stride,
 )
 from torchscope.collect.gradients.ranks import RankView, merge_ranks, world_size
 from torchscope.collect.gradients.rules import judge
@@ -131,15 +132,18 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
         max_copy_bytes: the memory the monitor may hold to measure how far an optimizer step
             moves the weights. None (the default): a copy of the parameters, taken before
             each measured step. A smaller budget copies an evenly spaced sample of each
-            parameter's elements instead (every k-th in memory order, k the parameters'
-            size over the budget rounded up to a prime, so the sample does not fall on the
-            same columns of every row; at least 64 elements of each, all of a smaller one),
+            parameter's elements instead (every k-th in memory order, k about the
+            parameters' size over the budget: a prime that divides none of the parameter's
+            dims, so the sample takes every column of its rows; at least 64 elements of
+            each, all of a smaller one),
             and the sample's change, scaled to the parameter's size, stands for the
             parameter's. 0: no copy, and the kinds that read
             how far the weights moved (``frozen_but_updated``, ``tiny_updates``,
-            ``clipped_to_nothing``, ``weight_decay_collapse``, ``symmetric_weights``,
-            ``not_updated`` where a gradient arrived but the weights stayed put) are not
-            judged.
+            ``lr_collapsed``, ``clipped_to_nothing``, ``weight_decay_collapse``,
+            ``symmetric_weights``, ``not_updated`` where a gradient arrived but the weights
+            stayed put) are not judged; a sampled parameter's sample that did not change is
+            not taken for the parameter (``not_updated`` does not judge it). Under FSDP2 the
+            budget is each rank's, for its shards.
 
     Everything attached is removed on exit, also on exception. Costs: hooks per module and
     parameter call, a few norms per step, and one copy of the optimizer's parameters (kept to
@@ -286,10 +290,12 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
         try:
             self._index_parameters()
             self._shards = shard_plan([(e.index, e.tensor) for e in self._params])
-            self._copy_every = copy_every(
+            every = self._copy_every = copy_every(
                 [(x := local(e.tensor)).numel() * x.element_size() for e in self._params],
                 self._max_copy_bytes,
             )
+            for e in self._params:
+                e.sampled = every > 1 and sample_stride(tuple(local(e.tensor).shape), every) > 1
             self._hidden = hidden_tensors(self._model)
             # gradients they already hold (a teacher trained before) are not this loop's
             self._hidden_keys = [[_grad_key(x) for x in h.tensors] for h in self._hidden]

@@ -66,6 +66,7 @@ class ParamView:
     group: int | None  # id of its parameter group in the optimizer that stepped it
     lr: float | None  # that group's learning rate at the last step
     zero_lr_at: Clock | None  # when its group first stepped with lr == 0
+    sampled: bool = False  # how far steps moved it is read off a sample (max_copy_bytes)
 
     @property
     def trainable(self) -> bool:
@@ -279,6 +280,7 @@ def observe(monitor: GradientMonitor) -> Observations:
             group=m._group_of.get(e.index),
             lr=m._lr_of_group.get(m._group_of.get(e.index, -1)),
             zero_lr_at=m._zero_lr.get(e.index),
+            sampled=e.sampled,
         )
         for e in m._params
     )

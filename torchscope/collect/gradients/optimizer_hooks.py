@@ -9,6 +9,7 @@ carried into a step, steps with no backward pass since the previous one.
 from __future__ import annotations
 
 import math
+import operator
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,42 +37,34 @@ __all__ = ["MIN_SAMPLE", "OptimizerHooks", "checked_copy_budget", "copy_every", 
 
 
 def checked_copy_budget(max_copy_bytes: Any) -> int | None:
-    """``max_copy_bytes`` as given, once it is None or a whole number of bytes >= 0."""
-    if max_copy_bytes is not None and (
-        not isinstance(max_copy_bytes, int)
-        or isinstance(max_copy_bytes, bool)
-        or max_copy_bytes < 0
-    ):
-        raise ValueError(
-            f"max_copy_bytes must be None (copy the parameters whole) or a number of bytes "
-            f">= 0 (0: no copy), got {max_copy_bytes!r}"
-        )
-    return max_copy_bytes
+    """``max_copy_bytes`` as a whole number of bytes >= 0 (an integral NumPy or torch
+    scalar is one), or None."""
+    if max_copy_bytes is None:
+        return None
+    if isinstance(max_copy_bytes, bool):
+        raise TypeError("max_copy_bytes takes a number of bytes (an int), not a bool")
+    try:
+        budget = operator.index(max_copy_bytes)
+    except TypeError:
+        raise TypeError(
+            f"max_copy_bytes takes a whole number of bytes (an int; 0: no copy) or None (copy "
+            f"the parameters whole), got {type(max_copy_bytes).__name__} {max_copy_bytes!r}"
+        ) from None
+    if budget < 0:
+        raise ValueError(f"max_copy_bytes must be >= 0 (0: no copy), got {budget}")
+    return budget
 
 
 def copy_every(sizes: list[int], max_copy_bytes: int | None) -> int:
-    """Every how many elements of each parameter the weights' copy takes one, so the copy
-    of parameters of ``sizes`` bytes fits ``max_copy_bytes`` (give or take one element a
-    parameter): 1 copies them whole (no budget, or one they fit in), 0 copies nothing."""
+    """About every how many elements of each parameter the weights' copy keeps one, so the
+    copy of parameters of ``sizes`` bytes fits ``max_copy_bytes`` (``sample_stride`` picks
+    each parameter's own stride from it): 1 copies them whole (no budget, or one they fit
+    in), 0 copies nothing."""
     if max_copy_bytes is None:
         return 1
     if max_copy_bytes == 0:
         return 0
-    every = math.ceil(sum(sizes) / max_copy_bytes)
-    return 1 if every <= 1 else _prime_at_least(every)
-
-
-def _is_prime(n: int) -> bool:
-    return n > 1 and all(n % d for d in range(2, math.isqrt(n) + 1))
-
-
-def _prime_at_least(n: int) -> int:
-    # a prime stride: one that divided a row's length would take the same columns of every
-    # row (features a dead unit leaves at zero); a prime takes every column, or, where it
-    # divides the row's length, one column in that prime
-    while not _is_prime(n):
-        n += 1
-    return n
+    return max(1, math.ceil(sum(sizes) / max_copy_bytes))
 
 
 # a sampled parameter keeps at least this many elements (all of a smaller one): a bias's
@@ -79,28 +72,48 @@ def _prime_at_least(n: int) -> int:
 MIN_SAMPLE = 64
 
 
-def sample_stride(numel: int, every: int) -> int:
-    """The stride of one parameter's sample: ``every``, but at least ``MIN_SAMPLE`` elements
-    (a prime stride below ``every`` then, or 1: the whole parameter)."""
+def _is_prime(n: int) -> bool:
+    return n > 1 and all(n % d for d in range(2, math.isqrt(n) + 1))
+
+
+def sample_stride(shape: tuple[int, ...], every: int) -> int:
+    """The stride of one parameter's sample, in memory order: a prime that divides none of
+    its dims, the smallest from ``every`` up; lower when that would keep fewer than
+    ``MIN_SAMPLE`` elements, down to 1 (the whole parameter).
+
+    A stride that shared a factor with a row's length would take the same few columns of
+    every row (the inputs a dead feature leaves at zero); one prime to every dim takes each
+    column (each kernel position, each input channel) equally often."""
+    numel = math.prod(shape)
     if every <= 1 or numel <= MIN_SAMPLE:
         return 1
-    stride = min(every, numel // MIN_SAMPLE)
-    while stride > 1 and not _is_prime(stride):
+
+    def fits(stride: int) -> bool:
+        return _is_prime(stride) and all(d % stride for d in shape)
+
+    stride = every
+    while not fits(stride):
+        stride += 1
+    if math.ceil(numel / stride) >= MIN_SAMPLE:
+        return stride
+    stride = numel // MIN_SAMPLE
+    while stride > 1 and not fits(stride):
         stride -= 1
-    return stride
+    return max(stride, 1)
 
 
 def _sample(tensor: torch.Tensor, every: int) -> torch.Tensor:
     """A parameter's sample: every ``sample_stride``-th element in memory order, as a view
     when the tensor is dense in some order of its dims (contiguous, channels-last): the same
-    elements before and after an in-place optimizer step."""
-    stride = sample_stride(tensor.numel(), every)
+    elements before and after an in-place optimizer step. A parameter that is not dense (a
+    strided view made a Parameter) is flattened through a copy of it, freed at once."""
+    stride = sample_stride(tuple(tensor.shape), every)
     if stride == 1:
         return tensor
     strides = tensor.stride()
     order = sorted(range(tensor.dim()), key=lambda d: -strides[d])
     dense = tensor.permute(order)
-    flat = dense.view(-1) if dense.is_contiguous() else dense.reshape(-1)  # reshape: a copy
+    flat = dense.view(-1) if dense.is_contiguous() else dense.reshape(-1)
     return flat[::stride]
 
 
@@ -321,10 +334,11 @@ class OptimizerHooks:
                 torch._foreach_sub_(snapshots, params)  # snapshot - new value: the step's change
                 change_index, change = _norm_rows(snapshots, [e.index for e, _ in held], (2.0,))
                 if every > 1:  # the sample's change, scaled to the whole parameter's
-                    numel = {e.index: local(e.tensor).numel() for e, _ in held}
+                    shapes = {e.index: tuple(local(e.tensor).shape) for e, _ in held}
                     scale = [
-                        math.sqrt(n / max(math.ceil(n / sample_stride(n, every)), 1))
-                        for n in (numel[i] for i in change_index)
+                        math.sqrt(n / max(math.ceil(n / sample_stride(shape, every)), 1))
+                        for shape in (shapes[i] for i in change_index)
+                        for n in (math.prod(shape),)
                     ]
                     change = change * torch.tensor(scale, device=change.device)
             # snapshots share their parameters' dtypes and devices, so the columns line up

@@ -82,7 +82,8 @@ def not_updated(ev: Evidence) -> Iterator[Finding]:
             and rate * min(norms[m.step], root_n) > ev.t.not_updated_min_change * m.weight_norm
             and e.group in ev.moved_groups.get(m.step, ())
         ]
-        if significant and all(c == 0 for _, c in significant):
+        # a sample that stayed put (max_copy_bytes) may have missed the elements that moved
+        if significant and all(c == 0 for _, c in significant) and not e.sampled:
             yield ev.finding(
                 "not_updated", "warning", e.name, significant[0][0], 0.0, None,
                 f"{e.name} had a non-zero gradient in {len(significant)} step(s) but "
