@@ -87,6 +87,42 @@ def healthy(rank: int) -> dict[str, Any]:
     return {"report": monitor.report().to_dict(), "oracle": oracle}
 
 
+class Wide(Net):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.head = nn.Linear(8, 96), nn.Linear(96, 96), nn.Linear(96, 3)
+
+
+def sampled(rank: int) -> dict[str, Any]:
+    """A healthy loop whose monitor copies an eighth of this rank's shards (max_copy_bytes);
+    per step, how far each whole parameter moved, gathered here."""
+    torch.manual_seed(0)
+    model = _sharded(Wide())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
+    x, y = _data(rank)
+    local = sum(p.to_local().numel() * p.element_size() for p in model.parameters())
+    ratios: dict[str, list[float]] = {}
+    with torchscope.GradientMonitor(model, optimizer, max_copy_bytes=local // 8) as monitor:
+        for _ in range(6):
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            before = {n: _full(p.detach()).clone() for n, p in model.named_parameters()}
+            optimizer.step()
+            for name, p in model.named_parameters():
+                change = torch.linalg.vector_norm(before[name] - _full(p.detach()))
+                ratios.setdefault(name, []).append(
+                    float(change / torch.linalg.vector_norm(before[name]))
+                )
+        held = sum(t.numel() * t.element_size() for t in monitor._snapshots.values())
+    return {
+        "report": monitor.report().to_dict(),
+        "oracle": ratios,
+        "held": held,
+        "local": local,
+        "sampled": [e.name for e in monitor._params if e.sampled],
+    }
+
+
 def _kinds(report: torchscope.GradientReport) -> list[tuple[str, str, str]]:
     return sorted((f.severity, f.kind, f.where) for f in report.findings)
 
@@ -416,6 +452,7 @@ SCENARIOS: dict[str, Callable[[int], Any]] = {
     "fit_and_resume": fit_and_resume,
     "one_shot_check": one_shot_check,
     "healthy": healthy,
+    "sampled": sampled,
     "bugs": bugs,
     "freezing": freezing,
 }

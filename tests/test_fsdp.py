@@ -62,6 +62,25 @@ def test_statistics_are_those_of_the_whole_tensors(ranks):
             assert h["update_ratio"][k] == pytest.approx(ratio, rel=1e-4), (name, k)
 
 
+def test_a_sample_of_each_shard_stands_for_the_whole_parameter(ranks):
+    # max_copy_bytes is each rank's, for its shards; the sampled shards' changes, scaled,
+    # combine into the whole parameter's
+    for rank in ranks:
+        run = rank["sampled"]
+        assert run["held"] < run["local"] / 4
+        assert "b.weight" in run["sampled"]
+        assert not run["report"]["findings"]
+    assert ranks[0]["sampled"]["report"] == ranks[1]["sampled"]["report"]
+    history = {p["name"]: p for p in ranks[0]["sampled"]["report"]["parameters"]}
+    sampled = set(ranks[0]["sampled"]["sampled"]) | set(ranks[1]["sampled"]["sampled"])
+    for name, truth in ranks[0]["sampled"]["oracle"].items():
+        for estimate, exact in zip(history[name]["update_ratio"], truth, strict=True):
+            if name in sampled:
+                assert exact / 1.5 < estimate < exact * 1.5, name
+            else:
+                assert estimate == pytest.approx(exact, rel=1e-4), name
+
+
 def test_a_healthy_sharded_loop_gets_no_finding_and_the_ranks_agree(ranks):
     assert not ranks[0]["healthy"]["report"]["findings"]
     assert ranks[0]["healthy"]["report"] == ranks[1]["healthy"]["report"]
