@@ -486,6 +486,27 @@ def updates_accumulation_unscaled_adamw(watch, bug=True):
     return _accuracy(model, test_set)
 
 
+@bug("accumulation_not_scaled",
+     note="accumulation over 6 micro-batches whose fixed twin scales the loss in place "
+          "(loss /= 6, the tensor handed to backward() is the loss function's own output)")
+def updates_accumulation_unscaled_inplace(watch, bug=True):
+    train_set, test_set = _digits()
+    model = _mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
+    accumulate = 6
+    with watch(model, optimizer, accumulation_steps=accumulate):
+        for _ in range(2):
+            for i, (x, y) in enumerate(DataLoader(train_set, batch_size=8, shuffle=True)):
+                loss = F.cross_entropy(model(x), y)
+                if not bug:
+                    loss /= accumulate
+                loss.backward()
+                if (i + 1) % accumulate == 0:
+                    optimizer.step()
+                    optimizer.zero_grad()
+    return _accuracy(model, test_set)
+
+
 @bug("weight_decay_collapse",
      note="SGD(weight_decay=0.5): meant 5e-4; the coupled decay shrinks every weight by 2.5% "
           "a step and the network collapses towards zero")

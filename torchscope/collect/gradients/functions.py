@@ -260,8 +260,12 @@ class FunctionCalls:
             if tensor.grad_fn is not None:
                 self._backward_roots.append(tensor.grad_fn)
             if tensor.is_floating_point() or tensor.is_complex():
-                value = tensor.detach()
-                value = _float32(value if value.dim() == 0 else value.sum())
+                last = self._signals.last_loss
+                if last is not None and last[0]() is tensor and last[1] == tensor._version:
+                    value = last[2]  # the loss function's output, as it returned it
+                else:
+                    value = tensor.detach()
+                    value = _float32(value if value.dim() == 0 else value.sum())
                 clock = self._clock()
                 self._losses.append((clock, value))
                 self._signals.on_backward(clock, value)

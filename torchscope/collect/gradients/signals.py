@@ -81,6 +81,10 @@ class LossCall:
     value: torch.Tensor | None  # the mean loss (reduction="mean" only), float32 on the device
     chance: torch.Tensor | float | None  # the loss of the best constant prediction
     batch: int | None  # the target's first dim
+    # the value's version when the loss function returned: the value aliases the loss the
+    # loop holds, and a loop that changes that in place (loss /= n) changes it too; such a
+    # value is not the loss function's any more and is not read
+    version: int = 0
 
 
 @dataclass
@@ -116,7 +120,11 @@ class CallSignals:
         # (clock, the loss handed to backward, the sum of the loss functions' values since
         # the last one)
         self.scaled: Series[tuple[_Clock, torch.Tensor, torch.Tensor]] = thinning.new()
-        self._since_backward: list[torch.Tensor] = []
+        self._since_backward: list[tuple[torch.Tensor, int]] = []  # (value, its version)
+        # the last loss function's output and its detached float32 value: backward() on it
+        # (the usual next call) reuses the value instead of detaching it again
+        # (``loss /= n`` in between changes its version: detached again then)
+        self.last_loss: tuple[weakref.ref[torch.Tensor], int, torch.Tensor] | None = None
         self._sigmoid_outputs = _ByStorage()
         self._clipped_outputs = _ByStorage()
         self._squash_outputs = _ByStorage()
@@ -189,10 +197,17 @@ class CallSignals:
         value = None
         if reduction == "mean" and isinstance(out, torch.Tensor) and out.dim() == 0:
             value = _float32(out.detach())
-            self._since_backward.append(value)
+            self._since_backward.append((value, value._version))
+            self.last_loss = (weakref.ref(out), out._version, value)
         self.losses.append(
             LossCall(
-                clock, name, family, value, chance_level(family, scores, target), _batch(target)
+                clock,
+                name,
+                family,
+                value,
+                chance_level(family, scores, target),
+                _batch(target),
+                value._version if value is not None else 0,
             )
         )
 
@@ -211,11 +226,11 @@ class CallSignals:
         self.wrong_dim.append((clock, name, dim, class_dim, deviation))
 
     def on_backward(self, clock: _Clock, value: torch.Tensor) -> None:
-        since = self._since_backward
-        if since:
-            total = since[0] if len(since) == 1 else torch.stack(since).sum()
-            self.scaled.append((clock, value, total))
-            self._since_backward = []
+        since, self._since_backward = self._since_backward, []
+        if not since or any(v._version != version for v, version in since):
+            return  # a loss changed in place since (loss /= n): its function's value is gone
+        total = since[0][0] if len(since) == 1 else torch.stack([v for v, _ in since]).sum()
+        self.scaled.append((clock, value, total))
 
 
 def _batch(target: torch.Tensor) -> int | None:
