@@ -258,9 +258,27 @@ def test_max_copy_bytes_reaches_the_monitor_and_a_bad_size_is_one_line(tmp_path,
 
 @pytest.mark.parametrize(
     ("text", "size"),
-    [("0", 0), ("1000", 1000), ("512K", 512 * 2**10), ("64MB", 64 * 2**20), ("2GiB", 2 * 2**30)],
+    [
+        ("0", 0),
+        ("1000", 1000),
+        ("1000B", 1000),
+        ("512K", 512 * 2**10),
+        ("64MB", 64 * 2**20),
+        ("64mib", 64 * 2**20),
+        (" 2GiB ", 2 * 2**30),
+    ],
 )
 def test_sizes_read_in_binary_units(text, size):
     from torchscope.cli.run import byte_size
 
     assert byte_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "1.5G", "-1", "1T", "1e9", "1i", "1iB", "\u0661\u0662"])
+def test_what_is_not_a_size_is_refused(text):
+    import argparse
+
+    from torchscope.cli.run import byte_size
+
+    with pytest.raises(argparse.ArgumentTypeError, match="is not a size"):
+        byte_size(text)

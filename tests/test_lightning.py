@@ -500,3 +500,5 @@ def test_max_copy_bytes_reaches_the_monitor(tmp_path):
     assert all(r is None for p in report.parameters for r in p.update_ratio)  # no copy
     with pytest.raises(ValueError, match="max_copy_bytes"):
         TorchscopeCallback(max_copy_bytes=-1)
+    with pytest.raises(ValueError, match="gradient_health=True"):
+        TorchscopeCallback(gradient_health=False, max_copy_bytes=2**20)

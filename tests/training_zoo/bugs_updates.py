@@ -507,6 +507,77 @@ def updates_accumulation_unscaled_inplace(watch, bug=True):
     return _accuracy(model, test_set)
 
 
+@bug("accumulation_not_scaled",
+     note="a mixture-of-experts model adds its router's load-balancing loss to the task loss "
+          "in place inside forward (loss += coef * aux, as Hugging Face MoE models do); the "
+          "loop accumulates 4 micro-batches without dividing")
+def updates_accumulation_unscaled_moe_aux(watch, bug=True):
+    class Experts(nn.Module):
+        def __init__(self, width=32, experts=4, classes=10):
+            super().__init__()
+            self.inp = nn.Linear(64, width)
+            self.router = nn.Linear(width, experts)
+            self.experts = nn.ModuleList(nn.Linear(width, width) for _ in range(experts))
+            self.out = nn.Linear(width, classes)
+
+        def forward(self, x, labels=None):
+            h = torch.relu(self.inp(x))
+            gates = torch.softmax(self.router(h), dim=-1)  # [batch, experts]
+            mixed = sum(gates[:, k : k + 1] * e(h) for k, e in enumerate(self.experts))
+            logits = self.out(torch.relu(mixed))
+            if labels is None:
+                return logits
+            loss = F.cross_entropy(logits, labels)
+            aux = gates.mean(dim=0).pow(2).sum() * gates.shape[-1]  # 1 when balanced
+            loss += 0.01 * aux
+            return loss
+
+    train_set, test_set = _digits()
+    model = Experts()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    accumulate = 4
+    with watch(model, optimizer, accumulation_steps=accumulate):
+        for _ in range(2):
+            for i, (x, y) in enumerate(DataLoader(train_set, batch_size=10, shuffle=True)):
+                loss = model(x, labels=y)
+                (loss if bug else loss / accumulate).backward()
+                if (i + 1) % accumulate == 0:
+                    optimizer.step()
+                    optimizer.zero_grad()
+    return _accuracy(model, test_set)
+
+
+@bug("accumulation_not_scaled",
+     note="two 10-class heads (the digit and its mirror image, 9 - digit), both losses handed "
+          "to torch.autograd.backward([l1, l2]) over 4 accumulated micro-batches, neither "
+          "divided")
+def updates_accumulation_unscaled_two_losses(watch, bug=True):
+    train_set, test_set = _digits()
+    body = _mlp(n_out=32)
+    digit_head, mirror_head = nn.Linear(32, 10), nn.Linear(32, 10)
+    model = nn.ModuleDict({"body": body, "digit": digit_head, "mirror": mirror_head})
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    accumulate = 4
+
+    class Digits(nn.Module):  # what the test split is scored with
+        def forward(self, x):
+            return digit_head(torch.relu(body(x)))
+
+    with watch(model, optimizer, accumulation_steps=accumulate):
+        for _ in range(2):
+            for i, (x, y) in enumerate(DataLoader(train_set, batch_size=8, shuffle=True)):
+                h = torch.relu(body(x))
+                l1 = F.cross_entropy(digit_head(h), y)
+                l2 = F.cross_entropy(mirror_head(h), 9 - y)
+                if not bug:
+                    l1, l2 = l1 / accumulate, l2 / accumulate
+                torch.autograd.backward([l1, l2])
+                if (i + 1) % accumulate == 0:
+                    optimizer.step()
+                    optimizer.zero_grad()
+    return _accuracy(Digits(), test_set)
+
+
 @bug("weight_decay_collapse",
      note="SGD(weight_decay=0.5): meant 5e-4; the coupled decay shrinks every weight by 2.5% "
           "a step and the network collapses towards zero")

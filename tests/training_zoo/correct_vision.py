@@ -504,3 +504,25 @@ def vision_zero_init_residual_bn(watch):
                 optimizer.step()
             scheduler.step()  # once per epoch
     return _accuracy(model, test_set)
+
+
+@correct
+def vision_accumulation_logs_unscaled_loss(watch):
+    """Accumulation over 4 micro-batches, loss / 4 handed to backward(); the loop logs the
+    unscaled loss by scaling a detached copy back up in place (l = loss.detach(); l *= 4)."""
+    train_set, test_set = _digits(flat=True)
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
+    accumulate, logged = 4, []
+    with watch(model, optimizer, accumulation_steps=accumulate):
+        for _ in range(3):
+            for i, (x, y) in enumerate(DataLoader(train_set, batch_size=16, shuffle=True)):
+                loss = F.cross_entropy(model(x), y) / accumulate
+                loss.backward()
+                shown = loss.detach()
+                shown *= accumulate  # in place on the detached alias: the loss as logged
+                logged.append(shown)
+                if (i + 1) % accumulate == 0:
+                    optimizer.step()
+                    optimizer.zero_grad()
+    return _accuracy(model, test_set)

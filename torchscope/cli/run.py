@@ -19,6 +19,7 @@ import argparse
 import gc
 import json
 import os
+import re
 import runpy
 import sys
 import traceback
@@ -72,20 +73,19 @@ def add_parser(commands: Any, debug: argparse.ArgumentParser) -> None:
 _VALUED = ("--report", "--tensorboard", "--fail-on", "--max-copy-bytes")
 
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30}
+_SIZE = re.compile(r"([0-9]+)\s*(?:([KMG])(?:I?B)?|B)?", re.IGNORECASE)
 
 
 def byte_size(text: str) -> int:
-    """A size in bytes: ``1000``, ``512K``, ``64M``, ``2G`` (binary units; a trailing ``B``
-    and ``i`` allowed: ``64MB``, ``64MiB``)."""
-    number = text.strip().upper().removesuffix("B").removesuffix("I")
-    unit = number[-1:] if number[-1:] in _UNITS else ""
-    digits = number[: len(number) - len(unit)]
-    if not digits.isdigit():
+    """A size in bytes: ``1000``, ``512K``, ``64M``, ``2G`` (binary units; ``B`` or ``iB``
+    may follow: ``64MB``, ``64MiB``)."""
+    match = _SIZE.fullmatch(text.strip())
+    if match is None:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a size: give bytes as a whole number, optionally with a K, M or "
             "G suffix (512M, 2G), or 0 for no copy"
         )
-    return int(digits) * _UNITS[unit]
+    return int(match.group(1)) * _UNITS[(match.group(2) or "").upper()]
 
 
 def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:

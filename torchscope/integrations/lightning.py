@@ -137,6 +137,10 @@ class TorchscopeCallback(Callback):
             )
         self._fail_on_error = bool(fail_on_error)
         self._max_copy_bytes = checked_copy_budget(max_copy_bytes)
+        if max_copy_bytes is not None and not gradient_health:
+            raise ValueError(
+                "max_copy_bytes is the gradient monitor's budget: it needs gradient_health=True"
+            )
         self.report: GradientReport | None = None
         self.model_summary: ModelSummary | None = None
         self._summarised = False

@@ -14,12 +14,11 @@ import torchscope._util.nested as _nested
 from torchscope.collect.gradients._state import (
     _Call,
     _Clock,
-    _float32,
     _Param,
     _ReluSite,
     _unit_dims,
 )
-from torchscope.collect.gradients.signals import LOSS_FUNCTIONS, CallSignals
+from torchscope.collect.gradients.signals import LOSS_FUNCTIONS, CallSignals, loss_copy
 
 if TYPE_CHECKING:
     from torch.utils.weak import WeakIdKeyDictionary
@@ -256,16 +255,19 @@ class FunctionCalls:
     def _on_backward_call(self, tensors: Any) -> None:
         self._backward_calls += 1
         self._backward_roots = []
+        values = []
+        clock = self._clock()
+        last = self._signals.last_loss
         for tensor in _nested.tensors(tensors):
             if tensor.grad_fn is not None:
                 self._backward_roots.append(tensor.grad_fn)
             if tensor.is_floating_point() or tensor.is_complex():
-                last = self._signals.last_loss
                 if last is not None and last[0]() is tensor and last[1] == tensor._version:
-                    value = last[2]  # the loss function's output, as it returned it
+                    value = last[2]  # the loss function's output, unchanged since: its copy
                 else:
-                    value = tensor.detach()
-                    value = _float32(value if value.dim() == 0 else value.sum())
-                clock = self._clock()
+                    value = loss_copy(tensor)
                 self._losses.append((clock, value))
-                self._signals.on_backward(clock, value)
+                values.append(value)
+        if values:  # backward([l1, l2]) is handed their sum, as (l1 + l2).backward() is
+            total = values[0] if len(values) == 1 else torch.stack(values).sum()
+            self._signals.on_backward(clock, total)

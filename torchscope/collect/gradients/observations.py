@@ -307,9 +307,7 @@ def observe(monitor: GradientMonitor) -> Observations:
         for clock, name, r in m._probability_inputs
     )
     s = m._signals
-    loss_values = _read(
-        [c.value if c.value is None or c.value._version == c.version else None for c in s.losses]
-    )
+    loss_values = _read([c.value for c in s.losses])
     chances = _read([c.chance for c in s.losses])
     losses_seen = tuple(
         LossView(c.clock, c.name, c.family, v, ch, c.batch)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from torchscope.collect.gradients._state import _Clock, _float32
+from torchscope.collect.gradients._state import _Clock
 from torchscope.collect.gradients.history import Series, Thinning
 
 __all__ = ["LOSS_FUNCTIONS", "CallSignals", "LossCall", "SquashSite", "chance_level"]
@@ -81,10 +81,6 @@ class LossCall:
     value: torch.Tensor | None  # the mean loss (reduction="mean" only), float32 on the device
     chance: torch.Tensor | float | None  # the loss of the best constant prediction
     batch: int | None  # the target's first dim
-    # the value's version when the loss function returned: the value aliases the loss the
-    # loop holds, and a loop that changes that in place (loss /= n) changes it too; such a
-    # value is not the loss function's any more and is not read
-    version: int = 0
 
 
 @dataclass
@@ -120,10 +116,9 @@ class CallSignals:
         # (clock, the loss handed to backward, the sum of the loss functions' values since
         # the last one)
         self.scaled: Series[tuple[_Clock, torch.Tensor, torch.Tensor]] = thinning.new()
-        self._since_backward: list[tuple[torch.Tensor, int]] = []  # (value, its version)
-        # the last loss function's output and its detached float32 value: backward() on it
-        # (the usual next call) reuses the value instead of detaching it again
-        # (``loss /= n`` in between changes its version: detached again then)
+        self._since_backward: list[torch.Tensor] = []
+        # the last loss function's output, its version then and the copy of its value:
+        # backward() on it, unchanged (the usual next call), reuses the copy
         self.last_loss: tuple[weakref.ref[torch.Tensor], int, torch.Tensor] | None = None
         self._sigmoid_outputs = _ByStorage()
         self._clipped_outputs = _ByStorage()
@@ -196,18 +191,12 @@ class CallSignals:
         reduction = kwargs.get("reduction", "mean")
         value = None
         if reduction == "mean" and isinstance(out, torch.Tensor) and out.dim() == 0:
-            value = _float32(out.detach())
-            self._since_backward.append((value, value._version))
+            value = loss_copy(out)
+            self._since_backward.append(value)
             self.last_loss = (weakref.ref(out), out._version, value)
         self.losses.append(
             LossCall(
-                clock,
-                name,
-                family,
-                value,
-                chance_level(family, scores, target),
-                _batch(target),
-                value._version if value is not None else 0,
+                clock, name, family, value, chance_level(family, scores, target), _batch(target)
             )
         )
 
@@ -226,11 +215,21 @@ class CallSignals:
         self.wrong_dim.append((clock, name, dim, class_dim, deviation))
 
     def on_backward(self, clock: _Clock, value: torch.Tensor) -> None:
+        """``value``: what this backward() was handed (the sum of its tensors' values)."""
         since, self._since_backward = self._since_backward, []
-        if not since or any(v._version != version for v, version in since):
-            return  # a loss changed in place since (loss /= n): its function's value is gone
-        total = since[0][0] if len(since) == 1 else torch.stack([v for v, _ in since]).sum()
-        self.scaled.append((clock, value, total))
+        if since:
+            total = since[0] if len(since) == 1 else torch.stack(since).sum()
+            self.scaled.append((clock, value, total))
+
+
+def loss_copy(tensor: torch.Tensor) -> torch.Tensor:
+    """A float32 copy of a loss value (summed if it is not a scalar): never an alias of the
+    loop's tensor, which the loop may change in place later (``loss /= n``, ``loss += aux``,
+    ``loss.detach().mul_(n)`` to log it)."""
+    value = tensor.detach()
+    if value.dim():
+        value = value.sum()
+    return value.float() if value.dtype != torch.float32 else value.clone()
 
 
 def _batch(target: torch.Tensor) -> int | None:
