@@ -616,6 +616,67 @@ def updates_adam_coupled_weight_decay(watch, bug=True):
 
 
 @bug("weight_decay_collapse",
+     note="RMSprop(lr=1e-4, weight_decay=0.5) on an MLP classifier: the L2 term is 5x the "
+          "loss gradient from the first step; too few steps for the weights to collapse, "
+          "the loss stays at chance")
+def updates_rmsprop_decay_outweighs(watch, bug=True):
+    train_set, test_set = _digits()
+    model = _mlp()
+    optimizer = torch.optim.RMSprop(model.parameters(), lr=1e-4, weight_decay=0.5 if bug else 1e-5)
+    with watch(model, optimizer):
+        for _ in range(8):
+            for x, y in DataLoader(train_set, batch_size=32, shuffle=True):
+                optimizer.zero_grad()
+                F.cross_entropy(model(x), y).backward()
+                optimizer.step()
+    return _accuracy(model, test_set)
+
+
+@bug("weight_decay_collapse",
+     note="Adam(lr=1e-4, weight_decay=0.3) on a small CNN, where AdamW was meant: the coupled "
+          "decay outweighs the gradient; the fixed twin is AdamW with the same numbers")
+def updates_adam_decay_outweighs_cnn(watch, bug=True):
+    train_set, test_set = _digits(images=True)
+    model = _SmallCNN()
+    opt_class = torch.optim.Adam if bug else torch.optim.AdamW
+    optimizer = opt_class(model.parameters(), lr=1e-4 if bug else 3e-3, weight_decay=0.3)
+    with watch(model, optimizer):
+        for _ in range(2):
+            for images, labels in DataLoader(train_set, batch_size=32, shuffle=True):
+                optimizer.zero_grad()
+                F.cross_entropy(model(images), labels).backward()
+                optimizer.step()
+    return _accuracy(model, test_set)
+
+
+@bug("weight_decay_collapse",
+     note="a wine classifier (nn.Module subclass) with Adam(lr=2e-4, weight_decay=1.0), an "
+          "AdamW-style decay given to Adam: every step mostly shrinks the weights")
+def updates_adam_decay_outweighs_wine(watch, bug=True):
+    x, y = _standardized(load_wine)
+    train_set, test_set = _split(x, y, 140)
+
+    class WineNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.hidden = nn.Linear(13, 48)
+            self.out = nn.Linear(48, 3)
+
+        def forward(self, x):
+            return self.out(F.gelu(self.hidden(x)))
+
+    model = WineNet()
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-4, weight_decay=1.0 if bug else 1e-4)
+    with watch(model, optimizer):
+        for _ in range(12):
+            for xb, yb in DataLoader(train_set, batch_size=8, shuffle=True):
+                optimizer.zero_grad()
+                F.cross_entropy(model(xb), yb).backward()
+                optimizer.step()
+    return _accuracy(model, test_set)
+
+
+@bug("weight_decay_collapse",
      note="RMSprop(weight_decay=0.1) on a small autoencoder: coupled decay beats the "
           "reconstruction gradient and the code layer collapses")
 def updates_rmsprop_weight_decay(watch, bug=True):

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
-from torchscope.collect.gradients.evidence import Evidence
+from torchscope.collect.gradients.evidence import (
+    CONVERGED_FRACTION,
+    MIN_STEPS_FOR_UPDATES,
+    Evidence,
+)
+from torchscope.collect.gradients.observations import ParamView
 from torchscope.collect.gradients.registry import rule
 from torchscope.records import Finding
 
@@ -12,6 +18,9 @@ MOST = 0.5  # "for most of the run": at least this fraction of the optimizer ste
 COLLAPSED_LR = 0.1  # a learning rate below this fraction of its own peak has collapsed
 CRUSHING_CLIP = 1e-2  # clip_grad_norm_ scaling the gradients by less than this
 COLLAPSED_NORM = 0.2  # a weight whose norm ends below this fraction of where it started
+# coupled weight decay this many times the loss's gradient (wd * ||w|| against ||g||, median
+# step) outweighs it; healthy runs measure 0.01 to 0.1 (SGD 5e-4 to 5e-3, Adam 1e-4 to 1e-3)
+DOMINANT_DECAY = 2.0
 
 
 def _collapsed_groups(ev: Evidence) -> list[tuple[int, float, float, int, int]]:
@@ -117,6 +126,7 @@ def weight_decay_collapse(ev: Evidence) -> Iterator[Finding]:
         if moves[-1].weight_norm < COLLAPSED_NORM * moves[0].weight_norm:
             shrunk.append((e, moves[-1].weight_norm / moves[0].weight_norm))
     if not shrunk or len(shrunk) < MOST * judged:
+        yield from _decay_dominates(ev, decay)
         return
     e, ratio = shrunk[0]
     wd, decoupled = decay[e.group or -1]
@@ -129,4 +139,54 @@ def weight_decay_collapse(ev: Evidence) -> Iterator[Finding]:
         f"{', decoupled' if decoupled else ', coupled to the gradient'}): the decay "
         "outweighs what the gradients build. Typical values are 1e-4 to 5e-4 for SGD, 0.01 "
         "to 0.1 for AdamW (decoupled); Adam's weight_decay is L2 in the gradient, use AdamW",
+    )  # fmt: skip
+
+
+def _decay_dominates(ev: Evidence, decay: dict[int, tuple[float, bool]]) -> Iterator[Finding]:
+    """Coupled weight decay (``weight_decay`` of SGD, Adam, RMSprop, Adagrad: added to the
+    gradient) that outweighs the loss's gradient while the loss does not fall: the optimizer
+    mostly shrinks the weights, before they have had the steps to collapse. The decay must
+    match the gradient where that is largest too (a layer whose gradient vanishes is
+    outweighed by any decay: that is ``vanishing``'s to say)."""
+    improvement, to_chance = ev.loss_improvement, ev.loss_to_chance
+    if improvement is None or improvement >= ev.t.min_loss_improvement:
+        return
+    if to_chance is not None and to_chance < CONVERGED_FRACTION:
+        return
+    ratios: list[tuple[float, float, ParamView]] = []  # (median ratio, median |g|, param)
+    for e in ev.params:
+        wd, decoupled = decay.get(e.group or -1, (0.0, False))
+        if not e.trainable or len(e.shape) < 2 or wd <= 0 or decoupled:
+            continue
+        norms = {m.step: m.weight_norm for m in ev.moves.get(e.index, [])}
+        h = ev.history[e.index]
+        pairs = [
+            (wd * norms[step] / g, g)
+            for step, g in zip(h.steps, h.grad_norm, strict=True)
+            if step in norms and g > 0 and math.isfinite(g) and math.isfinite(norms[step])
+        ]
+        if len(pairs) < MIN_STEPS_FOR_UPDATES:
+            continue
+        ratio = sorted(r for r, _ in pairs)[len(pairs) // 2]
+        grad = sorted(g for _, g in pairs)[len(pairs) // 2]
+        ratios.append((ratio, grad, e))
+    if not ratios:
+        return
+    outweighed = [entry for entry in ratios if entry[0] > DOMINANT_DECAY]
+    best_fed = max(ratios, key=lambda entry: entry[1])
+    if len(outweighed) < MOST * len(ratios) or best_fed[0] < 1.0:
+        return
+    ratio, _, e = best_fed
+    wd, _ = decay[e.group or -1]
+    kind = ev.observed.optimizer_kind or {}
+    yield ev.finding(
+        "weight_decay_collapse", "warning", e.name, None, ratio, DOMINANT_DECAY,
+        f"weight_decay={wd:g} ({kind.get(e.group or -1, 'the optimizer')}, coupled to the "
+        f"gradient) outweighs the loss's gradient in {len(outweighed)} of {len(ratios)} weight "
+        f"matrices (over {DOMINANT_DECAY:g} times it in the median step) and matches it even "
+        f"for {e.name}, whose gradient is the largest ({ratio:.2g} times), and the loss fell "
+        f"by only {improvement:.0%}: the "
+        "steps mostly shrink the weights toward zero instead of fitting the data. Typical "
+        "values are 1e-4 to 5e-4 for SGD; Adam's and RMSprop's weight_decay is L2 in the "
+        "gradient (use AdamW, decoupled, with 0.01 to 0.1)",
     )  # fmt: skip
