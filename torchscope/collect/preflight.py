@@ -124,7 +124,9 @@ class _LossCall(TorchFunctionMode):
             chance = None
             if isinstance(scores, torch.Tensor) and isinstance(target, torch.Tensor):
                 with torch.no_grad():
-                    level = chance_level(known[1], scores.detach(), target.detach())
+                    level = chance_level(
+                        known[1], scores.detach(), target.detach(), known[0], kwargs
+                    )
                 chance = float(level) if level is not None else None
             self.seen = (known[0], known[1], chance)
         return func(*args, **kwargs)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -196,7 +196,12 @@ class CallSignals:
             self.last_loss = (weakref.ref(out), out._version, value)
         self.losses.append(
             LossCall(
-                clock, name, family, value, chance_level(family, scores, target), _batch(target)
+                clock,
+                name,
+                family,
+                value,
+                chance_level(family, scores, target, name, kwargs),
+                _batch(target),
             )
         )
 
@@ -237,9 +242,15 @@ def _batch(target: torch.Tensor) -> int | None:
 
 
 def chance_level(
-    family: str, scores: torch.Tensor, target: torch.Tensor
+    family: str,
+    scores: torch.Tensor,
+    target: torch.Tensor,
+    name: str = "",
+    kwargs: Mapping[str, Any] | None = None,
 ) -> torch.Tensor | float | None:
-    """The loss of the best prediction that ignores the input, where it is known."""
+    """The loss of the best prediction that ignores the input, where it is known: for a
+    regression, the targets' variance (MSE), the loss of their median (L1), or the better of
+    their median's and their mean's (smooth L1, Huber)."""
     if family == "classification":
         classes = scores.shape[1] if scores.dim() >= 2 else scores.shape[0]
         return math.log(classes) if classes > 1 else None
@@ -256,4 +267,22 @@ def chance_level(
             return (-(p * p.log() + (1 - p) * (1 - p).log())).mean()
         if t.numel() < 2:
             return None
+        if name in _MEDIAN_LOSSES:
+            # L1's best constant is the median; a Huber-type loss's lies between the median
+            # (large residuals) and the mean (residuals within beta/delta): the better of the two
+            loss = _MEDIAN_LOSSES[name]
+            options = {k: v for k, v in (kwargs or {}).items() if k in ("beta", "delta")}
+            median = t.median(dim=0).values if t.dim() > 1 else t.median()
+            level = loss(median.expand_as(t), t, **options)
+            if name != "l1_loss":
+                level = torch.minimum(level, loss(t.mean(dim=0).expand_as(t), t, **options))
+            return level
         return t.var(dim=0, unbiased=False).mean() if t.dim() > 1 else t.var(unbiased=False)
+
+
+# regression losses whose best constant prediction is not the targets' mean (or not only)
+_MEDIAN_LOSSES: dict[str, Callable[..., torch.Tensor]] = {
+    "l1_loss": F.l1_loss,
+    "smooth_l1_loss": F.smooth_l1_loss,
+    "huber_loss": F.huber_loss,
+}

@@ -151,7 +151,9 @@ def _decay_dominates(ev: Evidence, decay: dict[int, tuple[float, bool]]) -> Iter
     improvement, to_chance = ev.loss_improvement, ev.loss_to_chance
     if improvement is None or improvement >= ev.t.min_loss_improvement:
         return
-    if to_chance is not None and to_chance < CONVERGED_FRACTION:
+    # the loss must be known to sit near its chance level: a converged model's gradient is
+    # tiny and any decay outweighs it (a loss with no known chance level is not judged)
+    if to_chance is None or to_chance < CONVERGED_FRACTION:
         return
     ratios: list[tuple[float, float, ParamView]] = []  # (median ratio, median |g|, param)
     for e in ev.params:
@@ -185,7 +187,8 @@ def _decay_dominates(ev: Evidence, decay: dict[int, tuple[float, bool]]) -> Iter
         f"gradient) outweighs the loss's gradient in {len(outweighed)} of {len(ratios)} weight "
         f"matrices (over {DOMINANT_DECAY:g} times it in the median step) and matches it even "
         f"for {e.name}, whose gradient is the largest ({ratio:.2g} times), and the loss fell "
-        f"by only {improvement:.0%}: the "
+        + (f"by only {improvement:.0%}" if improvement > 0 else "not at all")
+        + f" (it stays at {to_chance:.0%} of a constant prediction's): the "
         "steps mostly shrink the weights toward zero instead of fitting the data. Typical "
         "values are 1e-4 to 5e-4 for SGD; Adam's and RMSprop's weight_decay is L2 in the "
         "gradient (use AdamW, decoupled, with 0.01 to 0.1)",
