@@ -650,7 +650,7 @@ def updates_adam_decay_outweighs_cnn(watch, bug=True):
 
 
 @bug("weight_decay_collapse",
-     note="a wine classifier (nn.Module subclass) with Adam(lr=2e-4, weight_decay=1.0), an "
+     note="a wine classifier (nn.Module subclass) with Adam(lr=2e-4, weight_decay=2.0), an "
           "AdamW-style decay given to Adam: every step mostly shrinks the weights")
 def updates_adam_decay_outweighs_wine(watch, bug=True):
     x, y = _standardized(load_wine)
@@ -666,7 +666,7 @@ def updates_adam_decay_outweighs_wine(watch, bug=True):
             return self.out(F.gelu(self.hidden(x)))
 
     model = WineNet()
-    optimizer = torch.optim.Adam(model.parameters(), lr=2e-4, weight_decay=1.0 if bug else 1e-4)
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-4, weight_decay=2.0 if bug else 1e-4)
     with watch(model, optimizer):
         for _ in range(12):
             for xb, yb in DataLoader(train_set, batch_size=8, shuffle=True):
