@@ -74,6 +74,7 @@ class _Param:
     __slots__ = (
         "aliases",
         "cancelled_by",
+        "copy_stride",
         "index",
         "intended_frozen",
         "key_after_backward",
@@ -82,7 +83,6 @@ class _Param:
         "name",
         "pending_stale",
         "received",
-        "sampled",
         "tensor",
     )
 
@@ -102,9 +102,15 @@ class _Param:
         # max |grad| left over from before that step, carried into this window (not cleared)
         self.pending_stale: tuple[_Clock, torch.Tensor] | None = None
         self.key_after_backward: GradKey | None = None
-        # the weights' change is read off a sample of it (max_copy_bytes): a sample that did
-        # not change does not say the parameter did not
-        self.sampled = False
+        # every how many elements (in memory order) its copy before a measured step keeps
+        # one: 1 copies it whole; above 1 (max_copy_bytes) its change is read off a sample
+        self.copy_stride = 1
+
+    @property
+    def sampled(self) -> bool:
+        """Its change is read off a sample (a sample that did not change does not say the
+        parameter did not)."""
+        return self.copy_stride > 1
 
 
 def _batch_first(module: nn.Module) -> bool:

@@ -295,7 +295,7 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
                 self._max_copy_bytes,
             )
             for e in self._params:
-                e.sampled = every > 1 and sample_stride(tuple(local(e.tensor).shape), every) > 1
+                e.copy_stride = sample_stride(tuple(local(e.tensor).shape), every)
             self._hidden = hidden_tensors(self._model)
             # gradients they already hold (a teacher trained before) are not this loop's
             self._hidden_keys = [[_grad_key(x) for x in h.tensors] for h in self._hidden]

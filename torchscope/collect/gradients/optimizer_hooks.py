@@ -102,12 +102,12 @@ def sample_stride(shape: tuple[int, ...], every: int) -> int:
     return max(stride, 1)
 
 
-def _sample(tensor: torch.Tensor, every: int) -> torch.Tensor:
-    """A parameter's sample: every ``sample_stride``-th element in memory order, as a view
-    when the tensor is dense in some order of its dims (contiguous, channels-last): the same
-    elements before and after an in-place optimizer step. A parameter that is not dense (a
-    strided view made a Parameter) is flattened through a copy of it, freed at once."""
-    stride = sample_stride(tuple(tensor.shape), every)
+def _sample(tensor: torch.Tensor, stride: int) -> torch.Tensor:
+    """A parameter's sample: every ``stride``-th element in memory order (its
+    ``_Param.copy_stride``), as a view when the tensor is dense in some order of its dims
+    (contiguous, channels-last): the same elements before and after an in-place optimizer
+    step. A parameter that is not dense (a strided view made a Parameter) is flattened
+    through a copy of it, freed at once."""
     if stride == 1:
         return tensor
     strides = tensor.stride()
@@ -280,14 +280,13 @@ class OptimizerHooks:
         if not measured_step(self._round):
             self._pending = (optimizer, held, None, (), None)
             return
-        every = self._copy_every
-        if every == 0:  # max_copy_bytes=0: how far the step moves the weights is not measured
+        if self._copy_every == 0:  # max_copy_bytes=0: how far steps move weights is not read
             self._pending = (optimizer, held, None, (), None)
             return
         params = [entry.tensor for entry, _ in held]
         shards = [local(p.detach()) for p in params]  # a sharded parameter: its shard
         # max_copy_bytes below the parameters' size: an evenly spaced sample of each
-        samples = shards if every == 1 else [_sample(s, every) for s in shards]
+        samples = [_sample(s, e.copy_stride) for (e, _), s in zip(held, shards, strict=True)]
         snapshots = []
         for (entry, _), sample in zip(held, samples, strict=True):
             snap = self._snapshots.get(entry.index)
@@ -326,19 +325,16 @@ class OptimizerHooks:
         _, held, snapshots, weight_index, weight_norms = pending
         measured = None
         if snapshots is not None:
-            every = self._copy_every
             with torch.no_grad():
-                params = [local(entry.tensor.detach()) for entry, _ in held]
-                if every > 1:
-                    params = [_sample(p, every) for p in params]
+                params = [_sample(local(e.tensor.detach()), e.copy_stride) for e, _ in held]
                 torch._foreach_sub_(snapshots, params)  # snapshot - new value: the step's change
                 change_index, change = _norm_rows(snapshots, [e.index for e, _ in held], (2.0,))
-                if every > 1:  # the sample's change, scaled to the whole parameter's
-                    shapes = {e.index: tuple(local(e.tensor).shape) for e, _ in held}
+                if self._copy_every > 1:  # a sample's change, scaled to the whole parameter's
+                    entries = {e.index: e for e, _ in held}
                     scale = [
-                        math.sqrt(n / max(math.ceil(n / sample_stride(shape, every)), 1))
-                        for shape in (shapes[i] for i in change_index)
-                        for n in (math.prod(shape),)
+                        math.sqrt(n / max(math.ceil(n / entries[i].copy_stride), 1))
+                        for i in change_index
+                        for n in (local(entries[i].tensor).numel(),)
                     ]
                     change = change * torch.tensor(scale, device=change.device)
             # snapshots share their parameters' dtypes and devices, so the columns line up
