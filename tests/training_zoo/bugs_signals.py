@@ -145,6 +145,34 @@ def sat_cancer_functional_tanh(watch, bug=True):
         return ((model(X_te) > 0).float() == y_te).float().mean().item()
 
 
+@bug("saturated_activation", where="<loop>:tanh",
+     note="a model the loop writes out itself (layers in a ModuleDict, tanh between them in "
+          "the step function), fed raw breast-cancer features")
+def sat_loop_written_model(watch, bug=True):
+    X, y = load_breast_cancer(return_X_y=True)
+    if not bug:
+        X = StandardScaler().fit_transform(X)
+    X_tr, X_te, y_tr, y_te = (
+        torch.tensor(a, dtype=torch.float32)
+        for a in train_test_split(X, y, test_size=0.25, random_state=0)
+    )
+    layers = nn.ModuleDict({"encode": nn.Linear(30, 32), "classify": nn.Linear(32, 1)})
+
+    def logits(xb):
+        return layers["classify"](torch.tanh(layers["encode"](xb))).squeeze(1)
+
+    optimizer = torch.optim.Adam(layers.parameters(), lr=1e-3)
+    loader = DataLoader(TensorDataset(X_tr, y_tr), batch_size=32, shuffle=True)
+    with watch(layers, optimizer):
+        for _ in range(8):
+            for xb, yb in loader:
+                optimizer.zero_grad()
+                F.binary_cross_entropy_with_logits(logits(xb), yb).backward()
+                optimizer.step()
+    with torch.no_grad():
+        return ((logits(X_te) > 0).float() == y_te).float().mean().item()
+
+
 @bug("saturated_activation", where=("1", "3", "5", "7"),
      note="xavier init with gain=6 'to fight vanishing gradients' pins every tanh at +-1")
 def sat_large_init_gain(watch, bug=True):

@@ -292,6 +292,29 @@ def updates_sgd_lr_too_small(watch, bug=True):
 
 
 @bug("tiny_updates",
+     note="a hand-written label-smoothing loss (no chance level the monitor knows) and "
+          "SGD(lr=2e-6), a typo for 2e-2")
+def updates_lr_typo_handwritten_smoothing(watch, bug=True):
+    train_set, test_set = _digits()
+    model = _mlp()
+
+    def smoothed_ce(logits, labels, eps=0.1):
+        logp = logits.log_softmax(dim=1)
+        soft = torch.full_like(logp, eps / (logp.shape[1] - 1))
+        soft.scatter_(1, labels[:, None], 1 - eps)
+        return -(soft * logp).sum(dim=1).mean()
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=2e-6 if bug else 2e-2, momentum=0.9)
+    with watch(model, optimizer):
+        for _ in range(3):
+            for xb, yb in DataLoader(train_set, batch_size=32, shuffle=True):
+                optimizer.zero_grad()
+                smoothed_ce(model(xb), yb).backward()
+                optimizer.step()
+    return _accuracy(model, test_set)
+
+
+@bug("tiny_updates",
      note="GRU tagger with RMSprop(lr=1e-6), copied from a config that meant 1e-3")
 def updates_rmsprop_lr_too_small(watch, bug=True):
     vocab = 16

@@ -430,3 +430,33 @@ def misc_modulelist_sigmoid_mlp(watch):
                 optimizer.step()
     with torch.no_grad():
         return (model(xt).argmax(1) == yt).float().mean().item()
+
+
+@correct
+def misc_confident_finetune_handwritten_bce(watch):
+    """A classifier trained to confidence, then trained on with Adam through a hand-written
+    binary cross-entropy (sigmoid, clamp, log): the loss's sigmoid sits at 0 and 1 because
+    the model is sure, not because a hidden layer is saturated."""
+    x, y, xt, yt = _standardised(load_breast_cancer)
+    y = y.float()
+    model = nn.Sequential(nn.Linear(30, 64), nn.ReLU(), nn.Linear(64, 1))
+
+    def bce(logits, target):
+        p = torch.sigmoid(logits.squeeze(1)).clamp(1e-7, 1 - 1e-7)
+        return -(target * torch.log(p) + (1 - target) * torch.log(1 - p)).mean()
+
+    warmup = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(300):  # the pretrained checkpoint, full batch
+        warmup.zero_grad()
+        bce(model(x), y).backward()
+        warmup.step()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loader = DataLoader(TensorDataset(x, y), batch_size=64, shuffle=True)
+    with watch(model, optimizer):
+        for _epoch in range(4):
+            for xb, yb in loader:
+                optimizer.zero_grad()
+                bce(model(xb), yb).backward()
+                optimizer.step()
+    with torch.no_grad():
+        return ((model(xt).squeeze(1) > 0).long() == yt).float().mean().item()

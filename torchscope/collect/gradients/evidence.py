@@ -34,6 +34,10 @@ ROUNDING_FACTOR = 2.0**10
 MIN_STEPS_FOR_UPDATES = 20  # optimizer steps before "most of the run" means anything
 # a loss below this fraction of the chance level has learned most of what there is
 CONVERGED_FRACTION = 0.3
+# a gradient below this fraction of its weights' norm (the median weight matrix, median
+# measured step) has little left to teach: a trained model, or a loss scaled far down. At
+# initialisation gradients measure 1e-2 to 1 of the weights; a converged model's 1e-6 to 1e-4
+SMALL_GRADIENT = 1e-3
 
 
 @dataclass(frozen=True)
@@ -352,6 +356,26 @@ class Evidence:
             return None
         tail = max(self.chance_tails.values(), key=lambda t: t.calls)
         return tail.value / tail.chance
+
+    @cached_property
+    def gradient_to_weight(self) -> float | None:
+        """The median over trainable weight matrices of ||grad|| / ||weight|| in their median
+        measured step (the gradient the step received, after any clipping); None when no
+        matrix has both measured."""
+        medians = []
+        for e in self.params:
+            if not e.trainable or len(e.shape) < 2:
+                continue
+            norms = {m.step: m.weight_norm for m in self.moves.get(e.index, [])}
+            h = self.history[e.index]
+            values = sorted(
+                g / norms[step]
+                for step, g in zip(h.steps, h.grad_norm, strict=True)
+                if norms.get(step, 0.0) > 0 and math.isfinite(g) and math.isfinite(norms[step])
+            )
+            if values:
+                medians.append(values[len(values) // 2])
+        return sorted(medians)[len(medians) // 2] if medians else None
 
     @property
     def barely_learning(self) -> bool:

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from torchscope.collect.gradients.monitor import GradientMonitor
     from torchscope.collect.gradients.thresholds import GradientThresholds
 
-__all__ = ["FunctionCalls", "FunctionWatch"]
+__all__ = ["SATURATION_WINDOW", "FunctionCalls", "FunctionWatch"]
 
 # backward passes over which tanh/sigmoid saturation is measured, from the monitor's start
 SATURATION_WINDOW = 10
@@ -223,14 +223,17 @@ class FunctionCalls:
             return  # saturation that a bug causes is there from the start; later it can be
             # confidence the model has learned (large weights on separable data)
         call = self._stack[-1] if self._stack else None
-        if call is not None and call.info.squash:  # an nn.Tanh / nn.Sigmoid module
+        if call is None:
+            # outside every forward: in a hand-written loss (focal, dice: the model's output
+            # squashed, an output layer) or in a model the loop writes out itself (judged
+            # once its output enters a module: SquashSite.feeds_module)
+            self._signals.on_squash(function, f"<loop>:{function}", out, outside=True)
+            return
+        if call.info.squash:  # an nn.Tanh / nn.Sigmoid module
             name = call.info.path
         else:
-            owner = call.info.path if call is not None else ""
-            index = 0
-            if call is not None:
-                index, call.squash_calls = call.squash_calls, call.squash_calls + 1
-            name = f"{owner or '<model>'}:{function}#{index}"
+            index, call.squash_calls = call.squash_calls, call.squash_calls + 1
+            name = f"{call.info.path or '<model>'}:{function}#{index}"
         self._signals.on_squash(function, name, out)
 
     def _on_gradient_scaled(self, first: Any, factor: torch.Tensor) -> None:

@@ -61,7 +61,7 @@ from torchscope.collect.gradients.compiled import (
     keep_out_of_dynamo,
 )
 from torchscope.collect.gradients.evidence import Evidence
-from torchscope.collect.gradients.functions import FunctionCalls, FunctionWatch
+from torchscope.collect.gradients.functions import SATURATION_WINDOW, FunctionCalls, FunctionWatch
 from torchscope.collect.gradients.history import Folds, Series, Thinning
 from torchscope.collect.gradients.observations import Fixed, observe
 from torchscope.collect.gradients.optimizer_hooks import (
@@ -519,6 +519,13 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
             self._forward_eval.add(info.path)
         if isinstance(module, _NORMALISATION) and args and isinstance(args[0], torch.Tensor):
             self._check_normalisation_input(info, args[0])
+        if (
+            self._signals.outside_squashes
+            and self._backwards < SATURATION_WINDOW
+            and args
+            and isinstance(args[0], torch.Tensor)
+        ):
+            self._signals.on_module_input(args[0])
 
     def _meant_to_be_eval(self, module: nn.Module) -> bool:
         """Frozen normalisation layers are kept in eval mode on purpose."""

@@ -115,6 +115,9 @@ class SquashView:
     saturated: float  # fraction of outputs pinned at the limits
     total: int
     feeds_loss: bool  # an output layer: its output went straight into a loss
+    # called outside every forward and its output never entered a module: on the loss's
+    # side of the model (a hand-written loss), an output layer too
+    on_output: bool = False
 
 
 @dataclass(frozen=True)
@@ -347,6 +350,7 @@ def observe(monitor: GradientMonitor) -> Observations:
                 (v or 0.0) / max(site.total, 1),
                 site.total,
                 site.feeds_loss,
+                site.outside and not site.feeds_module,
             )
             for site, v in zip(s.squash_sites.values(), saturated, strict=True)
         ),

@@ -90,6 +90,10 @@ class SquashSite:
     saturated: torch.Tensor  # outputs within SATURATION_MARGIN of the limits, summed
     total: int = 0  # outputs seen
     feeds_loss: bool = False  # its output went straight into a loss function (an output layer)
+    # called outside every module's forward (in a hand-written loss, or the loop's own
+    # code), and whether its output then entered a module: only then is it a hidden layer
+    outside: bool = False
+    feeds_module: bool = False
 
 
 class CallSignals:
@@ -113,6 +117,7 @@ class CallSignals:
             "wrong_dim"
         )
         self.squash_sites: dict[tuple[str, str], SquashSite] = {}
+        self.outside_squashes = 0  # sites called outside every forward (see SquashSite)
         # (clock, the loss handed to backward, the sum of the loss functions' values since
         # the last one)
         self.scaled: Series[tuple[_Clock, torch.Tensor, torch.Tensor]] = thinning.new()
@@ -144,7 +149,7 @@ class CallSignals:
             return
         self._normalised.add(out, (dim % out.dim(), out.shape))
 
-    def on_squash(self, function: str, site_name: str, out: Any) -> None:
+    def on_squash(self, function: str, site_name: str, out: Any, *, outside: bool = False) -> None:
         if not (torch.is_grad_enabled() and isinstance(out, torch.Tensor)):
             return
         if not out.is_floating_point() or out.numel() == 0:
@@ -159,11 +164,19 @@ class CallSignals:
         site = self.squash_sites.get(key)
         count = near.sum()
         if site is None:
-            self.squash_sites[key] = site = SquashSite(site_name, function, count)
+            self.squash_sites[key] = site = SquashSite(site_name, function, count, outside=outside)
+            self.outside_squashes += outside
         else:
             site.saturated = site.saturated + count
         site.total += out.numel()
         self._squash_outputs.add(out, site)
+
+    def on_module_input(self, tensor: torch.Tensor) -> None:
+        """A module's forward got ``tensor``: a squash called outside every forward whose
+        output this is was a hidden layer of a model written in the loop."""
+        site = self._squash_outputs.get(tensor)
+        if site is not None:
+            site.feeds_module = True
 
     # -- losses ------------------------------------------------------------------------------
 

@@ -103,7 +103,7 @@ def saturated_activation(ev: Evidence) -> Iterator[Finding]:
     threshold = ev.t.saturated_fraction
     scale = ev.observed.input_scale
     for site in ev.observed.squash_sites:
-        if site.feeds_loss or site.total < 64 or site.saturated < threshold:
+        if site.feeds_loss or site.on_output or site.total < 64 or site.saturated < threshold:
             continue
         limits = "+-1" if site.function == "tanh" else "0 or 1"
         inputs = f"; the model's input reached |x| = {scale:.3g}" if scale is not None else ""

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from torchscope.collect.gradients.evidence import (
     CONVERGED_FRACTION,
     MIN_STEPS_FOR_UPDATES,
+    SMALL_GRADIENT,
     Evidence,
 )
 from torchscope.collect.gradients.observations import ParamView
@@ -93,6 +94,12 @@ def clipped_to_nothing(ev: Evidence) -> Iterator[Finding]:
 @rule("tiny_updates")
 def tiny_updates(ev: Evidence) -> Iterator[Finding]:
     if not _tiny(ev) or _collapsed_groups(ev) or _crushing_clips(ev):
+        return
+    small = ev.gradient_to_weight
+    if ev.loss_to_chance is None and small is not None and small < SMALL_GRADIENT:
+        # small steps from small gradients, and no chance level to say the loss is still
+        # high: a trained model (fine-tuned, resumed, trained on past convergence) has
+        # nothing left to learn, and a step of any learning rate moves it little
         return
     lrs = sorted({lr for trace in ev.group_lrs.values() for lr in trace if lr})
     shown = ", ".join(f"{lr:.2g}" for lr in lrs[:3]) or "unknown"
