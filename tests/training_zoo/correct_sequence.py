@@ -396,3 +396,36 @@ def seq_gru_attention_pooling(watch):
                 optimizer.step()
     with torch.no_grad():
         return (model(x[480:]).argmax(1) == y[480:]).float().mean().item()
+
+
+@correct
+def seq_time_first_gru_window_equals_batch(watch):
+    """A time-first GRU (the default layout, fed x.transpose(0, 1)) whose windows are as long
+    as the batch is large (24 and 24), with a ragged last batch: a (24, 24, F) input says
+    nothing about which dim is the batch, and the last batch's (24, 10, F) is time-first."""
+    torch.manual_seed(0)
+    n, steps, features = 250, 24, 3
+    x = torch.randn(n, steps, features)
+    y = (x[:, :, 0].cumsum(1)[:, -1] > 0).long()  # the sign of a running sum: needs the sequence
+
+    class Reader(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = nn.GRU(features, 32)
+            self.head = nn.Linear(32, 2)
+
+        def forward(self, batch):  # batch: (N, T, F)
+            _, last = self.rnn(batch.transpose(0, 1))  # (T, N, F) in, (1, N, H) out
+            return self.head(last[0])
+
+    model = Reader()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    loader = DataLoader(TensorDataset(x[:200], y[:200]), batch_size=24, shuffle=True)
+    with watch(model, optimizer):
+        for _epoch in range(6):
+            for xb, yb in loader:
+                optimizer.zero_grad()
+                F.cross_entropy(model(xb), yb).backward()
+                optimizer.step()
+    with torch.no_grad():
+        return (model(x[200:]).argmax(1) == y[200:]).float().mean().item()

@@ -271,7 +271,8 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
             "steps_without_backward"
         )
         self._signals = CallSignals(t)
-        self._sequence_inputs: list[tuple[str, tuple[int, ...]]] = []  # (module, input shape)
+        # (module, input shape, when): inputs of layers that read (time, batch, ...)
+        self._sequence_inputs: list[tuple[str, tuple[int, ...], _Clock]] = []
         self._input_scale: torch.Tensor | None = None  # max |x| of the first training input
         self._rows_identical: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._hidden: list[Hidden] = []
@@ -514,7 +515,7 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
                     self._input_scale = first.detach().abs().amax().float()
         if info.batch_dims and args and isinstance(args[0], torch.Tensor) and args[0].dim() == 3:
             if len(self._sequence_inputs) < 1000:
-                self._sequence_inputs.append((info.path, tuple(args[0].shape)))
+                self._sequence_inputs.append((info.path, tuple(args[0].shape), self._clock()))
         if info.sensitive and not module.training and not self._meant_to_be_eval(module):
             self._forward_eval.add(info.path)
         if isinstance(module, _NORMALISATION) and args and isinstance(args[0], torch.Tensor):

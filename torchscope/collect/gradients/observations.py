@@ -177,7 +177,7 @@ class Observations:
     wrong_dim: tuple[tuple[Clock, str, int, int, float], ...] = ()
     squash_sites: tuple[SquashView, ...] = ()
     scaled: tuple[tuple[float, float], ...] = ()  # (value handed to backward, losses' sum)
-    sequence_inputs: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    sequence_inputs: tuple[tuple[str, tuple[int, ...], Clock], ...] = ()
     input_scale: float | None = None
     rows_identical: dict[int, tuple[bool, bool | None]] | None = None  # (at start, at end)
     hidden: tuple[HiddenView, ...] = ()

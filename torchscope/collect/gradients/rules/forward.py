@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 from torchscope.collect.gradients.evidence import Evidence
+from torchscope.collect.gradients.observations import Clock
 from torchscope.collect.gradients.registry import rule
 from torchscope.records import Finding
 
@@ -122,16 +123,24 @@ def batch_mixing(ev: Evidence) -> Iterator[Finding]:
     batches = [c.batch for c in ev.observed.loss_calls if c.batch is not None]
     if not batches:
         return
-    batch = max(set(batches), key=batches.count)  # the usual batch size of the loss
-    mixed: dict[str, tuple[int, ...]] = {}
-    total: dict[str, int] = {}
-    for path, shape in ev.observed.sequence_inputs:
-        total[path] = total.get(path, 0) + 1
-        if shape[0] == batch and shape[1] != batch:
-            mixed.setdefault(path, shape)
-    for path, shape in mixed.items():
-        count = sum(1 for p, s in ev.observed.sequence_inputs if p == path and s[0] == batch)
-        if count < 0.5 * total[path]:
+    usual = max(set(batches), key=batches.count)  # the usual batch size of the loss
+    of_step: dict[Clock, int] = {}  # the loss's batch size in each step (a ragged last one)
+    for c in ev.observed.loss_calls:
+        if c.batch is not None:
+            of_step.setdefault(c.clock, c.batch)
+    first: dict[str, tuple[tuple[int, ...], int]] = {}  # the first input that mixes
+    votes: dict[str, list[int]] = {}  # per layer: inputs batch-first, inputs time-first
+    for path, shape, clock in ev.observed.sequence_inputs:
+        batch = of_step.get(clock, usual)
+        leads, follows = shape[0] == batch, shape[1] == batch
+        if leads == follows:
+            continue  # sequence length = batch size, or neither: the shape tells nothing
+        votes.setdefault(path, [0, 0])[0 if leads else 1] += 1
+        if leads:
+            first.setdefault(path, (shape, batch))
+    for path, (shape, batch) in first.items():
+        mixing, time_first = votes[path]
+        if mixing < time_first:
             continue
         yield ev.finding(
             "batch_mixing", "error", path, None, float(shape[0]), None,
