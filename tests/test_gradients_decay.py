@@ -46,7 +46,11 @@ def test_a_converged_model_fine_tuned_with_decay_is_no_finding(weight_decay):
             optimizer.zero_grad()
             _focal(model(x), y).backward()
             optimizer.step()
-    assert "weight_decay_collapse" not in monitor.report().kinds
+    report = monitor.report()
+    assert "weight_decay_collapse" not in report.kinds
+    # nor any other warning: the focal loss's sigmoid is saturated because the model is sure
+    # (an output layer), and the steps are small because the gradients are (nothing left)
+    assert report.ok, report
 
 
 @pytest.mark.parametrize("loss_fn", [nn.L1Loss(), nn.SmoothL1Loss(), nn.HuberLoss()])

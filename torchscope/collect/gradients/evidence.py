@@ -228,14 +228,35 @@ class Evidence:
         return self._gradient_split[1]
 
     @cached_property
+    def target_scale(self) -> float:
+        """How large a healthy gradient is in the loss's own units: 1, or for ``mse_loss``
+        the targets' standard deviation (the square root of its chance level) when that is
+        above 1. A squared error's gradient is 2 (prediction - target): a regression on
+        targets in their own units (prices, counts, 25 to 346) has gradients in the
+        thousands from its first step, and trains well."""
+        variances = sorted(
+            c.chance
+            for c in self.observed.loss_calls
+            if c.name == "mse_loss" and c.chance is not None and math.isfinite(c.chance)
+        )
+        if not variances:
+            return 1.0
+        return max(1.0, math.sqrt(variances[len(variances) // 2]))
+
+    @property
+    def exploding_threshold(self) -> float:
+        return self.t.exploding_norm * self.target_scale
+
+    @cached_property
     def exploding(self) -> dict[int, list[tuple[int, float]]]:
         """Parameter index -> the (step, L2 norm) above the threshold, for those that have any."""
         out = {}
+        threshold = self.exploding_threshold
         for e, h in self.with_gradient:
             big = [
                 (step, norm)
                 for step, norm, top in zip(h.steps, h.grad_norm, h.grad_max_abs, strict=True)
-                if norm > self.t.exploding_norm and math.isfinite(top)  # L2 may overflow to inf
+                if norm > threshold and math.isfinite(top)  # L2 may overflow to inf
             ]
             if big:
                 out[e.index] = big

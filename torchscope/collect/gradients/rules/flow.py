@@ -40,10 +40,16 @@ def exploding(ev: Evidence) -> Iterator[Finding]:
         if not big:
             continue
         value = max(v for _, v in big)
+        threshold = ev.exploding_threshold
+        scaled = (
+            f" = {t.exploding_norm:g} x the targets' std {ev.target_scale:.3g}"
+            if ev.target_scale > 1
+            else ""
+        )
         yield ev.finding(
-            "exploding", "warning", e.name, big[0][0], value, t.exploding_norm,
+            "exploding", "warning", e.name, big[0][0], value, threshold,
             f"the gradient norm of {e.name} reached {value:.3g} (threshold "
-            f"{t.exploding_norm:g}) in {len(big)} of {len(h.steps)} steps: lower the "
+            f"{threshold:.3g}{scaled}) in {len(big)} of {len(h.steps)} steps: lower the "
             "learning rate, clip gradients (clip_grad_norm_), normalise inputs, or check "
             "the initialisation and the loss reduction (sum vs mean)",
         )  # fmt: skip
