@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from torchscope.collect.gradients.monitor import GradientMonitor
     from torchscope.collect.gradients.thresholds import GradientThresholds
 
-__all__ = ["SATURATION_WINDOW", "FunctionCalls", "FunctionWatch"]
+__all__ = ["SATURATION_WINDOW", "FunctionCalls", "FunctionWatch", "transforming"]
 
 # backward passes over which tanh/sigmoid saturation is measured, from the monitor's start
 SATURATION_WINDOW = 10
@@ -75,6 +75,16 @@ _WATCHED = frozenset(
 )
 
 
+_peek_transform = getattr(torch._C._functorch, "peek_interpreter_stack", lambda: None)
+
+
+def transforming() -> bool:
+    """Inside a ``torch.func`` transform (``grad``, ``vmap``, ``jacrev``: per-sample
+    gradients, ensembles, physics-informed losses). Its tensors are wrappers with no storage
+    and its derivatives never reach ``.grad``: the monitor leaves those calls alone."""
+    return _peek_transform() is not None
+
+
 def _argument(args: Sequence[Any], kwargs: Mapping[str, Any], position: int, name: str) -> Any:
     return args[position] if len(args) > position else kwargs.get(name)
 
@@ -99,6 +109,8 @@ class FunctionWatch(TorchFunctionMode):
         if func not in _WATCHED:  # most calls: the optimizer's, the model's own arithmetic
             return func(*args, **kwargs)
         if torch.compiler.is_compiling():  # inside a compiled region: see compiled.py
+            return func(*args, **kwargs)
+        if transforming():  # inside torch.func.grad/vmap: see transforming
             return func(*args, **kwargs)
         monitor = self.monitor
         if func in _RELU_FUNCTIONS:

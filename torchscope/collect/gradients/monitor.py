@@ -61,7 +61,12 @@ from torchscope.collect.gradients.compiled import (
     keep_out_of_dynamo,
 )
 from torchscope.collect.gradients.evidence import Evidence
-from torchscope.collect.gradients.functions import SATURATION_WINDOW, FunctionCalls, FunctionWatch
+from torchscope.collect.gradients.functions import (
+    SATURATION_WINDOW,
+    FunctionCalls,
+    FunctionWatch,
+    transforming,
+)
 from torchscope.collect.gradients.history import Folds, Series, Thinning
 from torchscope.collect.gradients.observations import Fixed, observe
 from torchscope.collect.gradients.optimizer_hooks import (
@@ -266,6 +271,7 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
         self._lr_trace: Series[tuple[_Clock, dict[int, tuple[float | None, float, bool]]]] = t.new()
         self._optimizer_kind: dict[int, str] = {}  # param group id -> its optimizer's class
         self._last_step_backwards: dict[int, int] = {}  # optimizer id -> backwards at its step
+        self._written_grads = False  # gradients assigned by hand since the last step
         self._steps_of: dict[int, int] = {}  # optimizer id -> its steps (for the stride)
         self._steps_without_backward: Series[tuple[_Clock, str]] = t.events(
             "steps_without_backward"
@@ -472,6 +478,8 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
             return  # nothing in the graph, no guard on this state (see compiled.py)
         if torch._C._current_graph_task_id() != -1:
             return  # a forward recomputed inside a backward pass (activation checkpointing)
+        if transforming():
+            return  # torch.func.grad/vmap through the model (functional_call): not .grad's
         if self._resting and (self._loss_in_forward or self._measuring()):
             # the mode rests between an optimizer step and the next forward; on a step
             # whose statistics are not taken it rests through the forward too (what it
@@ -552,7 +560,11 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
                 bias.cancelled_by = info.path
 
     def _on_forward(self, info: _Module, output: Any) -> None:
-        if torch.compiler.is_compiling() or torch._C._current_graph_task_id() != -1:
+        if (
+            torch.compiler.is_compiling()
+            or torch._C._current_graph_task_id() != -1
+            or transforming()
+        ):
             return
         # the statistics below are the monitor's own torch calls: off the mode, each would be
         # a Python call through FunctionWatch (popped only when it is on top of the stack;

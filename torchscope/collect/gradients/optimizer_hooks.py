@@ -161,6 +161,7 @@ class OptimizerHooks:
         _output_l1: dict[int, torch.Tensor]
         _windows: Series[tuple[_Clock, int]]
         _last_step_backwards: dict[int, int]
+        _written_grads: bool
         _steps_of: dict[int, int]
         _steps_without_backward: Series[tuple[_Clock, str]]
         _stale: Series[tuple[_Clock, int, torch.Tensor]]
@@ -221,6 +222,14 @@ class OptimizerHooks:
         held = plan.held
         if not held:
             return
+        if self._last_step_backwards.get(id(optimizer)) == self._backwards:
+            # no backward pass since this optimizer's last step: gradients assigned since
+            # (per-sample ones from torch.func, an evolution-strategies estimate, a
+            # hand-derived gradient) are new ones all the same, not the last step's again
+            self._written_grads = any(
+                e.key_after_step is not None and _grad_key(e.tensor) != e.key_after_step
+                for e, _ in held
+            )
         if not self._optimizers:  # from now on a step is an optimizer step
             last = self._rows[-1] if self._rows and not self._rows[-1].from_step else None
             if last is not None and last.output_l1 is not None:
@@ -356,7 +365,8 @@ class OptimizerHooks:
         self._windows.append((self._clock(), self._backwards_since_step))
         # a closure (LBFGS) runs its backward inside step(): counted by now
         last = self._last_step_backwards.get(id(optimizer))
-        if last is not None and self._backwards == last:
+        written, self._written_grads = self._written_grads, False
+        if last is not None and self._backwards == last and not written:
             self._steps_without_backward.append((self._clock(), type(optimizer).__name__))
         self._last_step_backwards[id(optimizer)] = self._backwards
         self._backwards_since_step = 0
