@@ -460,3 +460,42 @@ def misc_confident_finetune_handwritten_bce(watch):
                 optimizer.step()
     with torch.no_grad():
         return ((model(xt).squeeze(1) > 0).long() == yt).float().mean().item()
+
+
+@correct
+def misc_validation_loss_without_no_grad(watch):
+    """A trainer that logs a validation loss every 8 steps in eval mode but without
+    torch.no_grad (the graph is built and dropped), then goes back to model.train(): every
+    training step runs in train mode."""
+    x, y, xt, yt = _standardised(load_wine)
+
+    class Trainer:
+        def __init__(self):
+            self.model = nn.Sequential(
+                nn.Linear(13, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 3)
+            )
+            self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.05, momentum=0.9)
+            self.history = []
+
+        def validate(self):
+            self.model.eval()
+            self.history.append(F.cross_entropy(self.model(xt), yt).item())
+            self.model.train()
+
+        def fit(self, loader, epochs):
+            step = 0
+            for _ in range(epochs):
+                for xb, yb in loader:
+                    self.optimizer.zero_grad()
+                    F.cross_entropy(self.model(xb), yb).backward()
+                    self.optimizer.step()
+                    step += 1
+                    if step % 8 == 0:
+                        self.validate()
+
+    trainer = Trainer()
+    trainer.model.train()
+    loader = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True, drop_last=True)
+    with watch(trainer.model, trainer.optimizer):
+        trainer.fit(loader, epochs=6)
+    return trainer.history[-1]

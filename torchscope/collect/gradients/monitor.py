@@ -515,6 +515,9 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
         module = info.module
         self._called.add(info.path)
         if module is self._model:
+            # an eval-mode forward with no backward pass before this one (a validation loss
+            # computed without torch.no_grad, only logged) trained nothing
+            self._eval_pending = None
             self._forward_root_eval = not module.training
             self._forward_eval = set()
             if self._input_scale is None:
