@@ -346,5 +346,5 @@ def test_every_event_series_is_named_after_its_observations_field():
 
     monitor = torchscope.GradientMonitor(MLP())
     names = set(monitor._thinning.events_by_name)
-    assert len(names) == 10
+    assert len(names) == 11
     assert names <= {f.name for f in dataclasses.fields(Observations)}

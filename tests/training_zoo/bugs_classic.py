@@ -492,3 +492,52 @@ def classic_bn1d_sequence_batch_of_one(watch, bug=True):
                 F.cross_entropy(model(xb), yb).backward()
                 optimizer.step()
     return _accuracy(model, x[n:], y[n:])
+
+
+@bug("zero_grad", where="optimizer",
+     note="a logging helper reads the gradient norm after backward() and then clears the "
+          "gradients (model.zero_grad(), set_to_none by default) before optimizer.step()")
+def classic_grad_logger_clears_before_step(watch, bug=True):
+    X_tr, y_tr, X_te, y_te = _digits()
+    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    norms = []
+
+    def log_gradients(net):
+        total = torch.sqrt(sum(p.grad.pow(2).sum() for p in net.parameters()))
+        norms.append(total.item())
+        if bug:
+            net.zero_grad()  # "reset for the next batch"
+
+    loader = DataLoader(TensorDataset(X_tr, y_tr), batch_size=64, shuffle=True)
+    with watch(model, optimizer):
+        for _ in range(3):
+            for xb, yb in loader:
+                if not bug:
+                    optimizer.zero_grad()
+                F.cross_entropy(model(xb), yb).backward()
+                log_gradients(model)
+                optimizer.step()
+    return _accuracy(model, X_te, y_te)
+
+
+@bug("zero_grad", where="optimizer",
+     note="an autoencoder loop that calls optimizer.zero_grad() after backward(), meaning to "
+          "clear before the next batch, then steps: step() finds no gradients")
+def classic_zero_grad_after_backward_autoencoder(watch, bug=True):
+    X = torch.tensor(load_digits().data / 16.0, dtype=torch.float32)
+    model = nn.Sequential(nn.Linear(64, 16), nn.Tanh(), nn.Linear(16, 64), nn.Sigmoid())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    loader = DataLoader(TensorDataset(X[:1400]), batch_size=32, shuffle=True)
+    with watch(model, optimizer):
+        for _ in range(4):
+            for (xb,) in loader:
+                loss = F.binary_cross_entropy(model(xb), xb)
+                if not bug:
+                    optimizer.zero_grad()
+                loss.backward()
+                if bug:
+                    optimizer.zero_grad()
+                optimizer.step()
+    with torch.no_grad():
+        return F.binary_cross_entropy(model(X[1400:]), X[1400:]).item()

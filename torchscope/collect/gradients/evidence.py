@@ -47,6 +47,13 @@ class ChanceTail:
     tail: int  # the calls averaged: the last quarter
     value: float  # mean loss over them
     chance: float  # mean chance level over them
+    floor: float = 0.0  # the least loss any prediction gets (soft targets' entropy), mean
+
+    @property
+    def to_chance(self) -> float:
+        """How far the loss sits from its floor, against how far a constant prediction's
+        does: 0 at the floor, 1 at chance."""
+        return (self.value - self.floor) / (self.chance - self.floor)
 
 
 @dataclass(frozen=True)
@@ -333,14 +340,15 @@ class Evidence:
         batches), its mean value and mean chance level over the last quarter of its calls."""
         by_name: dict[str, list[LossView]] = {}
         for c in self.observed.loss_calls:
-            if c.value is not None and c.chance is not None and c.chance > 0.05:
+            if c.value is not None and c.chance is not None and c.chance - (c.floor or 0) > 0.05:
                 by_name.setdefault(c.name, []).append(c)
         out = {}
         for name, calls in by_name.items():
             tail = calls[-max(len(calls) // 4, 1) :]
             value = sum(c.value for c in tail if c.value is not None) / len(tail)
             chance = sum(c.chance for c in tail if c.chance is not None) / len(tail)
-            out[name] = ChanceTail(calls[0].family, len(calls), len(tail), value, chance)
+            floor = sum(c.floor or 0.0 for c in tail) / len(tail)
+            out[name] = ChanceTail(calls[0].family, len(calls), len(tail), value, chance, floor)
         if self.observed.forward_sampled and len(out) == 1:
             name, seen = next(iter(out.items()))
             proxy = self._tail_from_backward(seen.family, by_name[name])
@@ -367,7 +375,8 @@ class Evidence:
             return None
         tail = values[-max(len(values) // 4, 1) :]
         chance = sum(c.chance for c in calls if c.chance is not None) / len(calls)
-        return ChanceTail(family, len(values), len(tail), sum(tail) / len(tail), chance)
+        floor = sum(c.floor or 0.0 for c in calls) / len(calls)
+        return ChanceTail(family, len(values), len(tail), sum(tail) / len(tail), chance, floor)
 
     @property
     def loss_to_chance(self) -> float | None:
@@ -376,7 +385,7 @@ class Evidence:
         if not self.chance_tails:
             return None
         tail = max(self.chance_tails.values(), key=lambda t: t.calls)
-        return tail.value / tail.chance
+        return tail.to_chance
 
     @cached_property
     def gradient_to_weight(self) -> float | None:
@@ -397,6 +406,20 @@ class Evidence:
             if values:
                 medians.append(values[len(values) // 2])
         return sorted(medians)[len(medians) // 2] if medians else None
+
+    @property
+    def every_gradient_zero(self) -> bool:
+        """Optimizer steps ran and every trainable parameter with a gradient had an exactly
+        zero one in all of them (what zero_grad() between backward() and step() leaves)."""
+        with_gradient = [e for e in self.params if e.trainable and self.history[e.index].steps]
+        return self.observed.stepped and len(self.zero_gradient) == len(with_gradient) > 0
+
+    @property
+    def cleared_before_steps(self) -> int:
+        """Optimizer steps that found every gradient of the backward pass before them set to
+        None (zero_grad() between backward() and step()), when that is most of them."""
+        times = self.observed.total("cleared_before_step")
+        return times if times and times >= 0.5 * max(self.observed.steps, 1) else 0
 
     @property
     def barely_learning(self) -> bool:

@@ -273,6 +273,9 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
         self._last_step_backwards: dict[int, int] = {}  # optimizer id -> backwards at its step
         self._written_grads = False  # gradients assigned by hand since the last step
         self._steps_of: dict[int, int] = {}  # optimizer id -> its steps (for the stride)
+        # steps whose gradients a backward pass filled and something set to None before
+        # step() ran (zero_grad() between them, set_to_none=True): (when, parameters)
+        self._cleared_before_step: Series[tuple[_Clock, int]] = t.events("cleared_before_step")
         self._steps_without_backward: Series[tuple[_Clock, str]] = t.events(
             "steps_without_backward"
         )

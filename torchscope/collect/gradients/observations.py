@@ -128,6 +128,7 @@ class LossView:
     value: float | None  # its mean value (reduction="mean")
     chance: float | None  # the loss of the best constant prediction
     batch: int | None
+    floor: float | None = None  # the least loss any prediction gets (soft targets)
 
 
 @dataclass(frozen=True)
@@ -169,6 +170,8 @@ class Observations:
     lr_trace: tuple[tuple[Clock, dict[int, tuple[float | None, float, bool]]], ...] = ()
     optimizer_kind: dict[int, str] | None = None
     steps_without_backward: tuple[tuple[Clock, str], ...] = ()
+    # (when, parameters): a backward pass's gradients all set to None before step()
+    cleared_before_step: tuple[tuple[Clock, int], ...] = ()
     clip_coefficients: tuple[tuple[Clock, float], ...] = ()
     loss_calls: tuple[LossView, ...] = ()
     broadcasts: tuple[tuple[Clock, str, tuple[int, ...], tuple[int, ...]], ...] = ()
@@ -312,9 +315,10 @@ def observe(monitor: GradientMonitor) -> Observations:
     s = m._signals
     loss_values = _read([c.value for c in s.losses])
     chances = _read([c.chance for c in s.losses])
+    floors = _read([c.floor for c in s.losses])
     losses_seen = tuple(
-        LossView(c.clock, c.name, c.family, v, ch, c.batch)
-        for c, v, ch in zip(s.losses, loss_values, chances, strict=True)
+        LossView(c.clock, c.name, c.family, v, ch, c.batch, fl)
+        for c, v, ch, fl in zip(s.losses, loss_values, chances, floors, strict=True)
     )
     deviations = _read([d for *_, d in s.wrong_dim])
     saturated = _read([site.saturated for site in s.squash_sites.values()])
@@ -330,6 +334,7 @@ def observe(monitor: GradientMonitor) -> Observations:
         lr_trace=tuple(m._lr_trace),
         optimizer_kind=dict(m._optimizer_kind),
         steps_without_backward=tuple(m._steps_without_backward),
+        cleared_before_step=tuple(m._cleared_before_step),
         clip_coefficients=tuple(
             (c, v)
             for (c, _), v in zip(m._clip_coefficients, coefficients, strict=True)

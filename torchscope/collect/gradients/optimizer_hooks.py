@@ -162,6 +162,7 @@ class OptimizerHooks:
         _windows: Series[tuple[_Clock, int]]
         _last_step_backwards: dict[int, int]
         _written_grads: bool
+        _cleared_before_step: Series[tuple[_Clock, int]]
         _steps_of: dict[int, int]
         _steps_without_backward: Series[tuple[_Clock, str]]
         _stale: Series[tuple[_Clock, int, torch.Tensor]]
@@ -222,6 +223,8 @@ class OptimizerHooks:
         held = plan.held
         if not held:
             return
+        if self._backwards_since_step:
+            self._check_cleared(held)
         if self._last_step_backwards.get(id(optimizer)) == self._backwards:
             # no backward pass since this optimizer's last step: gradients assigned since
             # (per-sample ones from torch.func, an evolution-strategies estimate, a
@@ -306,6 +309,19 @@ class OptimizerHooks:
             weight_index, weight_norms = _norm_rows(shards, [e.index for e, _ in held], (2.0,))
             torch._foreach_copy_(snapshots, samples)
         self._pending = (optimizer, held, snapshots, weight_index, weight_norms)
+
+    def _check_cleared(self, held: list[tuple[_Param, Any]]) -> None:
+        """A backward pass filled gradients since the last step and every one of them is None
+        now: zero_grad() (set_to_none=True, its default) ran between backward() and step(),
+        and the optimizer skips every parameter."""
+        filled = 0
+        for entry, _ in held:
+            if entry.key_after_backward is not None:
+                if entry.tensor.grad is not None:
+                    return  # the usual step: stops at the first parameter
+                filled += 1
+        if filled:
+            self._cleared_before_step.append((self._clock(), filled))
 
     def _on_step_post(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if torch.compiler.is_compiling():

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torchscope.collect.gradients._state import _Clock
 from torchscope.collect.gradients.history import Series, Thinning
 
-__all__ = ["LOSS_FUNCTIONS", "CallSignals", "LossCall", "SquashSite", "chance_level"]
+__all__ = ["LOSS_FUNCTIONS", "CallSignals", "LossCall", "SquashSite", "chance_level", "loss_floor"]
 
 #: loss function -> (its name, its family)
 LOSS_FUNCTIONS: dict[Callable[..., Any], tuple[str, str]] = {
@@ -81,6 +81,7 @@ class LossCall:
     value: torch.Tensor | None  # the mean loss (reduction="mean" only), float32 on the device
     chance: torch.Tensor | float | None  # the loss of the best constant prediction
     batch: int | None  # the target's first dim
+    floor: torch.Tensor | None = None  # the least loss any prediction can get: soft targets'
 
 
 @dataclass
@@ -215,6 +216,7 @@ class CallSignals:
                 value,
                 chance_level(family, scores, target, name, kwargs),
                 _batch(target),
+                loss_floor(family, scores, target),
             )
         )
 
@@ -265,6 +267,11 @@ def chance_level(
     regression, the targets' variance (MSE), the loss of their median (L1), or the better of
     their median's and their mean's (smooth L1, Huber)."""
     if family == "classification":
+        if _soft(scores, target):  # class probabilities (a teacher's): their mean's entropy
+            with torch.no_grad():
+                mean = target.detach().float().movedim(_class_dim(scores), -1)
+                mean = mean.reshape(-1, mean.shape[-1]).mean(dim=0)
+                return _entropy(mean, dim=-1)
         classes = scores.shape[1] if scores.dim() >= 2 else scores.shape[0]
         return math.log(classes) if classes > 1 else None
     if scores.shape != target.shape or not target.is_floating_point():
@@ -291,6 +298,37 @@ def chance_level(
                 level = torch.minimum(level, loss(t.mean(dim=0).expand_as(t), t, **options))
             return level
         return t.var(dim=0, unbiased=False).mean() if t.dim() > 1 else t.var(unbiased=False)
+
+
+def _class_dim(scores: torch.Tensor) -> int:
+    return 1 if scores.dim() >= 2 else 0
+
+
+def _soft(scores: torch.Tensor, target: torch.Tensor) -> bool:
+    """Targets that are class probabilities (``cross_entropy``'s soft targets), not labels."""
+    return target.is_floating_point() and target.shape == scores.shape
+
+
+def _entropy(p: torch.Tensor, dim: int) -> torch.Tensor:
+    p = p.clamp_min(1e-12)
+    return -(p * p.log()).sum(dim=dim).mean()
+
+
+def loss_floor(family: str, scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
+    """The least loss any prediction can get where the targets are soft: the mean entropy of
+    class probabilities (a distillation teacher's), or of targets strictly between 0 and 1 for
+    a binary loss (pixel intensities an autoencoder reconstructs). None for labels, whose
+    floor is 0."""
+    if not target.is_floating_point() or target.shape != scores.shape:
+        return None
+    with torch.no_grad():
+        t = target.detach().float()
+        if family == "classification":
+            return _entropy(t, dim=_class_dim(scores))
+        if family == "binary":  # 0/1 labels give about 1e-5: no floor
+            q = t.clamp(1e-6, 1 - 1e-6)
+            return (-(q * q.log() + (1 - q) * (1 - q).log())).mean()
+    return None
 
 
 # regression losses whose best constant prediction is not the targets' mean (or not only)

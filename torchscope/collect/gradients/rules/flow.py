@@ -92,12 +92,23 @@ def vanishing(ev: Evidence) -> Iterator[Finding]:
 
 @rule("zero_grad")
 def zero_grad(ev: Evidence) -> Iterator[Finding]:
+    cleared = ev.cleared_before_steps
+    if cleared:
+        clock, filled = ev.observed.cleared_before_step[0]
+        yield ev.finding(
+            "zero_grad", "warning", "optimizer", clock, float(cleared), None,
+            f"in {cleared} of {ev.observed.steps} optimizer steps every gradient the backward "
+            f"pass had filled ({filled} parameters) was None when step() ran: zero_grad() "
+            "(set_to_none=True, its default) was called between backward() and step(), so "
+            "the optimizer skips every parameter and nothing trains. Clear the gradients "
+            "before the forward (or right after step()), never between backward() and step()",
+        )  # fmt: skip
+        return
     if ev.fully_dead_sites:  # zero gradients around a fully dead layer are its consequence
         return
     zero = ev.zero_gradient
-    with_gradient = [e for e in ev.params if e.trainable and ev.history[e.index].steps]
     stepped = ev.observed.stepped
-    everything = stepped and len(zero) == len(with_gradient) > 0
+    everything = ev.every_gradient_zero
     for e, h, observed in zero:
         enough = stepped and observed >= 2
         cause = (

@@ -83,13 +83,18 @@ def softmax_wrong_dim(ev: Evidence) -> Iterator[Finding]:
 @rule("loss_at_chance")
 def loss_at_chance(ev: Evidence) -> Iterator[Finding]:
     for name, tail in ev.chance_tails.items():
-        if tail.calls < MIN_STEPS_FOR_CHANCE or tail.value < CHANCE_FRACTION * tail.chance:
+        if tail.calls < MIN_STEPS_FOR_CHANCE or tail.to_chance < CHANCE_FRACTION:
             continue
-        what = (
-            f"ln C = {tail.chance:.3g} for {round(math.exp(tail.chance))} classes"
-            if tail.family == "classification"
-            else f"{tail.chance:.3g}, the loss of predicting the same value for every sample"
-        )
+        soft = tail.floor > 0.01
+        if tail.family == "classification" and not soft:
+            what = f"ln C = {tail.chance:.3g} for {round(math.exp(tail.chance))} classes"
+        else:
+            what = f"{tail.chance:.3g}, the loss of predicting the same value for every sample"
+        if soft:
+            what += (
+                f" (the soft targets' own entropy, {tail.floor:.3g}, is the least any "
+                "prediction gets)"
+            )
         yield ev.finding(
             "loss_at_chance", "warning", name, None, tail.value, tail.chance,
             f"the training loss ({name}) ended at {tail.value:.3g} over the last {tail.tail} "

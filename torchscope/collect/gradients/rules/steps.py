@@ -95,6 +95,8 @@ def clipped_to_nothing(ev: Evidence) -> Iterator[Finding]:
 def tiny_updates(ev: Evidence) -> Iterator[Finding]:
     if not _tiny(ev) or _collapsed_groups(ev) or _crushing_clips(ev):
         return
+    if ev.cleared_before_steps or ev.every_gradient_zero:  # zero_grad says why
+        return
     small = ev.gradient_to_weight
     if ev.loss_to_chance is None and small is not None and small < SMALL_GRADIENT:
         # small steps from small gradients, and no chance level to say the loss is still
