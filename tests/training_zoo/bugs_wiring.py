@@ -625,3 +625,38 @@ def wiring_loss_broadcast_huber(watch, bug=True):
     with torch.no_grad():
         xb, yb = test_set.tensors
         return F.mse_loss(model(xb), yb).item()
+
+
+@bug("softmax_wrong_dim",
+     note="a sequence classifier over (batch, time, classes) with nn.LogSoftmax() left without "
+          "a dim: for 3-D input PyTorch's implicit choice is dim 0, the batch")
+def wiring_log_softmax_module_implicit_dim(watch, bug=True):
+    classes, seq_len = 4, 10
+
+    class FrameTagger(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv1d(3, 24, kernel_size=3, padding=1)
+            self.classify = nn.Linear(24, classes)
+            self.log_probs = nn.LogSoftmax() if bug else nn.LogSoftmax(dim=-1)
+
+        def forward(self, frames):  # (batch, time, 3)
+            h = torch.relu(self.conv(frames.transpose(1, 2))).transpose(1, 2)
+            return self.log_probs(self.classify(h))  # (batch, time, classes)
+
+    g = torch.Generator().manual_seed(0)
+    frames = torch.randn(400, seq_len, 3, generator=g)
+    labels = (frames[..., 0] > 0).long() + 2 * (frames[..., 1] > 0).long()  # per frame
+    train_set, test_set = _split(frames, labels, 320)
+    model = FrameTagger()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    with watch(model, optimizer):
+        for _ in range(5):
+            for x, y in DataLoader(train_set, batch_size=16, shuffle=True):
+                optimizer.zero_grad()
+                F.nll_loss(model(x).reshape(-1, classes), y.reshape(-1)).backward()
+                optimizer.step()
+    x, y = test_set.tensors
+    with torch.no_grad():  # one clip at a time, as at inference
+        return sum((model(x[i : i + 1]).argmax(-1) == y[i : i + 1]).float().mean().item()
+                   for i in range(len(x))) / len(x)

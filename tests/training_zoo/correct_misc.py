@@ -499,3 +499,21 @@ def misc_validation_loss_without_no_grad(watch):
     with watch(trainer.model, trainer.optimizer):
         trainer.fit(loader, epochs=6)
     return trainer.history[-1]
+
+
+@correct
+def misc_log_softmax_module_implicit_dim_2d(watch):
+    """nn.LogSoftmax() with no dim on (N, C) scores, then nll_loss: for 2-D input PyTorch's
+    implicit dim is 1, the classes (deprecated, and right)."""
+    x, y, xt, yt = _standardised(load_iris)
+    model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3), nn.LogSoftmax())
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    loader = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True)
+    with watch(model, optimizer):
+        for _epoch in range(15):
+            for xb, yb in loader:
+                optimizer.zero_grad()
+                F.nll_loss(model(xb), yb).backward()
+                optimizer.step()
+    with torch.no_grad():
+        return (model(xt).argmax(1) == yt).float().mean().item()

@@ -141,7 +141,11 @@ class CallSignals:
 
     def on_normalised(self, source: Any, out: Any, dim: Any, *, log: bool) -> None:
         """A softmax (``log=False``) or log_softmax over ``dim``."""
-        if not isinstance(out, torch.Tensor) or out.dim() == 0 or not isinstance(dim, int):
+        if not isinstance(out, torch.Tensor) or out.dim() == 0:
+            return
+        if dim is None:  # nn.Softmax() / nn.LogSoftmax() with no dim: torch's implicit choice
+            dim = 0 if out.dim() in (1, 3) else 1
+        if not isinstance(dim, int):
             return
         how = self._clipped_outputs.get(source) if isinstance(source, torch.Tensor) else None
         if how is not None:  # log_softmax(relu(x)): the scores were clipped before it
