@@ -429,3 +429,36 @@ def seq_time_first_gru_window_equals_batch(watch):
                 optimizer.step()
     with torch.no_grad():
         return (model(x[200:]).argmax(1) == y[200:]).float().mean().item()
+
+
+@correct
+def seq_time_first_forecaster_scored_per_step(watch):
+    """A default-layout (time-first) LSTM that predicts the next value at every step, its
+    targets laid out as its input, (time, batch, 1): the loss's first dim is the time."""
+    torch.manual_seed(0)
+    t = torch.arange(0, 64 * 31, dtype=torch.float32) * 0.07
+    series = torch.sin(t) + 0.5 * torch.sin(0.31 * t) + 0.05 * torch.randn(len(t))
+    windows = series.reshape(64, 31)  # 64 windows of 31 values
+    inputs = windows[:, :-1].T.unsqueeze(-1)  # (30, 64, 1), time first
+    targets = windows[:, 1:].T.unsqueeze(-1)
+
+    class Forecaster(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = nn.LSTM(1, 24)
+            self.out = nn.Linear(24, 1)
+
+        def forward(self, x):
+            h, _ = self.lstm(x)
+            return self.out(h)
+
+    model = Forecaster()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    with watch(model, optimizer):
+        for _epoch in range(12):
+            for k in torch.randperm(56).split(12):  # batches of windows along dim 1
+                optimizer.zero_grad()
+                F.mse_loss(model(inputs[:, k]), targets[:, k]).backward()
+                optimizer.step()
+    with torch.no_grad():
+        return F.mse_loss(model(inputs[:, 56:]), targets[:, 56:]).item()

@@ -129,6 +129,7 @@ class LossView:
     chance: float | None  # the loss of the best constant prediction
     batch: int | None
     floor: float | None = None  # the least loss any prediction gets (soft targets)
+    lead: tuple[int, ...] = ()  # the target's first two dims
 
 
 @dataclass(frozen=True)
@@ -317,7 +318,7 @@ def observe(monitor: GradientMonitor) -> Observations:
     chances = _read([c.chance for c in s.losses])
     floors = _read([c.floor for c in s.losses])
     losses_seen = tuple(
-        LossView(c.clock, c.name, c.family, v, ch, c.batch, fl)
+        LossView(c.clock, c.name, c.family, v, ch, c.batch, fl, c.lead)
         for c, v, ch, fl in zip(s.losses, loss_values, chances, floors, strict=True)
     )
     deviations = _read([d for *_, d in s.wrong_dim])

@@ -125,12 +125,20 @@ def batch_mixing(ev: Evidence) -> Iterator[Finding]:
         return
     usual = max(set(batches), key=batches.count)  # the usual batch size of the loss
     of_step: dict[Clock, int] = {}  # the loss's batch size in each step (a ragged last one)
+    layouts: set[tuple[Clock, tuple[int, ...]]] = set()  # (step, a target's first two dims)
     for c in ev.observed.loss_calls:
         if c.batch is not None:
             of_step.setdefault(c.clock, c.batch)
+        if len(c.lead) == 2:
+            layouts.add((c.clock, c.lead))
     first: dict[str, tuple[tuple[int, ...], int]] = {}  # the first input that mixes
     votes: dict[str, list[int]] = {}  # per layer: inputs batch-first, inputs time-first
     for path, shape, clock in ev.observed.sequence_inputs:
+        if (clock, shape[:2]) in layouts:
+            # the loss's targets are laid out as the layer's input (a time-first forecaster
+            # scored per step on (time, batch, 1)): the shapes cannot say which dim is the
+            # batch
+            continue
         batch = of_step.get(clock, usual)
         leads, follows = shape[0] == batch, shape[1] == batch
         if leads == follows:
