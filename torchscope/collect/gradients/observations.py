@@ -184,6 +184,8 @@ class Observations:
     sequence_inputs: tuple[tuple[str, tuple[int, ...], Clock], ...] = ()
     input_scale: float | None = None
     rows_identical: dict[int, tuple[bool, bool | None]] | None = None  # (at start, at end)
+    # per trainable weight matrix: ||weight now - weight at entry|| (sampled, whole-tensor units)
+    moved: dict[int, float] | None = None
     hidden: tuple[HiddenView, ...] = ()
     # the forward ran compiled: its own signals (loss functions inside the model included)
     # were seen on eager samples only
@@ -325,6 +327,8 @@ def observe(monitor: GradientMonitor) -> Observations:
     saturated = _read([site.saturated for site in s.squash_sites.values()])
     scaled_pairs = _read([v for _, *pair in s.scaled for v in pair])
     identical = _read([v for pair in m._rows_identical.values() for v in pair])
+    moved_now = m._moved_now()
+    moved = _read(list(moved_now.values()))
     coefficients = _read([c for _, c in m._clip_coefficients])
     input_scale = _read([m._input_scale])[0]
     hidden_held = fixed.hidden_held if fixed is not None else tuple(m._hidden_held_now())
@@ -367,6 +371,7 @@ def observe(monitor: GradientMonitor) -> Observations:
         sequence_inputs=tuple(m._sequence_inputs),
         input_scale=input_scale,
         forward_sampled=m._sampler.active,
+        moved={i: v for i, v in zip(moved_now, moved, strict=True) if v is not None},
         rows_identical={
             i: (
                 bool(identical[2 * k]),

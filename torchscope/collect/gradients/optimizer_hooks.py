@@ -33,7 +33,16 @@ if TYPE_CHECKING:
     from torchscope.collect.gradients.history import Folds, Series, Thinning
     from torchscope.collect.gradients.structure import Hidden
 
-__all__ = ["MIN_SAMPLE", "OptimizerHooks", "checked_copy_budget", "copy_every", "sample_stride"]
+__all__ = [
+    "ENTRY_SAMPLE",
+    "MIN_SAMPLE",
+    "OptimizerHooks",
+    "checked_copy_budget",
+    "copy_every",
+    "entry_sample",
+    "moved_since",
+    "sample_stride",
+]
 
 
 def checked_copy_budget(max_copy_bytes: Any) -> int | None:
@@ -115,6 +124,33 @@ def _sample(tensor: torch.Tensor, stride: int) -> torch.Tensor:
     dense = tensor.permute(order)
     flat = dense.view(-1) if dense.is_contiguous() else dense.reshape(-1)
     return flat[::stride]
+
+
+# elements of each weight matrix kept at entry to measure how far the run moved it in all
+# (about 16 KiB each in float32): how straight the steps went (Evidence.step_efficiency)
+ENTRY_SAMPLE = 4096
+
+
+def entry_sample(tensor: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """A copy of about ``ENTRY_SAMPLE`` evenly spaced elements of ``tensor`` (its local shard),
+    and the factor that scales a norm taken on it to the whole tensor's."""
+    shard = local(tensor.detach())
+    stride = sample_stride(tuple(shard.shape), math.ceil(shard.numel() / ENTRY_SAMPLE))
+    sample = _sample(shard, stride).clone()
+    return sample, math.sqrt(shard.numel() / max(sample.numel(), 1))
+
+
+def moved_since(tensor: torch.Tensor, entry: tuple[torch.Tensor, float]) -> torch.Tensor | None:
+    """How far ``tensor`` is from its ``entry_sample``, in the whole tensor's L2 norm (on the
+    device); None when it changed shape since (replaced)."""
+    sample, scale = entry
+    shard = local(tensor.detach())
+    stride = sample_stride(tuple(shard.shape), math.ceil(shard.numel() / ENTRY_SAMPLE))
+    now = _sample(shard, stride)
+    if now.shape != sample.shape or now.dtype != sample.dtype:
+        return None
+    with torch.no_grad():
+        return torch.linalg.vector_norm((now - sample).float()) * scale
 
 
 @dataclass(frozen=True)
