@@ -385,6 +385,23 @@ class Evidence:
         floor = sum(c.floor or 0.0 for c in calls) / len(calls)
         return ChanceTail(family, len(values), len(tail), sum(tail) / len(tail), chance, floor)
 
+    @cached_property
+    def early_to_chance(self) -> float | None:
+        """``loss_to_chance`` over the first calls of the most used loss function that has a
+        chance level (the first 10): well below 1 when the run starts from a trained model
+        (resumed, fine-tuned); None when none is known."""
+        by_name: dict[str, list[LossView]] = {}
+        for c in self.observed.loss_calls:
+            if c.value is not None and c.chance is not None and c.chance - (c.floor or 0) > 0.05:
+                by_name.setdefault(c.name, []).append(c)
+        if not by_name:
+            return None
+        calls = max(by_name.values(), key=len)[:10]
+        value = sum(c.value for c in calls if c.value is not None) / len(calls)
+        chance = sum(c.chance for c in calls if c.chance is not None) / len(calls)
+        floor = sum(c.floor or 0.0 for c in calls) / len(calls)
+        return (value - floor) / (chance - floor)
+
     @property
     def loss_to_chance(self) -> float | None:
         """The training loss of the last quarter of the run over the loss of a constant

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from torchscope.collect.gradients.evidence import Evidence
-from torchscope.collect.gradients.observations import Clock
+from torchscope.collect.gradients.evidence import CONVERGED_FRACTION, Evidence
+from torchscope.collect.gradients.observations import Clock, SquashView
 from torchscope.collect.gradients.registry import rule
 from torchscope.records import Finding
 
@@ -103,14 +103,29 @@ def batchnorm_batch_of_one(ev: Evidence) -> Iterator[Finding]:
 def saturated_activation(ev: Evidence) -> Iterator[Finding]:
     threshold = ev.t.saturated_fraction
     scale = ev.observed.input_scale
+    early = ev.early_to_chance
+    if early is not None and early < CONVERGED_FRACTION:
+        # the run starts from a trained model (resumed, fine-tuned): its units saturate with
+        # the confidence it learned, not with unnormalised inputs
+        return
+    groups: dict[str, list[SquashView]] = {}  # the calls of one function in one forward
     for site in ev.observed.squash_sites:
         if site.feeds_loss or site.on_output or site.total < 64 or site.saturated < threshold:
             continue
+        groups.setdefault(site.name.rsplit("#", 1)[0], []).append(site)
+    for sites in groups.values():
+        site = max(sites, key=lambda s: s.saturated)
         limits = "+-1" if site.function == "tanh" else "0 or 1"
         inputs = f"; the model's input reached |x| = {scale:.3g}" if scale is not None else ""
+        more = (
+            f" (and {len(sites) - 1} more {site.function} calls of the same forward, as an "
+            "unrolled recurrence makes)"
+            if len(sites) > 1
+            else ""
+        )
         yield ev.finding(
             "saturated_activation", "warning", site.name, None, site.saturated, threshold,
-            f"{site.saturated:.0%} of the outputs of {site.name} ({site.function}) sit "
+            f"{site.saturated:.0%} of the outputs of {site.name} ({site.function}){more} sit "
             f"within 0.01 of {limits}, where its derivative is nearly 0, so little gradient "
             f"passes{inputs}. Typical causes: unnormalised inputs (raw 0-255 pixels, "
             "features in their own units: standardise them), or too large an initial "
