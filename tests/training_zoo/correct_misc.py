@@ -517,3 +517,48 @@ def misc_log_softmax_module_implicit_dim_2d(watch):
                 optimizer.step()
     with torch.no_grad():
         return (model(xt).argmax(1) == yt).float().mean().item()
+
+
+@correct
+def misc_nearest_class_mean_with_inf_mask(watch):
+    """Episodes of a nearest-class-mean classifier: each samples 3 of the wine classes' 3, or
+    2 of them, and the distance to a class absent from the episode is set to +inf (never the
+    nearest); the logits are minus the distances, so absent classes get -inf and no gradient."""
+    x, y, xt, yt = _standardised(load_wine)
+
+    class Distances(nn.Module):
+        def forward(self, queries, means, present):
+            d = torch.cdist(queries, means).pow(2)
+            return torch.where(present, d, torch.full_like(d, float("inf")))
+
+    class Episodic(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Sequential(nn.Linear(13, 32), nn.ReLU(), nn.Linear(32, 8))
+            self.distances = Distances()
+
+        def forward(self, queries, support, support_y, present):
+            z = self.embed(support)
+            means = torch.stack(
+                [z[support_y == c].mean(0) if present[c] else z.new_zeros(8) for c in range(3)]
+            )
+            return -self.distances(self.embed(queries), means, present)
+
+    model = Episodic()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    with watch(model, optimizer):
+        for _ in range(120):
+            present = torch.ones(3, dtype=torch.bool)
+            if torch.rand((), generator=g) < 0.5:
+                present[torch.randint(0, 3, (), generator=g)] = False
+            pool = torch.nonzero(present[y]).squeeze(1)
+            pick = pool[torch.randperm(len(pool), generator=g)[:40]]
+            support, query = pick[:20], pick[20:]
+            optimizer.zero_grad()
+            logits = model(x[query], x[support], y[support], present)
+            F.cross_entropy(logits, y[query]).backward()
+            optimizer.step()
+    with torch.no_grad():
+        every = torch.ones(3, dtype=torch.bool)
+        return (model(xt, x, y, every).argmax(1) == yt).float().mean().item()

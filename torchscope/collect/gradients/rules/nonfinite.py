@@ -27,16 +27,6 @@ class _First:
 def _first(evidence: Evidence) -> _First | None:
     o = evidence.observed
     events: list[tuple[tuple[int, int], _First]] = []
-    for clock, paths, values in o.forwards:
-        # -inf is a legitimate mask value
-        bad = [k for k, v in enumerate(values) if math.isnan(v) or v == math.inf]
-        if bad:
-            k = bad[0]
-            before = paths[k - 1] if k > 0 else None
-            events.append(
-                ((clock.backward, 0), _First("activation", "", clock, paths[k], values[k], before))
-            )
-            break
     # a long run's series are thinned: the earliest of what they dropped is kept apart
     losses = [*o.losses, *([o.dropped_nonfinite_loss] if o.dropped_nonfinite_loss else [])]
     bad_losses = [(clock, value) for clock, value in losses if not math.isfinite(value)]
@@ -52,6 +42,19 @@ def _first(evidence: Evidence) -> _First | None:
     if bad_rows:
         backward_pass, row = min(bad_rows, key=lambda bad: bad[0])
         events.append(((backward_pass, 2), _First("gradient", "", row.clock, row=row)))
+    # -inf is a legitimate mask value; so is +inf where neither the loss nor any gradient
+    # ever goes non-finite (a distance masked "infinitely far", then negated into logits:
+    # masked_fill passes no gradient to what it masks). An overflow to +inf poisons them.
+    poisoned = bool(events)
+    for clock, paths, values in o.forwards:
+        bad = [k for k, v in enumerate(values) if math.isnan(v) or (poisoned and v == math.inf)]
+        if bad:
+            k = bad[0]
+            before = paths[k - 1] if k > 0 else None
+            events.append(
+                ((clock.backward, 0), _First("activation", "", clock, paths[k], values[k], before))
+            )
+            break
     if not events:
         return None
     _, first = min(events, key=lambda event: event[0])
