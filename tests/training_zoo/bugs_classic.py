@@ -36,8 +36,12 @@ def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 # -- no_grad: the graph is cut inside the forward -------------------------------------------------
 
 
-@bug("no_grad", "not_updated", where=("backbone",),
-     note="L2-normalised the features with numpy in the forward: the backbone gets no gradient")
+@bug(
+    "no_grad",
+    "not_updated",
+    where=("backbone",),
+    note="L2-normalised the features with numpy in the forward: the backbone gets no gradient",
+)
 def classic_numpy_in_forward(watch, bug=True):
     X_tr, y_tr, X_te, y_te = _digits()
 
@@ -70,8 +74,12 @@ def classic_numpy_in_forward(watch, bug=True):
     return _accuracy(model, X_te, y_te)
 
 
-@bug("no_grad", "not_updated", where=("conv1", "conv2"),
-     note="`x = self.pool(F.relu(self.conv2(x))).data` (old tutorial style) cuts the convs off")
+@bug(
+    "no_grad",
+    "not_updated",
+    where=("conv1", "conv2"),
+    note="`x = self.pool(F.relu(self.conv2(x))).data` (old tutorial style) cuts the convs off",
+)
 def classic_dot_data_in_cnn(watch, bug=True):
     X_tr, y_tr, X_te, y_te = _digits()
     X_tr, X_te = X_tr.view(-1, 1, 8, 8), X_te.view(-1, 1, 8, 8)
@@ -112,8 +120,12 @@ def classic_dot_data_in_cnn(watch, bug=True):
 # -- non-finite values mid-run --------------------------------------------------------------------
 
 
-@bug("nonfinite_loss", "nan_grad", "inf_grad",
-     note="hand-written BCE on sigmoid outputs: once a sigmoid rounds to 1.0, 0 * log(0) = NaN")
+@bug(
+    "nonfinite_loss",
+    "nan_grad",
+    "inf_grad",
+    note="hand-written BCE on sigmoid outputs: once a sigmoid rounds to 1.0, 0 * log(0) = NaN",
+)
 def classic_handwritten_bce_log_zero(watch, bug=True):
     X, y = load_breast_cancer(return_X_y=True)
     X = torch.tensor(StandardScaler().fit_transform(X), dtype=torch.float32)
@@ -141,9 +153,12 @@ def classic_handwritten_bce_log_zero(watch, bug=True):
     return (pred.float() == y[450:]).float().mean().item()
 
 
-@bug("nonfinite_loss", "nan_grad",
-     note="semi-supervised masked loss divided by mask.sum(): a batch with no labelled "
-          "sample gives 0/0")
+@bug(
+    "nonfinite_loss",
+    "nan_grad",
+    note="semi-supervised masked loss divided by mask.sum(): a batch with no labelled "
+    "sample gives 0/0",
+)
 def classic_masked_mean_div_zero(watch, bug=True):
     X, y = load_diabetes(return_X_y=True)
     X = torch.tensor(StandardScaler().fit_transform(X), dtype=torch.float32)
@@ -166,8 +181,9 @@ def classic_masked_mean_div_zero(watch, bug=True):
 
     model = Regressor()
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    loader = DataLoader(TensorDataset(X[:360], y[:360], labelled[:360].float()), batch_size=8,
-                        shuffle=True)
+    loader = DataLoader(
+        TensorDataset(X[:360], y[:360], labelled[:360].float()), batch_size=8, shuffle=True
+    )
     with watch(model, optimizer):
         for _ in range(3):
             for xb, yb, mb in loader:
@@ -179,14 +195,21 @@ def classic_masked_mean_div_zero(watch, bug=True):
         return F.mse_loss(model(X[360:]), y[360:]).item()
 
 
-@bug("exploding", "nonfinite_loss", "nan_grad", "inf_grad", "nonfinite_activation",
-     note="lr=1.0 with SGD+momentum on a regression MLP: the loss blows up to inf/NaN")
+@bug(
+    "exploding",
+    "nonfinite_loss",
+    "nan_grad",
+    "inf_grad",
+    "nonfinite_activation",
+    note="lr=1.0 with SGD+momentum on a regression MLP: the loss blows up to inf/NaN",
+)
 def classic_lr_too_large(watch, bug=True):
     X, y = load_diabetes(return_X_y=True)
     X = torch.tensor(StandardScaler().fit_transform(X), dtype=torch.float32)
     y = torch.tensor((y - y.mean()) / y.std(), dtype=torch.float32).unsqueeze(1)
-    model = nn.Sequential(nn.Linear(10, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
-                          nn.Linear(64, 1))
+    model = nn.Sequential(
+        nn.Linear(10, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1)
+    )
     lr = 1.0 if bug else 1e-2
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     criterion = nn.MSELoss()
@@ -205,8 +228,11 @@ def classic_lr_too_large(watch, bug=True):
 # -- dead ReLUs -----------------------------------------------------------------------------------
 
 
-@bug("dead_activation", where=("relu1", "relu2"),
-     note="biases initialised to -2 'for sparse activations': nearly every ReLU is dead")
+@bug(
+    "dead_activation",
+    where=("relu1", "relu2"),
+    note="biases initialised to -2 'for sparse activations': nearly every ReLU is dead",
+)
 def classic_negative_bias_init(watch, bug=True):
     X_tr, y_tr, X_te, y_te = _digits()
 
@@ -235,14 +261,19 @@ def classic_negative_bias_init(watch, bug=True):
     return _accuracy(model, X_te, y_te)
 
 
-@bug("dead_activation", "exploding", where=("hidden",),
-     note="warm-up written wrong: the first 20 steps run at 100x the base lr; the weights blow "
-          "up and almost every ReLU in `hidden` dies")
+@bug(
+    "dead_activation",
+    "exploding",
+    where=("hidden",),
+    note="warm-up written wrong: the first 20 steps run at 100x the base lr; the weights blow "
+    "up and almost every ReLU in `hidden` dies",
+)
 def classic_lr_spike_kills_relu(watch, bug=True):
     X_tr, y_tr, X_te, y_te = _digits()
     model = nn.Sequential()
-    model.add_module("hidden", nn.Sequential(nn.Linear(64, 256), nn.ReLU(),
-                                             nn.Linear(256, 128), nn.ReLU()))
+    model.add_module(
+        "hidden", nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU())
+    )
     model.add_module("out", nn.Linear(128, 10))
     base_lr = 0.05
     optimizer = torch.optim.SGD(model.parameters(), lr=base_lr, momentum=0.9)
@@ -270,10 +301,12 @@ def classic_lr_spike_kills_relu(watch, bug=True):
 # -- eval mode left on ----------------------------------------------------------------------------
 
 
-@bug("eval_mode",
-     note="model.train() is called once before the epochs; validate() switches to eval and "
-          "every later epoch trains with dropout off and BatchNorm frozen (on this small task the "
-          "accuracy barely shows it)")
+@bug(
+    "eval_mode",
+    note="model.train() is called once before the epochs; validate() switches to eval and "
+    "every later epoch trains with dropout off and BatchNorm frozen (on this small task the "
+    "accuracy barely shows it)",
+)
 def classic_eval_left_on_after_validation(watch, bug=True):
     X_tr, y_tr, X_te, y_te = _digits()
 
@@ -317,17 +350,21 @@ def classic_eval_left_on_after_validation(watch, bug=True):
 # -- frozen parameters that still move ------------------------------------------------------------
 
 
-@bug("frozen_but_updated", where=("features",),
-     note="transfer: froze the pretrained backbone but kept its optimizer (momentum, weight "
-          "decay) and zero_grad(set_to_none=False): the 'frozen' weights keep drifting")
+@bug(
+    "frozen_but_updated",
+    where=("features",),
+    note="transfer: froze the pretrained backbone but kept its optimizer (momentum, weight "
+    "decay) and zero_grad(set_to_none=False): the 'frozen' weights keep drifting",
+)
 def classic_frozen_backbone_still_moves(watch, bug=True):
     X_tr, y_tr, X_te, y_te = _digits()
 
     class Net(nn.Module):
         def __init__(self, n_out):
             super().__init__()
-            self.features = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64),
-                                          nn.ReLU())
+            self.features = nn.Sequential(
+                nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU()
+            )
             self.head = nn.Linear(64, n_out)
 
         def forward(self, x):
@@ -349,8 +386,9 @@ def classic_frozen_backbone_still_moves(watch, bug=True):
     if bug:
         optimizer.add_param_group({"params": model.head.parameters()})
     else:
-        optimizer = torch.optim.SGD(model.head.parameters(), lr=0.05, momentum=0.9,
-                                    weight_decay=5e-3)
+        optimizer = torch.optim.SGD(
+            model.head.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-3
+        )
     with watch(model, optimizer):
         for _ in range(3):
             for xb, yb in loader:
@@ -360,15 +398,20 @@ def classic_frozen_backbone_still_moves(watch, bug=True):
     return _accuracy(model, X_te, y_te)
 
 
-@bug("frozen_but_updated", where=("encoder",),
-     note="froze the encoder mid-training with requires_grad=False, AdamW still holds it and "
-          "model.zero_grad(set_to_none=False) leaves zero grads: Adam's moments move it")
+@bug(
+    "frozen_but_updated",
+    where=("encoder",),
+    note="froze the encoder mid-training with requires_grad=False, AdamW still holds it and "
+    "model.zero_grad(set_to_none=False) leaves zero grads: Adam's moments move it",
+)
 def classic_adamw_frozen_encoder(watch, bug=True):
     X_tr, y_tr, X_te, y_te = _digits()
-    model = nn.ModuleDict({
-        "encoder": nn.Sequential(nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 32), nn.Tanh()),
-        "head": nn.Linear(32, 10),
-    })
+    model = nn.ModuleDict(
+        {
+            "encoder": nn.Sequential(nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 32), nn.Tanh()),
+            "head": nn.Linear(32, 10),
+        }
+    )
 
     def forward(x):
         return model["head"](model["encoder"](x))
@@ -394,8 +437,10 @@ def classic_adamw_frozen_encoder(watch, bug=True):
 # -- forgotten zero_grad --------------------------------------------------------------------------
 
 
-@bug("grad_accumulation",
-     note="Trainer.training_step never calls optimizer.zero_grad(): gradients pile up")
+@bug(
+    "grad_accumulation",
+    note="Trainer.training_step never calls optimizer.zero_grad(): gradients pile up",
+)
 def classic_forgot_zero_grad(watch, bug=True):
     X_tr, y_tr, X_te, y_te = _digits()
 
@@ -430,9 +475,12 @@ def classic_forgot_zero_grad(watch, bug=True):
 # -- BatchNorm with a last batch of one -----------------------------------------------------------
 
 
-@bug("batchnorm_batch_of_one", where=("bn",),
-     note="1153 training images, batch_size=32, drop_last=False: the last batch has one image. "
-          "The accuracy barely shows it; the running statistics take one skewed update per epoch")
+@bug(
+    "batchnorm_batch_of_one",
+    where=("bn",),
+    note="1153 training images, batch_size=32, drop_last=False: the last batch has one image. "
+    "The accuracy barely shows it; the running statistics take one skewed update per epoch",
+)
 def classic_bn_last_batch_of_one(watch, bug=True):
     X, y = load_digits(return_X_y=True)
     X = torch.tensor(X / 16.0, dtype=torch.float32).view(-1, 1, 8, 8)
@@ -450,8 +498,7 @@ def classic_bn_last_batch_of_one(watch, bug=True):
     model.add_module("flat", nn.Flatten())
     model.add_module("fc", nn.Linear(16, 10))
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    loader = DataLoader(TensorDataset(X_tr, y_tr), batch_size=32, shuffle=True,
-                        drop_last=not bug)
+    loader = DataLoader(TensorDataset(X_tr, y_tr), batch_size=32, shuffle=True, drop_last=not bug)
     with watch(model, optimizer):
         for _ in range(2):
             model.train()
@@ -462,9 +509,12 @@ def classic_bn_last_batch_of_one(watch, bug=True):
     return _accuracy(model, X_te, y_te)
 
 
-@bug("batchnorm_batch_of_one", where=("norm",),
-     note="sensor windows through Conv1d+BatchNorm1d; 449 windows at batch 64 leave a last "
-          "batch of one window")
+@bug(
+    "batchnorm_batch_of_one",
+    where=("norm",),
+    note="sensor windows through Conv1d+BatchNorm1d; 449 windows at batch 64 leave a last "
+    "batch of one window",
+)
 def classic_bn1d_sequence_batch_of_one(watch, bug=True):
     n, t = 449, 24
     x = torch.randn(n + 200, 2, t)
@@ -482,8 +532,7 @@ def classic_bn1d_sequence_batch_of_one(watch, bug=True):
 
     model = SensorNet()
     optimizer = torch.optim.RMSprop(model.parameters(), lr=1e-3)
-    loader = DataLoader(TensorDataset(x[:n], y[:n]), batch_size=64, shuffle=True,
-                        drop_last=not bug)
+    loader = DataLoader(TensorDataset(x[:n], y[:n]), batch_size=64, shuffle=True, drop_last=not bug)
     with watch(model, optimizer):
         for _ in range(6):
             model.train()
@@ -494,9 +543,12 @@ def classic_bn1d_sequence_batch_of_one(watch, bug=True):
     return _accuracy(model, x[n:], y[n:])
 
 
-@bug("zero_grad", where="optimizer",
-     note="a logging helper reads the gradient norm after backward() and then clears the "
-          "gradients (model.zero_grad(), set_to_none by default) before optimizer.step()")
+@bug(
+    "zero_grad",
+    where="optimizer",
+    note="a logging helper reads the gradient norm after backward() and then clears the "
+    "gradients (model.zero_grad(), set_to_none by default) before optimizer.step()",
+)
 def classic_grad_logger_clears_before_step(watch, bug=True):
     X_tr, y_tr, X_te, y_te = _digits()
     model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
@@ -521,9 +573,12 @@ def classic_grad_logger_clears_before_step(watch, bug=True):
     return _accuracy(model, X_te, y_te)
 
 
-@bug("zero_grad", where="optimizer",
-     note="an autoencoder loop that calls optimizer.zero_grad() after backward(), meaning to "
-          "clear before the next batch, then steps: step() finds no gradients")
+@bug(
+    "zero_grad",
+    where="optimizer",
+    note="an autoencoder loop that calls optimizer.zero_grad() after backward(), meaning to "
+    "clear before the next batch, then steps: step() finds no gradients",
+)
 def classic_zero_grad_after_backward_autoencoder(watch, bug=True):
     X = torch.tensor(load_digits().data / 16.0, dtype=torch.float32)
     model = nn.Sequential(nn.Linear(64, 16), nn.Tanh(), nn.Linear(16, 64), nn.Sigmoid())

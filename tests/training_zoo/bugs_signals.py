@@ -35,8 +35,11 @@ def _digits_split() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Ten
 # -- 5. saturated tanh/sigmoid units --------------------------------------------------------------
 
 
-@bug("saturated_activation", where=("act1", "act2"),
-     note="raw 0-255 pixels into a tanh MLP: forgot to divide by 255")
+@bug(
+    "saturated_activation",
+    where=("act1", "act2"),
+    note="raw 0-255 pixels into a tanh MLP: forgot to divide by 255",
+)
 def sat_digits_raw_pixels(watch, bug=True):
     digits = load_digits()
     pixels = digits.images.reshape(len(digits.images), -1) * 16.0  # back to 0-255 grey levels
@@ -73,8 +76,11 @@ def sat_digits_raw_pixels(watch, bug=True):
     return _accuracy(model, X[1200:], y[1200:])
 
 
-@bug("saturated_activation", where=("1", "3"),
-     note="raw wine features (proline ~1000) into a sigmoid MLP; no StandardScaler")
+@bug(
+    "saturated_activation",
+    where=("1", "3"),
+    note="raw wine features (proline ~1000) into a sigmoid MLP; no StandardScaler",
+)
 def sat_wine_unscaled_sigmoid(watch, bug=True):
     X, y = load_wine(return_X_y=True)
     X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=0.3, stratify=y, random_state=0)
@@ -99,8 +105,9 @@ def sat_wine_unscaled_sigmoid(watch, bug=True):
                     loss.backward()
                     self.opt.step()
 
-    model = nn.Sequential(nn.Linear(13, 32), nn.Sigmoid(), nn.Linear(32, 16), nn.Sigmoid(),
-                          nn.Linear(16, 3))
+    model = nn.Sequential(
+        nn.Linear(13, 32), nn.Sigmoid(), nn.Linear(32, 16), nn.Sigmoid(), nn.Linear(16, 3)
+    )
     trainer = Trainer(model)
     loader = DataLoader(TensorDataset(X_tr, y_tr), batch_size=16, shuffle=True)
     with watch(model, trainer.opt):
@@ -108,8 +115,10 @@ def sat_wine_unscaled_sigmoid(watch, bug=True):
     return _accuracy(model, X_te, y_te)
 
 
-@bug("saturated_activation",
-     note="breast-cancer features (areas in the thousands) fed raw into torch.tanh units")
+@bug(
+    "saturated_activation",
+    note="breast-cancer features (areas in the thousands) fed raw into torch.tanh units",
+)
 def sat_cancer_functional_tanh(watch, bug=True):
     data = load_breast_cancer()
     X, y = data.data, data.target.astype(np.float32)
@@ -145,9 +154,12 @@ def sat_cancer_functional_tanh(watch, bug=True):
         return ((model(X_te) > 0).float() == y_te).float().mean().item()
 
 
-@bug("saturated_activation", where="<loop>:tanh",
-     note="a model the loop writes out itself (layers in a ModuleDict, tanh between them in "
-          "the step function), fed raw breast-cancer features")
+@bug(
+    "saturated_activation",
+    where="<loop>:tanh",
+    note="a model the loop writes out itself (layers in a ModuleDict, tanh between them in "
+    "the step function), fed raw breast-cancer features",
+)
 def sat_loop_written_model(watch, bug=True):
     X, y = load_breast_cancer(return_X_y=True)
     if not bug:
@@ -173,8 +185,11 @@ def sat_loop_written_model(watch, bug=True):
         return ((logits(X_te) > 0).float() == y_te).float().mean().item()
 
 
-@bug("saturated_activation", where=("1", "3", "5", "7"),
-     note="xavier init with gain=6 'to fight vanishing gradients' pins every tanh at +-1")
+@bug(
+    "saturated_activation",
+    where=("1", "3", "5", "7"),
+    note="xavier init with gain=6 'to fight vanishing gradients' pins every tanh at +-1",
+)
 def sat_large_init_gain(watch, bug=True):
     X_all = torch.randn(1024, 20)
     w = torch.randn(20)
@@ -202,8 +217,11 @@ def sat_large_init_gain(watch, bug=True):
 # -- 6. symmetric (constant) initialisation -------------------------------------------------------
 
 
-@bug("symmetric_weights", where=("fc1", "fc2"),
-     note="model.apply(init_weights) with nn.init.constant_: every hidden unit is the same unit")
+@bug(
+    "symmetric_weights",
+    where=("fc1", "fc2"),
+    note="model.apply(init_weights) with nn.init.constant_: every hidden unit is the same unit",
+)
 def sym_apply_constant_init(watch, bug=True):
     X_tr, y_tr, X_te, y_te = _digits_split()
 
@@ -238,8 +256,11 @@ def sym_apply_constant_init(watch, bug=True):
     return _accuracy(model, X_te, y_te)
 
 
-@bug("symmetric_weights", where=("fc1", "fc2"),
-     note="weight.data.fill_(0.01) in __init__ (a habit from logistic regression)")
+@bug(
+    "symmetric_weights",
+    where=("fc1", "fc2"),
+    note="weight.data.fill_(0.01) in __init__ (a habit from logistic regression)",
+)
 def sym_fill_small_constant(watch, bug=True):
     X, y = load_wine(return_X_y=True)
     X = StandardScaler().fit_transform(X)
@@ -274,8 +295,11 @@ def sym_fill_small_constant(watch, bug=True):
     return _accuracy(model, X[te], y[te])
 
 
-@bug("symmetric_weights", where=("conv1", "conv2", "fc1"),
-     note="constant_ init of every conv filter: all channels compute the same feature map")
+@bug(
+    "symmetric_weights",
+    where=("conv1", "conv2", "fc1"),
+    note="constant_ init of every conv filter: all channels compute the same feature map",
+)
 def sym_cnn_constant_filters(watch, bug=True):
     X_tr, y_tr, X_te, y_te = _digits_split()
     X_tr, X_te = X_tr.view(-1, 1, 8, 8), X_te.view(-1, 1, 8, 8)
@@ -311,8 +335,11 @@ def sym_cnn_constant_filters(watch, bug=True):
     return _accuracy(model, X_te, y_te)
 
 
-@bug("symmetric_weights", where=("encoder",),
-     note="autoencoder initialised with nn.init.constant_: the code has one distinct unit")
+@bug(
+    "symmetric_weights",
+    where=("encoder",),
+    note="autoencoder initialised with nn.init.constant_: the code has one distinct unit",
+)
 def sym_autoencoder_constant(watch, bug=True):
     X_tr, _, X_te, _ = _digits_split()
     model = nn.Sequential()
@@ -337,8 +364,7 @@ def sym_autoencoder_constant(watch, bug=True):
 # -- 7. data that cannot be learned ---------------------------------------------------------------
 
 
-@bug("loss_at_chance",
-     note="shuffled the training images with randperm but not their labels")
+@bug("loss_at_chance", note="shuffled the training images with randperm but not their labels")
 def chance_inputs_shuffled_alone(watch, bug=True):
     X_tr, y_tr, X_te, y_te = _digits_split()
     perm = torch.randperm(len(X_tr))
@@ -356,8 +382,10 @@ def chance_inputs_shuffled_alone(watch, bug=True):
     return _accuracy(model, X_te, y_te)
 
 
-@bug("loss_at_chance",
-     note="table is [features..., label, fold]; took table[:, -1] (the CV fold) as the label")
+@bug(
+    "loss_at_chance",
+    note="table is [features..., label, fold]; took table[:, -1] (the CV fold) as the label",
+)
 def chance_wrong_label_column(watch, bug=True):
     n, d = 900, 12
     feats = torch.randn(n, d)
@@ -390,8 +418,10 @@ def chance_wrong_label_column(watch, bug=True):
     return _accuracy(model, xs, ys)
 
 
-@bug("loss_at_chance",
-     note="train_test_split called separately on X and y with different random_state")
+@bug(
+    "loss_at_chance",
+    note="train_test_split called separately on X and y with different random_state",
+)
 def chance_split_mismatch(watch, bug=True):
     X, y = load_breast_cancer(return_X_y=True)
     X = StandardScaler().fit_transform(X)
@@ -409,6 +439,7 @@ def chance_split_mismatch(watch, bug=True):
             loss = loss_fn(model(xb).squeeze(1), yb)
             loss.backward()
             return loss
+
         return closure
 
     loader = DataLoader(TensorDataset(X_train, y_train), batch_size=32, shuffle=True)
@@ -420,9 +451,11 @@ def chance_split_mismatch(watch, bug=True):
         return ((model(X_test).squeeze(1) > 0).float() == y_test).float().mean().item()
 
 
-@bug("loss_at_chance",
-     note="`targets = y; targets.sort()` for a quantile plot sorted y in place, detaching it "
-          "from X: the regression loss stays at the target variance")
+@bug(
+    "loss_at_chance",
+    note="`targets = y; targets.sort()` for a quantile plot sorted y in place, detaching it "
+    "from X: the regression loss stays at the target variance",
+)
 def chance_target_sorted_in_place(watch, bug=True):
     X, y = load_diabetes(return_X_y=True)
     y = (y - y.mean()) / y.std()
@@ -459,8 +492,11 @@ def _sequences(n=640, t=16, f=4):
     return x, y
 
 
-@bug("batch_mixing", where=("lstm",),
-     note="nn.LSTM without batch_first=True fed (batch, time, feat): batch becomes time")
+@bug(
+    "batch_mixing",
+    where=("lstm",),
+    note="nn.LSTM without batch_first=True fed (batch, time, feat): batch becomes time",
+)
 def mix_lstm_without_batch_first(watch, bug=True):
     x, y = _sequences()
 
@@ -486,8 +522,11 @@ def mix_lstm_without_batch_first(watch, bug=True):
     return _accuracy(model, x[512:], y[512:])
 
 
-@bug("batch_mixing", where=("gru",),
-     note="nn.GRU(batch_first=False) fed (batch, time, feat), mean-pooled over dim 1")
+@bug(
+    "batch_mixing",
+    where=("gru",),
+    note="nn.GRU(batch_first=False) fed (batch, time, feat), mean-pooled over dim 1",
+)
 def mix_gru_mean_pool(watch, bug=True):
     vocab, t = 10, 12
     tokens = torch.randint(1, vocab, (1600, t))
@@ -519,9 +558,12 @@ def mix_gru_mean_pool(watch, bug=True):
     return _accuracy(model, tokens[512:], y[512:])
 
 
-@bug("batch_mixing", where=("encoder",),
-     note="nn.TransformerEncoderLayer defaults to (seq, batch, d): fed (batch, seq, d) it "
-          "attends across the batch")
+@bug(
+    "batch_mixing",
+    where=("encoder",),
+    note="nn.TransformerEncoderLayer defaults to (seq, batch, d): fed (batch, seq, d) it "
+    "attends across the batch",
+)
 def mix_transformer_without_batch_first(watch, bug=True):
     vocab, t, CLS = 8, 12, 8
     words = torch.randint(0, vocab, (512, t - 1))
@@ -533,8 +575,9 @@ def mix_transformer_without_batch_first(watch, bug=True):
             super().__init__()
             self.embed = nn.Embedding(vocab + 1, d)
             self.pos = nn.Parameter(torch.randn(1, t, d) * 0.1)
-            layer = nn.TransformerEncoderLayer(d, nhead=4, dim_feedforward=64, dropout=0.0,
-                                               batch_first=not bug)
+            layer = nn.TransformerEncoderLayer(
+                d, nhead=4, dim_feedforward=64, dropout=0.0, batch_first=not bug
+            )
             self.encoder = nn.TransformerEncoder(layer, num_layers=1)
             self.cls = nn.Linear(d, 2)
 
@@ -554,9 +597,10 @@ def mix_transformer_without_batch_first(watch, bug=True):
     return _accuracy(model, tokens[400:], y[400:])
 
 
-@bug("batch_mixing",
-     note="x.view(B, C, T) instead of x.permute(0, 2, 1) before Conv1d scrambles time and "
-          "channels")
+@bug(
+    "batch_mixing",
+    note="x.view(B, C, T) instead of x.permute(0, 2, 1) before Conv1d scrambles time and channels",
+)
 def mix_conv1d_view_not_permute(watch, bug=True):
     n, t, c = 640, 32, 3
     x = torch.randn(n, t, c) * 0.5
@@ -587,3 +631,29 @@ def mix_conv1d_view_not_permute(watch, bug=True):
                 F.cross_entropy(model(xb), yb).backward()
                 optimizer.step()
     return _accuracy(model, x[512:], y[512:])
+
+
+@bug(
+    "loss_at_chance",
+    note="a rare-class detector (digit 9 against the rest, 10% positives) whose labels were "
+    "shuffled apart from the images: the loss settles at the labels' entropy, 0.33, "
+    "well under ln 2, and the model never predicts a 9",
+)
+def chance_imbalanced_labels_unpaired(watch, bug=True):
+    X, digit = load_digits(return_X_y=True)
+    X = torch.tensor(X / 16.0, dtype=torch.float32)
+    y = torch.tensor(digit == 9).long()
+    if bug:
+        y = y[torch.randperm(len(y), generator=torch.Generator().manual_seed(0))]
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 2))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loader = DataLoader(TensorDataset(X[:1400], y[:1400]), batch_size=64, shuffle=True)
+    with watch(model, optimizer):
+        for _ in range(6):
+            for xb, yb in loader:
+                optimizer.zero_grad()
+                F.cross_entropy(model(xb), yb).backward()
+                optimizer.step()
+    with torch.no_grad():  # recall of the rare class on held-out digits
+        truth = torch.tensor(digit[1400:] == 9)
+        return (model(X[1400:]).argmax(1).bool() & truth).sum().item() / truth.sum().item()

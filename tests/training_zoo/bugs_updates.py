@@ -61,8 +61,12 @@ class _SmallCNN(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(1, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
         )
         self.classifier = nn.Linear(16 * 2 * 2, 10)
 
@@ -73,9 +77,12 @@ class _SmallCNN(nn.Module):
 # --- class 3: updates that do not move the weights --------------------------------------------
 
 
-@bug("lr_collapsed", "tiny_updates",
-     note="StepLR(step_size=2, gamma=0.5) meant per epoch but stepped every batch: the learning "
-          "rate halves every two batches and is ~1e-6 of its peak by the end of epoch 1")
+@bug(
+    "lr_collapsed",
+    "tiny_updates",
+    note="StepLR(step_size=2, gamma=0.5) meant per epoch but stepped every batch: the learning "
+    "rate halves every two batches and is ~1e-6 of its peak by the end of epoch 1",
+)
 def updates_steplr_per_batch(watch, bug=True):
     train_set, test_set = _digits()
     train_loader = DataLoader(train_set, batch_size=64, shuffle=True)
@@ -101,9 +108,12 @@ def updates_steplr_per_batch(watch, bug=True):
     return _accuracy(model, test_set)
 
 
-@bug("lr_collapsed", "tiny_updates",
-     note="ExponentialLR(gamma=0.9) stepped inside Trainer.training_step, once per batch: "
-          "after a couple hundred batches the learning rate is ~1e-9 of its start")
+@bug(
+    "lr_collapsed",
+    "tiny_updates",
+    note="ExponentialLR(gamma=0.9) stepped inside Trainer.training_step, once per batch: "
+    "after a couple hundred batches the learning rate is ~1e-9 of its start",
+)
 def updates_exponentiallr_per_batch(watch, bug=True):
     class Trainer:
         def __init__(self, model, epochs):
@@ -139,14 +149,22 @@ def updates_exponentiallr_per_batch(watch, bug=True):
     return _accuracy(model, test_set)
 
 
-@bug("lr_collapsed", "tiny_updates",
-     note="Hugging Face-style loop steps the scheduler after every optimizer step, but "
-          "MultiStepLR milestones [4, 5] were written in epochs: lr is 1/100 after 5 batches")
+@bug(
+    "lr_collapsed",
+    "tiny_updates",
+    note="Hugging Face-style loop steps the scheduler after every optimizer step, but "
+    "MultiStepLR milestones [4, 5] were written in epochs: lr is 1/100 after 5 batches",
+)
 def updates_multisteplr_per_batch(watch, bug=True):
     train_set, test_set = _digits()
     model = nn.Sequential(
-        nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 12), nn.ReLU(),
-        nn.Linear(12, 32), nn.ReLU(), nn.Linear(32, 64),
+        nn.Linear(64, 32),
+        nn.ReLU(),
+        nn.Linear(32, 12),
+        nn.ReLU(),
+        nn.Linear(12, 32),
+        nn.ReLU(),
+        nn.Linear(32, 64),
     )
     optimizer = torch.optim.Adam(model.parameters(), lr=5e-3)
     lr_scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[4, 5], gamma=0.1)
@@ -170,9 +188,11 @@ def updates_multisteplr_per_batch(watch, bug=True):
         return F.mse_loss(model(batch), batch).item()
 
 
-@bug("clipped_to_nothing",
-     note="word_language_model-style loop with --clip 1e-4 instead of 0.25: every gradient "
-          "is clipped to norm 1e-4, so even lr=20 barely moves the weights")
+@bug(
+    "clipped_to_nothing",
+    note="word_language_model-style loop with --clip 1e-4 instead of 0.25: every gradient "
+    "is clipped to norm 1e-4, so even lr=20 barely moves the weights",
+)
 def updates_clip_tiny_max_norm_lstm(watch, bug=True):
     vocab = 16
 
@@ -216,9 +236,11 @@ def updates_clip_tiny_max_norm_lstm(watch, bug=True):
     return val_loss
 
 
-@bug("clipped_to_nothing",
-     note="clip_grad_norm_(model.parameters(), max_norm=1e-4) on an SGD classifier: every "
-          "update is crushed to norm lr * 1e-4")
+@bug(
+    "clipped_to_nothing",
+    note="clip_grad_norm_(model.parameters(), max_norm=1e-4) on an SGD classifier: every "
+    "update is crushed to norm lr * 1e-4",
+)
 def updates_clip_tiny_max_norm_mlp(watch, bug=True):
     x, y = _standardized(load_breast_cancer)
     train_set, test_set = _split(x, y, 450)
@@ -235,9 +257,11 @@ def updates_clip_tiny_max_norm_mlp(watch, bug=True):
     return _accuracy(model, test_set)
 
 
-@bug("clipped_to_nothing",
-     note="autoencoder trained with a closure passed to optimizer.step(): the closure clips "
-          "with max_norm=1e-4, so SGD hardly moves the weights")
+@bug(
+    "clipped_to_nothing",
+    note="autoencoder trained with a closure passed to optimizer.step(): the closure clips "
+    "with max_norm=1e-4, so SGD hardly moves the weights",
+)
 def updates_clip_tiny_closure(watch, bug=True):
     train_set, test_set = _digits()
     model = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 64), nn.Sigmoid())
@@ -245,6 +269,7 @@ def updates_clip_tiny_closure(watch, bug=True):
     with watch(model, optimizer):
         for _ in range(5):
             for batch, _ in DataLoader(train_set, batch_size=32, shuffle=True):
+
                 def closure(batch=batch):
                     optimizer.zero_grad()
                     loss = F.binary_cross_entropy(model(batch), batch)
@@ -258,8 +283,10 @@ def updates_clip_tiny_closure(watch, bug=True):
         return F.binary_cross_entropy(model(batch), batch).item()
 
 
-@bug("tiny_updates",
-     note="Adam(lr=3e-7): a typo for 3e-3; after the whole run the weights have hardly moved")
+@bug(
+    "tiny_updates",
+    note="Adam(lr=3e-7): a typo for 3e-3; after the whole run the weights have hardly moved",
+)
 def updates_adam_lr_typo(watch, bug=True):
     train_set, test_set = _digits(images=True)
     model = _SmallCNN()
@@ -274,8 +301,10 @@ def updates_adam_lr_typo(watch, bug=True):
     return _accuracy(model, test_set)
 
 
-@bug("tiny_updates",
-     note="SGD with a fine-tuning learning rate (1e-5) on a model trained from scratch")
+@bug(
+    "tiny_updates",
+    note="SGD with a fine-tuning learning rate (1e-5) on a model trained from scratch",
+)
 def updates_sgd_lr_too_small(watch, bug=True):
     x, y = _standardized(load_wine)
     train_set, test_set = _split(x, y, 140)
@@ -291,9 +320,11 @@ def updates_sgd_lr_too_small(watch, bug=True):
     return _accuracy(model, test_set)
 
 
-@bug("tiny_updates",
-     note="a hand-written label-smoothing loss (no chance level the monitor knows) and "
-          "SGD(lr=2e-6), a typo for 2e-2")
+@bug(
+    "tiny_updates",
+    note="a hand-written label-smoothing loss (no chance level the monitor knows) and "
+    "SGD(lr=2e-6), a typo for 2e-2",
+)
 def updates_lr_typo_handwritten_smoothing(watch, bug=True):
     train_set, test_set = _digits()
     model = _mlp()
@@ -314,8 +345,7 @@ def updates_lr_typo_handwritten_smoothing(watch, bug=True):
     return _accuracy(model, test_set)
 
 
-@bug("tiny_updates",
-     note="GRU tagger with RMSprop(lr=1e-6), copied from a config that meant 1e-3")
+@bug("tiny_updates", note="GRU tagger with RMSprop(lr=1e-6), copied from a config that meant 1e-3")
 def updates_rmsprop_lr_too_small(watch, bug=True):
     vocab = 16
 
@@ -348,9 +378,11 @@ def updates_rmsprop_lr_too_small(watch, bug=True):
 # --- class 4: optimizer-call mistakes ---------------------------------------------------------
 
 
-@bug("step_without_backward",
-     note="train_step() already calls optimizer.step(); the loop calls it again, so every "
-          "batch is applied twice (momentum pushes the second step)")
+@bug(
+    "step_without_backward",
+    note="train_step() already calls optimizer.step(); the loop calls it again, so every "
+    "batch is applied twice (momentum pushes the second step)",
+)
 def updates_double_step(watch, bug=True):
     train_set, test_set = _digits()
     model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
@@ -372,9 +404,11 @@ def updates_double_step(watch, bug=True):
     return _accuracy(model, test_set)
 
 
-@bug("step_without_backward",
-     note="a stray optimizer.step() left after the batch loop: once an epoch Adam steps again "
-          "on the last batch's gradients (the metric barely shows it)")
+@bug(
+    "step_without_backward",
+    note="a stray optimizer.step() left after the batch loop: once an epoch Adam steps again "
+    "on the last batch's gradients (the metric barely shows it)",
+)
 def updates_extra_step_after_loop(watch, bug=True):
     x, y = _standardized(load_breast_cancer)
     train_set, test_set = _split(x, y, 450)
@@ -396,9 +430,11 @@ def updates_extra_step_after_loop(watch, bug=True):
     return val_acc
 
 
-@bug("step_without_backward",
-     note="a warm-up helper sets the new lr and calls optimizer.step() 'to apply it': a second "
-          "step on the old gradients every batch, at ever higher lr")
+@bug(
+    "step_without_backward",
+    note="a warm-up helper sets the new lr and calls optimizer.step() 'to apply it': a second "
+    "step on the old gradients every batch, at ever higher lr",
+)
 def updates_step_in_lr_helper(watch, bug=True):
     def set_lr(optimizer, lr):
         for group in optimizer.param_groups:
@@ -422,9 +458,11 @@ def updates_step_in_lr_helper(watch, bug=True):
     return _accuracy(model, test_set)
 
 
-@bug("accumulation_not_scaled",
-     note="accumulates 8 micro-batches without dividing the loss by 8: with SGD the step is 8x "
-          "the one the learning rate was tuned for")
+@bug(
+    "accumulation_not_scaled",
+    note="accumulates 8 micro-batches without dividing the loss by 8: with SGD the step is 8x "
+    "the one the learning rate was tuned for",
+)
 def updates_accumulation_unscaled_sgd(watch, bug=True):
     train_set, test_set = _digits()
     model = _mlp()
@@ -446,9 +484,11 @@ def updates_accumulation_unscaled_sgd(watch, bug=True):
     return _accuracy(model, test_set)
 
 
-@bug("accumulation_not_scaled",
-     note="Hugging Face-style gradient_accumulation_steps=4 without loss / 4, on a GRU "
-          "language model trained with SGD")
+@bug(
+    "accumulation_not_scaled",
+    note="Hugging Face-style gradient_accumulation_steps=4 without loss / 4, on a GRU "
+    "language model trained with SGD",
+)
 def updates_accumulation_unscaled_gru(watch, bug=True):
     vocab = 16
 
@@ -461,7 +501,9 @@ def updates_accumulation_unscaled_gru(watch, bug=True):
 
         def forward(self, input_ids, labels=None):
             logits = self.lm_head(self.gru(self.embed(input_ids))[0])
-            loss = None if labels is None else F.cross_entropy(logits.flatten(0, 1), labels.flatten())
+            loss = (
+                None if labels is None else F.cross_entropy(logits.flatten(0, 1), labels.flatten())
+            )
             return {"loss": loss, "logits": logits}
 
     train_set, test_set = _lm_data(vocab)
@@ -485,9 +527,11 @@ def updates_accumulation_unscaled_gru(watch, bug=True):
         return model(input_ids, labels=labels)["loss"].item()
 
 
-@bug("accumulation_not_scaled",
-     note="accumulation over 4 micro-batches without dividing the loss, with AdamW: Adam "
-          "normalises the step so the metric hardly changes, the gradient scale is still 4x")
+@bug(
+    "accumulation_not_scaled",
+    note="accumulation over 4 micro-batches without dividing the loss, with AdamW: Adam "
+    "normalises the step so the metric hardly changes, the gradient scale is still 4x",
+)
 def updates_accumulation_unscaled_adamw(watch, bug=True):
     x, y = _standardized(load_wine)
     train_set, test_set = _split(x, y, 140)
@@ -509,9 +553,11 @@ def updates_accumulation_unscaled_adamw(watch, bug=True):
     return _accuracy(model, test_set)
 
 
-@bug("accumulation_not_scaled",
-     note="accumulation over 6 micro-batches whose fixed twin scales the loss in place "
-          "(loss /= 6, the tensor handed to backward() is the loss function's own output)")
+@bug(
+    "accumulation_not_scaled",
+    note="accumulation over 6 micro-batches whose fixed twin scales the loss in place "
+    "(loss /= 6, the tensor handed to backward() is the loss function's own output)",
+)
 def updates_accumulation_unscaled_inplace(watch, bug=True):
     train_set, test_set = _digits()
     model = _mlp()
@@ -530,10 +576,12 @@ def updates_accumulation_unscaled_inplace(watch, bug=True):
     return _accuracy(model, test_set)
 
 
-@bug("accumulation_not_scaled",
-     note="a mixture-of-experts model adds its router's load-balancing loss to the task loss "
-          "in place inside forward (loss += coef * aux, as Hugging Face MoE models do); the "
-          "loop accumulates 4 micro-batches without dividing")
+@bug(
+    "accumulation_not_scaled",
+    note="a mixture-of-experts model adds its router's load-balancing loss to the task loss "
+    "in place inside forward (loss += coef * aux, as Hugging Face MoE models do); the "
+    "loop accumulates 4 micro-batches without dividing",
+)
 def updates_accumulation_unscaled_moe_aux(watch, bug=True):
     class Experts(nn.Module):
         def __init__(self, width=32, experts=4, classes=10):
@@ -570,10 +618,12 @@ def updates_accumulation_unscaled_moe_aux(watch, bug=True):
     return _accuracy(model, test_set)
 
 
-@bug("accumulation_not_scaled",
-     note="two 10-class heads (the digit and its mirror image, 9 - digit), both losses handed "
-          "to torch.autograd.backward([l1, l2]) over 4 accumulated micro-batches, neither "
-          "divided")
+@bug(
+    "accumulation_not_scaled",
+    note="two 10-class heads (the digit and its mirror image, 9 - digit), both losses handed "
+    "to torch.autograd.backward([l1, l2]) over 4 accumulated micro-batches, neither "
+    "divided",
+)
 def updates_accumulation_unscaled_two_losses(watch, bug=True):
     train_set, test_set = _digits()
     body = _mlp(n_out=32)
@@ -601,9 +651,11 @@ def updates_accumulation_unscaled_two_losses(watch, bug=True):
     return _accuracy(Digits(), test_set)
 
 
-@bug("weight_decay_collapse",
-     note="SGD(weight_decay=0.5): meant 5e-4; the coupled decay shrinks every weight by 2.5% "
-          "a step and the network collapses towards zero")
+@bug(
+    "weight_decay_collapse",
+    note="SGD(weight_decay=0.5): meant 5e-4; the coupled decay shrinks every weight by 2.5% "
+    "a step and the network collapses towards zero",
+)
 def updates_sgd_weight_decay_half(watch, bug=True):
     train_set, test_set = _digits()
     model = _mlp()
@@ -620,9 +672,11 @@ def updates_sgd_weight_decay_half(watch, bug=True):
     return _accuracy(model, test_set)
 
 
-@bug("weight_decay_collapse",
-     note="Adam(weight_decay=0.5) used as if it were AdamW: the L2 term goes through the "
-          "adaptive scaling and drags the weights to zero; the fix is AdamW")
+@bug(
+    "weight_decay_collapse",
+    note="Adam(weight_decay=0.5) used as if it were AdamW: the L2 term goes through the "
+    "adaptive scaling and drags the weights to zero; the fix is AdamW",
+)
 def updates_adam_coupled_weight_decay(watch, bug=True):
     train_set, test_set = _digits(images=True)
     model = _SmallCNN()
@@ -638,10 +692,12 @@ def updates_adam_coupled_weight_decay(watch, bug=True):
     return _accuracy(model, test_set)
 
 
-@bug("weight_decay_collapse",
-     note="RMSprop(lr=1e-4, weight_decay=0.5) on an MLP classifier: the L2 term is 5x the "
-          "loss gradient from the first step; too few steps for the weights to collapse, "
-          "the loss stays at chance")
+@bug(
+    "weight_decay_collapse",
+    note="RMSprop(lr=1e-4, weight_decay=0.5) on an MLP classifier: the L2 term is 5x the "
+    "loss gradient from the first step; too few steps for the weights to collapse, "
+    "the loss stays at chance",
+)
 def updates_rmsprop_decay_outweighs(watch, bug=True):
     train_set, test_set = _digits()
     model = _mlp()
@@ -655,9 +711,11 @@ def updates_rmsprop_decay_outweighs(watch, bug=True):
     return _accuracy(model, test_set)
 
 
-@bug("weight_decay_collapse",
-     note="Adam(lr=1e-4, weight_decay=0.3) on a small CNN, where AdamW was meant: the coupled "
-          "decay outweighs the gradient; the fixed twin is AdamW with the same numbers")
+@bug(
+    "weight_decay_collapse",
+    note="Adam(lr=1e-4, weight_decay=0.3) on a small CNN, where AdamW was meant: the coupled "
+    "decay outweighs the gradient; the fixed twin is AdamW with the same numbers",
+)
 def updates_adam_decay_outweighs_cnn(watch, bug=True):
     train_set, test_set = _digits(images=True)
     model = _SmallCNN()
@@ -672,9 +730,11 @@ def updates_adam_decay_outweighs_cnn(watch, bug=True):
     return _accuracy(model, test_set)
 
 
-@bug("weight_decay_collapse",
-     note="a wine classifier (nn.Module subclass) with Adam(lr=2e-4, weight_decay=2.0), an "
-          "AdamW-style decay given to Adam: every step mostly shrinks the weights")
+@bug(
+    "weight_decay_collapse",
+    note="a wine classifier (nn.Module subclass) with Adam(lr=2e-4, weight_decay=2.0), an "
+    "AdamW-style decay given to Adam: every step mostly shrinks the weights",
+)
 def updates_adam_decay_outweighs_wine(watch, bug=True):
     x, y = _standardized(load_wine)
     train_set, test_set = _split(x, y, 140)
@@ -699,9 +759,11 @@ def updates_adam_decay_outweighs_wine(watch, bug=True):
     return _accuracy(model, test_set)
 
 
-@bug("weight_decay_collapse",
-     note="RMSprop(weight_decay=0.1) on a small autoencoder: coupled decay beats the "
-          "reconstruction gradient and the code layer collapses")
+@bug(
+    "weight_decay_collapse",
+    note="RMSprop(weight_decay=0.1) on a small autoencoder: coupled decay beats the "
+    "reconstruction gradient and the code layer collapses",
+)
 def updates_rmsprop_weight_decay(watch, bug=True):
     train_set, test_set = _digits()
     model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 64), nn.Sigmoid())

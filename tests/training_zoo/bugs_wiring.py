@@ -45,9 +45,12 @@ def _accuracy(model: nn.Module, dataset: TensorDataset) -> float:
 # --- class 1: parameters nobody can see -------------------------------------------------------
 
 
-@bug("unregistered_module", where=("hidden",),
-     note="hidden layers kept in a plain Python list: model.parameters() misses them, they stay "
-          "at their random init and only the head trains")
+@bug(
+    "unregistered_module",
+    where=("hidden",),
+    note="hidden layers kept in a plain Python list: model.parameters() misses them, they stay "
+    "at their random init and only the head trains",
+)
 def wiring_mlp_layers_in_list(watch, bug=True):
     class MLP(nn.Module):
         def __init__(self, sizes):
@@ -80,8 +83,11 @@ def wiring_mlp_layers_in_list(watch, bug=True):
     return _accuracy(model, test_set)
 
 
-@bug("unregistered_module", where=("heads",),
-     note="multi-task heads kept in a plain dict: the shared trunk trains, the heads never do")
+@bug(
+    "unregistered_module",
+    where=("heads",),
+    note="multi-task heads kept in a plain dict: the shared trunk trains, the heads never do",
+)
 def wiring_heads_in_dict(watch, bug=True):
     class MultiTask(nn.Module):
         def __init__(self):
@@ -121,9 +127,12 @@ def wiring_heads_in_dict(watch, bug=True):
         return (model(x)["digit"].argmax(1) == y).float().mean().item()
 
 
-@bug("unregistered_module", where=("blocks",),
-     note="conv blocks kept in a tuple attribute: the convolutions stay random, only the "
-          "classifier trains")
+@bug(
+    "unregistered_module",
+    where=("blocks",),
+    note="conv blocks kept in a tuple attribute: the convolutions stay random, only the "
+    "classifier trains",
+)
 def wiring_cnn_blocks_tuple(watch, bug=True):
     def conv_block(c_in, c_out):
         return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
@@ -156,10 +165,13 @@ def wiring_cnn_blocks_tuple(watch, bug=True):
     return _accuracy(model, test_set)
 
 
-@bug("unregistered_tensor", where=("log_scale",),
-     note="cosine classifier whose learnable temperature is a requires_grad tensor, not an "
-          "nn.Parameter: logits stay in [-1, 1] and the loss cannot go down (accuracy barely "
-          "moves, the test loss does)")
+@bug(
+    "unregistered_tensor",
+    where=("log_scale",),
+    note="cosine classifier whose learnable temperature is a requires_grad tensor, not an "
+    "nn.Parameter: logits stay in [-1, 1] and the loss cannot go down (accuracy barely "
+    "moves, the test loss does)",
+)
 def wiring_temperature_tensor(watch, bug=True):
     class CosineClassifier(nn.Module):
         def __init__(self):
@@ -189,9 +201,12 @@ def wiring_temperature_tensor(watch, bug=True):
         return F.cross_entropy(model(x), y).item()
 
 
-@bug("unregistered_tensor", where=("pos_embedding",),
-     note="learned positional embedding created with torch.zeros(..., requires_grad=True): it "
-          "never trains, so the transformer cannot tell positions apart")
+@bug(
+    "unregistered_tensor",
+    where=("pos_embedding",),
+    note="learned positional embedding created with torch.zeros(..., requires_grad=True): it "
+    "never trains, so the transformer cannot tell positions apart",
+)
 def wiring_positional_embedding_tensor(watch, bug=True):
     vocab, length, dim = 6, 6, 32
 
@@ -201,8 +216,9 @@ def wiring_positional_embedding_tensor(watch, bug=True):
             self.embed = nn.Embedding(vocab, dim)
             pos = torch.zeros(1, length, dim, requires_grad=True)
             self.pos_embedding = pos if bug else nn.Parameter(pos)
-            layer = nn.TransformerEncoderLayer(dim, 2, dim_feedforward=64, dropout=0.0,
-                                               batch_first=True)
+            layer = nn.TransformerEncoderLayer(
+                dim, 2, dim_feedforward=64, dropout=0.0, batch_first=True
+            )
             self.encoder = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
             self.head = nn.Linear(dim, vocab)
 
@@ -225,10 +241,13 @@ def wiring_positional_embedding_tensor(watch, bug=True):
     return _accuracy(model, test_set)
 
 
-@bug("unregistered_tensor", where=("gamma",),
-     note="layer-scale vector on the residual branch made with torch.full(..., 1e-4, "
-          "requires_grad=True): stuck at 1e-4, the residual MLP is switched off and the net "
-          "stays almost linear")
+@bug(
+    "unregistered_tensor",
+    where=("gamma",),
+    note="layer-scale vector on the residual branch made with torch.full(..., 1e-4, "
+    "requires_grad=True): stuck at 1e-4, the residual MLP is switched off and the net "
+    "stays almost linear",
+)
 def wiring_layer_scale_tensor(watch, bug=True):
     class ResidualMLP(nn.Module):
         def __init__(self, dim=32):
@@ -263,9 +282,11 @@ def wiring_layer_scale_tensor(watch, bug=True):
 # --- class 2: loss-function contracts ---------------------------------------------------------
 
 
-@bug("probabilities_into_logits_loss",
-     note="the model ends in nn.Sigmoid() and the loss is BCEWithLogitsLoss: a second sigmoid "
-          "squashes the output, gradients shrink and the loss cannot reach zero")
+@bug(
+    "probabilities_into_logits_loss",
+    note="the model ends in nn.Sigmoid() and the loss is BCEWithLogitsLoss: a second sigmoid "
+    "squashes the output, gradients shrink and the loss cannot reach zero",
+)
 def wiring_sigmoid_into_bce_with_logits(watch, bug=True):
     data = load_breast_cancer()
     x = torch.tensor(data.data, dtype=torch.float32)
@@ -289,9 +310,12 @@ def wiring_sigmoid_into_bce_with_logits(watch, bug=True):
         return F.binary_cross_entropy(probs, yb).item()
 
 
-@bug("probabilities_into_logits_loss", "softmax_into_cross_entropy",
-     note="forward returns F.softmax(...) and the training loop uses nn.CrossEntropyLoss, which "
-          "applies log_softmax again: gradients flatten and learning crawls")
+@bug(
+    "probabilities_into_logits_loss",
+    "softmax_into_cross_entropy",
+    note="forward returns F.softmax(...) and the training loop uses nn.CrossEntropyLoss, which "
+    "applies log_softmax again: gradients flatten and learning crawls",
+)
 def wiring_softmax_into_cross_entropy(watch, bug=True):
     class Net(nn.Module):
         def __init__(self):
@@ -316,10 +340,12 @@ def wiring_softmax_into_cross_entropy(watch, bug=True):
     return _accuracy(model, test_set)
 
 
-@bug("softmax_wrong_dim",
-     note="pytorch/examples-style net whose forward ends in F.log_softmax(x, dim=0): it "
-          "normalises over the batch, not over the classes, before F.nll_loss; batched test "
-          "accuracy hides it, one image at a time the output is all zeros")
+@bug(
+    "softmax_wrong_dim",
+    note="pytorch/examples-style net whose forward ends in F.log_softmax(x, dim=0): it "
+    "normalises over the batch, not over the classes, before F.nll_loss; batched test "
+    "accuracy hides it, one image at a time the output is all zeros",
+)
 def wiring_log_softmax_dim0(watch, bug=True):
     class Net(nn.Module):
         def __init__(self):
@@ -364,10 +390,12 @@ def wiring_log_softmax_dim0(watch, bug=True):
     return sum(predict(x) == y for x, y in zip(images, labels.tolist(), strict=True)) / len(labels)
 
 
-@bug("softmax_wrong_dim",
-     note="GRU language model: outputs are (batch, time, vocab) and log_softmax runs over "
-          "dim=1, the time axis, before nll_loss on the flattened tokens; at generation, one "
-          "token at a time, every log-probability is 0")
+@bug(
+    "softmax_wrong_dim",
+    note="GRU language model: outputs are (batch, time, vocab) and log_softmax runs over "
+    "dim=1, the time axis, before nll_loss on the flattened tokens; at generation, one "
+    "token at a time, every log-probability is 0",
+)
 def wiring_lm_log_softmax_over_time(watch, bug=True):
     vocab, seq_len = 12, 16
 
@@ -409,9 +437,11 @@ def wiring_lm_log_softmax_over_time(watch, bug=True):
         return correct / y.numel()
 
 
-@bug("clipped_logits",
-     note="nn.ReLU() left after the last Linear: logits can never go negative and a class "
-          "whose output dies gets no gradient")
+@bug(
+    "clipped_logits",
+    note="nn.ReLU() left after the last Linear: logits can never go negative and a class "
+    "whose output dies gets no gradient",
+)
 def wiring_relu_logits(watch, bug=True):
     train_set, test_set = _digits()
     layers = [nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)]
@@ -428,9 +458,11 @@ def wiring_relu_logits(watch, bug=True):
     return _accuracy(model, test_set)
 
 
-@bug("clipped_logits",
-     note="binary classifier returns logit.clamp(min=0) into BCEWithLogitsLoss: the negative "
-          "class can only reach p=0.5 and gets no gradient once clipped")
+@bug(
+    "clipped_logits",
+    note="binary classifier returns logit.clamp(min=0) into BCEWithLogitsLoss: the negative "
+    "class can only reach p=0.5 and gets no gradient once clipped",
+)
 def wiring_clamp_logits_binary(watch, bug=True):
     class Detector(nn.Module):
         def __init__(self):
@@ -459,9 +491,11 @@ def wiring_clamp_logits_binary(watch, bug=True):
         return criterion(model(xb), yb).item()
 
 
-@bug("clipped_logits",
-     note="forum-style net: F.relu applied to the last layer's output before log_softmax and "
-          "nll_loss; classes whose output dies can never win")
+@bug(
+    "clipped_logits",
+    note="forum-style net: F.relu applied to the last layer's output before log_softmax and "
+    "nll_loss; classes whose output dies can never win",
+)
 def wiring_relu_before_log_softmax(watch, bug=True):
     class Net(nn.Module):
         def __init__(self):
@@ -497,9 +531,11 @@ def _diabetes(n_train: int = 350) -> tuple[TensorDataset, TensorDataset]:
     return _split(x, (y - y.mean()) / y.std(), n_train)
 
 
-@bug("loss_broadcast",
-     note="Kaggle-style regression: the model returns (N, 1), the target is (N,), and "
-          "nn.MSELoss broadcasts them to (N, N): the net learns to predict the mean")
+@bug(
+    "loss_broadcast",
+    note="Kaggle-style regression: the model returns (N, 1), the target is (N,), and "
+    "nn.MSELoss broadcasts them to (N, N): the net learns to predict the mean",
+)
 def wiring_loss_broadcast_mse(watch, bug=True):
     train_set, test_set = _diabetes()
     model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 1))
@@ -518,8 +554,10 @@ def wiring_loss_broadcast_mse(watch, bug=True):
         return F.mse_loss(model(xb).squeeze(1), yb).item()
 
 
-@bug("loss_broadcast",
-     note="nn.L1Loss between a (N, 1) prediction and a (N,) target: broadcasts to (N, N)")
+@bug(
+    "loss_broadcast",
+    note="nn.L1Loss between a (N, 1) prediction and a (N,) target: broadcasts to (N, N)",
+)
 def wiring_loss_broadcast_l1(watch, bug=True):
     x = torch.randn(1000, 8)
     y = x @ torch.randn(8) + 0.5 * torch.sin(3 * x[:, 0])
@@ -550,9 +588,11 @@ def wiring_loss_broadcast_l1(watch, bug=True):
         return (model(xb).view(-1) - yb).abs().mean().item()
 
 
-@bug("loss_broadcast",
-     note="LSTM forecaster: head gives (N, 1), the next value is (N,), nn.SmoothL1Loss "
-          "broadcasts them")
+@bug(
+    "loss_broadcast",
+    note="LSTM forecaster: head gives (N, 1), the next value is (N,), nn.SmoothL1Loss "
+    "broadcasts them",
+)
 def wiring_loss_broadcast_smooth_l1(watch, bug=True):
     class Forecaster(nn.Module):
         def __init__(self):
@@ -585,9 +625,11 @@ def wiring_loss_broadcast_smooth_l1(watch, bug=True):
         return F.mse_loss(model(xb).squeeze(-1), yb).item()
 
 
-@bug("loss_broadcast",
-     note="targets reshaped to (N, 1) during data prep while the model squeezes its output to "
-          "(N,): nn.HuberLoss broadcasts (N,) against (N, 1)")
+@bug(
+    "loss_broadcast",
+    note="targets reshaped to (N, 1) during data prep while the model squeezes its output to "
+    "(N,): nn.HuberLoss broadcasts (N,) against (N, 1)",
+)
 def wiring_loss_broadcast_huber(watch, bug=True):
     class Regressor(nn.Module):
         def __init__(self):
@@ -627,9 +669,11 @@ def wiring_loss_broadcast_huber(watch, bug=True):
         return F.mse_loss(model(xb), yb).item()
 
 
-@bug("softmax_wrong_dim",
-     note="a sequence classifier over (batch, time, classes) with nn.LogSoftmax() left without "
-          "a dim: for 3-D input PyTorch's implicit choice is dim 0, the batch")
+@bug(
+    "softmax_wrong_dim",
+    note="a sequence classifier over (batch, time, classes) with nn.LogSoftmax() left without "
+    "a dim: for 3-D input PyTorch's implicit choice is dim 0, the batch",
+)
 def wiring_log_softmax_module_implicit_dim(watch, bug=True):
     classes, seq_len = 4, 10
 
@@ -658,5 +702,7 @@ def wiring_log_softmax_module_implicit_dim(watch, bug=True):
                 optimizer.step()
     x, y = test_set.tensors
     with torch.no_grad():  # one clip at a time, as at inference
-        return sum((model(x[i : i + 1]).argmax(-1) == y[i : i + 1]).float().mean().item()
-                   for i in range(len(x))) / len(x)
+        return sum(
+            (model(x[i : i + 1]).argmax(-1) == y[i : i + 1]).float().mean().item()
+            for i in range(len(x))
+        ) / len(x)

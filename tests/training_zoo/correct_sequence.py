@@ -462,3 +462,25 @@ def seq_time_first_forecaster_scored_per_step(watch):
                 optimizer.step()
     with torch.no_grad():
         return F.mse_loss(model(inputs[:, 56:]), targets[:, 56:]).item()
+
+
+@correct
+def seq_forecaster_batches_in_time_order(watch):
+    """A lag-window forecaster of a slowly drifting series, batched in time order (as time
+    series often are): within one batch the targets vary far less than over the run."""
+    g = torch.Generator().manual_seed(0)
+    t = torch.arange(3000, dtype=torch.float32)
+    series = torch.sin(t / 150) + 0.3 * torch.sin(t / 11) + 0.05 * torch.randn(3000, generator=g)
+    lags = 16
+    x = torch.stack([series[i : i + lags] for i in range(len(series) - lags)])
+    y = series[lags:].unsqueeze(1)
+    model = nn.Sequential(nn.Linear(lags, 32), nn.Tanh(), nn.Linear(32, 1))
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    with watch(model, optimizer):
+        for _epoch in range(4):
+            for start in range(0, 2400, 32):  # consecutive windows
+                optimizer.zero_grad()
+                F.mse_loss(model(x[start : start + 32]), y[start : start + 32]).backward()
+                optimizer.step()
+    with torch.no_grad():
+        return (F.mse_loss(model(x[2400:]), y[2400:]) / y[2400:].var()).item()

@@ -45,6 +45,10 @@ SMALL_GRADIENT = 1e-3
 STRAIGHT_STEPS = 0.85
 # a loss below this fraction of its chance level has learned something: a trained model
 LEARNED_FRACTION = 0.9
+# a chance level read per batch (a regression's variance) or per class count (ln C) stands
+# unless the whole run's differs by this factor: batches that do not sample the data evenly
+# (a time series in order), labels far from balanced
+UNREPRESENTATIVE = 0.7
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,7 @@ class ChanceTail:
     value: float  # mean loss over them
     chance: float  # mean chance level over them
     floor: float = 0.0  # the least loss any prediction gets (soft targets' entropy), mean
+    whole_run: bool = False  # the chance level is the whole run's, not the batches' (ln C's)
 
     @property
     def to_chance(self) -> float:
@@ -355,6 +360,24 @@ class Evidence:
             value = sum(c.value for c in tail if c.value is not None) / len(tail)
             chance = sum(c.chance for c in tail if c.chance is not None) / len(tail)
             floor = sum(c.floor or 0.0 for c in tail) / len(tail)
+            population = (self.observed.population_chance or {}).get(name)
+            if (
+                population is not None
+                and population > 0.05
+                and floor == 0.0
+                and (
+                    population < UNREPRESENTATIVE * chance
+                    if calls[0].family == "classification"
+                    else chance < UNREPRESENTATIVE * population
+                )
+            ):
+                # the best constant of the whole run where one batch's is far from it: a time
+                # series batched in order has a fraction of its variance within a batch;
+                # imbalanced labels' entropy is well below ln C
+                out[name] = ChanceTail(
+                    calls[0].family, len(calls), len(tail), value, population, floor, True
+                )
+                continue
             out[name] = ChanceTail(calls[0].family, len(calls), len(tail), value, chance, floor)
         if self.observed.forward_sampled and len(out) == 1:
             name, seen = next(iter(out.items()))

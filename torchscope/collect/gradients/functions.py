@@ -151,7 +151,9 @@ class FunctionWatch(TorchFunctionMode):
             if family == "classification" and isinstance(scores, torch.Tensor):
                 monitor._on_classification_loss(loss_name, scores)
             out = func(*args, **kwargs)
-            monitor._signals.on_loss(monitor._clock(), func, args, kwargs, out)
+            monitor._signals.on_loss(
+                monitor._clock(), func, args, kwargs, out, measured=monitor._measuring()
+            )
             return out
         if func is torch._foreach_mul_ and len(args) > 1 and isinstance(args[1], torch.Tensor):
             grads = args[0]

@@ -186,6 +186,9 @@ class Observations:
     rows_identical: dict[int, tuple[bool, bool | None]] | None = None  # (at start, at end)
     # per trainable weight matrix: ||weight now - weight at entry|| (sampled, whole-tensor units)
     moved: dict[int, float] | None = None
+    # per loss function: its chance level over the whole run's measured calls (the labels'
+    # entropy; the targets' variance), where it is kept
+    population_chance: dict[str, float] | None = None
     hidden: tuple[HiddenView, ...] = ()
     # the forward ran compiled: its own signals (loss functions inside the model included)
     # were seen on eager samples only
@@ -329,6 +332,8 @@ def observe(monitor: GradientMonitor) -> Observations:
     identical = _read([v for pair in m._rows_identical.values() for v in pair])
     moved_now = m._moved_now()
     moved = _read(list(moved_now.values()))
+    population = s.population_chance()
+    population_read = _read(list(population.values()))
     coefficients = _read([c for _, c in m._clip_coefficients])
     input_scale = _read([m._input_scale])[0]
     hidden_held = fixed.hidden_held if fixed is not None else tuple(m._hidden_held_now())
@@ -372,6 +377,9 @@ def observe(monitor: GradientMonitor) -> Observations:
         input_scale=input_scale,
         forward_sampled=m._sampler.active,
         moved={i: v for i, v in zip(moved_now, moved, strict=True) if v is not None},
+        population_chance={
+            n: v for n, v in zip(population, population_read, strict=True) if v is not None
+        },
         rows_identical={
             i: (
                 bool(identical[2 * k]),

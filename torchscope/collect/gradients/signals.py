@@ -119,6 +119,12 @@ class CallSignals:
             "wrong_dim"
         )
         self.squash_sites: dict[tuple[str, str], SquashSite] = {}
+        # over the run's measured calls, per loss function: how often each class was the
+        # label (hard labels), and the targets' count, sum and sum of squares per column
+        # (mse_loss): the best constant prediction of the whole run, not of one batch (a
+        # time series batched in order, imbalanced labels)
+        self.label_counts: dict[str, torch.Tensor] = {}
+        self.target_moments: dict[str, tuple[int, torch.Tensor, torch.Tensor] | None] = {}
         self.outside_squashes = 0  # sites called outside every forward (see SquashSite)
         # (clock, the loss handed to backward, the sum of the loss functions' values since
         # the last one)
@@ -186,7 +192,55 @@ class CallSignals:
 
     # -- losses ------------------------------------------------------------------------------
 
-    def on_loss(self, clock: _Clock, func: Any, args: Any, kwargs: Any, out: Any) -> None:
+    def _count_labels(self, name: str, scores: torch.Tensor, target: torch.Tensor) -> None:
+        classes = scores.shape[1] if scores.dim() >= 2 else scores.shape[0]
+        if classes < 2 or target.is_floating_point() or target.numel() == 0:
+            return
+        with torch.no_grad():
+            t = target.detach().reshape(-1).long()
+            # an ignore_index (-100: padding) goes to a last bin, dropped; no host sync
+            index = torch.where((t >= 0) & (t < classes), t, torch.full_like(t, classes))
+            counts = torch.zeros(classes + 1, device=t.device).scatter_add_(
+                0, index, torch.ones_like(index, dtype=torch.float32)
+            )[:classes]
+        seen = self.label_counts.get(name)
+        if seen is None or seen.shape != counts.shape:
+            self.label_counts[name] = counts
+        else:
+            self.label_counts[name] = seen + counts
+
+    def _add_moments(self, name: str, target: torch.Tensor) -> None:
+        if name in self.target_moments and self.target_moments[name] is None:
+            return  # targets of changing widths: the per-batch level stands
+        if target.dim() == 0 or not target.is_floating_point() or target.shape[0] < 1:
+            return
+        with torch.no_grad():
+            t = target.detach().float().reshape(target.shape[0], -1)
+            total, squares = t.sum(dim=0), t.square().sum(dim=0)
+        seen = self.target_moments.get(name)
+        if seen is None:
+            self.target_moments[name] = (t.shape[0], total, squares)
+        elif seen[1].shape != total.shape:
+            self.target_moments[name] = None
+        else:
+            self.target_moments[name] = (seen[0] + t.shape[0], seen[1] + total, seen[2] + squares)
+
+    def population_chance(self) -> dict[str, torch.Tensor]:
+        """Per loss function, the chance level over every measured call of the run: the
+        labels' entropy (classification), the targets' variance per column (mse_loss)."""
+        out = {}
+        for name, counts in self.label_counts.items():
+            p = counts / counts.sum().clamp_min(1)
+            out[name] = -(p * p.clamp_min(1e-12).log()).sum()
+        for name, moments in self.target_moments.items():
+            if moments is not None and moments[0] > 1:
+                n, total, squares = moments
+                out[name] = (squares / n - (total / n).square()).clamp_min(0).mean()
+        return out
+
+    def on_loss(
+        self, clock: _Clock, func: Any, args: Any, kwargs: Any, out: Any, *, measured: bool = True
+    ) -> None:
         name, family = LOSS_FUNCTIONS[func]
         scores = args[0] if args else kwargs.get("input")
         target = args[1] if len(args) > 1 else kwargs.get("target")
@@ -207,6 +261,11 @@ class CallSignals:
                 self.clipped.append((clock, name, how))
         if family == "classification":
             self._check_normalised_dim(clock, name, scores)
+        if measured:
+            if family == "classification" and not _soft(scores, target):
+                self._count_labels(name, scores, target)
+            elif name == "mse_loss" and scores.shape == target.shape:
+                self._add_moments(name, target)
         reduction = kwargs.get("reduction", "mean")
         value = None
         if reduction == "mean" and isinstance(out, torch.Tensor) and out.dim() == 0:

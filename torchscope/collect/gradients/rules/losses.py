@@ -86,8 +86,19 @@ def loss_at_chance(ev: Evidence) -> Iterator[Finding]:
         if tail.calls < MIN_STEPS_FOR_CHANCE or tail.to_chance < CHANCE_FRACTION:
             continue
         soft = tail.floor > 0.01
-        if tail.family == "classification" and not soft:
+        if tail.family == "classification" and not soft and tail.whole_run:
+            what = (
+                f"{tail.chance:.3g}, the entropy of the labels' frequencies over the run "
+                "(imbalanced: below ln C), which predicting those frequencies for every "
+                "sample gets"
+            )
+        elif tail.family == "classification" and not soft:
             what = f"ln C = {tail.chance:.3g} for {round(math.exp(tail.chance))} classes"
+        elif tail.whole_run:
+            what = (
+                f"{tail.chance:.3g}, the targets' variance over the run (its batches hold "
+                "less of it: not shuffled?), the loss of predicting their mean for every sample"
+            )
         else:
             what = f"{tail.chance:.3g}, the loss of predicting the same value for every sample"
         if soft:
