@@ -106,3 +106,30 @@ def test_the_same_gradients_stepped_twice_are_still_named():
                 p.grad = p.grad  # the same tensor handed back: nothing new
             optimizer.step()
     assert "step_without_backward" in monitor.report().kinds
+
+
+@pytest.mark.parametrize("rescale", ["clip_grad_norm_", "mul_"])
+def test_the_same_gradients_rescaled_in_place_and_stepped_again_are_named(rescale):
+    # clipping (or any in-place scaling) between two steps writes into .grad, yet every
+    # gradient is scaled by one factor: the same gradients applied twice
+    x, y = _data()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+
+    def scale():
+        if rescale == "clip_grad_norm_":
+            nn.utils.clip_grad_norm_(model.parameters(), max_norm=0.1)
+        else:
+            for p in model.parameters():
+                p.grad.mul_(0.5)
+
+    with GradientMonitor(model, optimizer=optimizer) as monitor:
+        for k in torch.randperm(len(x)).split(16):
+            optimizer.zero_grad()
+            F.cross_entropy(model(x[k]), y[k]).backward()
+            scale()
+            optimizer.step()
+            scale()  # "clip, then step" in a helper, called twice
+            optimizer.step()
+    assert "step_without_backward" in monitor.report().kinds

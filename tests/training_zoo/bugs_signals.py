@@ -657,3 +657,36 @@ def chance_imbalanced_labels_unpaired(watch, bug=True):
     with torch.no_grad():  # recall of the rare class on held-out digits
         truth = torch.tensor(digit[1400:] == 9)
         return (model(X[1400:]).argmax(1).bool() & truth).sum().item() / truth.sum().item()
+
+
+@bug("batch_mixing", where="rnn",
+     note="a per-frame tagger whose GRU keeps the default layout (time first) but is fed "
+          "(batch, time, features), scored per frame on (batch, classes, time): the targets "
+          "share the input's layout, and the GRU runs along the batch")
+def mix_per_frame_tagger_time_first_gru(watch, bug=True):
+    g = torch.Generator().manual_seed(0)
+    frames = torch.randn(330, 12, 4, generator=g)
+    labels = (frames[..., :2].cumsum(1)[..., 0] > 0).long()  # depends on the past frames
+
+    class Tagger(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = nn.GRU(4, 24, batch_first=not bug)
+            self.out = nn.Linear(24, 2)
+
+        def forward(self, x):  # (batch, time, features)
+            h, _ = self.rnn(x)
+            return self.out(h).transpose(1, 2)  # (batch, classes, time)
+
+    model = Tagger()
+    optimizer = torch.optim.Adam(model.parameters(), lr=5e-3)
+    loader = DataLoader(TensorDataset(frames[:300], labels[:300]), batch_size=32, shuffle=True)
+    with watch(model, optimizer):
+        for _ in range(6):
+            for xb, yb in loader:
+                optimizer.zero_grad()
+                F.cross_entropy(model(xb), yb).backward()
+                optimizer.step()
+    with torch.no_grad():  # one sequence at a time, as at inference
+        return sum((model(frames[i : i + 1]).argmax(1) == labels[i : i + 1]).float().mean().item()
+                   for i in range(300, 330)) / 30

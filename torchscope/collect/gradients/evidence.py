@@ -38,13 +38,6 @@ CONVERGED_FRACTION = 0.3
 # measured step) has little left to teach: a trained model, or a loss scaled far down. At
 # initialisation gradients measure 1e-2 to 1 of the weights; a converged model's 1e-6 to 1e-4
 SMALL_GRADIENT = 1e-3
-# steps that keep one direction: the net move of a weight matrix over the run is at least this
-# fraction of the path its steps took. Models stuck at their initialisation by a tiny learning
-# rate measure 0.91 to 1 (Adam, SGD, RMSprop); trained ones, whose steps are mostly batch
-# noise, 0.37 to 0.8 (fewer steps read higher)
-STRAIGHT_STEPS = 0.85
-# a loss below this fraction of its chance level has learned something: a trained model
-LEARNED_FRACTION = 0.9
 # a chance level read per batch (a regression's variance) or per class count (ln C) stands
 # unless the whole run's differs by this factor: batches that do not sample the data evenly
 # (a time series in order), labels far from balanced
@@ -408,23 +401,6 @@ class Evidence:
         floor = sum(c.floor or 0.0 for c in calls) / len(calls)
         return ChanceTail(family, len(values), len(tail), sum(tail) / len(tail), chance, floor)
 
-    @cached_property
-    def early_to_chance(self) -> float | None:
-        """``loss_to_chance`` over the first calls of the most used loss function that has a
-        chance level (the first 10): well below 1 when the run starts from a trained model
-        (resumed, fine-tuned); None when none is known."""
-        by_name: dict[str, list[LossView]] = {}
-        for c in self.observed.loss_calls:
-            if c.value is not None and c.chance is not None and c.chance - (c.floor or 0) > 0.05:
-                by_name.setdefault(c.name, []).append(c)
-        if not by_name:
-            return None
-        calls = max(by_name.values(), key=len)[:10]
-        value = sum(c.value for c in calls if c.value is not None) / len(calls)
-        chance = sum(c.chance for c in calls if c.chance is not None) / len(calls)
-        floor = sum(c.floor or 0.0 for c in calls) / len(calls)
-        return (value - floor) / (chance - floor)
-
     @property
     def loss_to_chance(self) -> float | None:
         """The training loss of the last quarter of the run over the loss of a constant
@@ -467,28 +443,6 @@ class Evidence:
         None (zero_grad() between backward() and step()), when that is most of them."""
         times = self.observed.total("cleared_before_step")
         return times if times and times >= 0.5 * max(self.observed.steps, 1) else 0
-
-    @cached_property
-    def step_efficiency(self) -> float | None:
-        """How straight the optimizer's steps went: how far each trainable weight matrix
-        moved in all against the length of the path its steps took (the mean measured
-        step's change times the steps), the median over matrices; None before enough steps.
-        Near 1 when the gradients keep one direction (a model far from any minimum, however
-        small its steps); well below it when they are mostly batch noise around a minimum
-        (a trained model: its steps go back and forth)."""
-        moved = self.observed.moved or {}
-        steps = self.observed.steps
-        if steps < MIN_STEPS_FOR_UPDATES:
-            return None
-        ratios = []
-        for i, net in moved.items():
-            changes = [m.change for m in self.moves.get(i, []) if math.isfinite(m.change)]
-            if not changes or not math.isfinite(net):
-                continue
-            path = sum(changes) / len(changes) * steps
-            if path > 0:
-                ratios.append(min(net / path, 1.0))
-        return sorted(ratios)[len(ratios) // 2] if ratios else None
 
     @property
     def barely_learning(self) -> bool:

@@ -73,8 +73,6 @@ from torchscope.collect.gradients.optimizer_hooks import (
     OptimizerHooks,
     checked_copy_budget,
     copy_every,
-    entry_sample,
-    moved_since,
     sample_stride,
 )
 from torchscope.collect.gradients.ranks import RankView, merge_ranks, world_size
@@ -274,6 +272,8 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
         self._optimizer_kind: dict[int, str] = {}  # param group id -> its optimizer's class
         self._last_step_backwards: dict[int, int] = {}  # optimizer id -> backwards at its step
         self._written_grads = False  # gradients assigned by hand since the last step
+        # per optimizer: max |grad| of what its last step applied (index, device values)
+        self._step_tops: dict[int, tuple[tuple[int, ...], torch.Tensor]] = {}
         self._steps_of: dict[int, int] = {}  # optimizer id -> its steps (for the stride)
         # steps whose gradients a backward pass filled and something set to None before
         # step() ran (zero_grad() between them, set_to_none=True): (when, parameters)
@@ -286,10 +286,6 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
         self._sequence_inputs: list[tuple[str, tuple[int, ...], _Clock]] = []
         self._input_scale: torch.Tensor | None = None  # max |x| of the first training input
         self._rows_identical: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
-        # per trainable weight matrix: a sample of it at entry (dropped at exit), and how far
-        # it moved in all by then (Evidence.step_efficiency)
-        self._entry: dict[int, tuple[torch.Tensor, float]] = {}
-        self._moved_at_exit: dict[int, torch.Tensor | None] | None = None
         self._hidden: list[Hidden] = []
         self._hidden_keys: list[list[GradKey | None]] = []
         # per step: the parameters held that did not require grad (when there are any)
@@ -320,12 +316,6 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
                 for e in self._params
                 if e.tensor.requires_grad and (same := identical_rows(e.tensor)) is not None
             }
-            self._entry = {
-                e.index: entry_sample(e.tensor)
-                for e in self._params
-                if e.tensor.requires_grad and e.tensor.dim() >= 2 and e.tensor.is_floating_point()
-            }
-            self._moved_at_exit = None
             self._attach_module_hooks()
             self._attach_parameter_hooks()
             self._attach_optimizer_hooks()
@@ -356,14 +346,6 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
         )
         for index, (before, _) in list(self._rows_identical.items()):
             self._rows_identical[index] = (before, identical_rows(self._params[index].tensor))
-        self._moved_at_exit = self._moved_now()
-        self._entry = {}
-
-    def _moved_now(self) -> dict[int, torch.Tensor | None]:
-        """How far each sampled weight matrix is from where it was at entry (device norms)."""
-        if self._moved_at_exit is not None:
-            return self._moved_at_exit
-        return {i: moved_since(self._params[i].tensor, e) for i, e in self._entry.items()}
 
     def _detach(self) -> None:
         mode, self._mode = self._mode, None

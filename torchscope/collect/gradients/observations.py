@@ -129,7 +129,6 @@ class LossView:
     chance: float | None  # the loss of the best constant prediction
     batch: int | None
     floor: float | None = None  # the least loss any prediction gets (soft targets)
-    lead: tuple[int, ...] = ()  # the target's first two dims
 
 
 @dataclass(frozen=True)
@@ -184,8 +183,6 @@ class Observations:
     sequence_inputs: tuple[tuple[str, tuple[int, ...], Clock], ...] = ()
     input_scale: float | None = None
     rows_identical: dict[int, tuple[bool, bool | None]] | None = None  # (at start, at end)
-    # per trainable weight matrix: ||weight now - weight at entry|| (sampled, whole-tensor units)
-    moved: dict[int, float] | None = None
     # per loss function: its chance level over the whole run's measured calls (the labels'
     # entropy; the targets' variance), where it is kept
     population_chance: dict[str, float] | None = None
@@ -323,15 +320,13 @@ def observe(monitor: GradientMonitor) -> Observations:
     chances = _read([c.chance for c in s.losses])
     floors = _read([c.floor for c in s.losses])
     losses_seen = tuple(
-        LossView(c.clock, c.name, c.family, v, ch, c.batch, fl, c.lead)
+        LossView(c.clock, c.name, c.family, v, ch, c.batch, fl)
         for c, v, ch, fl in zip(s.losses, loss_values, chances, floors, strict=True)
     )
     deviations = _read([d for *_, d in s.wrong_dim])
     saturated = _read([site.saturated for site in s.squash_sites.values()])
     scaled_pairs = _read([v for _, *pair in s.scaled for v in pair])
     identical = _read([v for pair in m._rows_identical.values() for v in pair])
-    moved_now = m._moved_now()
-    moved = _read(list(moved_now.values()))
     population = s.population_chance()
     population_read = _read(list(population.values()))
     coefficients = _read([c for _, c in m._clip_coefficients])
@@ -376,7 +371,6 @@ def observe(monitor: GradientMonitor) -> Observations:
         sequence_inputs=tuple(m._sequence_inputs),
         input_scale=input_scale,
         forward_sampled=m._sampler.active,
-        moved={i: v for i, v in zip(moved_now, moved, strict=True) if v is not None},
         population_chance={
             n: v for n, v in zip(population, population_read, strict=True) if v is not None
         },

@@ -21,6 +21,7 @@ from torchscope.collect.gradients._state import (
     GradKey,
     _Clock,
     _grad_key,
+    _max_abs,
     _norm_rows,
     _Param,
     _StepRow,
@@ -33,16 +34,7 @@ if TYPE_CHECKING:
     from torchscope.collect.gradients.history import Folds, Series, Thinning
     from torchscope.collect.gradients.structure import Hidden
 
-__all__ = [
-    "ENTRY_SAMPLE",
-    "MIN_SAMPLE",
-    "OptimizerHooks",
-    "checked_copy_budget",
-    "copy_every",
-    "entry_sample",
-    "moved_since",
-    "sample_stride",
-]
+__all__ = ["MIN_SAMPLE", "OptimizerHooks", "checked_copy_budget", "copy_every", "sample_stride"]
 
 
 def checked_copy_budget(max_copy_bytes: Any) -> int | None:
@@ -126,33 +118,6 @@ def _sample(tensor: torch.Tensor, stride: int) -> torch.Tensor:
     return flat[::stride]
 
 
-# elements of each weight matrix kept at entry to measure how far the run moved it in all
-# (about 16 KiB each in float32): how straight the steps went (Evidence.step_efficiency)
-ENTRY_SAMPLE = 4096
-
-
-def entry_sample(tensor: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """A copy of about ``ENTRY_SAMPLE`` evenly spaced elements of ``tensor`` (its local shard),
-    and the factor that scales a norm taken on it to the whole tensor's."""
-    shard = local(tensor.detach())
-    stride = sample_stride(tuple(shard.shape), math.ceil(shard.numel() / ENTRY_SAMPLE))
-    sample = _sample(shard, stride).clone()
-    return sample, math.sqrt(shard.numel() / max(sample.numel(), 1))
-
-
-def moved_since(tensor: torch.Tensor, entry: tuple[torch.Tensor, float]) -> torch.Tensor | None:
-    """How far ``tensor`` is from its ``entry_sample``, in the whole tensor's L2 norm (on the
-    device); None when it changed shape since (replaced)."""
-    sample, scale = entry
-    shard = local(tensor.detach())
-    stride = sample_stride(tuple(shard.shape), math.ceil(shard.numel() / ENTRY_SAMPLE))
-    now = _sample(shard, stride)
-    if now.shape != sample.shape or now.dtype != sample.dtype:
-        return None
-    with torch.no_grad():
-        return torch.linalg.vector_norm((now - sample).float()) * scale
-
-
 @dataclass(frozen=True)
 class _StepPlan:
     """The monitor's parameters one optimizer holds, by param group."""
@@ -198,6 +163,7 @@ class OptimizerHooks:
         _windows: Series[tuple[_Clock, int]]
         _last_step_backwards: dict[int, int]
         _written_grads: bool
+        _step_tops: dict[int, tuple[tuple[int, ...], torch.Tensor]]
         _cleared_before_step: Series[tuple[_Clock, int]]
         _steps_of: dict[int, int]
         _steps_without_backward: Series[tuple[_Clock, str]]
@@ -260,15 +226,9 @@ class OptimizerHooks:
         if not held:
             return
         if self._backwards_since_step:
-            self._check_cleared(held)
+            self._check_cleared()
         if self._last_step_backwards.get(id(optimizer)) == self._backwards:
-            # no backward pass since this optimizer's last step: gradients assigned since
-            # (per-sample ones from torch.func, an evolution-strategies estimate, a
-            # hand-derived gradient) are new ones all the same, not the last step's again
-            self._written_grads = any(
-                e.key_after_step is not None and _grad_key(e.tensor) != e.key_after_step
-                for e, _ in held
-            )
+            self._written_grads = self._grads_written_since(optimizer, held)
         if not self._optimizers:  # from now on a step is an optimizer step
             last = self._rows[-1] if self._rows and not self._rows[-1].from_step else None
             if last is not None and last.output_l1 is not None:
@@ -346,15 +306,50 @@ class OptimizerHooks:
             torch._foreach_copy_(snapshots, samples)
         self._pending = (optimizer, held, snapshots, weight_index, weight_norms)
 
-    def _check_cleared(self, held: list[tuple[_Param, Any]]) -> None:
+    def _grads_written_since(
+        self, optimizer: torch.optim.Optimizer, held: list[tuple[_Param, Any]]
+    ) -> bool:
+        """No backward pass since this optimizer's last step, yet new gradients to step with:
+        assigned by hand (per-sample ones from torch.func, an evolution-strategies estimate),
+        as new tensors or written into the old ones with new values. The last step's
+        gradients rescaled in place (clip_grad_norm_, GradScaler's unscale_, ``mul_``) are
+        the same gradients: every one scaled by one factor. Read on the host, on this rare
+        path only."""
+        changed = [
+            e
+            for e, _ in held
+            if e.key_after_step is not None and _grad_key(e.tensor) != e.key_after_step
+        ]
+        if not changed:
+            return False
+        if any(e.tensor.grad is not e.key_after_step.ref() for e in changed):  # type: ignore[union-attr]
+            return True  # new tensors
+        last = self._step_tops.get(id(optimizer))
+        if last is None:
+            return True
+        index, tops = last
+        before = dict(zip(index, tops.tolist(), strict=True))
+        grads = [(e.index, e.tensor.grad) for e, _ in held if e.tensor.grad is not None]
+        now = _max_abs([g for _, g in grads]).tolist() if grads else []
+        ratios = [
+            top / before[i]
+            for (i, _), top in zip(grads, now, strict=True)
+            if before.get(i, 0.0) > 0 and math.isfinite(before[i]) and math.isfinite(top)
+        ]
+        if not ratios:
+            return True
+        return max(ratios) - min(ratios) > 1e-3 * max(ratios)  # not one factor: new values
+
+    def _check_cleared(self) -> None:
         """A backward pass filled gradients since the last step and every one of them is None
-        now: zero_grad() (set_to_none=True, its default) ran between backward() and step(),
-        and the optimizer skips every parameter."""
+        now, whichever optimizer holds them: zero_grad() (set_to_none=True, its default) ran
+        between backward() and step(), and the optimizers skip every parameter. (Some cleared
+        and others kept is a choice: a backbone kept still while a head trains.)"""
         filled = 0
-        for entry, _ in held:
+        for entry in self._params:
             if entry.key_after_backward is not None:
                 if entry.tensor.grad is not None:
-                    return  # the usual step: stops at the first parameter
+                    return  # the usual step: stops at the first parameter with a gradient
                 filled += 1
         if filled:
             self._cleared_before_step.append((self._clock(), filled))
@@ -414,6 +409,8 @@ class OptimizerHooks:
                 measured=full,
             )  # fmt: skip
         self._rows.append(row)
+        if row.grad_index:  # max |grad| of what it stepped with (see _grads_written_since)
+            self._step_tops[id(optimizer)] = (row.grad_index, row.grad_stats[-1])
         self._windows.append((self._clock(), self._backwards_since_step))
         # a closure (LBFGS) runs its backward inside step(): counted by now
         last = self._last_step_backwards.get(id(optimizer))

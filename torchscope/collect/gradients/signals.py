@@ -82,7 +82,6 @@ class LossCall:
     chance: torch.Tensor | float | None  # the loss of the best constant prediction
     batch: int | None  # the target's first dim
     floor: torch.Tensor | None = None  # the least loss any prediction can get: soft targets'
-    lead: tuple[int, ...] = ()  # the target's first two dims (a sequence loss's layout)
 
 
 @dataclass
@@ -281,7 +280,6 @@ class CallSignals:
                 chance_level(family, scores, target, name, kwargs),
                 _batch(target),
                 loss_floor(family, scores, target),
-                tuple(target.shape[:2]),
             )
         )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from torchscope.collect.gradients.evidence import CONVERGED_FRACTION, Evidence
+from torchscope.collect.gradients.evidence import Evidence
 from torchscope.collect.gradients.observations import Clock, SquashView
 from torchscope.collect.gradients.registry import rule
 from torchscope.records import Finding
@@ -103,11 +103,6 @@ def batchnorm_batch_of_one(ev: Evidence) -> Iterator[Finding]:
 def saturated_activation(ev: Evidence) -> Iterator[Finding]:
     threshold = ev.t.saturated_fraction
     scale = ev.observed.input_scale
-    early = ev.early_to_chance
-    if early is not None and early < CONVERGED_FRACTION:
-        # the run starts from a trained model (resumed, fine-tuned): its units saturate with
-        # the confidence it learned, not with unnormalised inputs
-        return
     groups: dict[str, list[SquashView]] = {}  # the calls of one function in one forward
     for site in ev.observed.squash_sites:
         if site.feeds_loss or site.on_output or site.total < 64 or site.saturated < threshold:
@@ -140,19 +135,22 @@ def batch_mixing(ev: Evidence) -> Iterator[Finding]:
         return
     usual = max(set(batches), key=batches.count)  # the usual batch size of the loss
     of_step: dict[Clock, int] = {}  # the loss's batch size in each step (a ragged last one)
-    layouts: set[tuple[Clock, tuple[int, ...]]] = set()  # (step, a target's first two dims)
     for c in ev.observed.loss_calls:
         if c.batch is not None:
             of_step.setdefault(c.clock, c.batch)
-        if len(c.lead) == 2:
-            layouts.add((c.clock, c.lead))
+    leading: dict[str, tuple[set[int], set[int]]] = {}  # per layer: its inputs' dim 0s, dim 1s
+    for path, shape, _ in ev.observed.sequence_inputs:
+        dims = leading.setdefault(path, (set(), set()))
+        dims[0].add(shape[0])
+        dims[1].add(shape[1])
     first: dict[str, tuple[tuple[int, ...], int]] = {}  # the first input that mixes
     votes: dict[str, list[int]] = {}  # per layer: inputs batch-first, inputs time-first
     for path, shape, clock in ev.observed.sequence_inputs:
-        if (clock, shape[:2]) in layouts:
-            # the loss's targets are laid out as the layer's input (a time-first forecaster
-            # scored per step on (time, batch, 1)): the shapes cannot say which dim is the
-            # batch
+        firsts, seconds = leading[path]
+        if len(firsts) == 1 and len(seconds) > 1:
+            # its dim 1 changes from batch to batch (a ragged last one) and its dim 0 never
+            # does: dim 1 is the batch, as the layer reads it (a time-first model whose loss
+            # keeps the time first too, (time, batch, 1))
             continue
         batch = of_step.get(clock, usual)
         leads, follows = shape[0] == batch, shape[1] == batch

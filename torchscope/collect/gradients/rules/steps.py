@@ -7,10 +7,8 @@ from collections.abc import Iterator
 
 from torchscope.collect.gradients.evidence import (
     CONVERGED_FRACTION,
-    LEARNED_FRACTION,
     MIN_STEPS_FOR_UPDATES,
     SMALL_GRADIENT,
-    STRAIGHT_STEPS,
     Evidence,
 )
 from torchscope.collect.gradients.observations import ParamView
@@ -99,19 +97,12 @@ def tiny_updates(ev: Evidence) -> Iterator[Finding]:
         return
     if ev.cleared_before_steps or ev.every_gradient_zero:  # zero_grad says why
         return
-    # a trained model (fine-tuned, resumed, trained on past convergence) has little left to
-    # learn, and a step of any learning rate moves it little; a model stuck by its learning
-    # rate sits at its chance level, its gradients large and keeping one direction
-    to_chance = ev.loss_to_chance
-    if to_chance is not None and to_chance < LEARNED_FRACTION:
-        return  # it learned most of what it knows: not from these steps, but not stuck
-    if to_chance is None:  # a hand-written loss: what the steps themselves show
-        small = ev.gradient_to_weight
-        if small is not None and small < SMALL_GRADIENT:
-            return  # small steps from small gradients
-        straight = ev.step_efficiency
-        if straight is not None and straight < STRAIGHT_STEPS:
-            return  # steps that go back and forth: batch noise around a minimum
+    small = ev.gradient_to_weight
+    if ev.loss_to_chance is None and small is not None and small < SMALL_GRADIENT:
+        # small steps from small gradients, and no chance level to say the loss is still
+        # high: a trained model (fine-tuned, resumed, trained on past convergence) has
+        # nothing left to learn, and a step of any learning rate moves it little
+        return
     lrs = sorted({lr for trace in ev.group_lrs.values() for lr in trace if lr})
     shown = ", ".join(f"{lr:.2g}" for lr in lrs[:3]) or "unknown"
     yield ev.finding(
