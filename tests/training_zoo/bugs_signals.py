@@ -690,3 +690,34 @@ def mix_per_frame_tagger_time_first_gru(watch, bug=True):
     with torch.no_grad():  # one sequence at a time, as at inference
         return sum((model(frames[i : i + 1]).argmax(1) == labels[i : i + 1]).float().mean().item()
                    for i in range(300, 330)) / 30
+
+
+@bug("saturated_activation", where="<loop>:tanh",
+     note="an Elman RNN written out in the step function over an nn.ParameterDict (no "
+          "module forward at all), fed sensor readings in their raw units (hundreds)")
+def sat_hand_written_rnn_raw_units(watch, bug=True):
+    g = torch.Generator().manual_seed(0)
+    readings = 300 + 80 * torch.randn(300, 10, 3, generator=g)  # raw sensor units
+    labels = (readings[:, :, 0].mean(1) > 300).long()
+    inputs = readings if bug else (readings - 300) / 80
+    params = nn.ParameterDict({
+        "w_in": nn.Parameter(torch.randn(3, 32) / 3 ** 0.5),
+        "w_rec": nn.Parameter(torch.randn(32, 32) / 32 ** 0.5),
+        "w_out": nn.Parameter(torch.randn(32, 2) / 32 ** 0.5),
+    })
+
+    def logits(x):
+        h = x.new_zeros(x.shape[0], 32)
+        for t in range(x.shape[1]):
+            h = torch.tanh(x[:, t] @ params["w_in"] + h @ params["w_rec"])
+        return h @ params["w_out"]
+
+    optimizer = torch.optim.Adam(params.parameters(), lr=3e-3)
+    with watch(params, optimizer):
+        for _ in range(5):
+            for k in torch.randperm(260, generator=g).split(26):
+                optimizer.zero_grad()
+                F.cross_entropy(logits(inputs[k]), labels[k]).backward()
+                optimizer.step()
+    with torch.no_grad():
+        return (logits(inputs[260:]).argmax(1) == labels[260:]).float().mean().item()

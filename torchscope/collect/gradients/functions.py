@@ -196,6 +196,7 @@ class FunctionCalls:
         _backward_roots: list[Any]
         _clock: Callable[[], _Clock]
         _measuring: Callable[[], bool]
+        _model_returned: bool
 
     def _on_relu(self, func: Any, out: Any) -> None:
         if not (torch.is_grad_enabled() and isinstance(out, torch.Tensor)):
@@ -238,10 +239,12 @@ class FunctionCalls:
             # confidence the model has learned (large weights on separable data)
         call = self._stack[-1] if self._stack else None
         if call is None:
-            # outside every forward: in a hand-written loss (focal, dice: the model's output
-            # squashed, an output layer) or in a model the loop writes out itself (judged
-            # once its output enters a module: SquashSite.feeds_module)
-            self._signals.on_squash(function, f"<loop>:{function}", out, outside=True)
+            # outside every forward: after the model returned, in a hand-written loss (focal,
+            # dice: its output squashed, an output layer; judged only if what it gives then
+            # enters a module, SquashSite.feeds_module); before, in a model the loop writes
+            # out itself (layers called one by one, weights used directly): judged
+            outside = self._model_returned
+            self._signals.on_squash(function, f"<loop>:{function}", out, outside=outside)
             return
         if call.info.squash:  # an nn.Tanh / nn.Sigmoid module
             name = call.info.path

@@ -248,6 +248,9 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
         self._produced: dict[int, tuple[weakref.ref[torch.Tensor], _Module]] = {}
         self._output_l1: dict[int, torch.Tensor] = {}  # bias index -> sum of |output grad|
         self._eval_pending: list[str] | None = None
+        # the model's own forward returned since the last backward pass: what runs outside
+        # every forward now works on its output (the loss), not inside a model the loop writes
+        self._model_returned = False
         self._eval_root_forwards: Series[tuple[_Clock, tuple[str, ...]]] = t.events(
             "eval_root_forwards"
         )
@@ -637,6 +640,7 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
             if output.requires_grad and output.is_floating_point():
                 output.register_hook(lambda grad, info=info: self._on_output_gradient(info, grad))
         if info.module is self._model:
+            self._model_returned = True
             for tensor in _output_tensors(output):
                 if tensor.grad_fn is not None:
                     newest = sequence_nr(tensor.grad_fn)
@@ -729,6 +733,7 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
 
     def _end_backward(self) -> None:
         self._callback_queued = False
+        self._model_returned = False
         roots, self._backward_roots = self._backward_roots, []
         if (
             self._eager_forwards == 0
