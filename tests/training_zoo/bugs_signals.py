@@ -721,3 +721,37 @@ def sat_hand_written_rnn_raw_units(watch, bug=True):
                 optimizer.step()
     with torch.no_grad():
         return (logits(inputs[260:]).argmax(1) == labels[260:]).float().mean().item()
+
+
+@bug("symmetric_weights", where="gru.weight",
+     note="a GRU classifier whose weights were all set with nn.init.constant_ 'for a "
+          "reproducible start': each gate's rows stay equal (the gates differ), so the 32 "
+          "hidden units are one")
+def sym_gru_constant_init(watch, bug=True):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(500, 10, 4, generator=g)
+    y = (x[:, :, 0].sum(1) > 0).long() + 2 * (x[:, :, 1].sum(1) > 0).long()
+
+    class Reader(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gru = nn.GRU(4, 32, batch_first=True)
+            self.head = nn.Linear(32, 4)
+
+        def forward(self, seq):
+            return self.head(self.gru(seq)[0][:, -1])
+
+    model = Reader()
+    if bug:
+        for name, p in model.named_parameters():
+            nn.init.constant_(p, 0.05 if "weight" in name else 0.0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    loader = DataLoader(TensorDataset(x[:440], y[:440]), batch_size=32, shuffle=True)
+    with watch(model, optimizer):
+        for _ in range(5):
+            for xb, yb in loader:
+                optimizer.zero_grad()
+                F.cross_entropy(model(xb), yb).backward()
+                optimizer.step()
+    with torch.no_grad():
+        return (model(x[440:]).argmax(1) == y[440:]).float().mean().item()

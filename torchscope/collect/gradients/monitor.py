@@ -84,7 +84,12 @@ from torchscope.collect.gradients.shards import (
     shard_plan,
 )
 from torchscope.collect.gradients.signals import CallSignals
-from torchscope.collect.gradients.structure import Hidden, hidden_tensors, identical_rows
+from torchscope.collect.gradients.structure import (
+    Hidden,
+    gate_blocks,
+    hidden_tensors,
+    identical_rows,
+)
 from torchscope.collect.gradients.thresholds import GradientThresholds, resolve_thresholds
 from torchscope.collect.graph.walk import sequence_nr
 from torchscope.collect.hooks import HookSet, iter_modules
@@ -289,6 +294,7 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
         self._sequence_inputs: list[tuple[str, tuple[int, ...], _Clock]] = []
         self._input_scale: torch.Tensor | None = None  # max |x| of the first training input
         self._rows_identical: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self._gates: dict[int, int] = {}  # recurrent weights: the gates they stack by rows
         self._hidden: list[Hidden] = []
         self._hidden_keys: list[list[GradKey | None]] = []
         # per step: the parameters held that did not require grad (when there are any)
@@ -314,10 +320,19 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
             self._hidden = hidden_tensors(self._model)
             # gradients they already hold (a teacher trained before) are not this loop's
             self._hidden_keys = [[_grad_key(x) for x in h.tensors] for h in self._hidden]
+            self._gates = {
+                self._by_id[id(param)].index: blocks
+                for _, module in iter_modules(self._model)
+                for local_name, param in module._parameters.items()
+                if param is not None
+                and id(param) in self._by_id
+                and (blocks := gate_blocks(module, local_name)) > 1
+            }
             self._rows_identical = {
                 e.index: (same, None)
                 for e in self._params
-                if e.tensor.requires_grad and (same := identical_rows(e.tensor)) is not None
+                if e.tensor.requires_grad
+                and (same := identical_rows(e.tensor, self._gates.get(e.index, 1))) is not None
             }
             self._attach_module_hooks()
             self._attach_parameter_hooks()
@@ -348,7 +363,10 @@ class GradientMonitor(OptimizerHooks, FunctionCalls, CompiledCalls):
             hidden_received=tuple(self._hidden_received_now()),
         )
         for index, (before, _) in list(self._rows_identical.items()):
-            self._rows_identical[index] = (before, identical_rows(self._params[index].tensor))
+            self._rows_identical[index] = (
+                before,
+                identical_rows(self._params[index].tensor, self._gates.get(index, 1)),
+            )
 
     def _detach(self) -> None:
         mode, self._mode = self._mode, None

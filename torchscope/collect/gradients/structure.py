@@ -10,7 +10,7 @@ from torch import nn
 
 from torchscope.collect.hooks import iter_modules
 
-__all__ = ["Hidden", "hidden_tensors", "identical_rows"]
+__all__ = ["Hidden", "gate_blocks", "hidden_tensors", "identical_rows"]
 
 
 @dataclass(frozen=True)
@@ -68,14 +68,33 @@ def hidden_tensors(model: nn.Module) -> list[Hidden]:
     return hidden
 
 
-def identical_rows(weight: torch.Tensor) -> torch.Tensor | None:
-    """A device bool: every row (output unit) of ``weight`` equals the first; None where the
-    question does not apply (fewer than two rows, or not a matrix or filter bank)."""
-    if weight.dim() < 2 or weight.shape[0] < 2 or not weight.is_floating_point():
+def gate_blocks(module: nn.Module, local_name: str) -> int:
+    """How many gates a recurrent layer's input and hidden weights stack by rows (GRU 3, LSTM
+    4), each a block of one row per hidden unit; 1 for any other weight."""
+    if not local_name.startswith(("weight_ih", "weight_hh")):
+        return 1
+    if isinstance(module, (nn.LSTM, nn.LSTMCell)):
+        return 4
+    if isinstance(module, (nn.GRU, nn.GRUCell)):
+        return 3
+    return 1
+
+
+def identical_rows(weight: torch.Tensor, blocks: int = 1) -> torch.Tensor | None:
+    """A device bool: every row (output unit) of ``weight`` equals the first of its block
+    (``blocks`` stacked gates of a recurrent layer, each one row per hidden unit); None where
+    the question does not apply (fewer than two rows a block, or not a matrix or filter
+    bank)."""
+    if weight.dim() < 2 or not weight.is_floating_point() or weight.shape[0] % blocks:
+        return None
+    if hasattr(weight, "placements"):
+        blocks = 1  # a sharded weight (DTensor): whole rows, as below
+    if weight.shape[0] // blocks < 2:
         return None
     with torch.no_grad():
         w = weight.detach()
-        same = (w == w[:1]).all()
+        w = w.reshape(blocks, w.shape[0] // blocks, -1) if blocks > 1 else w
+        same = (w == w[:, :1]).all() if blocks > 1 else (w == w[:1]).all()
         # a sharded weight (DTensor): the verdict of all its shards, a small collective at
         # the monitor's entry and exit, which every rank of an SPMD loop goes through
         full = getattr(same, "full_tensor", None)
