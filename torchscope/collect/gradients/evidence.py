@@ -411,21 +411,29 @@ class Evidence:
         return tail.to_chance
 
     @cached_property
-    def gradient_to_weight(self) -> float | None:
-        """The median over trainable weight matrices of ||grad|| / ||weight|| in their median
-        measured step (the gradient the step received, after any clipping); None when no
-        matrix has both measured."""
-        medians = []
+    def gradient_and_weight(self) -> dict[int, list[tuple[float, float]]]:
+        """Trainable weight matrix index -> (||grad||, ||weight||) at each measured step that
+        has both, finite (the gradient the step received, after any clipping)."""
+        out = {}
         for e in self.params:
             if not e.trainable or len(e.shape) < 2:
                 continue
             norms = {m.step: m.weight_norm for m in self.moves.get(e.index, [])}
             h = self.history[e.index]
-            values = sorted(
-                g / norms[step]
+            out[e.index] = [
+                (g, norms[step])
                 for step, g in zip(h.steps, h.grad_norm, strict=True)
-                if norms.get(step, 0.0) > 0 and math.isfinite(g) and math.isfinite(norms[step])
-            )
+                if step in norms and math.isfinite(g) and math.isfinite(norms[step])
+            ]
+        return out
+
+    @cached_property
+    def gradient_to_weight(self) -> float | None:
+        """The median over trainable weight matrices of ||grad|| / ||weight|| in their median
+        measured step; None when no matrix has both measured."""
+        medians = []
+        for pairs in self.gradient_and_weight.values():
+            values = sorted(g / w for g, w in pairs if w > 0)
             if values:
                 medians.append(values[len(values) // 2])
         return sorted(medians)[len(medians) // 2] if medians else None

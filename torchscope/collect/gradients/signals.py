@@ -342,12 +342,7 @@ def chance_level(
     with torch.no_grad():
         t = target.detach().float()
         if family == "binary":
-            p = (
-                t.mean(dim=0).clamp(1e-6, 1 - 1e-6)
-                if t.dim() > 1
-                else t.mean().clamp(1e-6, 1 - 1e-6)
-            )
-            return (-(p * p.log() + (1 - p) * (1 - p).log())).mean()
+            return _binary_entropy(t.mean(dim=0) if t.dim() > 1 else t.mean())
         if t.numel() < 2:
             return None
         if name in _MEDIAN_LOSSES:
@@ -372,6 +367,12 @@ def _soft(scores: torch.Tensor, target: torch.Tensor) -> bool:
     return target.is_floating_point() and target.shape == scores.shape
 
 
+def _binary_entropy(p: torch.Tensor) -> torch.Tensor:
+    """The mean entropy of Bernoulli probabilities ``p`` (kept off 0 and 1 by 1e-6)."""
+    q = p.clamp(1e-6, 1 - 1e-6)
+    return (-(q * q.log() + (1 - q) * (1 - q).log())).mean()
+
+
 def _entropy(p: torch.Tensor, dim: int) -> torch.Tensor:
     p = p.clamp_min(1e-12)
     return -(p * p.log()).sum(dim=dim).mean()
@@ -382,15 +383,14 @@ def loss_floor(family: str, scores: torch.Tensor, target: torch.Tensor) -> torch
     class probabilities (a distillation teacher's), or of targets strictly between 0 and 1 for
     a binary loss (pixel intensities an autoencoder reconstructs). None for labels, whose
     floor is 0."""
-    if not target.is_floating_point() or target.shape != scores.shape:
+    if not _soft(scores, target):
         return None
     with torch.no_grad():
         t = target.detach().float()
         if family == "classification":
             return _entropy(t, dim=_class_dim(scores))
         if family == "binary":  # 0/1 labels give about 1e-5: no floor
-            q = t.clamp(1e-6, 1 - 1e-6)
-            return (-(q * q.log() + (1 - q) * (1 - q).log())).mean()
+            return _binary_entropy(t)
     return None
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 
 from torchscope.collect.gradients.evidence import (
@@ -169,13 +168,7 @@ def _decay_dominates(ev: Evidence, decay: dict[int, tuple[float, bool]]) -> Iter
         wd, decoupled = decay.get(e.group or -1, (0.0, False))
         if not e.trainable or len(e.shape) < 2 or wd <= 0 or decoupled:
             continue
-        norms = {m.step: m.weight_norm for m in ev.moves.get(e.index, [])}
-        h = ev.history[e.index]
-        pairs = [
-            (wd * norms[step] / g, g)
-            for step, g in zip(h.steps, h.grad_norm, strict=True)
-            if step in norms and g > 0 and math.isfinite(g) and math.isfinite(norms[step])
-        ]
+        pairs = [(wd * w / g, g) for g, w in ev.gradient_and_weight.get(e.index, []) if g > 0]
         if len(pairs) < MIN_STEPS_FOR_UPDATES:
             continue
         ratio = sorted(r for r, _ in pairs)[len(pairs) // 2]
